@@ -1,0 +1,158 @@
+"""The linear-Gaussian latent model (probabilistic PCA / factor analysis).
+
+    z ~ N(0, I_d),   x | z ~ N(W z + b, σ² I_D).
+
+Everything is exact here: the marginal x ~ N(b, W Wᵀ + σ² I), the posterior
+p(z|x) = N(m, S) with S = (I + WᵀW/σ²)⁻¹ and m = S Wᵀ(x - b)/σ², the ELBO of a
+diagonal Gaussian q in closed form, and KL(q ‖ p(z|x)), so that
+log p(x) - ELBO(q) = KL(q ‖ p(z|x)) can be checked to rounding error.
+Also the closed-form maximum-likelihood fit (Tipping & Bishop 1999).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from vae import distributions as dists
+from vae import types
+
+Array = types.Array
+PRNGKey = types.PRNGKey
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@types.pytree_dataclass
+class LinearGaussianModel:
+  """Parameters of the model.
+
+  Attributes:
+    weight: W, shape [D, d].
+    bias: b, shape [D].
+    log_noise_scale: log σ (scalar).
+  """
+  weight: Array
+  bias: Array
+  log_noise_scale: Array
+
+  @property
+  def noise_variance(self) -> Array:
+    return jnp.exp(2.0 * self.log_noise_scale)
+
+  @property
+  def data_dim(self) -> int:
+    return self.weight.shape[0]
+
+  @property
+  def latent_dim(self) -> int:
+    return self.weight.shape[1]
+
+
+def random_model(key: PRNGKey, data_dim: int, latent_dim: int,
+                 noise_scale: float = 0.5) -> LinearGaussianModel:
+  """A model with W, b ~ N(0, 1) entries."""
+  k1, k2 = jax.random.split(key)
+  return LinearGaussianModel(
+      weight=jax.random.normal(k1, (data_dim, latent_dim)),
+      bias=jax.random.normal(k2, (data_dim,)),
+      log_noise_scale=jnp.log(jnp.asarray(noise_scale)))
+
+
+def sample_data(model: LinearGaussianModel, key: PRNGKey,
+                num: int) -> tuple[Array, Array]:
+  """Draws (x, z) pairs: x [num, D], z [num, d]."""
+  k1, k2 = jax.random.split(key)
+  z = jax.random.normal(k1, (num, model.latent_dim))
+  noise = jax.random.normal(k2, (num, model.data_dim))
+  x = z @ model.weight.T + model.bias + jnp.exp(model.log_noise_scale) * noise
+  return x, z
+
+
+def marginal_covariance(model: LinearGaussianModel) -> Array:
+  """C = W Wᵀ + σ² I."""
+  return (model.weight @ model.weight.T +
+          model.noise_variance * jnp.eye(model.data_dim))
+
+
+def log_marginal(model: LinearGaussianModel, x: Array) -> Array:
+  """log p(x) = log N(x; b, WWᵀ + σ²I), for one x [D]."""
+  c = marginal_covariance(model)
+  chol = jnp.linalg.cholesky(c)
+  r = jax.scipy.linalg.solve_triangular(chol, x - model.bias, lower=True)
+  log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
+  return -0.5 * (model.data_dim * _LOG_2PI + log_det + r @ r)
+
+
+def posterior(model: LinearGaussianModel, x: Array) -> tuple[Array, Array]:
+  """p(z|x) = N(m, S): returns (m [d], S [d, d]) for one x."""
+  w, s2 = model.weight, model.noise_variance
+  precision = jnp.eye(model.latent_dim) + w.T @ w / s2
+  cov = jnp.linalg.inv(precision)
+  mean = cov @ w.T @ (x - model.bias) / s2
+  return mean, cov
+
+
+def log_likelihood(model: LinearGaussianModel, x: Array, z: Array) -> Array:
+  """log p(x|z) = log N(x; Wz + b, σ²I)."""
+  r = x - model.weight @ z - model.bias
+  return -0.5 * (model.data_dim * (_LOG_2PI + 2.0 * model.log_noise_scale) +
+                 r @ r / model.noise_variance)
+
+
+def elbo(model: LinearGaussianModel, x: Array, q: dists.Normal) -> Array:
+  """ELBO(q) in closed form for a diagonal Gaussian q = N(μ, diag(s²)).
+
+  E_q[log p(x|z)] = -D/2 log(2πσ²) - (‖x - b - Wμ‖² + Σ_j s_j² ‖W_:j‖²)/(2σ²),
+  KL(q ‖ N(0, I)) = ½ Σ_j (s_j² + μ_j² - 1 - log s_j²).
+  """
+  mu, var = q.mean(), q.variance()
+  r = x - model.bias - model.weight @ mu
+  expected_sq = r @ r + jnp.sum(var * jnp.sum(model.weight**2, axis=0))
+  expected_ll = -0.5 * (model.data_dim * (_LOG_2PI + 2.0 * model.log_noise_scale)
+                        + expected_sq / model.noise_variance)
+  kl = 0.5 * jnp.sum(var + mu**2 - 1.0 - 2.0 * q.log_scale)
+  return expected_ll - kl
+
+
+def kl_to_posterior(model: LinearGaussianModel, x: Array,
+                    q: dists.Normal) -> Array:
+  """KL(q ‖ p(z|x)) for diagonal q against the full-covariance posterior.
+
+  KL = ½ [tr(S⁻¹Σq) + (m - μ)ᵀ S⁻¹ (m - μ) - d + log det S - log det Σq].
+  """
+  m, s = posterior(model, x)
+  s_inv = jnp.eye(model.latent_dim) + model.weight.T @ model.weight / model.noise_variance
+  var = q.variance()
+  diff = m - q.mean()
+  _, log_det_s = jnp.linalg.slogdet(s)
+  return 0.5 * (jnp.sum(jnp.diag(s_inv) * var) + diff @ s_inv @ diff -
+                model.latent_dim + log_det_s - 2.0 * jnp.sum(q.log_scale))
+
+
+def fit_ppca(x: Array, latent_dim: int) -> LinearGaussianModel:
+  """Closed-form maximum likelihood pPCA (Tipping & Bishop 1999).
+
+  b = mean(x); with the sample covariance's eigenvalues λ₁ ≥ … ≥ λ_D and
+  eigenvectors U: σ² = mean(λ_{d+1..D}), W = U_d (Λ_d - σ² I)^{1/2}.
+
+  Args:
+    x: data [N, D] with D > latent_dim.
+    latent_dim: d.
+
+  Returns:
+    The maximum-likelihood model.
+  """
+  n, data_dim = x.shape
+  if not 0 < latent_dim < data_dim:
+    raise ValueError(f'need 0 < latent_dim < data_dim, got {latent_dim} and '
+                     f'{data_dim}.')
+  mean = jnp.mean(x, axis=0)
+  cov = (x - mean).T @ (x - mean) / n
+  eigvals, eigvecs = jnp.linalg.eigh(cov)  # ascending
+  eigvals, eigvecs = eigvals[::-1], eigvecs[:, ::-1]
+  noise_var = jnp.mean(eigvals[latent_dim:])
+  scales = jnp.sqrt(jnp.maximum(eigvals[:latent_dim] - noise_var, 0.0))
+  return LinearGaussianModel(weight=eigvecs[:, :latent_dim] * scales,
+                             bias=mean,
+                             log_noise_scale=0.5 * jnp.log(noise_var))

@@ -1,0 +1,185 @@
+"""Per-example variational objectives, and their surrogate losses per estimator.
+
+For one data point x with likelihood `log_likelihood(z) = log p(x | z)`,
+approximate posterior q(z | x) and prior p(z):
+
+    ELBO      = E_q[log p(x|z)] - β KL(q ‖ p)                 (`elbo`)
+    ELBO (MC) = E_q[log p(x|z) + β (log p(z) - log q(z))]      (`elbo_mc_kl`)
+    IWAE_K    = E[log (1/K) Σ_k p(x|z_k) p(z_k)^β / q(z_k)^β]  (`iwae_bound`)
+
+All return one scalar per example (vmap over a batch) and are Monte Carlo
+estimates with reparameterized samples. `surrogate_objective` pairs an
+objective with a gradient estimator from `vae.estimators` /
+`vae.iwae_gradients`: its value is the bound estimate, its gradient w.r.t.
+encoder outputs and decoder parameters is the chosen estimator.
+"""
+
+import functools
+
+import jax.numpy as jnp
+
+from vae import estimators
+from vae import iwae_gradients
+from vae import kl as kl_lib
+from vae import types
+
+Array = types.Array
+PRNGKey = types.PRNGKey
+CostFn = types.CostFn
+
+OBJECTIVES = ('elbo', 'elbo_mc_kl', 'iwae')
+
+
+def _identity(q):
+  return q
+
+
+def _log_joint(log_likelihood: CostFn, prior, beta: float) -> CostFn:
+  return lambda z: log_likelihood(z) + beta * jnp.sum(prior.log_prob(z))
+
+
+def elbo(log_likelihood: CostFn, q, prior, key: PRNGKey, num_samples: int = 1,
+         beta: float = 1.0) -> Array:
+  """ELBO with analytic KL: (1/N) Σ_n log p(x|z_n) - β Σ_i KL(q_i ‖ p_i).
+
+  Args:
+    log_likelihood: z -> log p(x|z) for one sample z.
+    q: q(z|x), a distribution with an analytic KL to `prior`.
+    prior: p(z).
+    key: PRNG key.
+    num_samples: N ≥ 1.
+    beta: weight on the KL term.
+
+  Returns:
+    The scalar estimate.
+  """
+  recon = estimators.pathwise_surrogate(log_likelihood, q, _identity, key,
+                                        num_samples)
+  return recon - beta * jnp.sum(kl_lib.kl_divergence(q, prior))
+
+
+def elbo_mc_kl(log_likelihood: CostFn, q, prior, key: PRNGKey,
+               num_samples: int = 1, beta: float = 1.0) -> Array:
+  """ELBO with Monte Carlo KL: (1/N) Σ_n [log p(x|z_n) + β(log p(z_n) - log q(z_n))].
+
+  Args:
+    log_likelihood: z -> log p(x|z) for one sample z.
+    q: q(z|x) (any distribution with sample/log_prob).
+    prior: p(z).
+    key: PRNG key.
+    num_samples: N ≥ 1.
+    beta: weight on the KL term.
+
+  Returns:
+    The scalar estimate.
+  """
+  f = _elbo_integrand(log_likelihood, q, prior, beta)
+  return estimators.pathwise_surrogate(f, q, _identity, key, num_samples)
+
+
+def iwae_bound(log_likelihood: CostFn, q, prior, key: PRNGKey,
+               num_samples: int, beta: float = 1.0) -> Array:
+  """IWAE_K: log (1/K) Σ_k exp(log p(x|z_k) + β(log p(z_k) - log q(z_k))).
+
+  For β = 1: ELBO ≤ IWAE_K ≤ IWAE_2K ≤ log p(x) in expectation (Burda et al.).
+
+  Args:
+    log_likelihood: z -> log p(x|z).
+    q: q(z|x).
+    prior: p(z).
+    key: PRNG key.
+    num_samples: K ≥ 1.
+    beta: weight on log p(z) - log q(z).
+
+  Returns:
+    The scalar estimate.
+  """
+  return iwae_gradients.iwae_surrogate(
+      _log_joint(log_likelihood, prior, beta), q, _identity, key, num_samples,
+      beta=beta)
+
+
+def _elbo_integrand(log_likelihood, q, prior, beta):
+  return lambda z: (log_likelihood(z) + beta * (
+      jnp.sum(prior.log_prob(z)) - jnp.sum(q.log_prob(z))))
+
+
+# Estimators valid for each objective (see `surrogate_objective`).
+ESTIMATORS_FOR = {
+    'elbo': ('pathwise', 'score', 'score_baseline', 'score_rloo'),
+    'elbo_mc_kl': ('pathwise', 'score', 'score_baseline', 'score_rloo', 'stl'),
+    'iwae': ('pathwise', 'stl', 'dreg', 'score', 'vimco'),
+}
+
+
+def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
+                        q, prior, key: PRNGKey, num_samples: int,
+                        beta: float = 1.0,
+                        baseline: Array | None = None) -> Array:
+  """One example's surrogate loss for (objective, estimator).
+
+  The value is the objective's estimate; `jax.grad` of it w.r.t. the
+  parameters that produced `q` (the encoder) is the named estimator, and
+  w.r.t. the parameters `log_likelihood` closes over (the decoder) is the
+  ordinary Monte Carlo gradient.
+
+    elbo:        pathwise | score | score_baseline | score_rloo on
+                 f(z) = log p(x|z), minus β KL analytic (exact gradient).
+    elbo_mc_kl:  the same on f(z) = log p(x|z) + β(log p(z) - log q(z)), plus
+                 stl (sticking the landing).
+    iwae:        pathwise (IWAE) | stl | dreg | score | vimco.
+
+  Args:
+    objective: one of OBJECTIVES.
+    estimator: one of ESTIMATORS_FOR[objective].
+    log_likelihood: z -> log p(x|z).
+    q: q(z|x).
+    prior: p(z).
+    key: PRNG key.
+    num_samples: samples per example (K for iwae).
+    beta: weight on the KL term.
+    baseline: the constant baseline b for 'score_baseline' (e.g. a moving
+      average kept by the training loop); required there, unused elsewhere.
+
+  Returns:
+    The scalar surrogate.
+  """
+  if objective not in ESTIMATORS_FOR:
+    raise ValueError(f'unknown objective {objective!r}; choose from '
+                     f'{", ".join(OBJECTIVES)}.')
+  if estimator not in ESTIMATORS_FOR[objective]:
+    raise ValueError(f'estimator {estimator!r} does not apply to objective '
+                     f'{objective!r}; choose from '
+                     f'{", ".join(ESTIMATORS_FOR[objective])}.')
+  if estimator == 'score_baseline' and baseline is None:
+    raise ValueError("estimator 'score_baseline' needs a baseline value.")
+  if objective == 'iwae':
+    fn = {
+        'pathwise': iwae_gradients.iwae_surrogate,
+        'stl': iwae_gradients.stl_surrogate,
+        'dreg': iwae_gradients.dreg_surrogate,
+        'score': iwae_gradients.iwae_score_surrogate,
+        'vimco': iwae_gradients.vimco_surrogate,
+    }[estimator]
+    return fn(_log_joint(log_likelihood, prior, beta), q, _identity, key,
+              num_samples, beta=beta)
+  if estimator == 'stl':
+    # ELBO with log q evaluated at stopped parameters: iwae stl with K=N
+    # averages log-weights instead of log-mean-exp-ing them.
+    q_stopped = estimators.sg(q)
+    f = _elbo_integrand(log_likelihood, q_stopped, prior, beta)
+    return estimators.pathwise_surrogate(f, q, _identity, key, num_samples)
+  if objective == 'elbo':
+    f = log_likelihood
+    kl_term = beta * jnp.sum(kl_lib.kl_divergence(q, prior))
+  else:
+    f = _elbo_integrand(log_likelihood, q, prior, beta)
+    kl_term = 0.0
+  surrogate_fn = {
+      'pathwise': estimators.pathwise_surrogate,
+      'score': estimators.score_function_surrogate,
+      'score_baseline': functools.partial(estimators.score_function_surrogate,
+                                          baseline=baseline),
+      'score_rloo': estimators.leave_one_out_surrogate,
+  }[estimator]
+  return surrogate_fn(f, q, _identity, key, num_samples) - kl_term
