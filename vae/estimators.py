@@ -83,6 +83,9 @@ def gradient_from_surrogate(surrogate: Callable[..., Array]) -> Callable[..., Pa
 
   @functools.wraps(surrogate)
   def estimator(function, params, dist_builder, key, num_samples, **kwargs):
+    leaves = jax.tree_util.tree_leaves(params)
+    if leaves and not any(isinstance(x, jax.core.Tracer) for x in leaves):
+      dist_builder(params)  # Concrete inputs: validate them (e.g. scale > 0).
     return jax.grad(lambda p: surrogate(function, p, dist_builder, key,
                                         num_samples, **kwargs))(params)
 

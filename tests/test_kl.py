@@ -1,0 +1,93 @@
+"""Tests for vae.kl: analytic KLs against independent computations and MC."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from tests import stat_checks
+from vae import distributions as dists
+from vae import kl
+
+
+@pytest.fixture(autouse=True)
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+def _quad_kl_normal(mq, sq, mp, sp):
+  """∫ q log(q/p) by quadrature: independent of the closed form."""
+  f = lambda x: stats.norm.pdf(x, mq, sq) * (
+      stats.norm.logpdf(x, mq, sq) - stats.norm.logpdf(x, mp, sp))
+  val, _ = integrate.quad(f, mq - 40 * sq, mq + 40 * sq, epsabs=1e-13,
+                          limit=200)
+  return val
+
+
+@pytest.mark.parametrize('mq,sq,mp,sp', [(0.0, 1.0, 0.0, 1.0),
+                                         (1.0, 0.5, -0.3, 2.0),
+                                         (-2.0, 3.0, 0.5, 0.7),
+                                         (0.1, 1.0001, 0.1, 1.0)])
+def test_normal_kl_matches_quadrature(mq, sq, mp, sp):
+  q = dists.Normal.from_scale(mq, sq)
+  p = dists.Normal.from_scale(mp, sp)
+  np.testing.assert_allclose(kl.kl_divergence(q, p),
+                             _quad_kl_normal(mq, sq, mp, sp), atol=1e-9)
+
+
+def test_standard_normal_kl_is_the_special_case():
+  q = dists.Normal(jnp.array([0.3, -1.0]), jnp.array([0.2, -0.5]))
+  np.testing.assert_allclose(kl.kl_normal_standard_normal(q),
+                             kl.kl_divergence(q, dists.standard_normal((2,),
+                                                                       jnp.float64)),
+                             rtol=1e-12)
+
+
+def test_bernoulli_kl_matches_direct_sum():
+  a = np.array([-2.0, 0.3, 4.0, 30.0])
+  b = np.array([1.0, 0.3, -4.0, -30.0])
+  pa, pb = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
+  direct = pa * np.log(pa / pb) + (1 - pa) * np.log((1 - pa) / (1 - pb))
+  got = kl.kl_divergence(dists.Bernoulli(jnp.asarray(a)),
+                         dists.Bernoulli(jnp.asarray(b)))
+  np.testing.assert_allclose(got, direct, rtol=1e-5)
+  assert got[1] == 0.0
+
+
+def test_categorical_kl_matches_scipy_entropy():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+  got = kl.kl_divergence(dists.Categorical(jnp.asarray(a)),
+                         dists.Categorical(jnp.asarray(b)))
+  want = stats.entropy(np.asarray(jax.nn.softmax(a)), np.asarray(jax.nn.softmax(b)),
+                       axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize('family', ['normal', 'bernoulli', 'categorical'])
+def test_monte_carlo_kl_agrees_with_analytic(family):
+  key = jax.random.PRNGKey(3)
+  if family == 'normal':
+    q = dists.Normal(jnp.array([0.5, -1.0]), jnp.array([0.1, -0.4]))
+    p = dists.Normal(jnp.array([0.0, 0.3]), jnp.array([0.3, 0.2]))
+  elif family == 'bernoulli':
+    q, p = dists.Bernoulli(jnp.array([1.0, -2.0])), dists.Bernoulli(jnp.array([-0.5, 0.5]))
+  else:
+    q = dists.Categorical(jnp.array([[1.0, 0.0, -1.0]]))
+    p = dists.Categorical(jnp.array([[0.0, 0.5, 0.0]]))
+  n = 20000
+  z = q.sample(key, (n,))
+  per_sample = q.log_prob(z) - p.log_prob(z)  # what mc_kl averages
+  stat_checks.assert_mean_close(per_sample, kl.kl_divergence(q, p))
+  np.testing.assert_allclose(kl.mc_kl_divergence(q, p, key, n),
+                             per_sample.mean(0), rtol=1e-12)
+
+
+def test_kl_errors():
+  with pytest.raises(NotImplementedError, match='mc_kl_divergence'):
+    kl.kl_divergence(dists.Normal(0.0, 0.0), dists.Bernoulli(0.0))
+  with pytest.raises(ValueError, match='num_samples'):
+    kl.mc_kl_divergence(dists.Normal(0.0, 0.0), dists.Normal(0.0, 0.0),
+                        jax.random.PRNGKey(0), 0)

@@ -1,0 +1,37 @@
+"""Tests for vae.registry."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae import distributions as dists
+from vae import registry
+
+
+def test_every_estimator_runs_under_jit_with_the_common_signature():
+  key = jax.random.PRNGKey(0)
+  for name, info in registry.ESTIMATORS.items():
+    if info.latents == 'discrete':
+      params, builder, f = jnp.array([0.2, -0.3]), dists.Bernoulli, lambda b: jnp.sum(b**2)
+    else:
+      params = {'loc': jnp.array([0.2, -0.3]), 'log_scale': jnp.zeros(2)}
+      builder = lambda p: dists.Normal(p['loc'], p['log_scale'])
+      f = lambda z: jnp.sum(z**2)
+    g = jax.jit(registry.get(name), static_argnums=(0, 2, 4))(
+        f, params, builder, key, max(info.min_samples, 2))
+    assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(params)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(g))
+
+
+def test_flags_are_consistent():
+  assert not registry.ESTIMATORS['gumbel_softmax'].unbiased
+  assert not registry.ESTIMATORS['straight_through'].unbiased
+  assert registry.ESTIMATORS['score_rloo'].min_samples == 2
+  assert 'pathwise' in registry.CONTINUOUS and 'pathwise' not in registry.DISCRETE
+  assert 'disarm' in registry.DISCRETE and 'score' in registry.DISCRETE
+
+
+def test_unknown_name():
+  with pytest.raises(ValueError, match='choose from'):
+    registry.get('nope')
