@@ -1,0 +1,191 @@
+"""MLP encoders and decoders (Flax linen) for VAEs on flat 784-pixel images.
+
+The defaults are Burda et al. (2015)'s one-stochastic-layer architecture:
+784-200-200-50 with tanh, in both directions. Networks return raw arrays:
+(loc, log_scale) of a diagonal Gaussian, or Bernoulli logits.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae.types import Array, Params, PRNGKey, Shape
+
+Initializer = Callable[[PRNGKey, Shape, Any], Array]
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'tanh': jnp.tanh,
+    'relu': nn.relu,
+    'elu': nn.elu,
+    'softplus': nn.softplus,
+    'sigmoid': nn.sigmoid,
+    'gelu': nn.gelu,
+    'silu': nn.silu,
+    'swish': nn.swish,
+    'leaky_relu': nn.leaky_relu,
+    'identity': lambda x: x,
+}
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+  """Returns the activation function called `name` (see `ACTIVATIONS`).
+
+  Args:
+    name: e.g. 'tanh', 'relu', 'elu', 'softplus'.
+
+  Returns:
+    The elementwise function.
+
+  Raises:
+    ValueError: `name` is not in `ACTIVATIONS`.
+  """
+  if name not in ACTIVATIONS:
+    raise ValueError(f'unknown activation {name!r}; expected one of '
+                     f'{sorted(ACTIVATIONS)}')
+  return ACTIVATIONS[name]
+
+
+def mean_logit_init(pixel_mean: Array, eps: float = 1e-3) -> Initializer:
+  """Bias initializer logit(pixel_mean), clipped to [eps, 1 - eps].
+
+  With it a decoder starts out predicting the mean training image, the usual
+  trick for Bernoulli image likelihoods.
+
+  Args:
+    pixel_mean: [784] mean of each pixel over the training set.
+    eps: clipping, so that always-0 pixels get a finite bias.
+
+  Returns:
+    An initializer for `MLPDecoder(output_bias_init=...)`.
+  """
+  p = np.clip(np.asarray(pixel_mean, np.float64), eps, 1.0 - eps)
+  bias = np.log(p) - np.log1p(-p)
+
+  def init(key: PRNGKey, shape: Shape, dtype: Any = jnp.float32) -> Array:
+    del key  # Deterministic.
+    if tuple(shape) != bias.shape:
+      raise ValueError(f'pixel_mean has shape {bias.shape}, bias {shape}')
+    return jnp.asarray(bias, dtype)
+
+  return init
+
+
+class MLP(nn.Module):
+  """Dense layers with an activation after each: x -> features.
+
+  Attributes:
+    hidden_sizes: width of each layer.
+    activation: activation name (see `ACTIVATIONS`).
+  """
+  hidden_sizes: Sequence[int] = (200, 200)
+  activation: str = 'tanh'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Applies the layers to x [..., d_in]; returns [..., hidden_sizes[-1]]."""
+    act = get_activation(self.activation)
+    x = _as_float(x)
+    for i, size in enumerate(self.hidden_sizes):
+      x = act(nn.Dense(size, name=f'hidden_{i}')(x))
+    return x
+
+
+class MLPEncoder(nn.Module):
+  """x -> (loc, log_scale) of a diagonal-Gaussian q(z|x).
+
+  Attributes:
+    hidden_sizes: widths of the hidden layers.
+    latent_dim: dimension of z.
+    activation: activation name (see `ACTIVATIONS`).
+  """
+  hidden_sizes: Sequence[int] = (200, 200)
+  latent_dim: int = 50
+  activation: str = 'tanh'
+
+  @nn.compact
+  def __call__(self, x: Array) -> tuple[Array, Array]:
+    """Encodes x [..., 784]; returns loc, log_scale, each [..., latent_dim]."""
+    h = MLP(self.hidden_sizes, self.activation, name='trunk')(x)
+    loc = nn.Dense(self.latent_dim, name='loc')(h)
+    log_scale = nn.Dense(self.latent_dim, name='log_scale')(h)
+    return loc, log_scale
+
+
+class BernoulliEncoder(nn.Module):
+  """x -> logits of independent Bernoulli latents q(z|x).
+
+  For discrete-latent VAEs and sigmoid belief nets (REBAR/RELAX's nonlinear
+  model is 784-200-200 tanh to 200 Bernoulli units, the default here).
+
+  Attributes:
+    hidden_sizes: widths of the hidden layers; () gives a linear (logistic)
+      layer.
+    latent_dim: number of binary latents.
+    activation: activation name (see `ACTIVATIONS`).
+  """
+  hidden_sizes: Sequence[int] = (200, 200)
+  latent_dim: int = 200
+  activation: str = 'tanh'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Encodes x [..., 784]; returns logits [..., latent_dim]."""
+    h = MLP(self.hidden_sizes, self.activation, name='trunk')(x)
+    return nn.Dense(self.latent_dim, name='logits')(h)
+
+
+class MLPDecoder(nn.Module):
+  """z -> Bernoulli logits of p(x|z).
+
+  Attributes:
+    hidden_sizes: widths of the hidden layers.
+    output_dim: number of pixels.
+    activation: activation name (see `ACTIVATIONS`).
+    output_bias_init: initializer of the output bias, e.g.
+      `mean_logit_init(dataset.pixel_mean)`; None: zeros.
+  """
+  hidden_sizes: Sequence[int] = (200, 200)
+  output_dim: int = 784
+  activation: str = 'tanh'
+  output_bias_init: Initializer | None = None
+
+  @nn.compact
+  def __call__(self, z: Array) -> Array:
+    """Decodes z [..., latent_dim] (float or 0/1); returns [..., output_dim]."""
+    h = MLP(self.hidden_sizes, self.activation, name='trunk')(z)
+    bias_init = self.output_bias_init or nn.initializers.zeros_init()
+    return nn.Dense(self.output_dim, bias_init=bias_init, name='logits')(h)
+
+
+def init_vae_params(key: PRNGKey, encoder: nn.Module, decoder: nn.Module,
+                    x_dim: int = 784,
+                    latent_dim: int | None = None) -> dict[str, Params]:
+  """Initialises an encoder and a decoder.
+
+  Args:
+    key: PRNG key.
+    encoder: maps x [x_dim] to the parameters of q(z|x).
+    decoder: maps z [latent_dim] to the parameters of p(x|z).
+    x_dim: data dimension.
+    latent_dim: latent dimension; None: `encoder.latent_dim`.
+
+  Returns:
+    {'encoder': variables, 'decoder': variables}, each the result of
+    `module.init`, so `encoder.apply(params['encoder'], x)` works.
+  """
+  if latent_dim is None:
+    latent_dim = encoder.latent_dim
+  enc_key, dec_key = jax.random.split(key)
+  # Jitted: one compilation instead of many op-by-op ones (seconds on CPU).
+  return {
+      'encoder': jax.jit(encoder.init)(enc_key, jnp.zeros((1, x_dim))),
+      'decoder': jax.jit(decoder.init)(dec_key, jnp.zeros((1, latent_dim))),
+  }
+
+
+def _as_float(x: Array) -> Array:
+  x = jnp.asarray(x)
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
