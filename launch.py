@@ -897,8 +897,10 @@ def _wrap(text: str, indent: int) -> str:
 
 
 def _describe_flag(spec: FlagSpec) -> list[str]:
-  lines = [f'  --{spec.name}  ({spec.describe_type()}; default: '
-           f'{spec.default})']
+  lines = [textwrap.fill(
+      f'--{spec.name}  ({spec.describe_type()}; default: {spec.default})',
+      width=79, initial_indent='  ', subsequent_indent=' ' * 6,
+      break_on_hyphens=False)]
   if spec.help:
     lines.append(_wrap(spec.help, 6))
   return lines
