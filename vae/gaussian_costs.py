@@ -69,6 +69,11 @@ COSTS = {
 }
 
 
+def cost_index(name: str) -> int:
+  """A stable integer id of a cost (for deriving PRNG keys)."""
+  return list(COSTS).index(name)
+
+
 def _normal_expectation(g: Callable[[float], float]) -> float:
   """E_{ε~N(0,1)}[g(ε)] by adaptive quadrature."""
   val, _ = integrate.quad(lambda e: g(e) * math.exp(-0.5 * e * e) / SQRT_2PI,

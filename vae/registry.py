@@ -83,6 +83,11 @@ CONTINUOUS = tuple(n for n, i in ESTIMATORS.items() if i.latents != 'discrete')
 DISCRETE = tuple(n for n, i in ESTIMATORS.items() if i.latents != 'continuous')
 
 
+def index(name: str) -> int:
+  """A stable integer id of an estimator (for deriving PRNG keys)."""
+  return list(ESTIMATORS).index(name)
+
+
 def get(name: str, **options) -> types.GradientEstimator:
   """The estimator `name`, with keyword options (e.g. temperature) bound.
 

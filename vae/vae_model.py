@@ -1,0 +1,168 @@
+"""A VAE with Gaussian latents and Bernoulli pixels: losses and log-weights.
+
+    q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²),  p(z) = N(0, I),  p_θ(x|z) = Bern(σ(D_θ(z))).
+
+`batch_surrogate` is the training loss for any (objective, estimator) pair of
+`vae.objectives.ESTIMATORS_FOR`: its value is the mean bound over the batch,
+its gradient w.r.t. params = {'encoder', 'decoder'} is the estimator.
+`log_weights` and `importance_log_likelihood` give the importance-sampled
+estimate of log p(x) used for test log-likelihoods.
+"""
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae import distributions as dists
+from vae import networks
+from vae import objectives
+from vae import types
+
+Array = types.Array
+Params = types.Params
+PRNGKey = types.PRNGKey
+
+
+@dataclasses.dataclass(frozen=True)
+class VAE:
+  """A static, hashable VAE definition (usable as a jit static argument).
+
+  Attributes:
+    encoder: x -> (loc, log_scale), e.g. `networks.MLPEncoder`.
+    decoder: z -> Bernoulli logits, e.g. `networks.MLPDecoder`.
+    latent_dim: dimension of z.
+    data_dim: dimension of x.
+  """
+  encoder: nn.Module
+  decoder: nn.Module
+  latent_dim: int
+  data_dim: int = 784
+
+  def init(self, key: PRNGKey) -> Params:
+    """Initial parameters {'encoder': ..., 'decoder': ...}."""
+    return networks.init_vae_params(key, self.encoder, self.decoder,
+                                    self.data_dim, self.latent_dim)
+
+  def posterior(self, params: Params, x: Array) -> dists.Normal:
+    """q_φ(z|x) for x [..., data_dim]."""
+    loc, log_scale = self.encoder.apply(params['encoder'], x)
+    return dists.Normal(loc, log_scale)
+
+  def prior(self) -> dists.Normal:
+    return dists.standard_normal((self.latent_dim,))
+
+  def log_likelihood_fn(self, params: Params, x: Array):
+    """z -> log p_θ(x|z) = Σ_pixels x·l - softplus(l), l = decoder(z)."""
+    def log_likelihood(z):
+      logits = self.decoder.apply(params['decoder'], z)
+      return jnp.sum(dists.Bernoulli(logits).log_prob(x), axis=-1)
+    return log_likelihood
+
+
+def burda_vae(latent_dim: int = 50, hidden_sizes=(200, 200),
+              activation: str = 'tanh', data_dim: int = 784,
+              output_bias_init=None) -> VAE:
+  """Burda et al. (2015) one-stochastic-layer architecture (784-200-200-50)."""
+  return VAE(
+      encoder=networks.MLPEncoder(hidden_sizes=tuple(hidden_sizes),
+                                  latent_dim=latent_dim, activation=activation),
+      decoder=networks.MLPDecoder(hidden_sizes=tuple(hidden_sizes),
+                                  output_dim=data_dim, activation=activation,
+                                  output_bias_init=output_bias_init),
+      latent_dim=latent_dim, data_dim=data_dim)
+
+
+def example_surrogate(model: VAE, params: Params, x: Array, key: PRNGKey,
+                      objective: str, estimator: str, num_samples: int,
+                      beta: float = 1.0, baseline: Array | None = None) -> Array:
+  """One example's surrogate bound (see `objectives.surrogate_objective`)."""
+  q = model.posterior(params, x)
+  return objectives.surrogate_objective(
+      objective, estimator, model.log_likelihood_fn(params, x), q,
+      model.prior(), key, num_samples, beta=beta, baseline=baseline)
+
+
+def batch_surrogate(model: VAE, params: Params, batch: Array, key: PRNGKey,
+                    objective: str = 'elbo', estimator: str = 'pathwise',
+                    num_samples: int = 1, beta: float = 1.0,
+                    baseline: Array | None = None) -> Array:
+  """Mean over the batch of the per-example surrogate bound.
+
+  Maximize it (minimize its negative). Per-example surrogates keep the score
+  function terms of different examples separate (no cross-example noise).
+
+  Args:
+    model: the VAE.
+    params: {'encoder', 'decoder'}.
+    batch: x, [B, data_dim].
+    key: PRNG key (split per example).
+    objective: 'elbo', 'elbo_mc_kl' or 'iwae'.
+    estimator: an estimator valid for the objective.
+    num_samples: samples per example (K for iwae).
+    beta: KL weight.
+    baseline: constant baseline for 'score_baseline'.
+
+  Returns:
+    The scalar mean surrogate (its value is the mean bound estimate).
+  """
+  keys = jax.random.split(key, batch.shape[0])
+  per_example = jax.vmap(
+      lambda x, k: example_surrogate(model, params, x, k, objective, estimator,
+                                     num_samples, beta, baseline))(batch, keys)
+  return jnp.mean(per_example)
+
+
+def log_weights(model: VAE, params: Params, x: Array, key: PRNGKey,
+                num_samples: int) -> Array:
+  """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q; shape [K].
+
+  Decodes all K samples in one batched call (one matmul per layer).
+  """
+  q = model.posterior(params, x)
+  z = q.sample(key, (num_samples,))
+  logits = model.decoder.apply(params['decoder'], z)
+  log_px_z = jnp.sum(dists.Bernoulli(logits).log_prob(x), axis=-1)
+  return (log_px_z + jnp.sum(model.prior().log_prob(z), -1) -
+          jnp.sum(q.log_prob(z), -1))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def importance_log_likelihood(model: VAE, params: Params, batch: Array,
+                              key: PRNGKey, num_samples: int,
+                              chunk_size: int = 500) -> Array:
+  """Importance-sampled log p(x) ≈ log (1/K) Σ_k w_k for each x in the batch.
+
+  Computed in chunks of `chunk_size` samples with a running logsumexp
+  (`lax.scan`), so memory is O(B · chunk_size) for any K. A stochastic lower
+  bound on log p(x) (= IWAE_K) that tightens as K grows.
+
+  Args:
+    model: the VAE (static).
+    params: parameters.
+    batch: x, [B, data_dim].
+    key: PRNG key.
+    num_samples: K (static); must be a multiple of chunk_size (or smaller).
+    chunk_size: samples per chunk (static).
+
+  Returns:
+    [B] estimates of log p(x).
+  """
+  chunk = min(chunk_size, num_samples)
+  if num_samples % chunk:
+    raise ValueError(f'num_samples={num_samples} must be a multiple of '
+                     f'chunk_size={chunk}.')
+  num_chunks = num_samples // chunk
+  keys = jax.random.split(key, batch.shape[0])
+
+  def one_example(x, k):
+    def body(acc, ck):
+      lw = log_weights(model, params, x, ck, chunk)
+      return jnp.logaddexp(acc, jax.nn.logsumexp(lw)), None
+    acc, _ = jax.lax.scan(body, jnp.asarray(-jnp.inf, jnp.float32),
+                          jax.random.split(k, num_chunks))
+    return acc - jnp.log(float(num_samples))
+
+  return jax.vmap(one_example)(batch, keys)
