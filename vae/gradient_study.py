@@ -61,11 +61,17 @@ def _z_score(mean: float, exact: float, std_error: float) -> float:
 
 
 def _summarize(draws: np.ndarray):
+  """Mean, variance, SE of the mean and SE of the variance over the last axis.
+
+  SE of the sample variance = sqrt((m4 - var²)/n), m4 the 4th central moment.
+  """
   draws = np.asarray(draws, np.float64)
   n = draws.shape[-1]
   mean = draws.mean(-1)
-  var = draws.var(-1, ddof=1)
-  return mean, var, np.sqrt(var / n)
+  centered = draws - mean[..., None]
+  var = (centered**2).sum(-1) / (n - 1)
+  m4 = (centered**4).mean(-1)
+  return mean, var, np.sqrt(var / n), np.sqrt(np.maximum(m4 - var**2, 0) / n)
 
 
 def gaussian_cost_records(costs: Sequence[str], estimators: Sequence[str],
@@ -86,7 +92,8 @@ def gaussian_cost_records(costs: Sequence[str], estimators: Sequence[str],
 
   Returns:
     Records with fields cost, estimator, param, mu, sigma, num_samples,
-    num_draws, mean, variance, std_error, exact_gradient, exact_variance,
+    num_draws, mean, variance, std_error, variance_std_error (SE of the
+    measured variance), exact_gradient, exact_variance,
     z_score ((mean - exact)/std_error), variance_ratio (variance /
     exact_variance), exact_source ('closed_form' or 'quadrature').
   """
@@ -117,7 +124,7 @@ def gaussian_cost_records(costs: Sequence[str], estimators: Sequence[str],
         cost = gaussian_costs.COSTS[cost_name]
         g = draws[cost_name]
         for param in ('mu', 'sigma'):
-          mean, var, se = _summarize(g[param])
+          mean, var, se, var_se = _summarize(g[param])
           for i, (m, s) in enumerate(grid):
             exact = gaussian_costs.exact_gradient(cost, param, m, s)
             closed = cost.grad_mu if param == 'mu' else cost.grad_sigma
@@ -129,10 +136,11 @@ def gaussian_cost_records(costs: Sequence[str], estimators: Sequence[str],
                 'mu': m, 'sigma': s, 'num_samples': int(n),
                 'num_draws': num_draws, 'mean': float(mean[i]),
                 'variance': float(var[i]), 'std_error': float(se[i]),
+                'variance_std_error': float(var_se[i]),
                 'exact_gradient': exact, 'exact_variance': exact_var,
                 'z_score': _z_score(mean[i], exact, se[i]),
                 'variance_ratio': (float(var[i] / exact_var)
-                                   if exact_var else None),
+                                   if exact_var and exact_var > 1e-10 else None),
                 'exact_source': 'closed_form' if closed else 'quadrature',
                 'unbiased': info.unbiased,
             })
@@ -192,7 +200,7 @@ def linear_gaussian_records(estimators: Sequence[str],
       for field in ('loc', 'log_scale'):
         draws = np.asarray(getattr(g, field)) + np.asarray(
             getattr(entropy_grad, field))
-        mean, var, se = _summarize(draws.T)
+        mean, var, se, var_se = _summarize(draws.T)
         want = np.asarray(getattr(exact, field))
         for i in range(draws.shape[1]):
           records.append({
@@ -202,6 +210,7 @@ def linear_gaussian_records(estimators: Sequence[str],
               'sigma': float(q.scale[i]), 'num_samples': int(n),
               'num_draws': num_draws, 'mean': float(mean[i]),
               'variance': float(var[i]), 'std_error': float(se[i]),
+              'variance_std_error': float(var_se[i]),
               'exact_gradient': float(want[i]), 'exact_variance': None,
               'z_score': _z_score(mean[i], want[i], se[i]),
               'variance_ratio': None, 'exact_source': 'closed_form',
