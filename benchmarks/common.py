@@ -1,0 +1,278 @@
+"""Shared benchmark helpers: timing, matmul peak, FLOP counts, machine, data.
+
+Timing rules used by every benchmark: compile and run once (warm-up) before
+timing, block on every result (`jax.block_until_ready`), repeat and report
+the median (and the minimum, the least disturbed run, since these machines
+are shared). Ratios are taken between measurements made in the same process,
+close in time, and every result line carries the load average at the time.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Burda et al. (2015)'s architecture: 784-200-200-50, batch 100.
+BURDA_DATA_DIM = 784
+BURDA_HIDDEN = (200, 200)
+BURDA_LATENT = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  """Wall-clock seconds of repeated calls (after warm-up).
+
+  Attributes:
+    times: seconds of each timed repeat.
+    compile_s: seconds of the first (warm-up) call, compilation included.
+  """
+  times: tuple[float, ...]
+  compile_s: float | None = None
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.times)
+
+  @property
+  def min(self) -> float:
+    return min(self.times)
+
+
+def block(tree: Any) -> Any:
+  """Waits for every array in `tree` (asynchronous dispatch)."""
+  return jax.block_until_ready(tree)
+
+
+def time_fn(fn: Callable[[], Any], repeats: int = 5,
+            warmup: int = 1) -> Timing:
+  """Times `fn()` (a closure that dispatches the work) `repeats` times.
+
+  Args:
+    fn: zero-argument callable; its result is blocked on.
+    repeats: timed calls (≥ 1).
+    warmup: untimed calls first (compilation); the first one's time is kept
+      as `compile_s`.
+
+  Returns:
+    The `Timing`.
+  """
+  compile_s = None
+  for i in range(warmup):
+    t0 = time.perf_counter()
+    block(fn())
+    if i == 0:
+      compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    block(fn())
+    times.append(time.perf_counter() - t0)
+  return Timing(tuple(times), compile_s)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5,
+                dtype: Any = jnp.float32) -> dict[str, float]:
+  """This device's achieved matmul rate: jitted [n, n] @ [n, n], float32.
+
+  Args:
+    n: matrix size (2048: ~17 GFLOP per product).
+    repeats: timed products.
+    dtype: element type.
+
+  Returns:
+    {'n', 'gflops' (2n³ / median time), 'gflops_best' (at the min time),
+    'seconds'}.
+  """
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), dtype)
+  b = jax.random.normal(kb, (n, n), dtype)
+  f = jax.jit(jnp.matmul)
+  t = time_fn(lambda: f(a, b), repeats=repeats)
+  flops = 2.0 * n**3
+  return {'n': n, 'gflops': flops / t.median / 1e9,
+          'gflops_best': flops / t.min / 1e9, 'seconds': t.median}
+
+
+def mlp_flops(sizes: Sequence[int]) -> int:
+  """Forward matmul FLOPs of dense layers sizes[0] -> ... -> sizes[-1]."""
+  return sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def encoder_flops(data_dim: int = BURDA_DATA_DIM,
+                  hidden: Sequence[int] = BURDA_HIDDEN,
+                  latent: int = BURDA_LATENT) -> int:
+  """Forward matmul FLOPs of one encoder pass (trunk + loc and log-scale).
+
+  Burda: 2·(784·200 + 200·200 + 200·100) = 433,600.
+  """
+  return mlp_flops((data_dim,) + tuple(hidden)) + 2 * hidden[-1] * 2 * latent
+
+
+def decoder_flops(data_dim: int = BURDA_DATA_DIM,
+                  hidden: Sequence[int] = BURDA_HIDDEN,
+                  latent: int = BURDA_LATENT) -> int:
+  """Forward matmul FLOPs of one decoder pass per sample.
+
+  Burda: 2·(50·200 + 200·200 + 200·784) = 413,600.
+  """
+  return mlp_flops((latent,) + tuple(hidden) + (data_dim,))
+
+
+def train_flops_per_example(num_samples: int = 1, **arch: Any) -> int:
+  """Matmul FLOPs of forward + backward (≈ 3× forward) per training example.
+
+  Burda, one sample: 3·(433,600 + 413,600) = 2,541,600.
+  """
+  return 3 * (encoder_flops(**arch) + num_samples * decoder_flops(**arch))
+
+
+def cpu_model() -> str:
+  """The CPU model name from /proc/cpuinfo (or `platform.processor()`)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def load_average() -> tuple[float, float, float]:
+  """The 1, 5 and 15 minute load averages (zeros where unavailable)."""
+  try:
+    return tuple(round(x, 2) for x in os.getloadavg())
+  except OSError:
+    return (0.0, 0.0, 0.0)
+
+
+def machine_info() -> dict[str, Any]:
+  """Where a benchmark ran: device, CPU, cores, load, date, versions."""
+  dev = jax.devices()[0]
+  return {
+      'date': datetime.datetime.now().isoformat(timespec='seconds'),
+      'backend': jax.default_backend(),
+      'device': getattr(dev, 'device_kind', str(dev)),
+      'num_devices': jax.device_count(),
+      'cpu': cpu_model(),
+      'cores': os.cpu_count(),
+      'load_avg': load_average(),
+      'jax': jax.__version__,
+      'python': platform.python_version(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+  }
+
+
+def _fmt(value: Any) -> str:
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  if isinstance(value, (tuple, list)):
+    return ','.join(_fmt(v) for v in value)
+  return str(value)
+
+
+class Reporter:
+  """Prints one `name: k=v ...` line per result; optionally saves JSON."""
+
+  def __init__(self, benchmark: str, output: str | None = None,
+               stream=None):
+    self.benchmark = benchmark
+    self.output = output
+    self.stream = stream or sys.stdout
+    self.records: list[dict[str, Any]] = []
+    self.machine = machine_info()
+
+  def info(self) -> None:
+    """Prints the machine line."""
+    print(f'# {self.benchmark} machine: ' + ' '.join(
+        f'{k}={_fmt(v)}' for k, v in self.machine.items()), file=self.stream,
+          flush=True)
+
+  def result(self, case: str, **fields: Any) -> dict[str, Any]:
+    """Prints (and keeps) one result line; adds the current load average."""
+    record = {'benchmark': self.benchmark, 'case': case, **fields,
+              'load_avg': load_average()}
+    self.records.append(record)
+    print(f'{self.benchmark}/{case}: ' + ' '.join(
+        f'{k}={_fmt(v)}' for k, v in record.items()
+        if k not in ('benchmark', 'case')), file=self.stream, flush=True)
+    return record
+
+  def save(self) -> None:
+    """Writes {'machine', 'results'} to `output` (if set)."""
+    if not self.output:
+      return
+    os.makedirs(os.path.dirname(os.path.abspath(self.output)), exist_ok=True)
+    with open(self.output, 'w') as f:
+      json.dump({'machine': self.machine, 'results': self.records}, f,
+                indent=1, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+  if isinstance(value, (np.generic,)):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return str(value)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+  """--full, --output, --repeats, --seed, data location flags."""
+  parser.add_argument('--full', action='store_true',
+                      help="The issue's full sizes (slow on CPU).")
+  parser.add_argument('--output', default=None,
+                      help='Also write the results as JSON to this file.')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='Timed repeats per case (median reported).')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--dataset', default='binarized_mnist',
+                      help="'binarized_mnist' (real data) or 'synthetic'.")
+  parser.add_argument('--tfds_data_dir', default=None,
+                      help='TFDS data dir (default: env VAE_TFDS_DATA_DIR).')
+  parser.add_argument('--data_cache_dir', default=None,
+                      help='numpy cache dir <dir>/binarized_mnist.npz '
+                      '(default: env VAE_DATA_CACHE); the only source on '
+                      'machines without TensorFlow.')
+  parser.add_argument('--allow_synthetic', action='store_true',
+                      help='Fall back to synthetic images if the real data '
+                      'cannot be found (speed does not depend on pixels).')
+
+
+def load_images(args: argparse.Namespace, split: str,
+                num: int | None = None) -> tuple[np.ndarray, str]:
+  """The images of `split` (float32 [N, 784]) and where they came from.
+
+  Args:
+    args: parsed flags (see `add_common_args`).
+    split: 'train' or 'test'.
+    num: keep the first `num` images (None: all).
+
+  Returns:
+    (images, source) with source 'binarized_mnist' or 'synthetic'.
+  """
+  from vae import data as data_lib  # pylint: disable=g-import-not-at-top
+  if args.dataset == 'synthetic':
+    return data_lib.load_split('synthetic', split, num_examples=num or 10_000,
+                               seed=args.seed), 'synthetic'
+  try:
+    images = data_lib.load_split(args.dataset, split,
+                                 data_dir=args.tfds_data_dir,
+                                 cache_dir=args.data_cache_dir,
+                                 num_examples=num)
+    return images, args.dataset
+  except data_lib.DataNotFoundError as e:
+    if not args.allow_synthetic:
+      raise
+    print(f'# {e}\n# falling back to synthetic images', file=sys.stderr)
+    return data_lib.load_split('synthetic', split, num_examples=num or 10_000,
+                               seed=args.seed), 'synthetic'
