@@ -407,13 +407,15 @@ def test_sweep_parallel(env, capsys):
       ('0', 'true'), ('0', 'false'), ('1', 'true'), ('1', 'false')]
 
 
-def test_sweep_through_submitit_local_executor(env, capsys):
+def test_sweep_through_submitit_local_executor(env):
   pytest.importorskip('submitit')
-  rc, out, err = _main(['--experiment=fake', '--sweep=num_samples=1,2',
-                        '--fail_on=2', '--launcher=slurm',
-                        '--slurm_cluster=local', '--slurm_partition=p',
-                        '--slurm_mem=1', '--slurm_time=5', '--output_dir=sl'],
-                       capsys)
+  # A subprocess: submitit's local executor closes the stdio that pytest-xdist
+  # workers rely on, which broke every later test in the same worker.
+  rc, out, err = _run(['--experiment=fake', '--sweep=num_samples=1,2',
+                       '--fail_on=2', '--launcher=slurm',
+                       '--slurm_cluster=local', '--slurm_partition=p',
+                       '--slurm_mem=1', '--slurm_time=5', '--output_dir=sl'],
+                      env['work'])
   assert rc == 1
   root = env['work'] / 'sl'
   sweep = _json(root / 'sweep.json')
