@@ -1,0 +1,286 @@
+"""Variational inference in the linear-Gaussian model: optimal q, encoders, gaps.
+
+Model (see `vae.linear_gaussian`): z ~ N(0, I_d), x | z ~ N(Wz + b, σ² I_D),
+posterior p(z|x) = N(m(x), Λ⁻¹) with precision Λ = I + WᵀW/σ².
+
+* The best diagonal Gaussian q*(z|x) = argmax ELBO has mean m(x) and
+  variances 1/Λ_jj, and its approximation gap
+      log p(x) - ELBO(q*) = KL(q* ‖ p(z|x)) = ½ (Σ_j log Λ_jj - log det Λ)
+  is the same for every x; it is 0 iff WᵀW is diagonal.
+* An encoder (amortized inference) maps x to q_φ(z|x); its amortization gap
+  is ELBO(q*) - ELBO(q_φ) ≥ 0 (Cremer, Li & Duvenaud 2018).
+* `fit_by_elbo` learns (W, b, σ) by maximizing the ELBO with any estimator
+  of `vae.objectives.surrogate_objective`, with an amortized linear encoder
+  or per-data-point variational parameters.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vae import distributions as dists
+from vae import linear_gaussian as lg
+from vae import objectives
+from vae import types
+
+Array = types.Array
+PRNGKey = types.PRNGKey
+Params = dict[str, Any]
+
+
+def orthogonal_model(key: PRNGKey, data_dim: int, latent_dim: int,
+                     scales: Array | None = None,
+                     noise_scale: float = 0.5) -> lg.LinearGaussianModel:
+  """A model with W = U diag(scales), UᵀU = I, so WᵀW is diagonal.
+
+  Its posterior covariance (I + WᵀW/σ²)⁻¹ is diagonal, so a diagonal q can be
+  exact: ELBO(q*) = log p(x).
+
+  Args:
+    key: PRNG key (U and b).
+    data_dim: D.
+    latent_dim: d ≤ D.
+    scales: column norms of W (default 1, 2, ..., d).
+    noise_scale: σ.
+
+  Returns:
+    The model.
+  """
+  k_u, k_b = jax.random.split(key)
+  u, _ = jnp.linalg.qr(jax.random.normal(k_u, (data_dim, latent_dim)))
+  if scales is None:
+    scales = jnp.arange(1, latent_dim + 1, dtype=u.dtype)
+  return lg.LinearGaussianModel(
+      weight=u * jnp.asarray(scales, u.dtype),
+      bias=jax.random.normal(k_b, (data_dim,), u.dtype),
+      log_noise_scale=jnp.log(jnp.asarray(noise_scale, u.dtype)))
+
+
+@jax.jit
+def posterior_precision(model: lg.LinearGaussianModel) -> Array:
+  """Λ = I + WᵀW / σ² (the same for every x)."""
+  w = model.weight
+  return jnp.eye(model.latent_dim, dtype=w.dtype) + w.T @ w / model.noise_variance
+
+
+@jax.jit
+def optimal_diagonal_q(model: lg.LinearGaussianModel, x: Array) -> dists.Normal:
+  """argmax over diagonal Gaussians q of ELBO(q) for one x [D] (or a batch).
+
+  q* = N(m(x), diag(1/Λ_jj)), m(x) = Λ⁻¹ Wᵀ(x - b)/σ²: the KL(q ‖ p(z|x))
+  minimizer among diagonal Gaussians, which matches the posterior mean and
+  the diagonal of the posterior *precision*.
+  """
+  precision = posterior_precision(model)
+  mean = jnp.linalg.solve(precision, model.weight.T @ jnp.swapaxes(
+      jnp.atleast_2d(x - model.bias), 0, 1) / model.noise_variance).T
+  mean = jnp.reshape(mean, jnp.shape(x)[:-1] + (model.latent_dim,))
+  log_scale = -0.5 * jnp.log(jnp.diagonal(precision))
+  return dists.Normal(loc=mean, log_scale=jnp.broadcast_to(log_scale,
+                                                           mean.shape))
+
+
+@jax.jit
+def approximation_gap(model: lg.LinearGaussianModel) -> Array:
+  """log p(x) - max_{q diagonal} ELBO(q) = ½ (Σ_j log Λ_jj - log det Λ) ≥ 0."""
+  precision = posterior_precision(model)
+  _, log_det = jnp.linalg.slogdet(precision)
+  return 0.5 * (jnp.sum(jnp.log(jnp.diagonal(precision))) - log_det)
+
+
+@jax.jit
+def batch_elbo(model: lg.LinearGaussianModel, x: Array,
+               q: dists.Normal) -> Array:
+  """Closed-form ELBO(q_n) (`linear_gaussian.elbo`) for each row: x [N, D] -> [N]."""
+  return jax.vmap(lambda xi, loc, ls: lg.elbo(
+      model, xi, dists.Normal(loc, ls)))(x, q.loc, jnp.broadcast_to(
+          q.log_scale, q.loc.shape))
+
+
+@jax.jit
+def batch_log_marginal(model: lg.LinearGaussianModel, x: Array) -> Array:
+  """Exact log p(x_n) for each row of x [N, D]: [N]."""
+  return jax.vmap(lambda xi: lg.log_marginal(model, xi))(x)
+
+
+# --------------------------------------------------------------------------
+# Encoders.
+
+
+def init_encoder(key: PRNGKey, kind: str, data_dim: int, latent_dim: int,
+                 hidden: int = 32) -> Params:
+  """Encoder parameters; `kind` is 'linear' or 'mlp' (one tanh hidden layer).
+
+  linear: μ = xA + c, log σ = xB + e.
+  mlp:    h = tanh(x W₁ + b₁), μ = h A + c, log σ = h B + e.
+  """
+  k1, k2, k3 = jax.random.split(key, 3)
+  if kind == 'linear':
+    inputs, params = data_dim, {}
+  elif kind == 'mlp':
+    inputs = hidden
+    params = {'w1': jax.random.normal(k1, (data_dim, hidden)) / jnp.sqrt(
+        data_dim), 'b1': jnp.zeros(hidden)}
+  else:
+    raise ValueError(f"encoder kind must be 'linear' or 'mlp', got {kind!r}.")
+  scale = 0.1 / jnp.sqrt(inputs)
+  params.update({
+      'loc_w': scale * jax.random.normal(k2, (inputs, latent_dim)),
+      'loc_b': jnp.zeros(latent_dim),
+      'log_scale_w': scale * jax.random.normal(k3, (inputs, latent_dim)),
+      'log_scale_b': jnp.zeros(latent_dim),
+  })
+  return params
+
+
+def encode(params: Params, x: Array) -> dists.Normal:
+  """q_φ(z|x) for x [D] or [N, D] (the kind is read from the parameters)."""
+  h = jnp.tanh(x @ params['w1'] + params['b1']) if 'w1' in params else x
+  return dists.Normal(loc=h @ params['loc_w'] + params['loc_b'],
+                      log_scale=h @ params['log_scale_w'] +
+                      params['log_scale_b'])
+
+
+@jax.jit
+def gaps(model: lg.LinearGaussianModel, x: Array,
+         encoder_params: Params) -> dict[str, Array]:
+  """Mean over x [N, D] of log p(x), ELBO(q*), ELBO(q_φ) and the two gaps.
+
+  approximation_gap = log p(x) - ELBO(q*)  (Cremer et al. 2018),
+  amortization_gap  = ELBO(q*) - ELBO(q_φ(·|x)).
+  """
+  log_px = batch_log_marginal(model, x)
+  elbo_opt = batch_elbo(model, x, optimal_diagonal_q(model, x))
+  elbo_amortized = batch_elbo(model, x, encode(encoder_params, x))
+  return {
+      'log_px': jnp.mean(log_px),
+      'elbo_optimal_q': jnp.mean(elbo_opt),
+      'elbo_amortized': jnp.mean(elbo_amortized),
+      'approximation_gap': jnp.mean(log_px - elbo_opt),
+      'amortization_gap': jnp.mean(elbo_opt - elbo_amortized),
+  }
+
+
+def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
+                  num_steps: int, learning_rate: float = 1e-2
+                  ) -> tuple[Params, Array]:
+  """Fits an encoder for a fixed model: max_φ (1/N) Σ_n ELBO(q_φ(·|x_n)).
+
+  Full-batch Adam on the closed-form ELBO (no Monte Carlo noise), so any
+  remaining gap is due to the encoder and the optimization, not to gradient
+  variance.
+
+  Args:
+    model: the (fixed) linear-Gaussian model.
+    x: training data [N, D].
+    params: initial encoder parameters (`init_encoder`).
+    num_steps: Adam steps.
+    learning_rate: Adam step size.
+
+  Returns:
+    (trained params, mean training ELBO before each step [num_steps]).
+  """
+  opt = optax.adam(learning_rate)
+
+  def loss(p):
+    return -jnp.mean(batch_elbo(model, x, encode(p, x)))
+
+  def step(carry, _):
+    p, state = carry
+    value, grads = jax.value_and_grad(loss)(p)
+    updates, state = opt.update(grads, state, p)
+    return (optax.apply_updates(p, updates), state), -value
+
+  (params, _), history = jax.lax.scan(step, (params, opt.init(params)), None,
+                                      length=num_steps)
+  return params, history
+
+
+# --------------------------------------------------------------------------
+# Learning the model by maximizing the ELBO.
+
+
+def init_model(key: PRNGKey, x: Array, latent_dim: int) -> lg.LinearGaussianModel:
+  """Starting point for learning: W ~ 0.1 N(0, 1), b = mean(x), σ = 1."""
+  return lg.LinearGaussianModel(
+      weight=0.1 * jax.random.normal(key, (x.shape[1], latent_dim), x.dtype),
+      bias=jnp.mean(x, axis=0),
+      log_noise_scale=jnp.zeros((), x.dtype))
+
+
+def _variational(params: Params, x: Array, inference: str) -> dists.Normal:
+  if inference == 'amortized':
+    return encode(params, x)
+  return dists.Normal(loc=params['loc'], log_scale=params['log_scale'])
+
+
+def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
+                inference: str = 'amortized', num_steps: int = 2000,
+                learning_rate: float = 1e-2, num_samples: int = 2,
+                ) -> tuple[lg.LinearGaussianModel, Params, Array]:
+  """Learns (W, b, σ) and q jointly by maximizing (1/N) Σ_n ELBO(x_n).
+
+  Each step is full-batch Adam on the surrogate of
+  `objectives.surrogate_objective` ('elbo' with the analytic KL; 'elbo_mc_kl'
+  for 'stl'), whose gradient w.r.t. q's parameters is `estimator` and w.r.t.
+  the model is the Monte Carlo gradient of E_q[log p(x|z)].
+
+  Args:
+    x: training data [N, D].
+    latent_dim: d.
+    estimator: 'pathwise', 'score', 'score_rloo' or 'stl'.
+    key: PRNG key.
+    inference: 'amortized' (linear encoder) or 'per_point' (free μ_n, log σ_n
+      for each training point).
+    num_steps: Adam steps.
+    learning_rate: Adam step size.
+    num_samples: z samples per data point and step.
+
+  Returns:
+    (model, variational params, exact mean ELBO after each step [num_steps]).
+  """
+  if inference not in ('amortized', 'per_point'):
+    raise ValueError(f"inference must be 'amortized' or 'per_point', got "
+                     f'{inference!r}.')
+  objective = 'elbo_mc_kl' if estimator == 'stl' else 'elbo'
+  k_model, k_q, k_steps = jax.random.split(key, 3)
+  model = init_model(k_model, x, latent_dim)
+  if inference == 'amortized':
+    q_params = jax.tree_util.tree_map(
+        lambda a: a.astype(x.dtype),
+        init_encoder(k_q, 'linear', x.shape[1], latent_dim))
+  else:
+    zeros = jnp.zeros((x.shape[0], latent_dim), x.dtype)
+    q_params = {'loc': zeros, 'log_scale': zeros}
+  params = {'model': model, 'q': q_params}
+  opt = optax.adam(learning_rate)
+
+  def loss(p, k):
+    q = _variational(p['q'], x, inference)
+    prior = dists.standard_normal((latent_dim,), x.dtype)
+
+    def one(xi, loc, log_scale, ki):
+      log_lik = lambda z: lg.log_likelihood(p['model'], xi, z)
+      return objectives.surrogate_objective(
+          objective, estimator, log_lik, dists.Normal(loc, log_scale), prior,
+          ki, num_samples)
+
+    keys = jax.random.split(k, x.shape[0])
+    return -jnp.mean(jax.vmap(one)(x, q.loc, q.log_scale, keys))
+
+  def exact_elbo(p):
+    return jnp.mean(batch_elbo(p['model'], x, _variational(p['q'], x,
+                                                           inference)))
+
+  def step(carry, k):
+    p, state = carry
+    grads = jax.grad(loss)(p, k)
+    updates, state = opt.update(grads, state, p)
+    p = optax.apply_updates(p, updates)
+    return (p, state), exact_elbo(p)
+
+  (params, _), history = jax.lax.scan(step, (params, opt.init(params)),
+                                      jax.random.split(k_steps, num_steps))
+  return params['model'], params['q'], history
