@@ -164,8 +164,9 @@ def gaps(model: lg.LinearGaussianModel, x: Array,
 
 
 def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
-                  num_steps: int, learning_rate: float = 1e-2
-                  ) -> tuple[Params, Array]:
+                  num_steps: int, learning_rate: float = 1e-2,
+                  eval_sets: tuple[Array, ...] = ()
+                  ) -> tuple[Params, Array, tuple[Array, ...]]:
   """Fits an encoder for a fixed model: max_φ (1/N) Σ_n ELBO(q_φ(·|x_n)).
 
   Full-batch Adam on the closed-form ELBO (no Monte Carlo noise), so any
@@ -178,24 +179,27 @@ def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
     params: initial encoder parameters (`init_encoder`).
     num_steps: Adam steps.
     learning_rate: Adam step size.
+    eval_sets: data sets [M_i, D] on which to track the mean ELBO.
 
   Returns:
-    (trained params, mean training ELBO before each step [num_steps]).
+    (trained params, mean training ELBO before each step [num_steps],
+    for each eval set the mean ELBO(q_φ) after each step [num_steps]).
   """
   opt = optax.adam(learning_rate)
 
-  def loss(p):
-    return -jnp.mean(batch_elbo(model, x, encode(p, x)))
+  def mean_elbo(p, data):
+    return jnp.mean(batch_elbo(model, data, encode(p, data)))
 
   def step(carry, _):
     p, state = carry
-    value, grads = jax.value_and_grad(loss)(p)
+    value, grads = jax.value_and_grad(lambda p: -mean_elbo(p, x))(p)
     updates, state = opt.update(grads, state, p)
-    return (optax.apply_updates(p, updates), state), -value
+    p = optax.apply_updates(p, updates)
+    return (p, state), (-value, tuple(mean_elbo(p, e) for e in eval_sets))
 
-  (params, _), history = jax.lax.scan(step, (params, opt.init(params)), None,
-                                      length=num_steps)
-  return params, history
+  (params, _), (history, evals) = jax.lax.scan(
+      step, (params, opt.init(params)), None, length=num_steps)
+  return params, history, evals
 
 
 # --------------------------------------------------------------------------
