@@ -176,7 +176,11 @@ def plot(records: list[dict[str, Any]], curves: dict[str, Any],
 
 def main(argv):
   del argv
-  jax.config.update('jax_enable_x64', True)
+  with jax.enable_x64(True):  # Scoped: no global config change.
+    _main()
+
+
+def _main():
   out_dir = cli.output_dir('amortization_gap')
   results.write_config(out_dir, FLAGS, FLAGS.seed)
   settings = Settings(

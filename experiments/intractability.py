@@ -221,7 +221,11 @@ def plot(records: list[dict[str, Any]], out_dir: str) -> list[str]:
 
 def main(argv):
   del argv
-  jax.config.update('jax_enable_x64', True)
+  with jax.enable_x64(True):  # Scoped: no global config change.
+    _main()
+
+
+def _main():
   out_dir = cli.output_dir('intractability')
   results.write_config(out_dir, FLAGS, FLAGS.seed)
   settings = Settings(

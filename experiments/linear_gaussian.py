@@ -297,8 +297,11 @@ def print_tables(records: list[dict[str, Any]]) -> None:
 
 def main(argv):
   del argv
-  if _X64.value:
-    jax.config.update('jax_enable_x64', True)
+  with jax.enable_x64(_X64.value):  # Scoped: no global config change.
+    _main()
+
+
+def _main():
   out_dir = cli.output_dir('linear_gaussian')
   results.write_config(out_dir, FLAGS, FLAGS.seed)
   settings = Settings(
