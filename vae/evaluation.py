@@ -423,8 +423,8 @@ def evaluate(model: vae_model.VAE, params: Params, dataset: data.Dataset,
   images = test_images(dataset, split)[:num_eval]
   base = jax.random.PRNGKey(seed)
   log(f'evaluating on {len(images)} {split} images: importance sampling '
-      f'with K={eval_k} ({batch_size} images x {min(chunk_size, eval_k)} '
-      'samples per matmul)')
+      f'with K={eval_k} ({min(batch_size, len(images))} images x '
+      f'{min(chunk_size, eval_k)} samples per matmul)')
   wall, cpu = time.time(), time.process_time()
   per_image = importance_sampling(
       model, params, images, jax.random.fold_in(base, 3), eval_k,

@@ -1,0 +1,140 @@
+"""Evaluation: importance-sampled log p(x) against quadrature, bounds, pictures."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae import data
+from vae import distributions as dists
+from vae import evaluation
+from vae import kl as kl_lib
+from vae import vae_model
+
+
+@pytest.fixture(scope='module')
+def model_params_images():
+  """A random 1-D-latent VAE (so log p(x) is a 1-D integral) and 7 images."""
+  model = vae_model.burda_vae(latent_dim=1, hidden_sizes=(8,))
+  params = model.init(jax.random.PRNGKey(0))
+  images = data.synthetic_images(7, seed=1)
+  return model, params, images
+
+
+@pytest.fixture(scope='module')
+def is_out(model_params_images):
+  model, params, images = model_params_images
+  return evaluation.importance_sampling(
+      model, params, images, jax.random.PRNGKey(1), num_samples=20000,
+      iwae_ks=(1, 5, 50), batch_size=3, chunk_size=1000)  # Pads 7 to 9.
+
+
+def _exact_log_px(model, params, images):
+  """log ∫ p(x|z) N(z; 0, 1) dz by the trapezoid rule on [-10, 10]."""
+  z = jnp.linspace(-10.0, 10.0, 4001)[:, None]
+  logits = model.decoder.apply(params['decoder'], z)  # [Z, 784].
+  log_joint = (jax.vmap(lambda x: jnp.sum(
+      dists.Bernoulli(logits).log_prob(x), -1))(jnp.asarray(images))
+               + jax.scipy.stats.norm.logpdf(z[:, 0]))  # [N, Z].
+  return np.asarray(jax.nn.logsumexp(log_joint, -1) + jnp.log(z[1, 0] - z[0, 0]))
+
+
+def test_bernoulli_log_likelihood_matches_distribution():
+  logits = jnp.array([[-100.0, -3.0, 0.0, 2.5, 100.0]] * 3)
+  x = jnp.array([[0, 1, 1, 0, 1], [1, 0, 0, 1, 0], [0.2, 0.5, 1, 0, 0.7]])
+  np.testing.assert_allclose(
+      evaluation.bernoulli_log_likelihood(x, logits),
+      jnp.sum(dists.Bernoulli(logits).log_prob(x), -1), rtol=1e-6)
+
+
+def test_importance_sampling_converges_to_exact_log_px(model_params_images,
+                                                       is_out):
+  model, params, images = model_params_images
+  exact = _exact_log_px(model, params, images)
+  out = is_out
+  assert set(out) == {'log_px', 'elbo', 'kl', 'iwae_1', 'iwae_5', 'iwae_50'}
+  assert all(v.shape == (7,) for v in out.values())
+  # The IS error at K = 20000 is about ±0.03 nats here (±0.1 at K = 2000).
+  np.testing.assert_allclose(out['log_px'], exact, atol=0.1)
+  assert abs(np.mean(out['log_px'] - exact)) < 0.05
+  # Bounds (each averaged over 20000 samples): ELBO ≤ IWAE_5 ≤ IWAE_50 ≤ log p.
+  assert np.all(out['elbo'] <= out['iwae_5'])
+  assert np.all(out['iwae_5'] <= out['iwae_50'] + 1e-3)
+  assert np.all(out['iwae_50'] <= exact + 0.02)
+  np.testing.assert_allclose(out['iwae_1'], out['elbo'], atol=0.1)
+  q = model.posterior(params, jnp.asarray(images))
+  np.testing.assert_allclose(
+      out['kl'], jnp.sum(kl_lib.kl_divergence(q, model.prior()), -1),
+      rtol=1e-5)
+
+
+def test_mean_bound_pads_and_agrees(model_params_images, is_out):
+  model, params, images = model_params_images
+  out = is_out
+  # One IWAE_50 draw per image (7 padded to 9) vs averages over 20000.
+  iwae = evaluation.mean_bound(model, params, images, jax.random.PRNGKey(3),
+                               'iwae', 50, batch_size=3)
+  assert iwae == pytest.approx(out['iwae_50'].mean(), abs=0.4)
+
+
+def test_settings_are_checked():
+  assert evaluation.iwae_ks_for(5000, 100, ['1', '50'], 5) == (1, 5, 50)
+  assert evaluation.iwae_ks_for(5000, 100, [], 3) == ()
+  with pytest.raises(ValueError, match='multiple of the chunk size 300'):
+    evaluation.iwae_ks_for(1000, 300, [1])
+  with pytest.raises(ValueError, match=r'\[7\] must divide'):
+    evaluation.iwae_ks_for(1000, 100, [1, 7])
+
+
+def test_latent_statistics(model_params_images):
+  model, params, images = model_params_images
+  stats = evaluation.latent_statistics(model, params, images, batch_size=3)
+  q = model.posterior(params, jnp.asarray(images))
+  np.testing.assert_allclose(stats['activity'], np.var(np.asarray(q.loc), 0),
+                             rtol=1e-4)
+  assert stats['active_units'] == int(np.sum(stats['activity'] > 1e-2))
+  np.testing.assert_allclose(
+      stats['kl_per_dim'],
+      np.mean(np.asarray(kl_lib.kl_divergence(q, model.prior())), 0),
+      rtol=1e-5)
+
+
+def test_test_images_binarizes_dynamic_datasets_once():
+  grey = np.full((4, 784), 0.5, np.float32)
+  ds = data.Dataset('mnist', grey, grey, grey, binarization='dynamic')
+  a, b = evaluation.test_images(ds), evaluation.test_images(ds)
+  assert set(np.unique(a)) <= {0.0, 1.0}
+  np.testing.assert_array_equal(a, b)
+  fixed = data.Dataset('synthetic', grey, grey, grey, binarization='fixed')
+  np.testing.assert_array_equal(evaluation.test_images(fixed), grey)
+
+
+def test_inpainting_keeps_the_top_half(model_params_images):
+  model, params, images = model_params_images
+  x = jnp.asarray(images[:3])
+  pixel_mean = jnp.full((784,), 0.2)
+  out = evaluation.inpaint(model, params, x, jax.random.PRNGKey(0),
+                           pixel_mean, 1000, 5)  # As save_pictures: 1 compile.
+  top = slice(0, 392)
+  np.testing.assert_array_equal(out['masked'][:, top], x[:, top])
+  np.testing.assert_allclose(out['masked'][:, 392:], 0.2)
+  np.testing.assert_array_equal(out['mean'][:, top], x[:, top])
+  assert out['draws'].shape == (3, 5, 784)
+  np.testing.assert_array_equal(out['draws'][:, :, top],
+                                jnp.broadcast_to(x[:, None, top], (3, 5, 392)))
+  assert np.all((out['mean'] >= 0) & (out['mean'] <= 1))
+  assert np.all((out['ess'] >= 1 - 1e-4) & (out['ess'] <= 1000 + 1e-2))
+
+
+def test_save_pictures_writes_pngs(tmp_path, model_params_images):
+  model, params, images = model_params_images
+  paths = evaluation.save_pictures(str(tmp_path), model, params, images,
+                                   images.mean(0), jax.random.PRNGKey(0),
+                                   num_images=3)
+  assert sorted(p.rsplit('/', 1)[-1] for p in paths) == [
+      'inpainting.png', 'prior_samples.png', 'reconstructions.png']
+  for p in paths:
+    with open(p, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  grid = evaluation.image_grid(np.ones((3, 784)), 2, 2)
+  assert grid.shape == (2 * 29 + 1, 2 * 29 + 1)
