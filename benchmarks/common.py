@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+Array = jax.Array
+
 # Burda et al. (2015)'s architecture: 784-200-200-50, batch 100.
 BURDA_DATA_DIM = 784
 BURDA_HIDDEN = (200, 200)
@@ -80,6 +82,57 @@ def time_fn(fn: Callable[[], Any], repeats: int = 5,
   return Timing(tuple(times), compile_s)
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 3,
+                     warmup: int = 1) -> dict[str, Timing]:
+  """Times several closures in alternation: round r runs each of them once.
+
+  On a shared machine the load changes over a run; interleaving exposes
+  every case to the same conditions, so the ratio of their times (best to
+  best, median to median) is fairer than that of back-to-back blocks.
+
+  Args:
+    fns: {name: zero-argument callable}; results are blocked on.
+    rounds: timed rounds (≥ 1).
+    warmup: untimed calls of each first (the first call's time, compilation
+      included, is kept as `compile_s`).
+
+  Returns:
+    {name: Timing}.
+  """
+  compile_s = {}
+  for name, fn in fns.items():
+    for i in range(warmup):
+      t0 = time.perf_counter()
+      block(fn())
+      if i == 0:
+        compile_s[name] = time.perf_counter() - t0
+  times = {name: [] for name in fns}
+  for _ in range(max(1, rounds)):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      block(fn())
+      times[name].append(time.perf_counter() - t0)
+  return {name: Timing(tuple(times[name]), compile_s.get(name))
+          for name in fns}
+
+
+def matmul_fn(n: int = 2048,
+              dtype: Any = jnp.float32) -> Callable[[], Array]:
+  """A closure computing a jitted [n, n] @ [n, n] product (2n³ FLOPs)."""
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), dtype)
+  b = jax.random.normal(kb, (n, n), dtype)
+  f = jax.jit(jnp.matmul)
+  return lambda: f(a, b)
+
+
+def peak_record(n: int, timing: Timing) -> dict[str, float]:
+  """{'n', 'gflops' (at the median), 'gflops_best' (at the min), 'seconds'}."""
+  flops = 2.0 * n**3
+  return {'n': n, 'gflops': flops / timing.median / 1e9,
+          'gflops_best': flops / timing.min / 1e9, 'seconds': timing.median}
+
+
 def matmul_peak(n: int = 2048, repeats: int = 5,
                 dtype: Any = jnp.float32) -> dict[str, float]:
   """This device's achieved matmul rate: jitted [n, n] @ [n, n], float32.
@@ -93,14 +146,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5,
     {'n', 'gflops' (2n³ / median time), 'gflops_best' (at the min time),
     'seconds'}.
   """
-  ka, kb = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(ka, (n, n), dtype)
-  b = jax.random.normal(kb, (n, n), dtype)
-  f = jax.jit(jnp.matmul)
-  t = time_fn(lambda: f(a, b), repeats=repeats)
-  flops = 2.0 * n**3
-  return {'n': n, 'gflops': flops / t.median / 1e9,
-          'gflops_best': flops / t.min / 1e9, 'seconds': t.median}
+  return peak_record(n, time_fn(matmul_fn(n, dtype), repeats=repeats))
 
 
 def mlp_flops(sizes: Sequence[int]) -> int:
@@ -233,7 +279,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--output', default=None,
                       help='Also write the results as JSON to this file.')
   parser.add_argument('--repeats', type=int, default=3,
-                      help='Timed repeats per case (median reported).')
+                      help='Timed repeats (rounds) per case; the median '
+                      'and the best are reported.')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--dataset', default='binarized_mnist',
                       help="'binarized_mnist' (real data) or 'synthetic'.")
@@ -243,9 +290,20 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       help='numpy cache dir <dir>/binarized_mnist.npz '
                       '(default: env VAE_DATA_CACHE); the only source on '
                       'machines without TensorFlow.')
+  parser.add_argument('--hidden_sizes', default='200,200',
+                      help='Hidden layer widths (default: Burda).')
+  parser.add_argument('--latent_dim', type=int, default=BURDA_LATENT)
   parser.add_argument('--allow_synthetic', action='store_true',
                       help='Fall back to synthetic images if the real data '
                       'cannot be found (speed does not depend on pixels).')
+
+
+def model_from_args(args: argparse.Namespace):
+  """The VAE of --hidden_sizes and --latent_dim (tanh MLPs, 784 pixels)."""
+  from vae import vae_model  # pylint: disable=g-import-not-at-top
+  hidden = tuple(int(h) for h in str(args.hidden_sizes).split(',') if h)
+  return vae_model.burda_vae(latent_dim=args.latent_dim, hidden_sizes=hidden,
+                             data_dim=BURDA_DATA_DIM)
 
 
 def load_images(args: argparse.Namespace, split: str,

@@ -355,6 +355,12 @@ def gradient_moments_fn(model: vae_model.VAE, objective: str = 'elbo',
   O(c · P) for any number of draws. With `mesh`, each chunk's draws are
   constrained to be split over the mesh (use `jit_gradient_moments`).
 
+  c = 1 is a plain `lax.scan` over the draws (no vmap). On XLA:CPU it is the
+  faster choice: vmapping turns the decoder's weight gradients into batched
+  dots ([c, 200, B] x [c, B, 784]), which XLA:CPU runs several times slower
+  than the unbatched ones (see benchmarks/README.md); on a GPU large c is
+  the point.
+
   Args:
     model: the VAE.
     objective: the bound.
@@ -370,7 +376,11 @@ def gradient_moments_fn(model: vae_model.VAE, objective: str = 'elbo',
 
   def fn(params, batch, keys):
     def body(state, chunk_keys):
-      bounds, draws = jax.vmap(lambda k: grad(params, batch, k))(chunk_keys)
+      if chunk_keys.shape[0] == 1:  # A plain scan over draws, no vmap.
+        bound, draw = grad(params, batch, chunk_keys[0])
+        bounds, draws = bound[None], {g: d[None] for g, d in draw.items()}
+      else:
+        bounds, draws = jax.vmap(lambda k: grad(params, batch, k))(chunk_keys)
       if mesh is not None:
         draws = jax.lax.with_sharding_constraint(draws,
                                                  data_sharding(mesh, 0))
