@@ -45,7 +45,7 @@ def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
               model: vae_model.VAE | None = None, cases=CASES,
               reporter: common.Reporter | None = None,
               source: str = '') -> dict[str, dict[str, Any]]:
-  """Times D gradient estimates at `batch`, vmapped and looped.
+  """Times D gradient estimates at `batch`: vmapped, scanned, looped.
 
   Args:
     batch: the minibatch x [B, D_x].
@@ -79,6 +79,9 @@ def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
       'loop': lambda: sharding.gradient_moments_loop(model, params, batch,
                                                      keys),
   }
+  unknown = set(cases) - set(CASES)
+  if unknown:
+    raise ValueError(f'unknown cases {sorted(unknown)}; choose from {CASES}')
   fns = {c: fns[c] for c in cases}
   timings = common.time_interleaved(fns, rounds=rounds)
   flops_per_draw = batch.shape[0] * common.train_flops_per_example(
@@ -124,6 +127,7 @@ def main(argv=None) -> int:
   parser.add_argument('--chunk', type=int, default=100,
                       help='Draws vmapped together (memory ~ chunk × 1.7 MB '
                       'of gradients for Burda); on a GPU try 1000.')
+  parser.add_argument('--cases', default=','.join(CASES))
   args = parser.parse_args(argv)
   num_draws = 1000 if args.full else args.num_draws
   images, source = common.load_images(args, 'train', args.batch_size)
@@ -132,7 +136,8 @@ def main(argv=None) -> int:
   out = benchmark(images[:args.batch_size], num_draws=num_draws,
                   chunk=args.chunk, rounds=args.repeats, seed=args.seed,
                   model=common.model_from_args(args),
-                  reporter=reporter, source=source)
+                  cases=args.cases.split(','), reporter=reporter,
+                  source=source)
   for case in ('vmapped', 'scan'):
     if 'speedup' in out.get(case, {}):
       reporter.result(f'targets[{case}]', speedup=out[case]['speedup'],

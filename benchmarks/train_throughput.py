@@ -4,16 +4,20 @@ Model 784-200-200-50 (tanh), Bernoulli pixels, ELBO with analytic KL and one
 reparameterized sample per example, Adam(1e-3), batch 100. Cases, each timed
 over whole passes of `steps` minibatches after a warm-up pass:
 
-* `fused`: `steps` Adam steps in ONE jitted call, a `lax.scan` over the
-  epoch's batches (`vae.sharding.multi_step_fn`; or `vae.training`'s fused
-  epoch if --fused=training and that module provides one), the epoch's
-  shuffle done on device (`data.epoch_batches`) in the timed region.
-* `fused_batch_loss`: the same, with `batch_elbo_loss`, the library's
-  estimator and random numbers written with whole-batch arrays (faster on
-  CPU: see its docstring); a candidate for `vae_model`, measured here.
-* `plain`: the same step as `fused`, jitted, called once per minibatch from a Python
+* `fused`: the project's fused training epoch,
+  `vae.training.make_train_epoch`: all the epoch's Adam steps in ONE jitted
+  call, a `lax.scan` over `data.epoch_batches` (shuffled on device, in the
+  timed region) of steps on `vae_model.batch_surrogate`. (If `vae.training`
+  cannot be imported, this module's `fused_epoch_fn`, the same scan over
+  `vae.sharding.train_step_fn`; the line's `step_fn` says which ran.)
+* `fused_batch_loss`: `fused_epoch_fn` with `batch_elbo_loss`: the library's
+  estimator and random numbers written with whole-batch arrays instead of a
+  per-example vmap (see its docstring), to see whether that formulation
+  costs anything.
+* `plain`: the same step as `fused` (`vae.training.make_train_step`, the
+  scan's body), jitted alone and called once per minibatch from a Python
   loop that feeds numpy batches (`data.batch_iterator`); no host sync per
-  step (JAX's asynchronous dispatch), one at the end.
+  step (asynchronous dispatch), one at the end.
 * `numpyro`: NumPyro SVI with `Trace_ELBO` on the same networks
   (`numpyro.contrib.module.flax_module` wrapping the same Flax MLPs),
   `numpyro.optim.Adam`, `jit(svi.update)` called per minibatch from a Python
@@ -35,7 +39,6 @@ float32). The cases and the peak matmul are timed in interleaved rounds
 import argparse
 import functools
 import sys
-import time
 from typing import Any, Callable
 
 import jax
@@ -138,7 +141,7 @@ def plain_step_fn(model: vae_model.VAE,
 
 def fused_runner(model, optimizer, images: np.ndarray, batch_size: int,
                  seed: int = 0, loss: str = 'library') -> Callable[[], Any]:
-  """A closure that trains one epoch with the fused loop (images on device)."""
+  """A closure: one epoch of `fused_epoch_fn` (our scan; images on device)."""
   epoch_fn = fused_epoch_fn(model, optimizer, batch_size, loss)
   params = model.init(jax.random.PRNGKey(seed))
   state = {'params': params, 'opt': optimizer.init(params), 'epoch': 0}
@@ -154,26 +157,85 @@ def fused_runner(model, optimizer, images: np.ndarray, batch_size: int,
   return one_epoch
 
 
-def plain_runner(model, optimizer, images: np.ndarray, batch_size: int,
-                 seed: int = 0, loss: str = 'library') -> Callable[[], Any]:
-  """A closure: one epoch of a Python loop over a jitted step (numpy batches)."""
-  step = plain_step_fn(model, optimizer, loss)
-  params = model.init(jax.random.PRNGKey(seed))
-  state = {'params': params, 'opt': optimizer.init(params), 'epoch': 0}
-  key = jax.random.PRNGKey(seed + 1)
+def _training_module():
+  try:
+    from vae import training  # pylint: disable=g-import-not-at-top
+    return training
+  except ImportError:
+    return None
+
+
+def _training_setup(training, model, num_images: int, batch_size: int,
+                    seed: int):
+  config = training.TrainConfig(
+      dataset='binarized_mnist', hidden_sizes=tuple(model.encoder.hidden_sizes),
+      latent_dim=model.latent_dim, batch_size=batch_size, learning_rate=1e-3,
+      seed=seed)
+  optimizer = training.make_optimizer(config, num_images // batch_size)
+  return config, optimizer
+
+
+def training_runner(model, images: np.ndarray, batch_size: int,
+                    seed: int = 0) -> tuple[Callable[[], Any], str]:
+  """A closure: one epoch of `vae.training.make_train_epoch` (the project's).
+
+  Falls back to this module's `fused_epoch_fn` (the same scan over
+  `sharding.train_step_fn`) if `vae.training` cannot be imported.
+
+  Returns:
+    (closure, the name of the fused epoch measured).
+  """
+  training = _training_module()
+  if training is None:
+    return (fused_runner(model, optax.adam(1e-3), images, batch_size, seed),
+            'benchmarks.train_throughput.fused_epoch_fn')
+  config, optimizer = _training_setup(training, model, len(images), batch_size,
+                                      seed)
+  epoch_fn = training.make_train_epoch(model, optimizer, config,
+                                       dynamic_binarization=False)
+  state = {'train': training.init_state(model, optimizer, seed), 'epoch': 0}
+  images = jnp.asarray(images)
 
   def one_epoch():
-    t = state['epoch'] * (len(images) // batch_size)
-    loss_value = None
+    state['train'], metrics = epoch_fn(state['train'], images,
+                                       jnp.int32(state['epoch']))
+    state['epoch'] += 1
+    return metrics
+
+  return one_epoch, 'vae.training.make_train_epoch'
+
+
+def training_plain_runner(model, images: np.ndarray, batch_size: int,
+                          seed: int = 0) -> tuple[Callable[[], Any], str]:
+  """A closure: one epoch of Python-loop calls of the jitted project step.
+
+  The step is `vae.training.make_train_step` (the body of the fused epoch's
+  scan), jitted alone and called once per numpy minibatch; fallback:
+  `plain_runner`.
+
+  Returns:
+    (closure, the name of the step measured).
+  """
+  training = _training_module()
+  if training is None:
+    return (plain_runner(model, optax.adam(1e-3), images, batch_size, seed),
+            'benchmarks.train_throughput.plain_step_fn')
+  config, optimizer = _training_setup(training, model, len(images), batch_size,
+                                      seed)
+  step = jax.jit(training.make_train_step(model, optimizer, config,
+                                          dynamic_binarization=False),
+                 donate_argnums=0)
+  state = {'train': training.init_state(model, optimizer, seed), 'epoch': 0}
+
+  def one_epoch():
+    bound = None
     for batch in data_lib.batch_iterator(images, batch_size, seed,
                                          state['epoch']):
-      state['params'], state['opt'], loss_value = step(
-          state['params'], state['opt'], batch, key, t)
-      t += 1
+      state['train'], bound = step(state['train'], batch)
     state['epoch'] += 1
-    return loss_value
+    return bound
 
-  return one_epoch
+  return one_epoch, 'jit(vae.training.make_train_step)'
 
 
 # ----------------------------------------------------------------------------
@@ -283,18 +345,22 @@ def benchmark(images: np.ndarray, *, batch_size: int = 100,
   flops = common.train_flops_per_example(
       data_dim=model.data_dim, hidden=tuple(model.encoder.hidden_sizes),
       latent=model.latent_dim)
+  step_fns = {'fused_batch_loss': 'batch_elbo_loss in fused_epoch_fn',
+              'numpyro': 'jit(SVI.update)', 'numpyro_scan': 'scan(SVI.update)'}
   makers = {
-      'fused': lambda: fused_runner(model, optimizer, images, batch_size,
-                                    seed),
-      'fused_batch_loss': lambda: fused_runner(model, optimizer, images,
-                                               batch_size, seed, 'batch'),
-      'plain': lambda: plain_runner(model, optimizer, images, batch_size,
-                                    seed),
-      'numpyro': lambda: numpyro_runner(model, images, batch_size, seed),
-      'numpyro_scan': lambda: numpyro_runner(model, images, batch_size, seed,
-                                             fused=True),
+      'fused': lambda: training_runner(model, images, batch_size, seed),
+      'fused_batch_loss': lambda: (fused_runner(
+          model, optimizer, images, batch_size, seed, 'batch'), None),
+      'plain': lambda: training_plain_runner(model, images, batch_size, seed),
+      'numpyro': lambda: (numpyro_runner(model, images, batch_size, seed),
+                          None),
+      'numpyro_scan': lambda: (numpyro_runner(model, images, batch_size,
+                                              seed, fused=True), None),
   }
-  fns = {case: makers[case]() for case in cases}
+  fns = {}
+  for case in cases:
+    fns[case], name = makers[case]()
+    step_fns[case] = name or step_fns[case]
   if peak_n:
     fns['matmul_peak'] = common.matmul_fn(peak_n)
   timings = common.time_interleaved(fns, rounds=rounds)
@@ -314,6 +380,7 @@ def benchmark(images: np.ndarray, *, batch_size: int = 100,
     if peak:
       rec['peak_fraction'] = rec['gflops'] / peak['gflops']
       rec['peak_fraction_best'] = rec['gflops_best'] / peak['gflops_best']
+    rec['step_fn'] = step_fns[case]
     if case != 'fused' and 'fused' in timings:
       rec['fused_speedup'] = t.median / timings['fused'].median
       rec['fused_speedup_best'] = t.min / timings['fused'].min
