@@ -38,6 +38,9 @@ from vae import sharding
 from vae import vae_model
 
 CASES = ('vmapped', 'scan', 'loop')
+# Not run by default: 'vmapped' with each chunk's draws split over all devices
+# (`vae.sharding`); --chunk must be divisible by the number of devices.
+EXTRA_CASES = ('vmapped_sharded',)
 
 
 def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
@@ -79,7 +82,12 @@ def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
       'loop': lambda: sharding.gradient_moments_loop(model, params, batch,
                                                      keys),
   }
-  unknown = set(cases) - set(CASES)
+  if 'vmapped_sharded' in cases:
+    mesh = sharding.make_mesh()
+    sharded = sharding.jit_gradient_moments(
+        sharding.gradient_moments_fn(model, mesh=mesh), mesh)
+    fns['vmapped_sharded'] = lambda: sharded(params, batch, keys)
+  unknown = set(cases) - set(CASES) - set(EXTRA_CASES)
   if unknown:
     raise ValueError(f'unknown cases {sorted(unknown)}; choose from {CASES}')
   fns = {c: fns[c] for c in cases}
@@ -91,7 +99,9 @@ def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
   for case in cases:
     t = timings[case]
     out[case] = dict(num_draws=num_draws, batch_size=batch.shape[0],
-                     vmapped_draws=chunk if case == 'vmapped' else 1,
+                     vmapped_draws=chunk if 'vmapped' in case else 1,
+                     devices=(jax.device_count() if case.endswith('sharded')
+                              else 1),
                      seconds=t.median, seconds_best=t.min,
                      estimates_per_s=num_draws / t.median,
                      estimates_per_s_best=num_draws / t.min,
@@ -127,7 +137,8 @@ def main(argv=None) -> int:
   parser.add_argument('--chunk', type=int, default=100,
                       help='Draws vmapped together (memory ~ chunk × 1.7 MB '
                       'of gradients for Burda); on a GPU try 1000.')
-  parser.add_argument('--cases', default=','.join(CASES))
+  parser.add_argument('--cases', default=','.join(CASES),
+                      help=f'Of {CASES + EXTRA_CASES}.')
   args = parser.parse_args(argv)
   num_draws = 1000 if args.full else args.num_draws
   images, source = common.load_images(args, 'train', args.batch_size)
@@ -138,7 +149,7 @@ def main(argv=None) -> int:
                   model=common.model_from_args(args),
                   cases=args.cases.split(','), reporter=reporter,
                   source=source)
-  for case in ('vmapped', 'scan'):
+  for case in ('vmapped', 'scan', 'vmapped_sharded'):
     if 'speedup' in out.get(case, {}):
       reporter.result(f'targets[{case}]', speedup=out[case]['speedup'],
                       speedup_best=out[case]['speedup_best'],

@@ -34,6 +34,7 @@ float32). The cases and the peak matmul are timed in interleaved rounds
 
   python -m benchmarks.train_throughput             # small, ~2 min on 2 cores
   python -m benchmarks.train_throughput --full      # 1 epoch of 50,000
+  python -m benchmarks.train_throughput --cases=fused,fused_sharded  # GPUs
 """
 
 import argparse
@@ -54,6 +55,9 @@ from vae import sharding
 from vae import vae_model
 
 CASES = ('fused', 'fused_batch_loss', 'plain', 'numpyro', 'numpyro_scan')
+# Not run by default: `fused_epoch_fn` with each batch split over all devices
+# (`vae.sharding`); the same as the unsharded scan on one device.
+EXTRA_CASES = ('fused_sharded',)
 
 
 def burda_model(hidden=common.BURDA_HIDDEN, latent=common.BURDA_LATENT,
@@ -140,12 +144,20 @@ def plain_step_fn(model: vae_model.VAE,
 
 
 def fused_runner(model, optimizer, images: np.ndarray, batch_size: int,
-                 seed: int = 0, loss: str = 'library') -> Callable[[], Any]:
-  """A closure: one epoch of `fused_epoch_fn` (our scan; images on device)."""
-  epoch_fn = fused_epoch_fn(model, optimizer, batch_size, loss)
+                 seed: int = 0, loss: str = 'library',
+                 mesh=None) -> Callable[[], Any]:
+  """A closure: one epoch of `fused_epoch_fn` (our scan; images on device).
+
+  With a mesh, params, optimizer state and images are replicated on every
+  device and each step's batch is split over them.
+  """
+  epoch_fn = fused_epoch_fn(model, optimizer, batch_size, loss, mesh)
   params = model.init(jax.random.PRNGKey(seed))
   state = {'params': params, 'opt': optimizer.init(params), 'epoch': 0}
   images = jnp.asarray(images)
+  if mesh is not None:
+    state['params'], state['opt'], images = sharding.replicate(
+        (state['params'], state['opt'], images), mesh)
   key = jax.random.PRNGKey(seed + 1)
 
   def one_epoch():
@@ -334,7 +346,7 @@ def benchmark(images: np.ndarray, *, batch_size: int = 100,
     the other cases, fused_speedup and fused_speedup_best ('fused' over it);
     plus 'matmul_peak' if measured.
   """
-  unknown = set(cases) - set(CASES)
+  unknown = set(cases) - set(CASES) - set(EXTRA_CASES)
   if unknown:
     raise ValueError(f'unknown cases {sorted(unknown)}; choose from {CASES}')
   model = model or burda_model()
@@ -346,7 +358,9 @@ def benchmark(images: np.ndarray, *, batch_size: int = 100,
       data_dim=model.data_dim, hidden=tuple(model.encoder.hidden_sizes),
       latent=model.latent_dim)
   step_fns = {'fused_batch_loss': 'batch_elbo_loss in fused_epoch_fn',
-              'numpyro': 'jit(SVI.update)', 'numpyro_scan': 'scan(SVI.update)'}
+              'numpyro': 'jit(SVI.update)', 'numpyro_scan': 'scan(SVI.update)',
+              'fused_sharded': f'fused_epoch_fn on {jax.device_count()} '
+                               'devices'}
   makers = {
       'fused': lambda: training_runner(model, images, batch_size, seed),
       'fused_batch_loss': lambda: (fused_runner(
@@ -356,6 +370,9 @@ def benchmark(images: np.ndarray, *, batch_size: int = 100,
                           None),
       'numpyro_scan': lambda: (numpyro_runner(model, images, batch_size,
                                               seed, fused=True), None),
+      'fused_sharded': lambda: (fused_runner(
+          model, optimizer, images, batch_size, seed,
+          mesh=sharding.make_mesh()), None),
   }
   fns = {}
   for case in cases:
@@ -415,7 +432,8 @@ def main(argv=None) -> int:
   parser.add_argument('--num_train', type=int, default=10_000,
                       help='Training images per epoch (--full: all 50,000).')
   parser.add_argument('--batch_size', type=int, default=100)
-  parser.add_argument('--cases', default=','.join(CASES))
+  parser.add_argument('--cases', default=','.join(CASES),
+                      help=f'Of {CASES + EXTRA_CASES}.')
   parser.add_argument('--peak_n', type=int, default=2048)
   args = parser.parse_args(argv)
   args.cases = args.cases.split(',')
