@@ -18,6 +18,7 @@ not provide yet.)
 """
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -77,28 +78,46 @@ _fit_by_elbo = jax.jit(am.fit_by_elbo, static_argnums=(1, 2, 4, 5, 7))
 
 
 def _gap_records(model, encoder, x_train, x_test, name, step):
+  """Gap summaries on both splits, from one `gap_terms` call."""
+  terms = am.gap_terms(model, jnp.concatenate([x_train, x_test]), encoder)
+  n = x_train.shape[0]
   records = []
-  for split, x in (('train', x_train), ('held-out', x_test)):
-    g = am.gaps(model, x, encoder)
+  for split, sl in (('train', slice(0, n)), ('held-out', slice(n, None))):
+    g = am.summarize_gaps({k: v[sl] for k, v in terms.items()})
     records.append({'kind': 'final', 'encoder': name, 'split': split,
                     'steps': step,
                     **{k: float(v) for k, v in g.items()}})
   return records
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _setup(key, data_dim, latent_dim, noise, train_size, test_size):
+  """Model (W, b ~ N(0, 1)) and data sets from one normal draw."""
+  dtype = jnp.result_type(float)
+  d, dd = latent_dim, data_dim
+  sizes = [dd * d, dd, (train_size + test_size) * (d + dd)]
+  parts = jnp.split(jax.random.normal(key, (sum(sizes),), dtype),
+                    np.cumsum(sizes)[:-1])
+  model = lg.LinearGaussianModel(parts[0].reshape(dd, d), parts[1],
+                                 jnp.log(jnp.asarray(noise, dtype)))
+  zeta = parts[2].reshape(-1, d + dd)
+  x = zeta[:, :d] @ model.weight.T + model.bias + noise * zeta[:, d:]
+  return model, x[:train_size], x[train_size:]
+
+
 def run(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """Trains each encoder; returns (records, per-step gap curves)."""
   key = jax.random.PRNGKey(settings.seed)
-  k_model, k_train, k_test, k_enc, k_joint = jax.random.split(key, 5)
+  k_model, k_enc, k_joint = jax.random.split(key, 3)
   dtype = jnp.result_type(float)
-  model = lg.random_model(k_model, settings.data_dim, settings.latent_dim,
-                          settings.noise)
-  model = jax.tree_util.tree_map(lambda a: a.astype(dtype), model)
-  x_train, _ = lg.sample_data(model, k_train, settings.train_size)
-  x_test, _ = lg.sample_data(model, k_test, settings.test_size)
-  opt_elbo = {s: float(jnp.mean(am.batch_elbo(model, x, am.optimal_diagonal_q(
-      model, x)))) for s, x in (('train', x_train), ('held-out', x_test))}
-
+  model, x_train, x_test = _setup(k_model, settings.data_dim,
+                                  settings.latent_dim, settings.noise,
+                                  settings.train_size, settings.test_size)
+  x_all = jnp.concatenate([x_train, x_test])
+  opt_all = am.batch_elbo(model, x_all, am.optimal_diagonal_q(model, x_all))
+  n = settings.train_size
+  opt_elbo = {'train': float(jnp.mean(opt_all[:n])),
+              'held-out': float(jnp.mean(opt_all[n:]))}
   records, curves = [], {}
   for i, kind in enumerate(settings.encoders):
     init = am.init_encoder(jax.random.fold_in(k_enc, i), kind,

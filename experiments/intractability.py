@@ -90,6 +90,19 @@ def proposal(name: str, model: lg.LinearGaussianModel,
   raise ValueError(f'unknown proposal {name!r}; choose from {PROPOSALS}.')
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _setup(key, data_dim, latent_dim, noise, points):
+  """Model (W, b ~ N(0, 1)) and `points` data points from one normal draw."""
+  dtype = jnp.result_type(float)
+  d, dd = latent_dim, data_dim
+  draws = jax.random.normal(key, (dd * d + dd + points * (d + dd),), dtype)
+  model = lg.LinearGaussianModel(draws[:dd * d].reshape(dd, d),
+                                 draws[dd * d:dd * d + dd],
+                                 jnp.log(jnp.asarray(noise, dtype)))
+  zeta = draws[dd * d + dd:].reshape(points, d + dd)
+  return model, zeta[:, :d] @ model.weight.T + model.bias + noise * zeta[:, d:]
+
+
 @functools.partial(jax.jit, static_argnums=2)
 def _proposals(model, x, names):
   """{name: q batched over the rows of x [P, D]} in one compiled call."""
@@ -126,9 +139,9 @@ def run(settings: Settings) -> list[dict[str, Any]]:
   key = jax.random.PRNGKey(settings.seed)
   records = []
   for d in settings.latent_dims:
-    k_model, k_data, k_est = jax.random.split(jax.random.fold_in(key, d), 3)
-    model = lg.random_model(k_model, settings.observed_dim, d, settings.noise)
-    x, _ = lg.sample_data(model, k_data, settings.points)
+    k_model, k_est = jax.random.split(jax.random.fold_in(key, d))
+    model, x = _setup(k_model, settings.observed_dim, d, settings.noise,
+                      settings.points)
     proposals = _proposals(model, x, tuple(settings.proposals))
     for i, name in enumerate(settings.proposals):
       errors, log_rho1 = _errors(model, x, proposals[name],

@@ -16,6 +16,7 @@ Model: z ~ N(0, I_d), x | z ~ N(Wz + b, σ² I_D), where everything is exact
 """
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -88,19 +89,22 @@ class Settings:
 def identity_check(model: lg.LinearGaussianModel, x: Array,
                    key) -> list[dict[str, Any]]:
   """log p(x) - ELBO(q) vs KL(q ‖ p(z|x)) for random diagonal q, one per x."""
-  k_loc, k_scale = jax.random.split(key)
   n, d = x.shape[0], model.latent_dim
-  q = dists.Normal(loc=2.0 * jax.random.normal(k_loc, (n, d), x.dtype),
-                   log_scale=jax.random.uniform(k_scale, (n, d), x.dtype,
-                                                -2.0, 1.0))
 
   @jax.jit
-  def terms(x, loc, log_scale):
-    qi = dists.Normal(loc, log_scale)
-    return (lg.log_marginal(model, x), lg.elbo(model, x, qi),
-            lg.kl_to_posterior(model, x, qi))
+  def all_terms(model, x, key):
+    k_loc, k_scale = jax.random.split(key)
+    loc = 2.0 * jax.random.normal(k_loc, (n, d), x.dtype)
+    log_scale = jax.random.uniform(k_scale, (n, d), x.dtype, -2.0, 1.0)
 
-  log_px, elbo, kl = jax.vmap(terms)(x, q.loc, q.log_scale)
+    def terms(xi, loc, log_scale):
+      qi = dists.Normal(loc, log_scale)
+      return (lg.log_marginal(model, xi), lg.elbo(model, xi, qi),
+              lg.kl_to_posterior(model, xi, qi))
+
+    return jax.vmap(terms)(x, loc, log_scale)
+
+  log_px, elbo, kl = all_terms(model, x, key)
   residual = log_px - elbo - kl
   records = [{'section': 'identity', 'point': i, 'log_px': log_px[i],
               'elbo': elbo[i], 'kl_q_posterior': kl[i],
@@ -194,20 +198,40 @@ def fits(x_train: Array, x_test: Array, true_model, settings: Settings,
   return records, curves
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
+def _setup(key, data_dim, latent_dim, noise_scale, train_size, test_size,
+           pairs):
+  """Models and data sets from ONE normal draw (one compiled RNG call).
+
+  Model: W, b with N(0, 1) entries (as `linear_gaussian.random_model`);
+  orthogonal model: W = U diag(1..d), U from the QR of a normal matrix;
+  data: z ~ N(0, I), x = Wz + b + σ ε.
+  """
+  dtype = jnp.result_type(float)
+  d, dd = latent_dim, data_dim
+  sizes = [dd * d, dd, dd * d, dd] + [n * (d + dd) for n in (
+      train_size, test_size, pairs, pairs)]
+  draws = jax.random.normal(key, (sum(sizes),), dtype)
+  parts = jnp.split(draws, np.cumsum(sizes)[:-1])
+  log_noise = jnp.log(jnp.asarray(noise_scale, dtype))
+  model = lg.LinearGaussianModel(parts[0].reshape(dd, d), parts[1], log_noise)
+  u, _ = jnp.linalg.qr(parts[2].reshape(dd, d))
+  ortho = lg.LinearGaussianModel(u * jnp.arange(1, d + 1, dtype=dtype),
+                                 parts[3], log_noise)
+  data = []
+  for m, part in zip((model, model, model, ortho), parts[4:]):
+    zeta = part.reshape(-1, d + dd)
+    data.append(zeta[:, :d] @ m.weight.T + m.bias + noise_scale * zeta[:, d:])
+  return model, ortho, data
+
+
 def run(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """Runs all four parts; returns (records, curves for the plots)."""
   key = jax.random.PRNGKey(settings.seed)
   keys = jax.random.split(key, 8)
-  dtype = jnp.result_type(float)
-  model = lg.random_model(keys[0], settings.data_dim, settings.latent_dim,
-                          settings.noise_scale)
-  model = jax.tree_util.tree_map(lambda a: a.astype(dtype), model)
-  ortho = am.orthogonal_model(keys[1], settings.data_dim, settings.latent_dim,
-                              noise_scale=settings.noise_scale)
-  x_train, _ = lg.sample_data(model, keys[2], settings.train_size)
-  x_test, _ = lg.sample_data(model, keys[3], settings.test_size)
-  x_pairs, _ = lg.sample_data(model, keys[4], settings.identity_pairs)
-  x_ortho, _ = lg.sample_data(ortho, keys[5], settings.identity_pairs)
+  model, ortho, (x_train, x_test, x_pairs, x_ortho) = _setup(
+      keys[0], settings.data_dim, settings.latent_dim, settings.noise_scale,
+      settings.train_size, settings.test_size, settings.identity_pairs)
   records = identity_check(model, x_pairs, keys[6])
   records += exact_posterior_check(model, ortho, x_pairs, x_ortho)
   iwae = iwae_curve(model, x_test[:settings.iwae_points], settings.iwae_ks,

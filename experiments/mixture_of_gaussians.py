@@ -93,6 +93,11 @@ def true_mixture(dim: int) -> mixtures.GaussianMixture:
   raise ValueError(f'dims must be 1 or 2, got {dim}.')
 
 
+_sample = jax.jit(mixtures.sample, static_argnums=2)
+_kl_mc = jax.jit(mixtures.kl_decomposition_mc)
+_kl_quadrature = jax.jit(mixtures.kl_decomposition_quadrature)
+
+
 def _grid(true: mixtures.GaussianMixture, grid_points: int):
   dim = true.dim
   num = grid_points or (2000 if dim == 1 else 120)
@@ -125,8 +130,10 @@ def run_dim(dim: int, settings: Settings) -> dict[str, Any]:
   key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), dim)
   k_train, k_test, k_em, k_vae, k_eval = jax.random.split(key, 5)
   true = true_mixture(dim)
-  x_train, _ = mixtures.sample(true, k_train, settings.train_points)
-  x_test, _ = mixtures.sample(true, k_test, settings.test_points)
+  del k_test  # Train and test points come from one draw.
+  x_all, _ = _sample(true, k_train,
+                     settings.train_points + settings.test_points)
+  x_train, x_test = x_all[:settings.train_points], x_all[settings.train_points:]
   points, volume, grid_info = _grid(true, settings.grid_points)
 
   # Each model maps (train, test, grid) points to their log-densities; the
@@ -184,8 +191,8 @@ def run_dim(dim: int, settings: Settings) -> dict[str, Any]:
   for name, (log_density, num_params) in models.items():
     log_q_train, log_q_test, log_q_grid = log_density()
     densities[name] = np.asarray(log_q_grid)
-    mc = mixtures.kl_decomposition_mc(log_true_test, log_q_test)
-    quad = mixtures.kl_decomposition_quadrature(log_true_grid, log_q_grid,
+    mc = _kl_mc(log_true_test, log_q_test)
+    quad = _kl_quadrature(log_true_grid, log_q_grid,
                                                 volume)
     test_ll = float(jnp.mean(log_q_test))
     records.append({

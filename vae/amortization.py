@@ -144,23 +144,37 @@ def encode(params: Params, x: Array) -> dists.Normal:
 
 
 @jax.jit
-def gaps(model: lg.LinearGaussianModel, x: Array,
-         encoder_params: Params) -> dict[str, Array]:
-  """Mean over x [N, D] of log p(x), ELBO(q*), ELBO(q_φ) and the two gaps.
+def gap_terms(model: lg.LinearGaussianModel, x: Array,
+              encoder_params: Params) -> dict[str, Array]:
+  """Per-point log p(x_n), ELBO(q*_n), ELBO(q_φ(·|x_n)) for x [N, D]."""
+  return {
+      'log_px': batch_log_marginal(model, x),
+      'elbo_optimal_q': batch_elbo(model, x, optimal_diagonal_q(model, x)),
+      'elbo_amortized': batch_elbo(model, x, encode(encoder_params, x)),
+  }
 
-  approximation_gap = log p(x) - ELBO(q*)  (Cremer et al. 2018),
+
+def summarize_gaps(terms: dict[str, Array]) -> dict[str, Array]:
+  """Means of `gap_terms` and the two gaps (Cremer et al. 2018):
+
+  approximation_gap = log p(x) - ELBO(q*),
   amortization_gap  = ELBO(q*) - ELBO(q_φ(·|x)).
   """
-  log_px = batch_log_marginal(model, x)
-  elbo_opt = batch_elbo(model, x, optimal_diagonal_q(model, x))
-  elbo_amortized = batch_elbo(model, x, encode(encoder_params, x))
+  log_px, opt, amortized = (terms['log_px'], terms['elbo_optimal_q'],
+                            terms['elbo_amortized'])
   return {
       'log_px': jnp.mean(log_px),
-      'elbo_optimal_q': jnp.mean(elbo_opt),
-      'elbo_amortized': jnp.mean(elbo_amortized),
-      'approximation_gap': jnp.mean(log_px - elbo_opt),
-      'amortization_gap': jnp.mean(elbo_opt - elbo_amortized),
+      'elbo_optimal_q': jnp.mean(opt),
+      'elbo_amortized': jnp.mean(amortized),
+      'approximation_gap': jnp.mean(log_px - opt),
+      'amortization_gap': jnp.mean(opt - amortized),
   }
+
+
+def gaps(model: lg.LinearGaussianModel, x: Array,
+         encoder_params: Params) -> dict[str, Array]:
+  """Mean over x [N, D] of log p(x), ELBO(q*), ELBO(q_φ) and the two gaps."""
+  return summarize_gaps(gap_terms(model, x, encoder_params))
 
 
 def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
