@@ -1,4 +1,6 @@
-"""Amortization gap vs approximation gap (Cremer et al. 2018) on the linear-Gaussian model, with log p(x) exact.
+"""Amortization vs approximation gap (Cremer et al. 2018), exact log p(x).
+
+On the linear-Gaussian model.
 
 For a fixed model and an encoder q_φ(z|x) trained to maximize the ELBO,
 

@@ -1,4 +1,7 @@
-"""Bernoulli-latent VAE trained with REINFORCE+baseline, RLOO, VIMCO, straight-through, Gumbel-softmax and DisARM: bound vs wall time and gradient variance.
+"""Bernoulli-latent VAE: estimators' bound vs wall time, gradient variance.
+
+Estimators: REINFORCE + moving-average baseline, RLOO, VIMCO,
+straight-through, Gumbel-softmax and DisARM.
 
 Model (`vae.bernoulli_vae`): a one-stochastic-layer sigmoid belief net
 p(b) p(x|b) with b ∈ {0,1}^d and a factorized Bernoulli encoder q(b|x),

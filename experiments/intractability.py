@@ -1,4 +1,6 @@
-"""Why log p(x) is intractable: naive Monte Carlo over the prior vs importance sampling with q(z|x), as samples and latent dimension grow.
+"""Why log p(x) is hard: prior Monte Carlo vs importance sampling with q(z|x).
+
+As the number of samples and the latent dimension grow.
 
 On the linear-Gaussian model (z ~ N(0, I_d), x|z ~ N(Wz + b, σ²I_D)) log p(x)
 is known exactly, so each estimator
@@ -10,11 +12,12 @@ Proposals: the prior (naive Monte Carlo, log (1/K) Σ p(x|z_k)), the exact
 posterior (every weight equals p(x): zero error with K = 1), the best
 diagonal Gaussian q* (what a perfect amortized mean-field encoder outputs;
 its tails are too light when the posterior is correlated, and then χ² = ∞)
-and a deliberately mismatched q (means off by one posterior sd, sds twice the
-posterior marginal sds: wrong but overdispersed). The closed-form χ² divergence ρ = χ²(p(z|x) ‖ q) predicts the
-delta-method error (bias ≈ -ρ/2K, sd ≈ √(ρ/K)) and the number of samples
-needed for RMSE < tolerance (K ≈ ρ/ε²): for the prior it grows exponentially
-with the latent dimension. (No MNIST path: it would need a trained model.)
+and a deliberately mismatched q (means off by one posterior sd, sds twice
+the posterior marginal sds: wrong but overdispersed). The closed-form χ²
+divergence ρ = χ²(p(z|x) ‖ q) predicts the delta-method error
+(bias ≈ -ρ/2K, sd ≈ √(ρ/K)) and the number of samples needed for
+RMSE < tolerance (K ≈ ρ/ε²): for the prior it grows exponentially with the
+latent dimension. (No MNIST path: it would need a trained model.)
 """
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""Linear-Gaussian (pPCA) model: log p(x) - ELBO = KL(q ‖ p(z|x)), IWAE_k → log p(x), and ELBO vs maximum-likelihood fits.
+"""pPCA: log p(x) - ELBO = KL(q ‖ p(z|x)), IWAE_k → log p(x), ELBO vs MLE fits.
 
 Model: z ~ N(0, I_d), x | z ~ N(Wz + b, σ² I_D), where everything is exact
 (`vae.linear_gaussian`, `vae.amortization`). The experiment
@@ -33,8 +33,10 @@ from vae import importance_sampling as isl
 from vae import linear_gaussian as lg
 from vae import results
 
-_DATA_DIM = flags.DEFINE_integer('data_dim', 10, 'Observed dimension D.')
-_LATENT_DIM = flags.DEFINE_integer('latent_dim', 3, 'Latent dimension d.')
+_DATA_DIM = flags.DEFINE_integer('ppca_data_dim', 10,
+                                 'Observed dimension D.')
+_LATENT_DIM = flags.DEFINE_integer('ppca_latent_dim', 3,
+                                   'Latent dimension d.')
 _NOISE_SCALE = flags.DEFINE_float('noise_scale', 0.5, 'Observation noise σ.')
 _TRAIN_SIZE = flags.DEFINE_integer('train_size', 500, 'Training points.')
 _TEST_SIZE = flags.DEFINE_integer('test_size', 2000, 'Held-out points.')
@@ -171,7 +173,7 @@ def iwae_curve(model: lg.LinearGaussianModel, x: Array, ks: tuple[int, ...],
 
 def fits(x_train: Array, x_test: Array, true_model, settings: Settings,
          key) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-  """True model, pPCA MLE and ELBO fits: exact train/held-out log-likelihoods."""
+  """True model, pPCA MLE and ELBO fits: exact train/held-out log p(x)."""
   d = settings.latent_dim
   records, curves = [], {}
 

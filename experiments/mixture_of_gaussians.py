@@ -1,4 +1,4 @@
-"""Mixture of Gaussians: Gaussian MLE vs EM mixtures vs a small VAE, and MLE = min KL(p_data ‖ p_model).
+"""Mixture of Gaussians: Gaussian MLE vs EM vs a VAE; MLE = min KL(p_data‖p).
 
 Data come from a known 3-component mixture in 1-D and 2-D. We fit a single
 Gaussian (closed-form MLE), mixtures with K components by EM

@@ -48,9 +48,10 @@ def _rows(records, **where):
 
 def test_linear_gaussian(tmp_path):
   records, _ = _run(
-      linear_gaussian, tmp_path, data_dim=6, latent_dim=2, train_size=100,
-      test_size=200, identity_pairs=50, iwae_ks=['1', '10', '100'],
-      iwae_points=5, iwae_repeats=100, amortized_estimators=['pathwise'],
+      linear_gaussian, tmp_path, ppca_data_dim=6, ppca_latent_dim=2,
+      train_size=100, test_size=200, identity_pairs=50,
+      iwae_ks=['1', '10', '100'], iwae_points=5, iwae_repeats=100,
+      amortized_estimators=['pathwise'],
       per_point_estimators=[], fit_steps=600)
   # 1. log p(x) - ELBO(q) = KL(q ‖ p(z|x)), per point and on average.
   summary = _rows(records, section='identity', point='mean over 50')[0]

@@ -1,4 +1,4 @@
-"""Variational inference in the linear-Gaussian model: optimal q, encoders, gaps.
+"""Variational inference in the linear-Gaussian model: best q, encoders, gaps.
 
 Model (see `vae.linear_gaussian`): z ~ N(0, I_d), x | z ~ N(Wz + b, σ² I_D),
 posterior p(z|x) = N(m(x), Λ⁻¹) with precision Λ = I + WᵀW/σ².
@@ -62,7 +62,8 @@ def orthogonal_model(key: PRNGKey, data_dim: int, latent_dim: int,
 def posterior_precision(model: lg.LinearGaussianModel) -> Array:
   """Λ = I + WᵀW / σ² (the same for every x)."""
   w = model.weight
-  return jnp.eye(model.latent_dim, dtype=w.dtype) + w.T @ w / model.noise_variance
+  eye = jnp.eye(model.latent_dim, dtype=w.dtype)
+  return eye + w.T @ w / model.noise_variance
 
 
 @jax.jit
@@ -93,7 +94,7 @@ def approximation_gap(model: lg.LinearGaussianModel) -> Array:
 @jax.jit
 def batch_elbo(model: lg.LinearGaussianModel, x: Array,
                q: dists.Normal) -> Array:
-  """Closed-form ELBO(q_n) (`linear_gaussian.elbo`) for each row: x [N, D] -> [N]."""
+  """Closed-form ELBO(q_n) (`linear_gaussian.elbo`) per row: x [N, D] -> [N]."""
   return jax.vmap(lambda xi, loc, ls: lg.elbo(
       model, xi, dists.Normal(loc, ls)))(x, q.loc, jnp.broadcast_to(
           q.log_scale, q.loc.shape))
@@ -220,7 +221,8 @@ def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
 # Learning the model by maximizing the ELBO.
 
 
-def init_model(key: PRNGKey, x: Array, latent_dim: int) -> lg.LinearGaussianModel:
+def init_model(key: PRNGKey, x: Array,
+               latent_dim: int) -> lg.LinearGaussianModel:
   """Starting point for learning: W ~ 0.1 N(0, 1), b = mean(x), σ = 1."""
   return lg.LinearGaussianModel(
       weight=0.1 * jax.random.normal(key, (x.shape[1], latent_dim), x.dtype),

@@ -73,7 +73,7 @@ def prior(params: Params) -> dists.Bernoulli:
 
 
 def log_likelihood(params: Params, x: Array, b: Array) -> Array:
-  """log p_θ(x|b) = Σ_i x_i l_i - softplus(l_i), l = D_θ(b); b may be relaxed."""
+  """log p_θ(x|b) = Σ_i x_i l_i - softplus(l_i), l = D_θ(b); b ∈ [0,1]^d."""
   logits = gaussian_vae.mlp(params['decoder'], b)
   return jnp.sum(dists.Bernoulli(logits).log_prob(x))
 

@@ -1,6 +1,7 @@
-"""A small VAE for low-dimensional real data: MLPs in plain JAX, Gaussian everything.
+"""A small VAE for low-dimensional real data: plain-JAX MLPs, all Gaussian.
 
-    z ~ N(0, I_d),   x | z ~ N(μ_θ(z), diag σ_θ(z)²),   q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²).
+    z ~ N(0, I_d),   x | z ~ N(μ_θ(z), diag σ_θ(z)²),
+    q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²).
 
 p_θ(x) = ∫ N(z; 0, I) p_θ(x|z) dz is an infinite mixture of Gaussians; it is
 fit by maximizing the ELBO with the pathwise estimator (Kingma & Welling 2014)
@@ -25,14 +26,14 @@ Params = dict[str, Any]
 
 
 def init_mlp(key: PRNGKey, sizes: list[int]) -> list[dict[str, Array]]:
-  """Dense layers sizes[0] -> ... -> sizes[-1], LeCun-normal weights, zero biases."""
+  """Dense layers sizes[0] -> ... -> sizes[-1]; LeCun-normal weights."""
   keys = jax.random.split(key, len(sizes) - 1)
   return [{'w': jax.random.normal(k, (m, n)) / jnp.sqrt(m), 'b': jnp.zeros(n)}
           for k, m, n in zip(keys, sizes[:-1], sizes[1:])]
 
 
 def mlp(layers: list[dict[str, Array]], x: Array) -> Array:
-  """h_{l+1} = tanh(h_l W_l + b_l) for hidden layers; the last layer is linear."""
+  """h_{l+1} = tanh(h_l W_l + b_l) on hidden layers; the last is linear."""
   for layer in layers[:-1]:
     x = jnp.tanh(x @ layer['w'] + layer['b'])
   return x @ layers[-1]['w'] + layers[-1]['b']
@@ -74,13 +75,13 @@ def _terms(params: Params, x: Array):
 
 
 def elbo(params: Params, x: Array, key: PRNGKey, num_samples: int = 1) -> Array:
-  """ELBO(x) = E_q[log p_θ(x|z)] - KL(q_φ(z|x) ‖ N(0, I)), pathwise, one x [D]."""
+  """ELBO(x) = E_q[log p_θ(x|z)] - KL(q_φ(z|x) ‖ N(0, I)), one x [D]."""
   log_lik, q, prior = _terms(params, x)
   return objectives.elbo(log_lik, q, prior, key, num_samples)
 
 
 def iwae(params: Params, x: Array, key: PRNGKey, num_samples: int) -> Array:
-  """IWAE_K(x) = log (1/K) Σ_k p_θ(x|z_k) p(z_k) / q_φ(z_k|x), z_k ~ q_φ, one x."""
+  """IWAE_K(x) = log (1/K) Σ_k p_θ(x|z_k) p(z_k) / q_φ(z_k|x), z_k ~ q_φ."""
   log_lik, q, prior = _terms(params, x)
   return objectives.iwae_bound(log_lik, q, prior, key, num_samples)
 

@@ -54,8 +54,8 @@ class MultivariateNormal:
     l_inv = jax.scipy.linalg.solve_triangular(
         self.scale_tril, jnp.eye(d, dtype=self.scale_tril.dtype), lower=True)
     r = (z - self.loc) @ l_inv.T
-    return (-0.5 * jnp.sum(r**2, -1) -
-            jnp.sum(jnp.log(jnp.diagonal(self.scale_tril))) - 0.5 * d * _LOG_2PI)
+    log_det_half = jnp.sum(jnp.log(jnp.diagonal(self.scale_tril)))
+    return -0.5 * jnp.sum(r**2, -1) - log_det_half - 0.5 * d * _LOG_2PI
 
   @property
   def covariance(self) -> Array:
@@ -145,8 +145,8 @@ def samples_needed(log_rho_plus_one: Array, tolerance: float = 0.1) -> Array:
 def error_summary(estimates: Array, exact: Array) -> dict[str, Array]:
   """Bias, standard deviation and RMSE of estimates [R, ...] of `exact`.
 
-  bias = mean_r(est_r) - exact, std = sd_r(est_r), rmse = √(mean_r (est_r - exact)²),
-  reduced over the first axis (the repeats).
+  bias = mean_r(est_r) - exact, std = sd_r(est_r),
+  rmse = √(mean_r (est_r - exact)²), reduced over the first axis (repeats).
   """
   err = estimates - exact
   return {'bias': jnp.mean(err, 0), 'std': jnp.std(err, 0),

@@ -60,7 +60,7 @@ class GaussianMixture:
 
 def from_moments(weights: Array, means: Array,
                  covariances: Array) -> GaussianMixture:
-  """Builds a mixture from weights π [K], means [K, D], covariances [K, D, D]."""
+  """A mixture from weights π [K], means [K, D], covariances [K, D, D]."""
   weights, means = jnp.asarray(weights), jnp.asarray(means)
   if means.ndim != 2:
     raise ValueError(f'means must be [K, D], got shape {means.shape}.')
@@ -95,7 +95,7 @@ def component_log_probs(mixture: GaussianMixture, x: Array) -> Array:
 
 
 def log_prob(mixture: GaussianMixture, x: Array) -> Array:
-  """log p(x_n) = logsumexp_k (log π_k + log N(x_n; μ_k, Σ_k)), x [N, D] -> [N]."""
+  """log p(x_n) = logsumexp_k (log π_k + log N(x_n; μ_k, Σ_k)), for x [N, D]."""
   return jax.nn.logsumexp(component_log_probs(mixture, x), axis=-1)
 
 
@@ -107,7 +107,7 @@ def log_responsibilities(mixture: GaussianMixture, x: Array) -> Array:
 
 def sample(mixture: GaussianMixture, key: PRNGKey,
            num: int) -> tuple[Array, Array]:
-  """Draws num points: k ~ Cat(π), x = μ_k + L_k ε; returns (x [N, D], k [N])."""
+  """Draws k ~ Cat(π), x = μ_k + L_k ε; returns (x [num, D], k [num])."""
   k_comp, k_eps = jax.random.split(key)
   comp = jax.random.categorical(k_comp, mixture.logits, shape=(num,))
   eps = jax.random.normal(k_eps, (num, mixture.dim),
