@@ -35,11 +35,15 @@ class Timing:
   """Wall-clock seconds of repeated calls (after warm-up).
 
   Attributes:
-    times: seconds of each timed repeat.
+    times: wall-clock seconds of each timed repeat.
     compile_s: seconds of the first (warm-up) call, compilation included.
+    cpu_times: CPU seconds (all threads of this process) of each repeat: the
+      work done, whatever the wait for a core on a loaded machine (XLA's
+      worker threads may also spin, which counts).
   """
   times: tuple[float, ...]
   compile_s: float | None = None
+  cpu_times: tuple[float, ...] = ()
 
   @property
   def median(self) -> float:
@@ -48,6 +52,10 @@ class Timing:
   @property
   def min(self) -> float:
     return min(self.times)
+
+  @property
+  def cpu_median(self) -> float | None:
+    return statistics.median(self.cpu_times) if self.cpu_times else None
 
 
 def block(tree: Any) -> Any:
@@ -74,12 +82,13 @@ def time_fn(fn: Callable[[], Any], repeats: int = 5,
     block(fn())
     if i == 0:
       compile_s = time.perf_counter() - t0
-  times = []
+  times, cpu_times = [], []
   for _ in range(max(1, repeats)):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     block(fn())
     times.append(time.perf_counter() - t0)
-  return Timing(tuple(times), compile_s)
+    cpu_times.append(time.process_time() - c0)
+  return Timing(tuple(times), compile_s, tuple(cpu_times))
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 3,
@@ -107,13 +116,15 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 3,
       if i == 0:
         compile_s[name] = time.perf_counter() - t0
   times = {name: [] for name in fns}
+  cpu_times = {name: [] for name in fns}
   for _ in range(max(1, rounds)):
     for name, fn in fns.items():
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       block(fn())
       times[name].append(time.perf_counter() - t0)
-  return {name: Timing(tuple(times[name]), compile_s.get(name))
-          for name in fns}
+      cpu_times[name].append(time.process_time() - c0)
+  return {name: Timing(tuple(times[name]), compile_s.get(name),
+                       tuple(cpu_times[name])) for name in fns}
 
 
 def matmul_fn(n: int = 2048,
@@ -127,10 +138,20 @@ def matmul_fn(n: int = 2048,
 
 
 def peak_record(n: int, timing: Timing) -> dict[str, float]:
-  """{'n', 'gflops' (at the median), 'gflops_best' (at the min), 'seconds'}."""
+  """The matmul rate of an n x n product's `timing`.
+
+  Returns:
+    {'n', 'gflops' (at the median time), 'gflops_best' (at the min),
+    'seconds', and, with CPU times, 'gflops_per_cpu_s' (FLOPs per CPU-second
+    of this process: a per-core rate that the machine's other load does not
+    dilute)}.
+  """
   flops = 2.0 * n**3
-  return {'n': n, 'gflops': flops / timing.median / 1e9,
-          'gflops_best': flops / timing.min / 1e9, 'seconds': timing.median}
+  out = {'n': n, 'gflops': flops / timing.median / 1e9,
+         'gflops_best': flops / timing.min / 1e9, 'seconds': timing.median}
+  if timing.cpu_times:
+    out['gflops_per_cpu_s'] = flops / max(timing.cpu_median, 1e-9) / 1e9
+  return out
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5,
@@ -183,15 +204,24 @@ def train_flops_per_example(num_samples: int = 1, **arch: Any) -> int:
 
 
 def cpu_model() -> str:
-  """The CPU model name from /proc/cpuinfo (or `platform.processor()`)."""
+  """The CPU model name, family, model and clock from /proc/cpuinfo."""
+  fields = {}
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
+        key, _, value = line.partition(':')
+        key = key.strip()
+        if key in ('model name', 'cpu family', 'model', 'cpu MHz'):
+          fields.setdefault(key, value.strip())
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  if 'model name' not in fields:
+    return platform.processor() or platform.machine()
+  extra = [f'{k} {fields[k]}' for k in ('cpu family', 'model') if k in fields]
+  if 'cpu MHz' in fields:
+    extra.append(f"{float(fields['cpu MHz']):.0f} MHz")
+  return f"{fields['model name']} ({', '.join(extra)})" if extra else fields[
+      'model name']
 
 
 def load_average() -> tuple[float, float, float]:

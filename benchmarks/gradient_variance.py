@@ -103,6 +103,7 @@ def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
                      devices=(jax.device_count() if case.endswith('sharded')
                               else 1),
                      seconds=t.median, seconds_best=t.min,
+                     cpu_s=t.cpu_median,
                      estimates_per_s=num_draws / t.median,
                      estimates_per_s_best=num_draws / t.min,
                      gflops=num_draws * flops_per_draw / t.median / 1e9,
@@ -118,6 +119,8 @@ def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
           abs(tv[g] - ref[g]) / max(abs(ref[g]), 1e-30) for g in tv)
       out[case]['speedup'] = timings['loop'].median / timings[case].median
       out[case]['speedup_best'] = timings['loop'].min / timings[case].min
+      out[case]['speedup_cpu'] = (timings['loop'].cpu_median /
+                                  max(timings[case].cpu_median, 1e-9))
   for case in cases:
     reporter.result(case, **out[case])
   return out

@@ -48,8 +48,11 @@ def test_timing_helpers():
   ts = common.time_interleaved({'a': lambda: jnp.ones(2),
                                 'b': lambda: jnp.zeros(2)}, rounds=2)
   assert set(ts) == {'a', 'b'} and all(len(v.times) == 2 for v in ts.values())
+  assert all(len(v.cpu_times) == 2 and v.cpu_median >= 0
+             for v in ts.values())
   peak = common.matmul_peak(64, repeats=1)
   assert peak['gflops'] > 0 and peak['gflops_best'] >= peak['gflops']
+  assert peak['gflops_per_cpu_s'] > 0
 
 
 def test_reporter_prints_one_line_per_result_and_saves(tmp_path):
@@ -105,6 +108,7 @@ def test_train_throughput_benchmark(tiny):
   for case in cases:
     assert out[case]['examples_per_s'] > 0 and out[case]['gflops'] > 0
     assert out[case]['peak_fraction'] > 0 and out[case]['steps'] == 5
+    assert out[case]['peak_fraction_cpu'] > 0
   for case in cases[1:]:
     assert out[case]['fused_speedup'] > 0
   assert out['fused']['step_fn'] == 'vae.training.make_train_epoch'
@@ -129,7 +133,8 @@ def test_gradient_variance_benchmark(tiny):
   assert out['loop']['estimates_per_s'] > 0
   for case in ('vmapped', 'scan'):
     v = out[case]
-    assert v['speedup'] > 0 and v['estimates_per_s'] > 0
+    assert v['speedup'] > 0 and v['speedup_cpu'] > 0
+    assert v['estimates_per_s'] > 0
     assert v['max_rel_diff_total_variance'] < 1e-3
     assert v['total_variance_encoder'] > 0 and v['total_variance_decoder'] > 0
 
@@ -151,6 +156,7 @@ def test_importance_sampling_benchmark(tiny):
   for case in importance_sampling.CASES:
     rec = out[case]
     assert rec['seconds'] > 0 and rec['flop_bound_s'] > 0
+    assert rec['ratio_to_bound_cpu'] > 0
     assert rec['ratio_to_bound'] > 0 and np.isfinite(
         rec['mean_log_likelihood'])
 
