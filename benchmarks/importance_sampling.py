@@ -167,7 +167,7 @@ def main(argv=None) -> int:
   parser.add_argument('--batch', type=int, default=20,
                       help='Images per call, chunked case.')
   parser.add_argument('--chunk', type=int, default=50,
-                      help='Samples per scan step, chunked case. batch × chunk '
+                      help='Samples per scan step, chunked case. batch×chunk '
                       '= 1000 decoded rows (3 MB of logits) per step was '
                       'fastest on CPU; 100 × 500 (157 MB) ran ~1.5-2× '
                       'slower. On a GPU use larger steps (e.g. 100 × 500).')

@@ -1,4 +1,4 @@
-r"""Training throughput (examples/s) of the Burda VAE: fused vs plain vs NumPyro.
+r"""Training throughput (examples/s) of the Burda VAE: fused, plain, NumPyro.
 
 Model 784-200-200-50 (tanh), Bernoulli pixels, ELBO with analytic KL and one
 reparameterized sample per example, Adam(1e-3), batch 100. Cases, each timed
@@ -256,10 +256,13 @@ def training_plain_runner(model, images: np.ndarray, batch_size: int,
 
 def numpyro_svi(model: vae_model.VAE, learning_rate: float = 1e-3):
   """NumPyro SVI (Trace_ELBO, Adam) on the same encoder/decoder modules."""
-  import numpyro  # pylint: disable=g-import-not-at-top
-  from numpyro import distributions as npd  # pylint: disable=g-import-not-at-top
-  from numpyro.contrib.module import flax_module  # pylint: disable=g-import-not-at-top
-  from numpyro.infer import SVI, Trace_ELBO  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import numpyro
+  from numpyro import distributions as npd
+  from numpyro.contrib.module import flax_module
+  from numpyro.infer import SVI
+  from numpyro.infer import Trace_ELBO
+  # pylint: enable=g-import-not-at-top
 
   latent, data_dim = model.latent_dim, model.data_dim
 
@@ -284,7 +287,7 @@ def numpyro_svi(model: vae_model.VAE, learning_rate: float = 1e-3):
 def numpyro_runner(model, images: np.ndarray, batch_size: int, seed: int = 0,
                    learning_rate: float = 1e-3,
                    fused: bool = False) -> Callable[[], Any]:
-  """A closure: one epoch of NumPyro SVI, jit(svi.update) per batch or scanned."""
+  """A closure: one epoch of NumPyro SVI: jit(svi.update) per batch, or scan."""
   svi = numpyro_svi(model, learning_rate)
   svi_state = svi.init(jax.random.PRNGKey(seed), images[:batch_size])
   state = {'svi': svi_state, 'epoch': 0}

@@ -14,7 +14,6 @@ from benchmarks import common
 from benchmarks import gradient_variance
 from benchmarks import importance_sampling
 from benchmarks import train_throughput
-from vae import sharding
 from vae import vae_model
 
 HAS_NUMPYRO = importlib.util.find_spec('numpyro') is not None

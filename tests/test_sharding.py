@@ -1,4 +1,4 @@
-"""Tests for vae.sharding: sharded steps equal single-device ones (4 CPU devices).
+"""Tests for vae.sharding: sharded steps equal single-device ones (4 devices).
 
 `--xla_force_host_platform_device_count` only acts before JAX starts, so the
 multi-device check runs in a subprocess that compares the sharded results
@@ -47,7 +47,8 @@ _SCRIPT = textwrap.dedent("""
     p1, o1 = params, opt.init(params)
     p4, o4 = sharding.replicate((params, opt.init(params)), mesh)
     xs = sharding.shard_batch(x, mesh)
-    out['batch_shard_shapes'] = [list(s.data.shape) for s in xs.addressable_shards]
+    out['batch_shard_shapes'] = [list(s.data.shape)
+                                 for s in xs.addressable_shards]
     losses = []
     for t in range(2):
       key = jax.random.PRNGKey(10 + t)
@@ -57,7 +58,8 @@ _SCRIPT = textwrap.dedent("""
     out['step_losses'] = losses
     out['step_param_maxdiff'] = maxdiff(p1, p4)
     out['step_param_devices'] = num_shards(jax.tree.leaves(p4)[0])
-    out['step_param_replicated'] = jax.tree.leaves(p4)[0].sharding.is_fully_replicated
+    leaf = jax.tree.leaves(p4)[0]
+    out['step_param_replicated'] = leaf.sharding.is_fully_replicated
 
     # A fused multi-step scan over [S, B, D] batches, split along axis 1.
     multi = sharding.multi_step_fn(step)

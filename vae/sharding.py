@@ -11,8 +11,8 @@ on the sharding), so results agree with `mesh=None` up to the order of float
 reductions.
 
     mesh = sharding.make_mesh()
-    step = sharding.jit_train_step(sharding.train_step_fn(model, optax.adam(1e-3)),
-                                   mesh)
+    step_fn = sharding.train_step_fn(model, optax.adam(1e-3))
+    step = sharding.jit_train_step(step_fn, mesh)
     params, opt_state = sharding.replicate((params, opt_state), mesh)
     params, opt_state, loss = step(params, opt_state,
                                    sharding.shard_batch(batch, mesh), key)
