@@ -185,20 +185,20 @@ def main(argv):
   timing = dict(train_wall_s=run.wall_s, train_cpu_s=run.cpu_s,
                 compile_s=run.compile_s, epochs_this_run=len(run.history),
                 resumed_from_step=run.resumed_from)
-  records = []
+  summary = training.last_metrics(out)
   if _EVALUATE.value:
-    summary, eval_timing = evaluation.evaluate(
+    evaluated, eval_timing = evaluation.evaluate(
         run.model, run.state.params, dataset, FLAGS.seed, eval_k=_EVAL_K.value,
         iwae_ks=iwae_ks, batch_size=_EVAL_BATCH_SIZE.value,
         chunk_size=_EVAL_CHUNK_SIZE.value, num_eval=_NUM_EVAL.value,
         output_dir=out, pictures=_PICTURES.value,
         log=lambda line: print(line, flush=True))
+    summary.update(evaluated)
     timing.update(eval_timing)
-    records.append(training.result_record(config, int(run.state.step),
-                                          summary))
-    print(results.format_table(records, columns=(
-        'dataset', 'objective', 'estimator', 'k', 'epochs', 'test_nll',
-        'test_elbo', 'active_units', 'eval_k')))
+  records = [training.result_record(config, int(run.state.step), summary)]
+  print(results.format_table(records, columns=(
+      'dataset', 'objective', 'estimator', 'k', 'epochs', 'final_train_bound',
+      'final_test_bound', 'test_nll', 'test_elbo', 'active_units', 'eval_k')))
   results.write_results(out, records)
   results.write_json(os.path.join(out, 'timing.json'), timing)
   print(f'Results in {out}')

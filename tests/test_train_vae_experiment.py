@@ -107,7 +107,7 @@ def test_outputs_and_evaluate_vae_agree(killed_and_resumed, tmp_path):
   record = records[0]
   for key in ('dataset', 'objective', 'estimator', 'k', 'epochs', 'test_nll',
               'test_elbo', 'test_iwae_1', 'test_iwae_5', 'active_units',
-              'eval_k'):
+              'eval_k', 'final_train_bound', 'final_test_bound'):
     assert key in record, key
   assert record['eval_k'] == 100 and record['steps'] == 100
   assert record['test_elbo'] <= -record['test_nll'] + 1e-3

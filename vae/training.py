@@ -448,6 +448,20 @@ def load_params(output_dir: str, step: int | None = None
   return config, model, jax.tree.map(jnp.asarray, params), step
 
 
+def last_metrics(output_dir: str) -> dict[str, float | None]:
+  """The final train_bound and test_bound of `<output_dir>/metrics.csv`."""
+  path = os.path.join(output_dir, METRICS_CSV)
+  rows = []
+  if os.path.exists(path):
+    with open(path, newline='') as f:
+      rows = list(csv.DictReader(f))
+  last = rows[-1] if rows else {}
+  tested = [r for r in rows if r.get('test_bound')]
+  return {'final_train_bound': float(last['train_bound']) if last else None,
+          'final_test_bound': (float(tested[-1]['test_bound']) if tested
+                               else None)}
+
+
 def result_record(config: TrainConfig, step: int,
                   summary: dict[str, Any]) -> dict[str, Any]:
   """One flat results.json record: the run's settings, then `summary`."""
@@ -529,8 +543,10 @@ def train(config: TrainConfig, dataset: data.Dataset, output_dir: str, *,
         f'{resumed_from // steps_per_epoch})')
   else:
     os.makedirs(directory, exist_ok=True)
-    with open(config_path, 'w', encoding='utf-8') as f:
+    tmp = f'{config_path}.tmp{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
       json.dump(config.to_json(), f, indent=2)
+    os.replace(tmp, config_path)
   start_epoch = int(state.step) // steps_per_epoch
   end_epoch = config.epochs if stop_after_epochs is None else min(
       config.epochs, stop_after_epochs)
