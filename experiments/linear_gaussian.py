@@ -35,7 +35,7 @@ from vae import results
 
 _DATA_DIM = flags.DEFINE_integer('ppca_data_dim', 10,
                                  'Observed dimension D.')
-_LATENT_DIM = flags.DEFINE_integer('ppca_latent_dim', 3,
+_LATENT_DIM = flags.DEFINE_integer('ppca_latent_dim', 4,
                                    'Latent dimension d.')
 _NOISE_SCALE = flags.DEFINE_float('noise_scale', 0.5, 'Observation noise σ.')
 _TRAIN_SIZE = flags.DEFINE_integer('train_size', 500, 'Training points.')
@@ -71,7 +71,7 @@ Array = jax.Array
 class Settings:
   """What to run (defaults = the script's defaults)."""
   data_dim: int = 10
-  latent_dim: int = 3
+  latent_dim: int = 4
   noise_scale: float = 0.5
   train_size: int = 500
   test_size: int = 2000
