@@ -218,8 +218,8 @@ def _cosine(a: Array, b: Array) -> Array:
 def _chunk_stats(flat: Array, reference: Array):
   """Mean, M2 = Σ (x - mean)², x·g_ref and |x|² of a chunk of draws [c, P].
 
-  Sums over draws are products with a vector of ones: XLA:CPU reduces over a
-  leading axis far slower than it multiplies matrices.
+  Sums over the draws are vector-matrix products (weights @ flat): XLA:CPU
+  reduces over a leading axis far slower than it multiplies matrices.
   """
   weights = jnp.full((flat.shape[0],), 1.0 / flat.shape[0], flat.dtype)
   mean = weights @ flat
@@ -476,9 +476,10 @@ def study(model: vae_model.VAE, checkpoints: Sequence[Checkpoint],
         out, seconds = _timed(fns[obj, plan[obj, n], n], ck.params, batch,
                               _key_for(base, 2, oi, n, ck.step), baseline,
                               refs[ref_n])
-        draw_times.append({'objective': obj, 'num_samples': n,
-                           'step': ck.step, 'estimators': ','.join(plan[obj, n]),
-                           'seconds_per_draw': seconds / num_draws})
+        draw_times.append({
+            'objective': obj, 'num_samples': n, 'step': ck.step,
+            'estimators': ','.join(plan[obj, n]),
+            'seconds_per_draw': seconds / num_draws})
         for est in requested:
           if est not in out:
             continue
