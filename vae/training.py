@@ -218,29 +218,44 @@ class TrainState(NamedTuple):
   baseline: Array
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init_params(model: vae_model.VAE, key: Array) -> Params:
-  return model.init(key)  # Jitted here (and cached), not per call.
-
-
 def init_state(model: vae_model.VAE, optimizer: optax.GradientTransformation,
-               seed: int, pixel_mean: np.ndarray | None = None) -> TrainState:
+               seed: int, output_bias: Array | None = None) -> TrainState:
   """Step 0: params from fold_in(PRNGKey(seed), 0), baseline 0.
 
-  With `pixel_mean`, the decoder's output bias is logit(pixel_mean) (clipped,
-  `networks.mean_logit_init`); the other parameters do not depend on it.
+  Args:
+    model: the VAE.
+    optimizer: the optimizer.
+    seed: the run's seed.
+    output_bias: if given, the decoder's output bias (e.g. logit of the mean
+      training image, `output_bias_for`); the other parameters do not depend
+      on it.
+
+  Returns:
+    The state at step 0.
   """
-  params = _init_params(model, jax.random.fold_in(jax.random.PRNGKey(seed), 0))
-  if pixel_mean is not None:
-    logits = dict(params['decoder']['params']['logits'])
-    logits['bias'] = networks.mean_logit_init(pixel_mean)(
-        None, logits['bias'].shape)
+  params = model.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
+  if output_bias is not None:
+    logits = {**params['decoder']['params']['logits'], 'bias': output_bias}
     decoder = {**params['decoder'], 'params': {
         **params['decoder']['params'], 'logits': logits}}
     params = {**params, 'decoder': decoder}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
                     baseline=jnp.zeros((), jnp.float32))
+
+
+def output_bias_for(pixel_mean: np.ndarray) -> np.ndarray:
+  """logit(pixel_mean), clipped as `networks.mean_logit_init`; float32."""
+  init = networks.mean_logit_init(pixel_mean)
+  return np.asarray(init(None, np.shape(pixel_mean)), np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _state_initializer(config: TrainConfig, steps_per_epoch: int):
+  """A jitted output_bias -> `init_state(...)` for `config` (cached)."""
+  model = make_model(config)
+  optimizer = make_optimizer(config, steps_per_epoch)
+  return jax.jit(lambda bias: init_state(model, optimizer, config.seed, bias))
 
 
 def step_key(seed: int, step: Array) -> Array:
@@ -519,10 +534,9 @@ def train(config: TrainConfig, dataset: data.Dataset, output_dir: str, *,
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size {config.batch_size} > {n} training images.')
   model = make_model(config)
-  optimizer = make_optimizer(config, steps_per_epoch)
   schedule = learning_rate_schedule(config, steps_per_epoch)
-  state = init_state(model, optimizer, config.seed,
-                     pixel_mean=np.asarray(dataset.train).mean(0))
+  state = _state_initializer(config, steps_per_epoch)(
+      output_bias_for(np.asarray(dataset.train).mean(0)))
   directory = checkpoint_dir(output_dir)
   config_path = os.path.join(directory, CONFIG_FILE)
   latest = checkpointing.latest_step(directory)
