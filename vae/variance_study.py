@@ -469,10 +469,12 @@ def study(model: vae_model.VAE, checkpoints: Sequence[Checkpoint],
         ref_n = reference_num_samples(obj, n, num_samples)
         if ref_n not in refs:
           fn = fns[obj, plan[obj, ref_n], ref_n]
-          refs[ref_n] = {g: sum(
-              fn(ck.params, batch, _key_for(base, 1, oi, ref_n, ck.step, c),
-                 baseline, zeros)[ref_est][g]['mean'] for c in range(calls)) /
-                         calls for g in GROUPS}
+          ref_outs = [fn(ck.params, batch,
+                         _key_for(base, 1, oi, ref_n, ck.step, c), baseline,
+                         zeros)[ref_est] for c in range(calls)]
+          # Blocks, so that the timed call below does not wait for these.
+          refs[ref_n] = jax.block_until_ready(
+              {g: sum(o[g]['mean'] for o in ref_outs) / calls for g in GROUPS})
         out, seconds = _timed(fns[obj, plan[obj, n], n], ck.params, batch,
                               _key_for(base, 2, oi, n, ck.step), baseline,
                               refs[ref_n])
