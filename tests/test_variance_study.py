@@ -1,4 +1,4 @@
-"""Tests of vae.variance_study on a tiny VAE (784-8-2), few draws, fixed seeds."""
+"""Tests of vae.variance_study: a tiny VAE (784-8-2), few draws, fixed seeds."""
 
 import jax
 from jax import flatten_util
