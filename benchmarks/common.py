@@ -69,7 +69,7 @@ def time_fn(fn: Callable[[], Any], repeats: int = 5,
 
   Args:
     fn: zero-argument callable; its result is blocked on.
-    repeats: timed calls (≥ 1).
+    repeats: timed calls (0: only the warm-up).
     warmup: untimed calls first (compilation); the first one's time is kept
       as `compile_s`.
 
@@ -83,7 +83,7 @@ def time_fn(fn: Callable[[], Any], repeats: int = 5,
     if i == 0:
       compile_s = time.perf_counter() - t0
   times, cpu_times = [], []
-  for _ in range(max(1, repeats)):
+  for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
     block(fn())
     times.append(time.perf_counter() - t0)
