@@ -330,9 +330,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def model_from_args(args: argparse.Namespace):
   """The VAE of --hidden_sizes and --latent_dim (tanh MLPs, 784 pixels)."""
-  from vae import vae_model  # pylint: disable=g-import-not-at-top
+  from vae.models import image_vae  # pylint: disable=g-import-not-at-top
   hidden = tuple(int(h) for h in str(args.hidden_sizes).split(',') if h)
-  return vae_model.burda_vae(latent_dim=args.latent_dim, hidden_sizes=hidden,
+  return image_vae.burda_vae(latent_dim=args.latent_dim, hidden_sizes=hidden,
                              data_dim=BURDA_DATA_DIM)
 
 

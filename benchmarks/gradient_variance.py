@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks import common
 from vae import sharding
-from vae import vae_model
+from vae.models import image_vae
 
 CASES = ('vmapped', 'scan', 'loop')
 # Not run by default: 'vmapped' with each chunk's draws split over all devices
@@ -45,7 +45,7 @@ EXTRA_CASES = ('vmapped_sharded',)
 
 def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
               rounds: int = 3, seed: int = 0,
-              model: vae_model.VAE | None = None, cases=CASES,
+              model: image_vae.VAE | None = None, cases=CASES,
               reporter: common.Reporter | None = None,
               source: str = '') -> dict[str, dict[str, Any]]:
   """Times D gradient estimates at `batch`: vmapped, scanned, looped.

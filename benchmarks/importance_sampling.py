@@ -10,7 +10,7 @@ encoder once per image, so the matmul work is
 FLOPs / (the matmul peak measured in the same run, 2048² float32); the issue
 asks for the measured time to be within 2× of it. Cases:
 
-* `chunked`: `vae_model.importance_log_likelihood` (jitted: images vmapped,
+* `chunked`: `image_vae.importance_log_likelihood` (jitted: images vmapped,
   a `lax.scan` over chunks of `--chunk` samples with a running logsumexp),
   called on batches of `--batch` images from a Python loop (asynchronous
   dispatch; one sync at the end).
@@ -34,13 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from vae import vae_model
+from vae.models import image_vae
 
 CASES = ('chunked', 'plain')
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
-def plain_log_likelihood(model: vae_model.VAE, params, batch, key,
+def plain_log_likelihood(model: image_vae.VAE, params, batch, key,
                          num_samples: int):
   """log (1/K) Σ_k w_k per image, all K samples decoded in one go.
 
@@ -50,14 +50,14 @@ def plain_log_likelihood(model: vae_model.VAE, params, batch, key,
   keys = jax.random.split(key, batch.shape[0])
 
   def one(x, k):
-    lw = vae_model.log_weights(model, params, x, jax.random.split(k, 1)[0],
+    lw = image_vae.log_weights(model, params, x, jax.random.split(k, 1)[0],
                                num_samples)
     return jax.nn.logsumexp(lw) - jnp.log(float(num_samples))
 
   return jax.vmap(one)(batch, keys)
 
 
-def runner(case: str, model: vae_model.VAE, params, images: np.ndarray,
+def runner(case: str, model: image_vae.VAE, params, images: np.ndarray,
            num_samples: int, batch: int, chunk: int,
            seed: int = 0) -> tuple[Callable[[], Any], Callable[[], Any]]:
   """Closures computing log p(x) of all `images`, `batch` at a time.
@@ -73,7 +73,7 @@ def runner(case: str, model: vae_model.VAE, params, images: np.ndarray,
              for i in range(0, len(images), batch)]
   key = jax.random.PRNGKey(seed)
   if case == 'chunked':
-    fn = functools.partial(vae_model.importance_log_likelihood,
+    fn = functools.partial(image_vae.importance_log_likelihood,
                            num_samples=num_samples, chunk_size=chunk)
   elif case == 'plain':
     fn = functools.partial(plain_log_likelihood, num_samples=num_samples)
@@ -109,7 +109,7 @@ def flops(num_images: int, num_samples: int, **arch: Any) -> float:
 def benchmark(images: np.ndarray, *, num_samples: int = 1000,
               batch: int = 20, chunk: int = 50, plain_batch: int = 10,
               rounds: int = 3, seed: int = 0, cases=CASES,
-              model: vae_model.VAE | None = None, peak_n: int = 2048,
+              model: image_vae.VAE | None = None, peak_n: int = 2048,
               reporter: common.Reporter | None = None,
               source: str = '') -> dict[str, dict[str, Any]]:
   """Times IS log p(x) over `images` against the FLOP-bound time.

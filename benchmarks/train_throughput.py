@@ -7,7 +7,7 @@ over whole passes of `steps` minibatches after a warm-up pass:
 * `fused`: the project's fused training epoch,
   `vae.training.make_train_epoch`: all the epoch's Adam steps in ONE jitted
   call, a `lax.scan` over `data.epoch_batches` (shuffled on device, in the
-  timed region) of steps on `vae_model.batch_surrogate`. (If `vae.training`
+  timed region) of steps on `image_vae.batch_surrogate`. (If `vae.training`
   cannot be imported, this module's `fused_epoch_fn`, the same scan over
   `vae.sharding.train_step_fn`; the line's `step_fn` says which ran.)
 * `fused_batch_loss`: `fused_epoch_fn` with `batch_elbo_loss`: the library's
@@ -52,7 +52,7 @@ from vae import data as data_lib
 from vae import distributions as dists
 from vae import kl as kl_lib
 from vae import sharding
-from vae import vae_model
+from vae.models import image_vae
 
 CASES = ('fused', 'fused_batch_loss', 'plain', 'numpyro', 'numpyro_scan')
 # Not run by default: `fused_epoch_fn` with each batch split over all devices
@@ -61,9 +61,9 @@ EXTRA_CASES = ('fused_sharded',)
 
 
 def burda_model(hidden=common.BURDA_HIDDEN, latent=common.BURDA_LATENT,
-                data_dim=common.BURDA_DATA_DIM) -> vae_model.VAE:
+                data_dim=common.BURDA_DATA_DIM) -> image_vae.VAE:
   """The Burda et al. (2015) VAE (tanh MLPs)."""
-  return vae_model.burda_vae(latent_dim=latent, hidden_sizes=tuple(hidden),
+  return image_vae.burda_vae(latent_dim=latent, hidden_sizes=tuple(hidden),
                              data_dim=data_dim)
 
 
@@ -71,7 +71,7 @@ def burda_model(hidden=common.BURDA_HIDDEN, latent=common.BURDA_LATENT,
 # Our training loops.
 
 
-def batch_elbo_loss(model: vae_model.VAE, params, batch, key):
+def batch_elbo_loss(model: image_vae.VAE, params, batch, key):
   """-batch_surrogate(model, params, batch, key, 'elbo', 'pathwise', 1).
 
   The same estimator, the same random numbers (ε_b ~ N(0, I) from the b-th
@@ -91,7 +91,7 @@ def batch_elbo_loss(model: vae_model.VAE, params, batch, key):
   return -jnp.mean(log_lik - kl)
 
 
-def train_step_fn(model: vae_model.VAE,
+def train_step_fn(model: image_vae.VAE,
                   optimizer: optax.GradientTransformation,
                   loss: str = 'library') -> sharding.TrainStep:
   """The Adam step on the ELBO: 'library' (`batch_surrogate`) or 'batch'."""
@@ -109,7 +109,7 @@ def train_step_fn(model: vae_model.VAE,
   return step
 
 
-def fused_epoch_fn(model: vae_model.VAE,
+def fused_epoch_fn(model: image_vae.VAE,
                    optimizer: optax.GradientTransformation, batch_size: int,
                    loss: str = 'library', mesh=None) -> Callable[..., Any]:
   """Jitted epoch(params, opt_state, images, seed, epoch, key).
@@ -131,7 +131,7 @@ def fused_epoch_fn(model: vae_model.VAE,
   return jax.jit(epoch, donate_argnums=(0, 1))
 
 
-def plain_step_fn(model: vae_model.VAE,
+def plain_step_fn(model: image_vae.VAE,
                   optimizer: optax.GradientTransformation,
                   loss: str = 'library') -> Callable[..., Any]:
   """Jitted step(params, opt_state, batch, key, t): one Adam step."""
@@ -254,7 +254,7 @@ def training_plain_runner(model, images: np.ndarray, batch_size: int,
 # NumPyro.
 
 
-def numpyro_svi(model: vae_model.VAE, learning_rate: float = 1e-3):
+def numpyro_svi(model: image_vae.VAE, learning_rate: float = 1e-3):
   """NumPyro SVI (Trace_ELBO, Adam) on the same encoder/decoder modules."""
   # pylint: disable=g-import-not-at-top
   import numpyro
@@ -322,7 +322,7 @@ def numpyro_runner(model, images: np.ndarray, batch_size: int, seed: int = 0,
 
 def benchmark(images: np.ndarray, *, batch_size: int = 100,
               cases=CASES, rounds: int = 3, seed: int = 0,
-              model: vae_model.VAE | None = None,
+              model: image_vae.VAE | None = None,
               peak_n: int = 2048, reporter: common.Reporter | None = None,
               source: str = '') -> dict[str, dict[str, Any]]:
   """Runs the cases on `images`; one epoch = len(images) // batch_size steps.

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import amortization as am
+from vae.problems import amortization as am
 from vae import cli
-from vae import linear_gaussian as lg
+from vae.problems import linear_gaussian as lg
 from vae import results
 
 _MODEL_DATA_DIM = flags.DEFINE_integer('model_data_dim', 10,

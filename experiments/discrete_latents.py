@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import bernoulli_vae as bv
+from vae.models import sigmoid_belief_net as sbn
 from vae import cli
 from vae import results
 
@@ -112,17 +112,17 @@ def train_all(train_x: jax.Array, test_x: jax.Array, settings: Settings
               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """Trains one model per estimator; returns (curve records, final states)."""
   key = jax.random.PRNGKey(settings.seed)
-  params0 = bv.init(jax.random.fold_in(key, 0), train_x.shape[1],
+  params0 = sbn.init(jax.random.fold_in(key, 0), train_x.shape[1],
                     settings.latents, settings.hidden,
                     data_mean=jnp.mean(train_x, 0))
-  evaluate = jax.jit(lambda p, k: bv.mean_bound(bv.elbo, p, test_x, k,
+  evaluate = jax.jit(lambda p, k: sbn.mean_bound(sbn.elbo, p, test_x, k,
                                                  settings.eval_samples))
-  final_iwae = jax.jit(lambda p, k: bv.mean_bound(bv.iwae, p, test_x, k,
+  final_iwae = jax.jit(lambda p, k: sbn.mean_bound(sbn.iwae, p, test_x, k,
                                                   settings.iwae_samples))
   eval_key = jax.random.fold_in(key, 1)
   records, states = [], {}
   for name in settings.estimators:
-    init_state, run_steps = bv.make_trainer(
+    init_state, run_steps = sbn.make_trainer(
         train_x, name, settings.evals_per_example, settings.batch,
         settings.lr, settings.temperature)
     state = init_state(params0)
@@ -176,7 +176,7 @@ def gradient_variance(train_x: jax.Array, settings: Settings,
   where = {'initialization': points['init'],
            f'trained with {first}': (points['states'][first][0],
                                      points['states'][first][2])}
-  fns = {name: jax.jit(lambda p, b, k, name=name: bv.encoder_gradients(
+  fns = {name: jax.jit(lambda p, b, k, name=name: sbn.encoder_gradients(
       p, x, k, name, settings.evals_per_example, b, settings.temperature))
          for name in settings.estimators}
   records = []
@@ -185,7 +185,7 @@ def gradient_variance(train_x: jax.Array, settings: Settings,
     for name, fn in fns.items():
       g = np.asarray(fn(params, baseline, keys), np.float64)
       stats[name] = (g.mean(0), float(np.sum(g.var(0, ddof=1))))
-    unbiased = [n for n in settings.estimators if n in bv.UNBIASED_FOR_ELBO]
+    unbiased = [n for n in settings.estimators if n in sbn.UNBIASED_FOR_ELBO]
     reference, ref_noise = None, 0.0
     if unbiased:
       weights = np.array([r / stats[n][1] for n in unbiased])
@@ -204,7 +204,7 @@ def gradient_variance(train_x: jax.Array, settings: Settings,
           'bias_sq': bias_sq,
           'bias_sq_noise_level': None if bias_sq is None else noise,
           'mse': None if bias_sq is None else bias_sq + total_var,
-          'unbiased_for_elbo': name in bv.UNBIASED_FOR_ELBO})
+          'unbiased_for_elbo': name in sbn.UNBIASED_FOR_ELBO})
   return records
 
 
@@ -270,9 +270,9 @@ def main(argv):
       variance_keys=_VARIANCE_KEYS.value, variance_batch=_VARIANCE_BATCH.value,
       seed=FLAGS.seed)
   for name in settings.estimators:
-    if name not in bv.ESTIMATORS:
+    if name not in sbn.ESTIMATORS:
       raise ValueError(f'unknown estimator {name!r}; choose from '
-                       f'{", ".join(bv.ESTIMATORS)}.')
+                       f'{", ".join(sbn.ESTIMATORS)}.')
   train_x, test_x = load_data(_DATASET.value, _TRAIN_EXAMPLES.value,
                               _TEST_EXAMPLES.value, FLAGS.seed)
   records = run(train_x, test_x, settings)

@@ -56,7 +56,8 @@ def _parse_numbers(name: str, values, cast, positive: bool = False):
 
 
 def _validate():
-  from vae import gaussian_costs, registry  # pylint: disable=g-import-not-at-top
+  from vae.estimators import registry
+  from vae.problems import gaussian_costs  # pylint: disable=g-import-not-at-top
   for c in _COSTS.value:
     if c not in gaussian_costs.COSTS:
       raise app.UsageError(f'--costs: unknown cost {c!r}; choose from '

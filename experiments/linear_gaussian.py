@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import amortization as am
+from vae.problems import amortization as am
 from vae import cli
 from vae import distributions as dists
 from vae import importance_sampling as isl
-from vae import linear_gaussian as lg
+from vae.problems import linear_gaussian as lg
 from vae import results
 
 _DATA_DIM = flags.DEFINE_integer('ppca_data_dim', 10,

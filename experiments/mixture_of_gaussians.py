@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae import cli
-from vae import gaussian_vae
-from vae import mixtures
+from vae.models import gaussian_vae
+from vae.problems import mixtures
 from vae import results
 
 _DIMS = flags.DEFINE_list('dims', ['1', '2'], 'Data dimensions to run (1, 2).')

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae import amortization as am
+from vae.problems import amortization as am
 from vae import distributions as dists
-from vae import linear_gaussian as lg
+from vae.problems import linear_gaussian as lg
 
 
 @pytest.fixture(autouse=True, scope='module')

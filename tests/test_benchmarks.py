@@ -14,7 +14,7 @@ from benchmarks import common
 from benchmarks import gradient_variance
 from benchmarks import importance_sampling
 from benchmarks import train_throughput
-from vae import vae_model
+from vae.models import image_vae
 
 HAS_NUMPYRO = importlib.util.find_spec('numpyro') is not None
 
@@ -22,7 +22,7 @@ HAS_NUMPYRO = importlib.util.find_spec('numpyro') is not None
 @pytest.fixture(scope='module')
 def tiny():
   """A small VAE on 32-pixel binary data."""
-  model = vae_model.burda_vae(latent_dim=3, hidden_sizes=(8,), data_dim=32)
+  model = image_vae.burda_vae(latent_dim=3, hidden_sizes=(8,), data_dim=32)
   x = (np.random.default_rng(0).random((40, 32)) < 0.3).astype(np.float32)
   return model, x
 
@@ -71,7 +71,7 @@ def test_batch_elbo_loss_equals_the_library_loss(tiny):
   key = jax.random.PRNGKey(1)
   ours = jax.jit(jax.value_and_grad(lambda p: train_throughput.batch_elbo_loss(
       model, p, x, key)))(params)
-  lib = jax.jit(jax.value_and_grad(lambda p: -vae_model.batch_surrogate(
+  lib = jax.jit(jax.value_and_grad(lambda p: -image_vae.batch_surrogate(
       model, p, x, key, 'elbo', 'pathwise', 1)))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                        atol=1e-5), ours, lib)
@@ -143,7 +143,7 @@ def test_importance_sampling_plain_equals_chunked_with_one_chunk(tiny):
   params = model.init(jax.random.PRNGKey(0))
   key = jax.random.PRNGKey(3)
   a = importance_sampling.plain_log_likelihood(model, params, x[:4], key, 16)
-  b = vae_model.importance_log_likelihood(model, params, x[:4], key, 16, 16)
+  b = image_vae.importance_log_likelihood(model, params, x[:4], key, 16, 16)
   np.testing.assert_allclose(a, b, rtol=1e-5)
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae import bernoulli_vae as bv
+from vae.models import sigmoid_belief_net as sbn
 from vae import kl as kl_lib
 
 D, LATENTS = 5, 3
@@ -23,26 +23,26 @@ def x64():
 @pytest.fixture(scope='module')
 def setup(x64):
   del x64
-  params = bv.init(jax.random.PRNGKey(0), D, LATENTS)
+  params = sbn.init(jax.random.PRNGKey(0), D, LATENTS)
   params['prior_logits'] = jnp.array([0.3, -0.5, 0.1])
   x = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])
   return params, x
 
 
 def _log_q(params, x, b):
-  return jnp.sum(bv.encode(params, x).log_prob(b), -1)
+  return jnp.sum(sbn.encode(params, x).log_prob(b), -1)
 
 
 def _exact_elbo(params, x):
   """Σ_b q(b|x) log p(x|b) - KL(q ‖ p), by enumeration."""
   q = jnp.exp(jax.vmap(lambda b: _log_q(params, x, b))(CONFIGS))
-  recon = jax.vmap(lambda b: bv.log_likelihood(params, x, b))(CONFIGS)
-  kl = jnp.sum(kl_lib.kl_divergence(bv.encode(params, x), bv.prior(params)))
+  recon = jax.vmap(lambda b: sbn.log_likelihood(params, x, b))(CONFIGS)
+  kl = jnp.sum(kl_lib.kl_divergence(sbn.encode(params, x), sbn.prior(params)))
   return q @ recon - kl
 
 
 def _log_joint(params, x, b):
-  return bv.log_likelihood(params, x, b) + jnp.sum(bv.prior(params).log_prob(b))
+  return sbn.log_likelihood(params, x, b) + jnp.sum(sbn.prior(params).log_prob(b))
 
 
 def _exact_iwae2(params, x):
@@ -61,7 +61,7 @@ def _flat_encoder_grad(fn, params, x):
 
 def _estimates(params, x, estimator, num_keys=20000, baseline=-3.0):
   keys = jax.random.split(jax.random.PRNGKey(1), num_keys)
-  g = jax.jit(bv.encoder_gradients, static_argnums=(3, 4))(
+  g = jax.jit(sbn.encoder_gradients, static_argnums=(3, 4))(
       params, x[None], keys, estimator, 2, baseline)
   return jnp.mean(g, 0), jnp.std(g, 0) / np.sqrt(num_keys)
 
@@ -74,8 +74,8 @@ def test_elbo_and_iwae_bound_the_exact_log_likelihood(setup):
 
   @jax.jit
   def bounds(params, x, keys):
-    return (jnp.mean(jax.vmap(lambda k: bv.elbo(params, x, k, 4))(keys)),
-            jnp.mean(jax.vmap(lambda k: bv.iwae(params, x, k, 20))(keys)))
+    return (jnp.mean(jax.vmap(lambda k: sbn.elbo(params, x, k, 4))(keys)),
+            jnp.mean(jax.vmap(lambda k: sbn.iwae(params, x, k, 20))(keys)))
 
   elbo, iwae = bounds(params, x, keys)
   np.testing.assert_allclose(elbo, _exact_elbo(params, x), atol=0.03)
@@ -113,16 +113,16 @@ def test_trainer_improves_the_elbo():
   protos = rng.random((3, 16)) < 0.5
   x = jnp.asarray(protos[rng.integers(0, 3, 200)] ^ (rng.random((200, 16)) <
                                                       0.05), jnp.float32)
-  params = bv.init(jax.random.PRNGKey(4), 16, 4, data_mean=jnp.mean(x, 0))
-  init_state, run_steps = bv.make_trainer(x, 'disarm', batch_size=20,
+  params = sbn.init(jax.random.PRNGKey(4), 16, 4, data_mean=jnp.mean(x, 0))
+  init_state, run_steps = sbn.make_trainer(x, 'disarm', batch_size=20,
                                           learning_rate=3e-2)
   state = jax.jit(init_state)(params)
   key = jax.random.PRNGKey(5)
-  elbo = jax.jit(lambda p: bv.mean_bound(bv.elbo, p, x, key, 8))
+  elbo = jax.jit(lambda p: sbn.mean_bound(sbn.elbo, p, x, key, 8))
   before = elbo(params)
   state, values = jax.jit(run_steps)(state, jax.random.split(key, 300))
   after = elbo(state[0])
   assert np.all(np.isfinite(values))
   assert after > before + 1.0
   with pytest.raises(ValueError, match='unknown estimator'):
-    bv.example_surrogate(params, x[0], key, 'arm', 2)
+    sbn.example_surrogate(params, x[0], key, 'arm', 2)

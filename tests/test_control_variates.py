@@ -7,9 +7,9 @@ import pytest
 
 from tests import stat_checks
 from tests.test_estimators import draws, exact, gaussian_builder
-from vae import control_variates
-from vae import estimators
-from vae import gaussian_costs
+from vae.estimators import control_variates
+from vae.estimators import core
+from vae.problems import gaussian_costs
 
 
 @pytest.mark.parametrize('cost_name', ['x^2', 'exp', 'cos'])
@@ -39,8 +39,8 @@ def test_control_variates_reduce_score_function_variance_for_x_squared(mu):
   sigma = 1.0
   cost = gaussian_costs.COSTS['x^2']
   params = {'mu': jnp.asarray(mu), 'sigma': jnp.asarray(sigma)}
-  plain = draws(estimators.score_function, cost.fn, params, gaussian_builder, 4)
-  for fn in (control_variates.cost_at_mean, estimators.leave_one_out,
+  plain = draws(core.score_function, cost.fn, params, gaussian_builder, 4)
+  for fn in (control_variates.cost_at_mean, core.leave_one_out,
              control_variates.delta_method):
     g = draws(fn, cost.fn, params, gaussian_builder, 4)
     for p in params:

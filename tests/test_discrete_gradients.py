@@ -9,8 +9,8 @@ import pytest
 
 from tests import stat_checks
 from vae import distributions as dists
-from vae import discrete_gradients
-from vae import estimators
+from vae.estimators import discrete
+from vae.estimators import core
 
 LOGITS = jnp.array([0.3, -1.0, 2.0])
 
@@ -38,16 +38,16 @@ def draws(fn, num_samples, num_draws=40000, seed=0, **kw):
       lambda k: fn(cost, LOGITS, dists.Bernoulli, k, num_samples, **kw)))(keys))
 
 
-@pytest.mark.parametrize('fn,n', [(discrete_gradients.disarm, 1),
-                                  (estimators.score_function, 1),
-                                  (estimators.leave_one_out, 3)])
+@pytest.mark.parametrize('fn,n', [(discrete.disarm, 1),
+                                  (core.score_function, 1),
+                                  (core.leave_one_out, 3)])
 def test_unbiased_estimators_for_bernoulli(fn, n):
   stat_checks.assert_mean_close(draws(fn, n), exact_gradient(LOGITS))
 
 
 def test_disarm_has_lower_variance_than_rloo_at_equal_evaluations():
-  disarm = draws(discrete_gradients.disarm, 1)   # 2 evaluations of f
-  rloo = draws(estimators.leave_one_out, 2)      # 2 evaluations of f
+  disarm = draws(discrete.disarm, 1)   # 2 evaluations of f
+  rloo = draws(core.leave_one_out, 2)      # 2 evaluations of f
   assert np.all(disarm.var(0) < rloo.var(0))
 
 
@@ -55,7 +55,7 @@ def test_gumbel_softmax_is_biased_and_its_bias_shrinks_with_temperature():
   want = np.asarray(exact_gradient(LOGITS))
   biases = []
   for tau in (1.0, 0.5, 0.2):
-    g = draws(discrete_gradients.gumbel_softmax, 1, temperature=tau)
+    g = draws(discrete.gumbel_softmax, 1, temperature=tau)
     bias = np.linalg.norm(g.mean(0) - want)
     se = np.linalg.norm(g.std(0) / np.sqrt(g.shape[0]))
     assert bias > 5 * se, (tau, bias, se)
@@ -64,7 +64,7 @@ def test_gumbel_softmax_is_biased_and_its_bias_shrinks_with_temperature():
 
 
 def test_straight_through_is_biased():
-  g = draws(discrete_gradients.straight_through, 1, temperature=1.0)
+  g = draws(discrete.straight_through, 1, temperature=1.0)
   err = np.abs(g.mean(0) - np.asarray(exact_gradient(LOGITS)))
   se = g.std(0) / np.sqrt(g.shape[0])
   assert np.max(err / se) > 10
@@ -72,7 +72,7 @@ def test_straight_through_is_biased():
 
 def test_straight_through_value_uses_exact_discrete_samples():
   key = jax.random.PRNGKey(0)
-  v = discrete_gradients.straight_through_surrogate(
+  v = discrete.straight_through_surrogate(
       lambda b: jnp.sum(b * (1 - b)), LOGITS, dists.Bernoulli, key, 64)
   assert abs(v) < 1e-6  # b(1-b) = 0 for binary b; relaxed y gives ~0.1.
 
@@ -84,10 +84,10 @@ def test_categorical_relaxations_and_score_function():
   # d/dl Σ_c p_c v_c = p ⊙ (v - p·v)
   want = probs * (values - probs @ values)
   keys = jax.random.split(jax.random.PRNGKey(1), 40000)
-  score = jax.jit(jax.vmap(lambda k: estimators.score_function(
+  score = jax.jit(jax.vmap(lambda k: core.score_function(
       lambda c: values[c], logits, dists.Categorical, k, 2)))(keys)
   stat_checks.assert_mean_close(score, want)
-  relaxed = jax.jit(jax.vmap(lambda k: discrete_gradients.gumbel_softmax(
+  relaxed = jax.jit(jax.vmap(lambda k: discrete.gumbel_softmax(
       lambda y: y @ values, logits, dists.Categorical, k, 2,
       temperature=0.1)))(keys)
   assert relaxed.shape == (40000, 3)
@@ -97,11 +97,11 @@ def test_categorical_relaxations_and_score_function():
 def test_errors():
   key = jax.random.PRNGKey(0)
   with pytest.raises(TypeError, match='Bernoulli'):
-    discrete_gradients.disarm(cost, {'mu': 0.0, 'sigma': 1.0},
+    discrete.disarm(cost, {'mu': 0.0, 'sigma': 1.0},
                               lambda p: dists.Normal.from_scale(p['mu'], p['sigma']),
                               key, 1)
   with pytest.raises(ValueError, match='temperature'):
-    discrete_gradients.gumbel_softmax(cost, LOGITS, dists.Bernoulli, key, 1,
+    discrete.gumbel_softmax(cost, LOGITS, dists.Bernoulli, key, 1,
                                       temperature=-1.0)
   with pytest.raises(ValueError, match='num_samples'):
-    discrete_gradients.disarm(cost, LOGITS, dists.Bernoulli, key, 0)
+    discrete.disarm(cost, LOGITS, dists.Bernoulli, key, 0)

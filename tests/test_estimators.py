@@ -9,8 +9,8 @@ import pytest
 
 from tests import stat_checks
 from vae import distributions as dists
-from vae import estimators
-from vae import gaussian_costs
+from vae.estimators import core
+from vae.problems import gaussian_costs
 
 NUM_DRAWS = 20000
 MU, SIGMA = 0.6, 0.8
@@ -33,10 +33,10 @@ def exact(cost, mu, sigma):
 
 
 ESTIMATORS = {
-    'pathwise': estimators.pathwise,
-    'score': estimators.score_function,
-    'score_rloo': estimators.leave_one_out,
-    'measure_valued': estimators.measure_valued,
+    'pathwise': core.pathwise,
+    'score': core.score_function,
+    'score_rloo': core.leave_one_out,
+    'measure_valued': core.measure_valued,
 }
 
 
@@ -66,8 +66,8 @@ def test_x_squared_variances_match_closed_forms(mu):
       'score': {'mu': mu**4 / sigma**2 + 14 * mu**2 + 15 * sigma**2,
                 'sigma': 2 * mu**4 / sigma**2 + 60 * mu**2 + 74 * sigma**2},
   }
-  for name, fn in [('pathwise', estimators.pathwise),
-                   ('score', estimators.score_function)]:
+  for name, fn in [('pathwise', core.pathwise),
+                   ('score', core.score_function)]:
     g = draws(fn, cost.fn, params, gaussian_builder, n, seed=1)
     for p in ('mu', 'sigma'):
       stat_checks.assert_variance_close(g[p], closed[name][p] / n)
@@ -87,8 +87,8 @@ def test_measure_valued_multivariate_and_chain_rule_to_log_scale():
   params = {'loc': mu, 'log_scale': log_sigma}
   want = {'loc': 2 * mu + jnp.array([mu[1], mu[0], 0.0]),
           'log_scale': 2 * sigma**2}
-  for fn in (estimators.measure_valued, estimators.pathwise,
-             estimators.score_function):
+  for fn in (core.measure_valued, core.pathwise,
+             core.score_function):
     g = draws(fn, f, params, builder, 4, num_draws=10000)
     for p in params:
       stat_checks.assert_mean_close(g[p], want[p])
@@ -99,7 +99,7 @@ def test_surrogate_inside_an_outer_grad_gives_both_gradients():
   mu, a = 0.4, 1.5
   def loss(theta, key):
     f = lambda z: (z - theta['a'])**2
-    return estimators.score_function_surrogate(
+    return core.score_function_surrogate(
         f, theta['mu'], lambda m: dists.Normal(m, jnp.log(0.5)), key, 4)
   theta = {'mu': jnp.asarray(mu), 'a': jnp.asarray(a)}
   keys = jax.random.split(jax.random.PRNGKey(2), NUM_DRAWS)
@@ -112,8 +112,8 @@ def test_surrogate_value_is_the_monte_carlo_estimate():
   params = {'mu': jnp.asarray(MU), 'sigma': jnp.asarray(SIGMA)}
   key = jax.random.PRNGKey(0)
   vals = [s(jnp.cos, params, gaussian_builder, key, 1000) for s in (
-      estimators.pathwise_surrogate, estimators.score_function_surrogate,
-      estimators.leave_one_out_surrogate)]
+      core.pathwise_surrogate, core.score_function_surrogate,
+      core.leave_one_out_surrogate)]
   z = gaussian_builder(params).sample(key, (1000,))
   np.testing.assert_allclose(vals, [jnp.mean(jnp.cos(z))] * 3, rtol=1e-5)
 
@@ -125,12 +125,12 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match='num_samples must be >= [12]'):
       fn(jnp.cos, params, gaussian_builder, key, 0)
   with pytest.raises(ValueError, match='num_samples must be >= 2'):
-    estimators.leave_one_out(jnp.cos, params, gaussian_builder, key, 1)
+    core.leave_one_out(jnp.cos, params, gaussian_builder, key, 1)
   with pytest.raises(ValueError, match='scalar per sample'):
-    estimators.score_function(lambda z: jnp.stack([z, z]), params,
+    core.score_function(lambda z: jnp.stack([z, z]), params,
                               gaussian_builder, key, 2)
   with pytest.raises(ValueError, match='scale'):
-    estimators.pathwise(jnp.cos, {'mu': 0.0, 'sigma': -1.0}, gaussian_builder,
+    core.pathwise(jnp.cos, {'mu': 0.0, 'sigma': -1.0}, gaussian_builder,
                         key, 2)
   with pytest.raises(TypeError, match='Normal'):
-    estimators.measure_valued(jnp.sum, jnp.zeros(2), dists.Bernoulli, key, 2)
+    core.measure_valued(jnp.sum, jnp.zeros(2), dists.Bernoulli, key, 2)

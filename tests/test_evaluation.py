@@ -9,13 +9,13 @@ from vae import data
 from vae import distributions as dists
 from vae import evaluation
 from vae import kl as kl_lib
-from vae import vae_model
+from vae.models import image_vae
 
 
 @pytest.fixture(scope='module')
 def model_params_images():
   """A random 1-D-latent VAE (so log p(x) is a 1-D integral) and 7 images."""
-  model = vae_model.burda_vae(latent_dim=1, hidden_sizes=(8,))
+  model = image_vae.burda_vae(latent_dim=1, hidden_sizes=(8,))
   params = model.init(jax.random.PRNGKey(0))
   images = data.synthetic_images(7, seed=1)
   return model, params, images

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vae import gaussian_costs as gc
+from vae.problems import gaussian_costs as gc
 
 
 def _mc_free_expectation(cost, mu, sigma):

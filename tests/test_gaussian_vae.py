@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae import gaussian_vae as gv
-from vae import mixtures
+from vae.models import gaussian_vae as gv
+from vae.problems import mixtures
 
 
 @pytest.fixture(scope='module')

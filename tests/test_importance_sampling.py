@@ -9,7 +9,7 @@ from scipy import stats
 
 from vae import distributions as dists
 from vae import importance_sampling as isl
-from vae import linear_gaussian as lg
+from vae.problems import linear_gaussian as lg
 
 
 @pytest.fixture(autouse=True, scope='module')

@@ -7,8 +7,8 @@ import pytest
 
 from tests import stat_checks
 from vae import distributions as dists
-from vae import iwae_gradients
-from vae import linear_gaussian as lg
+from vae.estimators import iwae
+from vae.problems import linear_gaussian as lg
 
 K = 5
 
@@ -44,11 +44,11 @@ def flat(g):
 def test_unbiased_estimators_agree_on_the_iwae_gradient(problem):
   _, _, log_joint, q = problem
   with jax.enable_x64(True):
-    reference = flat(draw(iwae_gradients.iwae, log_joint, q, K, 40000, seed=9))
+    reference = flat(draw(iwae.iwae, log_joint, q, K, 40000, seed=9))
     ref_mean = reference.mean(0)
     ref_se = reference.std(0) / np.sqrt(reference.shape[0])
-    for fn in (iwae_gradients.dreg, iwae_gradients.vimco,
-               iwae_gradients.iwae_score):
+    for fn in (iwae.dreg, iwae.vimco,
+               iwae.iwae_score):
       g = flat(draw(fn, log_joint, q, K))
       se = np.sqrt(g.var(0) / g.shape[0] + ref_se**2)
       err = np.abs(g.mean(0) - ref_mean)
@@ -59,8 +59,8 @@ def test_stl_is_unbiased_for_k1_and_biased_for_larger_k(problem):
   _, _, log_joint, q = problem
   with jax.enable_x64(True):
     for k in (1, 20):
-      path = flat(draw(iwae_gradients.iwae, log_joint, q, k, 40000, seed=3))
-      stl = flat(draw(iwae_gradients.stl, log_joint, q, k, 40000, seed=4))
+      path = flat(draw(iwae.iwae, log_joint, q, k, 40000, seed=3))
+      stl = flat(draw(iwae.stl, log_joint, q, k, 40000, seed=4))
       se = np.sqrt(path.var(0) / path.shape[0] + stl.var(0) / stl.shape[0])
       z = np.abs(path.mean(0) - stl.mean(0)) / se
       if k == 1:
@@ -81,10 +81,10 @@ def test_at_the_exact_posterior_stl_and_dreg_have_zero_variance():
     q = dists.Normal(mean, 0.5 * jnp.log(jnp.diag(cov)))
     log_joint = lambda z: (lg.log_likelihood(model, x, z) -
                            0.5 * z @ z - jnp.log(2 * jnp.pi))
-    for fn in (iwae_gradients.stl, iwae_gradients.dreg):
+    for fn in (iwae.stl, iwae.dreg):
       g = flat(draw(fn, log_joint, q, K, 200))
       np.testing.assert_allclose(g, 0.0, atol=1e-10)
-    plain = flat(draw(iwae_gradients.iwae, log_joint, q, K, 200))
+    plain = flat(draw(iwae.iwae, log_joint, q, K, 200))
     assert np.all(plain.var(0) > 1e-4)
 
 
@@ -98,8 +98,8 @@ def test_dreg_and_iwae_share_the_decoder_gradient(problem):
         return surrogate(log_joint, q, identity, key, K)
       return jax.grad(loss, argnums=(0, 1))(q, model)
     key = jax.random.PRNGKey(5)
-    (_, dec_iwae), (_, dec_dreg) = (grads(iwae_gradients.iwae_surrogate, key),
-                                    grads(iwae_gradients.dreg_surrogate, key))
+    (_, dec_iwae), (_, dec_dreg) = (grads(iwae.iwae_surrogate, key),
+                                    grads(iwae.dreg_surrogate, key))
     for a, b in zip(jax.tree_util.tree_leaves(dec_iwae),
                     jax.tree_util.tree_leaves(dec_dreg)):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -108,8 +108,8 @@ def test_dreg_and_iwae_share_the_decoder_gradient(problem):
 def test_vimco_reduces_variance_over_plain_score(problem):
   _, _, log_joint, q = problem
   with jax.enable_x64(True):
-    plain = flat(draw(iwae_gradients.iwae_score, log_joint, q, K, 5000))
-    vimco = flat(draw(iwae_gradients.vimco, log_joint, q, K, 5000))
+    plain = flat(draw(iwae.iwae_score, log_joint, q, K, 5000))
+    vimco = flat(draw(iwae.vimco, log_joint, q, K, 5000))
     assert np.all(vimco.var(0) < plain.var(0))
 
 
@@ -118,12 +118,12 @@ def test_surrogate_values_equal_the_bound(problem):
   with jax.enable_x64(True):
     key = jax.random.PRNGKey(2)
     values = [s(log_joint, q, identity, key, K) for s in (
-        iwae_gradients.iwae_surrogate, iwae_gradients.stl_surrogate,
-        iwae_gradients.dreg_surrogate)]
+        iwae.iwae_surrogate, iwae.stl_surrogate,
+        iwae.dreg_surrogate)]
     np.testing.assert_allclose(values, values[0], rtol=1e-12)
 
 
 def test_vimco_needs_two_samples(problem):
   _, _, log_joint, q = problem
   with pytest.raises(ValueError, match='num_samples must be >= 2'):
-    iwae_gradients.vimco(log_joint, q, identity, jax.random.PRNGKey(0), 1)
+    iwae.vimco(log_joint, q, identity, jax.random.PRNGKey(0), 1)

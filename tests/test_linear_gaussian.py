@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from vae import distributions as dists
-from vae import linear_gaussian as lg
+from vae.problems import linear_gaussian as lg
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vae import mixtures
+from vae.problems import mixtures
 
 _fit_em = jax.jit(mixtures.fit_em, static_argnums=(1, 3))
 _log_prob = jax.jit(mixtures.log_prob)

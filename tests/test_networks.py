@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae import networks
+from vae.models import networks
 
 
 def _num_params(variables) -> int:

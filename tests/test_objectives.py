@@ -7,7 +7,7 @@ import pytest
 
 from tests import stat_checks
 from vae import distributions as dists
-from vae import linear_gaussian as lg
+from vae.problems import linear_gaussian as lg
 from vae import objectives
 
 

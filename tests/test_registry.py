@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vae import distributions as dists
-from vae import registry
+from vae.estimators import registry
 
 
 def test_every_estimator_runs_under_jit_with_the_common_signature():

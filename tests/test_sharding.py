@@ -23,10 +23,11 @@ _SCRIPT = textwrap.dedent("""
     import jax.numpy as jnp
     import numpy as np
     import optax
-    from vae import sharding, vae_model
+    from vae import sharding
+    from vae.models import image_vae
 
     assert jax.device_count() == 4, jax.devices()
-    model = vae_model.burda_vae(latent_dim=3, hidden_sizes=(8,), data_dim=16)
+    model = image_vae.burda_vae(latent_dim=3, hidden_sizes=(8,), data_dim=16)
     params = model.init(jax.random.PRNGKey(0))
     x = (np.random.default_rng(0).random((8, 16)) < 0.3).astype(np.float32)
     opt = optax.adam(1e-2)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from vae import objectives
-from vae import vae_model
+from vae.models import image_vae
 
 
 @pytest.fixture(scope='module')
 def tiny():
   """A 1-D latent VAE on 12-pixel data: log p(x) by quadrature over z."""
-  model = vae_model.burda_vae(latent_dim=1, hidden_sizes=(8,), data_dim=12)
+  model = image_vae.burda_vae(latent_dim=1, hidden_sizes=(8,), data_dim=12)
   params = model.init(jax.random.PRNGKey(0))
   x = (jax.random.uniform(jax.random.PRNGKey(1), (4, 12)) < 0.3).astype(jnp.float32)
   return model, params, x
@@ -29,7 +29,7 @@ def exact_log_px(model, params, x):
 
 def standard_error(model, params, x, k):
   """Delta-method SE of log p̂ with K samples: sqrt(Σ_k w̃_k² - 1/K)."""
-  lw = jax.vmap(lambda xi: vae_model.log_weights(
+  lw = jax.vmap(lambda xi: image_vae.log_weights(
       model, params, xi, jax.random.PRNGKey(9), k))(x)
   w = jax.nn.softmax(lw, axis=-1)
   return jnp.sqrt(jnp.maximum(jnp.sum(w**2, -1) - 1.0 / k, 0.0))
@@ -38,7 +38,7 @@ def standard_error(model, params, x, k):
 def test_importance_sampling_converges_to_the_exact_log_likelihood(tiny):
   model, params, x = tiny
   exact = exact_log_px(model, params, x)
-  est = vae_model.importance_log_likelihood(model, params, x,
+  est = image_vae.importance_log_likelihood(model, params, x,
                                             jax.random.PRNGKey(2), 4000, 500)
   se = standard_error(model, params, x, 4000)
   assert np.all(np.abs(est - exact) < 5 * se + 1e-4), (est, exact, se)
@@ -50,7 +50,7 @@ def test_bounds_are_ordered(tiny):
   exact = exact_log_px(model, params, x)
   def mean_bound(objective, k):
     keys = jax.random.split(jax.random.PRNGKey(3), 2000)
-    vals = jax.vmap(lambda key: vae_model.batch_surrogate(
+    vals = jax.vmap(lambda key: image_vae.batch_surrogate(
         model, params, x, key, objective, 'pathwise', k))(keys)
     return float(jnp.mean(vals))
   elbo, iwae5, iwae50 = mean_bound('elbo', 1), mean_bound('iwae', 5), mean_bound('iwae', 50)
@@ -60,19 +60,19 @@ def test_bounds_are_ordered(tiny):
 def test_chunking_does_not_change_the_estimator(tiny):
   """Chunk size changes only which random numbers are used: both converge."""
   model, params, x = tiny
-  a = vae_model.importance_log_likelihood(model, params, x, jax.random.PRNGKey(4), 2000, 2000)
-  b = vae_model.importance_log_likelihood(model, params, x, jax.random.PRNGKey(4), 2000, 250)
+  a = image_vae.importance_log_likelihood(model, params, x, jax.random.PRNGKey(4), 2000, 2000)
+  b = image_vae.importance_log_likelihood(model, params, x, jax.random.PRNGKey(4), 2000, 250)
   se = standard_error(model, params, x, 2000)
   assert np.all(np.abs(a - b) < 5 * np.sqrt(2) * se + 1e-4)
   with pytest.raises(ValueError, match='multiple'):
-    vae_model.importance_log_likelihood(model, params, x, jax.random.PRNGKey(4), 1000, 300)
+    image_vae.importance_log_likelihood(model, params, x, jax.random.PRNGKey(4), 1000, 300)
 
 
 @pytest.mark.parametrize('objective', objectives.OBJECTIVES)
 def test_every_estimator_gives_finite_gradients_for_both_networks(tiny, objective):
   model, params, x = tiny
   for est in objectives.ESTIMATORS_FOR[objective]:
-    value, grads = jax.value_and_grad(vae_model.batch_surrogate, argnums=1)(
+    value, grads = jax.value_and_grad(image_vae.batch_surrogate, argnums=1)(
         model, params, x, jax.random.PRNGKey(5), objective, est, 3, 1.0, 0.0)
     assert np.isfinite(value)
     for group in ('encoder', 'decoder'):

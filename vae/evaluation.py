@@ -25,7 +25,7 @@ import numpy as np
 from vae import data
 from vae import kl as kl_lib
 from vae import types
-from vae import vae_model
+from vae.models import image_vae
 
 Array = types.Array
 Params = types.Params
@@ -65,11 +65,11 @@ def _pad(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def _batch_bounds(model, params, x, key, objective, num_samples):
   keys = jax.random.split(key, x.shape[0])
-  return jax.vmap(lambda xi, k: vae_model.example_surrogate(
+  return jax.vmap(lambda xi, k: image_vae.example_surrogate(
       model, params, xi, k, objective, 'pathwise', num_samples))(x, keys)
 
 
-def mean_bound(model: vae_model.VAE, params: Params, images: np.ndarray,
+def mean_bound(model: image_vae.VAE, params: Params, images: np.ndarray,
                key: PRNGKey, objective: str = 'elbo', num_samples: int = 1,
                batch_size: int = 500) -> float:
   """(1/N) Σ_n L_k(x_n): the mean ELBO or IWAE_k bound (β = 1) of `images`.
@@ -94,7 +94,7 @@ def mean_bound(model: vae_model.VAE, params: Params, images: np.ndarray,
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _importance_batch(model: vae_model.VAE, params: Params, x: Array,
+def _importance_batch(model: image_vae.VAE, params: Params, x: Array,
                       key: PRNGKey, num_samples: int, chunk_size: int,
                       iwae_ks: tuple[int, ...]) -> dict[str, Array]:
   """Per-image log p(x), ELBO and IWAE_k for a batch x [B, d] (see module)."""
@@ -131,7 +131,7 @@ def _importance_batch(model: vae_model.VAE, params: Params, x: Array,
   return out
 
 
-def importance_sampling(model: vae_model.VAE, params: Params,
+def importance_sampling(model: image_vae.VAE, params: Params,
                         images: np.ndarray, key: PRNGKey,
                         num_samples: int = 5000,
                         iwae_ks: Sequence[int] = (),
@@ -189,7 +189,7 @@ def _encoder_stats(model, params, x):
   return q.loc, kl_lib.kl_divergence(q, model.prior())
 
 
-def latent_statistics(model: vae_model.VAE, params: Params,
+def latent_statistics(model: image_vae.VAE, params: Params,
                       images: np.ndarray, batch_size: int = 1000,
                       threshold: float = ACTIVE_UNIT_THRESHOLD
                       ) -> dict[str, np.ndarray | int]:
@@ -222,7 +222,7 @@ def latent_statistics(model: vae_model.VAE, params: Params,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def prior_samples(model: vae_model.VAE, params: Params, key: PRNGKey,
+def prior_samples(model: image_vae.VAE, params: Params, key: PRNGKey,
                   ) -> Array:
   """σ(D(z)), z ~ N(0, I): pixel probabilities of 100 prior samples."""
   z = jax.random.normal(key, (100, model.latent_dim))
@@ -230,7 +230,7 @@ def prior_samples(model: vae_model.VAE, params: Params, key: PRNGKey,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def reconstructions(model: vae_model.VAE, params: Params, x: Array,
+def reconstructions(model: image_vae.VAE, params: Params, x: Array,
                     key: PRNGKey) -> Array:
   """σ(D(z)), z ~ q(z|x): pixel probabilities of one reconstruction each."""
   z = model.posterior(params, x).sample(key)
@@ -238,7 +238,7 @@ def reconstructions(model: vae_model.VAE, params: Params, x: Array,
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def inpaint(model: vae_model.VAE, params: Params, x: Array, key: PRNGKey,
+def inpaint(model: image_vae.VAE, params: Params, x: Array, key: PRNGKey,
             pixel_mean: Array, num_samples: int = 1000, num_draws: int = 5
             ) -> dict[str, Array]:
   """Fills the bottom half of images from their top half by importance sampling.
@@ -301,7 +301,7 @@ def image_grid(images: np.ndarray, rows: int, cols: int,
   return grid
 
 
-def save_pictures(output_dir: str, model: vae_model.VAE, params: Params,
+def save_pictures(output_dir: str, model: image_vae.VAE, params: Params,
                   images: np.ndarray, pixel_mean: np.ndarray, key: PRNGKey,
                   num_images: int = 10) -> list[str]:
   """Writes prior_samples.png, reconstructions.png and inpainting.png.
@@ -386,7 +386,7 @@ def iwae_ks_for(eval_k: int, chunk_size: int, ks: Sequence[int | str],
   return tuple(sorted(set(ks)))
 
 
-def evaluate(model: vae_model.VAE, params: Params, dataset: data.Dataset,
+def evaluate(model: image_vae.VAE, params: Params, dataset: data.Dataset,
              seed: int = 0, *, eval_k: int = 5000,
              iwae_ks: Sequence[int] = (1, 5, 50), batch_size: int = 100,
              chunk_size: int = 100, num_eval: int | None = None,

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae import distributions as dists
-from vae import gaussian_costs
-from vae import linear_gaussian as lg
-from vae import registry
+from vae.problems import gaussian_costs
+from vae.problems import linear_gaussian as lg
+from vae.estimators import registry
 from vae import types
 
 Record = dict

@@ -18,8 +18,8 @@ import functools
 
 import jax.numpy as jnp
 
-from vae import estimators
-from vae import iwae_gradients
+from vae.estimators import core
+from vae.estimators import iwae
 from vae import kl as kl_lib
 from vae import types
 
@@ -53,7 +53,7 @@ def elbo(log_likelihood: CostFn, q, prior, key: PRNGKey, num_samples: int = 1,
   Returns:
     The scalar estimate.
   """
-  recon = estimators.pathwise_surrogate(log_likelihood, q, _identity, key,
+  recon = core.pathwise_surrogate(log_likelihood, q, _identity, key,
                                         num_samples)
   return recon - beta * jnp.sum(kl_lib.kl_divergence(q, prior))
 
@@ -74,7 +74,7 @@ def elbo_mc_kl(log_likelihood: CostFn, q, prior, key: PRNGKey,
     The scalar estimate.
   """
   f = _elbo_integrand(log_likelihood, q, prior, beta)
-  return estimators.pathwise_surrogate(f, q, _identity, key, num_samples)
+  return core.pathwise_surrogate(f, q, _identity, key, num_samples)
 
 
 def iwae_bound(log_likelihood: CostFn, q, prior, key: PRNGKey,
@@ -94,7 +94,7 @@ def iwae_bound(log_likelihood: CostFn, q, prior, key: PRNGKey,
   Returns:
     The scalar estimate.
   """
-  return iwae_gradients.iwae_surrogate(
+  return iwae.iwae_surrogate(
       _log_joint(log_likelihood, prior, beta), q, _identity, key, num_samples,
       beta=beta)
 
@@ -155,20 +155,20 @@ def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
     raise ValueError("estimator 'score_baseline' needs a baseline value.")
   if objective == 'iwae':
     fn = {
-        'pathwise': iwae_gradients.iwae_surrogate,
-        'stl': iwae_gradients.stl_surrogate,
-        'dreg': iwae_gradients.dreg_surrogate,
-        'score': iwae_gradients.iwae_score_surrogate,
-        'vimco': iwae_gradients.vimco_surrogate,
+        'pathwise': iwae.iwae_surrogate,
+        'stl': iwae.stl_surrogate,
+        'dreg': iwae.dreg_surrogate,
+        'score': iwae.iwae_score_surrogate,
+        'vimco': iwae.vimco_surrogate,
     }[estimator]
     return fn(_log_joint(log_likelihood, prior, beta), q, _identity, key,
               num_samples, beta=beta)
   if estimator == 'stl':
     # ELBO with log q evaluated at stopped parameters: iwae stl with K=N
     # averages log-weights instead of log-mean-exp-ing them.
-    q_stopped = estimators.sg(q)
+    q_stopped = core.sg(q)
     f = _elbo_integrand(log_likelihood, q_stopped, prior, beta)
-    return estimators.pathwise_surrogate(f, q, _identity, key, num_samples)
+    return core.pathwise_surrogate(f, q, _identity, key, num_samples)
   if objective == 'elbo':
     f = log_likelihood
     kl_term = beta * jnp.sum(kl_lib.kl_divergence(q, prior))
@@ -176,10 +176,10 @@ def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
     f = _elbo_integrand(log_likelihood, q, prior, beta)
     kl_term = 0.0
   surrogate_fn = {
-      'pathwise': estimators.pathwise_surrogate,
-      'score': estimators.score_function_surrogate,
-      'score_baseline': functools.partial(estimators.score_function_surrogate,
+      'pathwise': core.pathwise_surrogate,
+      'score': core.score_function_surrogate,
+      'score_baseline': functools.partial(core.score_function_surrogate,
                                           baseline=baseline),
-      'score_rloo': estimators.leave_one_out_surrogate,
+      'score_rloo': core.leave_one_out_surrogate,
   }[estimator]
   return surrogate_fn(f, q, _identity, key, num_samples) - kl_term

@@ -40,7 +40,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vae import types
-from vae import vae_model
+from vae.models import image_vae
 
 Array = types.Array
 Params = types.Params
@@ -189,17 +189,17 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 # Training steps.
 
 
-def loss_fn(model: vae_model.VAE, objective: str = 'elbo',
+def loss_fn(model: image_vae.VAE, objective: str = 'elbo',
             estimator: str = 'pathwise', num_samples: int = 1,
             beta: float = 1.0) -> Callable[[Params, Array, PRNGKey], Array]:
   """(params, batch, key) -> minus the batch-mean surrogate bound."""
   def loss(params, batch, key):
-    return -vae_model.batch_surrogate(model, params, batch, key, objective,
+    return -image_vae.batch_surrogate(model, params, batch, key, objective,
                                       estimator, num_samples, beta)
   return loss
 
 
-def train_step_fn(model: vae_model.VAE,
+def train_step_fn(model: image_vae.VAE,
                   optimizer: optax.GradientTransformation,
                   objective: str = 'elbo', estimator: str = 'pathwise',
                   num_samples: int = 1, beta: float = 1.0) -> TrainStep:
@@ -280,13 +280,13 @@ def jit_train_step(step: TrainStep, mesh: Mesh | None = None,
 # Many gradient estimates at one minibatch.
 
 
-def flat_gradient_fn(model: vae_model.VAE, objective: str = 'elbo',
+def flat_gradient_fn(model: image_vae.VAE, objective: str = 'elbo',
                      estimator: str = 'pathwise', num_samples: int = 1,
                      beta: float = 1.0):
   """(params, batch, key) -> (bound, {group: flat gradient estimate})."""
   def fn(params, batch, key):
     value, grads = jax.value_and_grad(
-        lambda p: vae_model.batch_surrogate(model, p, batch, key, objective,
+        lambda p: image_vae.batch_surrogate(model, p, batch, key, objective,
                                             estimator, num_samples, beta))(
                                                 params)
     return value, {g: flatten_util.ravel_pytree(grads[g])[0] for g in GROUPS}
@@ -344,7 +344,7 @@ def finalize_moments(state: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def gradient_moments_fn(model: vae_model.VAE, objective: str = 'elbo',
+def gradient_moments_fn(model: image_vae.VAE, objective: str = 'elbo',
                         estimator: str = 'pathwise', num_samples: int = 1,
                         beta: float = 1.0, mesh: Mesh | None = None):
   """Mean and variance of many gradient estimates, vmapped in chunks.
@@ -417,7 +417,7 @@ def _single_moment_update(model, objective, estimator, num_samples, beta):
   return jax.jit(update, donate_argnums=0)
 
 
-def gradient_moments_loop(model: vae_model.VAE, params: Params, batch: Array,
+def gradient_moments_loop(model: image_vae.VAE, params: Params, batch: Array,
                           keys: Array, objective: str = 'elbo',
                           estimator: str = 'pathwise', num_samples: int = 1,
                           beta: float = 1.0) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Training a VAE/IWAE on binary images: jitted epochs, checkpoints, resume.
 
 One training step maximizes the mean surrogate bound of
-`vae_model.batch_surrogate` (its gradient is the chosen estimator):
+`image_vae.batch_surrogate` (its gradient is the chosen estimator):
 
     θ, φ ← opt(θ, φ, -∇ (1/B) Σ_b L_k(x_b; β_t)),   β_t = β·min(1, t / T_warm),
 
@@ -34,13 +34,13 @@ import numpy as np
 import optax
 
 from vae import checkpointing
-from vae import control_variates
+from vae.estimators import control_variates
 from vae import data
 from vae import kl as kl_lib
-from vae import networks
+from vae.models import networks
 from vae import objectives
 from vae import types
-from vae import vae_model
+from vae.models import image_vae
 
 Array = types.Array
 Params = types.Params
@@ -150,11 +150,11 @@ def validate(config: TrainConfig) -> None:
 
 
 def make_model(config: TrainConfig,
-               pixel_mean: np.ndarray | None = None) -> vae_model.VAE:
+               pixel_mean: np.ndarray | None = None) -> image_vae.VAE:
   """The MLP VAE of `config`; output bias logit(pixel_mean) when given."""
   bias_init = None if pixel_mean is None else networks.mean_logit_init(
       pixel_mean)
-  return vae_model.burda_vae(
+  return image_vae.burda_vae(
       latent_dim=config.latent_dim, hidden_sizes=config.hidden_sizes,
       activation=config.activation, data_dim=data.IMAGE_SIZE,
       output_bias_init=bias_init)
@@ -218,7 +218,7 @@ class TrainState(NamedTuple):
   baseline: Array
 
 
-def init_state(model: vae_model.VAE, optimizer: optax.GradientTransformation,
+def init_state(model: image_vae.VAE, optimizer: optax.GradientTransformation,
                seed: int, output_bias: Array | None = None) -> TrainState:
   """Step 0: params from fold_in(PRNGKey(seed), 0), baseline 0.
 
@@ -272,7 +272,7 @@ def beta_at(config: TrainConfig, step: Array) -> Array:
   return config.beta * frac
 
 
-def make_train_step(model: vae_model.VAE,
+def make_train_step(model: image_vae.VAE,
                     optimizer: optax.GradientTransformation,
                     config: TrainConfig, dynamic_binarization: bool
                     ) -> Callable[[TrainState, Array], tuple[TrainState, Array]]:
@@ -286,7 +286,7 @@ def make_train_step(model: vae_model.VAE,
   use_baseline = config.estimator == 'score_baseline'
 
   def loss(params, baseline, batch, key, beta):
-    bound = vae_model.batch_surrogate(
+    bound = image_vae.batch_surrogate(
         model, params, batch, key, config.objective, config.estimator,
         config.num_samples, beta, baseline if use_baseline else None)
     return -bound, bound
@@ -314,7 +314,7 @@ def make_train_step(model: vae_model.VAE,
   return train_step
 
 
-def make_train_epoch(model: vae_model.VAE,
+def make_train_epoch(model: image_vae.VAE,
                      optimizer: optax.GradientTransformation,
                      config: TrainConfig, dynamic_binarization: bool):
   """A jitted (state, images, epoch) -> (state, {'bound', 'finite'}).
@@ -424,7 +424,7 @@ class TrainResult:
     cpu_s: process CPU seconds of those epochs.
     compile_s: seconds spent compiling the epoch function.
   """
-  model: vae_model.VAE
+  model: image_vae.VAE
   state: TrainState
   history: list[dict[str, Any]]
   resumed_from: int | None
@@ -448,7 +448,7 @@ def load_config(output_dir: str) -> TrainConfig:
 
 
 def load_params(output_dir: str, step: int | None = None
-                ) -> tuple[TrainConfig, vae_model.VAE, Params, int]:
+                ) -> tuple[TrainConfig, image_vae.VAE, Params, int]:
   """(config, model, params, step) of the latest (or given) checkpoint."""
   config = load_config(output_dir)
   model = make_model(config)

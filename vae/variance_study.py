@@ -41,12 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae import control_variates
+from vae.estimators import control_variates
 from vae import data as data_lib
-from vae import networks
+from vae.models import networks
 from vae import objectives
 from vae import types
-from vae import vae_model
+from vae.models import image_vae
 
 Array = types.Array
 Params = types.Params
@@ -77,14 +77,14 @@ class Checkpoint:
 
 
 def small_vae(latent_dim: int = 8, hidden_sizes: Sequence[int] = (64,),
-              pixel_mean: np.ndarray | None = None) -> vae_model.VAE:
+              pixel_mean: np.ndarray | None = None) -> image_vae.VAE:
   """An MLP VAE 784–hidden–latent (tanh), output bias logit(pixel mean)."""
   init = None if pixel_mean is None else networks.mean_logit_init(pixel_mean)
-  return vae_model.burda_vae(latent_dim, tuple(hidden_sizes),
+  return image_vae.burda_vae(latent_dim, tuple(hidden_sizes),
                              output_bias_init=init)
 
 
-def score_cost(model: vae_model.VAE, params: Params, batch: Array,
+def score_cost(model: image_vae.VAE, params: Params, batch: Array,
                key: PRNGKey, objective: str) -> Array:
   """Batch mean of the score-function cost f(z), one z ~ q(z|x) per example.
 
@@ -116,7 +116,7 @@ def score_cost(model: vae_model.VAE, params: Params, batch: Array,
   return jax.lax.stop_gradient(jnp.mean(jax.vmap(one)(batch, keys)))
 
 
-def train_checkpoints(model: vae_model.VAE, images: np.ndarray,
+def train_checkpoints(model: image_vae.VAE, images: np.ndarray,
                       steps: Sequence[int], key: PRNGKey, batch_size: int = 32,
                       learning_rate: float = 1e-3, objective: str = 'elbo',
                       num_samples: int = 1,
@@ -159,7 +159,7 @@ def train_checkpoints(model: vae_model.VAE, images: np.ndarray,
   @jax.jit
   def train_step(params, opt_state, baselines, batch, key):
     loss_key, cost_key = jax.random.split(key)
-    loss = lambda p: -vae_model.batch_surrogate(
+    loss = lambda p: -image_vae.batch_surrogate(
         model, p, batch, loss_key, objective, 'pathwise', num_samples)
     grads = jax.grad(loss)(params)
     baselines = {o: control_variates.moving_average_update(
@@ -192,7 +192,7 @@ def _flat_grads(model, objective, estimator, num_samples):
   """(params, batch, key, baseline) -> (bound, {group: flat gradient})."""
   def fn(params, batch, key, baseline):
     value, grads = jax.value_and_grad(
-        lambda p: vae_model.batch_surrogate(
+        lambda p: image_vae.batch_surrogate(
             model, p, batch, key, objective, estimator, num_samples,
             baseline=baseline if estimator == 'score_baseline' else None))(
                 params)
@@ -238,7 +238,7 @@ def _merge(acc, chunk_stats, n_old: int, n_new: int):
 
 
 @functools.lru_cache(maxsize=None)
-def draw_fn(model: vae_model.VAE, objective: str, estimators: tuple[str, ...],
+def draw_fn(model: image_vae.VAE, objective: str, estimators: tuple[str, ...],
             num_samples: int, num_draws: int, batch_size: int,
             common_random_numbers: bool = True):
   """The jitted study of (objective, N): D draws of every estimator at once.
@@ -350,7 +350,7 @@ def summarize(stats) -> dict[str, float]:
   }
 
 
-def compile_draw_fns(model: vae_model.VAE,
+def compile_draw_fns(model: image_vae.VAE,
                      specs: Sequence[tuple[str, tuple[str, ...], int]],
                      example_args: tuple, num_draws: int, batch_size: int,
                      common_random_numbers: bool = True,
@@ -408,7 +408,7 @@ def _plan(estimators_for, num_samples):
   return plan
 
 
-def study(model: vae_model.VAE, checkpoints: Sequence[Checkpoint],
+def study(model: image_vae.VAE, checkpoints: Sequence[Checkpoint],
           batch: Array, estimators_for: dict[str, Sequence[str]],
           num_samples: Sequence[int], num_draws: int, reference_draws: int,
           seed: int, common_random_numbers: bool = True,
@@ -505,7 +505,7 @@ def study(model: vae_model.VAE, checkpoints: Sequence[Checkpoint],
   return records, {'draws': draw_times, 'compile': compile_records}
 
 
-def time_estimators(model: vae_model.VAE, checkpoint: Checkpoint,
+def time_estimators(model: image_vae.VAE, checkpoint: Checkpoint,
                     batch: Array, estimators_for: dict[str, Sequence[str]],
                     num_samples: Sequence[int], num_draws: int, seed: int,
                     workers: int | None = None) -> list[Record]:

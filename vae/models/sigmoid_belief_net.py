@@ -26,10 +26,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vae import discrete_gradients
+from vae.estimators import discrete
 from vae import distributions as dists
-from vae import gaussian_vae
-from vae import iwae_gradients
+from vae.models import gaussian_vae
+from vae.estimators import iwae as iwae_estimators
 from vae import kl as kl_lib
 from vae import objectives
 from vae import types
@@ -117,13 +117,13 @@ def example_surrogate(params: Params, x: Array, key: PRNGKey, estimator: str,
     recon = objectives.surrogate_objective('elbo', 'score_rloo', f, q, p, key,
                                            num_samples) + kl
   elif estimator == 'straight_through':
-    recon = discrete_gradients.straight_through_surrogate(
+    recon = discrete.straight_through_surrogate(
         f, q, _identity, key, num_samples, temperature=temperature)
   elif estimator == 'gumbel_softmax':
-    recon = discrete_gradients.gumbel_softmax_surrogate(
+    recon = discrete.gumbel_softmax_surrogate(
         f, q, _identity, key, num_samples, temperature=temperature)
   elif estimator == 'disarm':
-    recon = discrete_gradients.disarm_surrogate(f, q, _identity, key,
+    recon = discrete.disarm_surrogate(f, q, _identity, key,
                                                 max(1, num_samples // 2))
   else:
     raise ValueError(f'unknown estimator {estimator!r}; choose from '
@@ -156,7 +156,7 @@ def iwae(params: Params, x: Array, key: PRNGKey, num_samples: int) -> Array:
   log_joint = lambda b: log_likelihood(params, x, b) + jnp.sum(p.log_prob(b))
   b = q.sample(key, (num_samples,))
   log_w = jax.vmap(log_joint)(b) - jnp.sum(q.log_prob(b), axis=-1)
-  return iwae_gradients.log_mean_exp(log_w)
+  return iwae_estimators.log_mean_exp(log_w)
 
 
 def mean_bound(bound, params: Params, x: Array, key: PRNGKey,

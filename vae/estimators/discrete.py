@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vae import distributions as dists
-from vae import estimators
+from vae.estimators import core
 from vae import types
 
 Array = types.Array
@@ -67,7 +67,7 @@ def gumbel_softmax_surrogate(function: CostFn, params: Params,
   Returns:
     (1/N) Σ f(y_n); its gradient is the estimator.
   """
-  estimators.check_num_samples(num_samples, who='gumbel_softmax')
+  core.check_num_samples(num_samples, who='gumbel_softmax')
   soft, _ = _relaxed_sample(dist_builder(params), key, num_samples,
                             temperature)
   return jnp.mean(jax.vmap(function)(soft))
@@ -97,7 +97,7 @@ def straight_through_surrogate(function: CostFn, params: Params,
   Returns:
     (1/N) Σ f(b_n); its gradient is the estimator.
   """
-  estimators.check_num_samples(num_samples, who='straight_through')
+  core.check_num_samples(num_samples, who='straight_through')
   soft, hard = _relaxed_sample(dist_builder(params), key, num_samples,
                                temperature)
   z = hard + soft - sg(soft)
@@ -125,7 +125,7 @@ def disarm_surrogate(function: CostFn, params: Params,
   Returns:
     The surrogate; its value is (1/2N) Σ (f(b_n) + f(b̃_n)).
   """
-  estimators.check_num_samples(num_samples, who='disarm')
+  core.check_num_samples(num_samples, who='disarm')
 
   def logits_of(p):
     d = dist_builder(p)
@@ -147,10 +147,10 @@ def disarm_surrogate(function: CostFn, params: Params,
   per_pair = 0.5 * expand(sg(f_b - f_anti)) * weight * jax.nn.sigmoid(jnp.abs(alpha))
   grads, = pullback(jnp.mean(per_pair, axis=0))
   value = 0.5 * jnp.mean(f_b + f_anti)
-  return estimators.inject_gradient(value, params, grads)
+  return core.inject_gradient(value, params, grads)
 
 
-gumbel_softmax = estimators.gradient_from_surrogate(gumbel_softmax_surrogate)
-straight_through = estimators.gradient_from_surrogate(
+gumbel_softmax = core.gradient_from_surrogate(gumbel_softmax_surrogate)
+straight_through = core.gradient_from_surrogate(
     straight_through_surrogate)
-disarm = estimators.gradient_from_surrogate(disarm_surrogate)
+disarm = core.gradient_from_surrogate(disarm_surrogate)

@@ -14,7 +14,7 @@ bound estimate log (1/K) Σ_k w_k.
 import jax
 import jax.numpy as jnp
 
-from vae import estimators
+from vae.estimators import core
 from vae import types
 
 Array = types.Array
@@ -33,7 +33,7 @@ def log_mean_exp(x: Array, axis: int = -1) -> Array:
 
 def _log_weights(log_joint: CostFn, q, z: Array, beta: float) -> Array:
   return jax.vmap(lambda zk: log_joint(zk) -
-                  beta * estimators.sample_log_prob(q, zk))(z)
+                  beta * core.sample_log_prob(q, zk))(z)
 
 
 def iwae_surrogate(log_joint: CostFn, params: Params,
@@ -56,7 +56,7 @@ def iwae_surrogate(log_joint: CostFn, params: Params,
   Returns:
     log (1/K) Σ_k w_k.
   """
-  estimators.check_num_samples(num_samples, who='iwae')
+  core.check_num_samples(num_samples, who='iwae')
   q = dist_builder(params)
   z = q.sample(key, (num_samples,))
   return log_mean_exp(_log_weights(log_joint, q, z, beta))
@@ -82,7 +82,7 @@ def stl_surrogate(log_joint: CostFn, params: Params, dist_builder: DistBuilder,
   Returns:
     log (1/K) Σ_k w_k.
   """
-  estimators.check_num_samples(num_samples, who='stl')
+  core.check_num_samples(num_samples, who='stl')
   q = dist_builder(params)
   z = q.sample(key, (num_samples,))
   return log_mean_exp(_log_weights(log_joint, sg(q), z, beta))
@@ -108,7 +108,7 @@ def dreg_surrogate(log_joint: CostFn, params: Params, dist_builder: DistBuilder,
   Returns:
     A surrogate whose value is log (1/K) Σ_k w_k.
   """
-  estimators.check_num_samples(num_samples, who='dreg')
+  core.check_num_samples(num_samples, who='dreg')
   q = dist_builder(params)
   z = q.sample(key, (num_samples,))
   log_w_stl = _log_weights(log_joint, sg(q), z, beta)  # path through z only
@@ -124,7 +124,7 @@ def _score_terms(log_joint, params, dist_builder, key, num_samples, beta):
   q = dist_builder(params)
   z = sg(q.sample(key, (num_samples,)))
   log_w = _log_weights(log_joint, q, z, beta)
-  log_q = jax.vmap(lambda zk: estimators.sample_log_prob(q, zk))(z)
+  log_q = jax.vmap(lambda zk: core.sample_log_prob(q, zk))(z)
   return log_w, log_q
 
 
@@ -147,7 +147,7 @@ def iwae_score_surrogate(log_joint: CostFn, params: Params,
   Returns:
     A surrogate whose value is L̂.
   """
-  estimators.check_num_samples(num_samples, who='iwae_score')
+  core.check_num_samples(num_samples, who='iwae_score')
   log_w, log_q = _score_terms(log_joint, params, dist_builder, key,
                               num_samples, beta)
   bound = log_mean_exp(log_w)
@@ -174,7 +174,7 @@ def vimco_surrogate(log_joint: CostFn, params: Params,
   Returns:
     A surrogate whose value is L̂.
   """
-  estimators.check_num_samples(num_samples, minimum=2, who='vimco')
+  core.check_num_samples(num_samples, minimum=2, who='vimco')
   log_w, log_q = _score_terms(log_joint, params, dist_builder, key,
                               num_samples, beta)
   bound = log_mean_exp(log_w)
@@ -188,8 +188,8 @@ def vimco_surrogate(log_joint: CostFn, params: Params,
   return bound + jnp.sum(sg(signal) * (log_q - sg(log_q)))
 
 
-iwae = estimators.gradient_from_surrogate(iwae_surrogate)
-stl = estimators.gradient_from_surrogate(stl_surrogate)
-dreg = estimators.gradient_from_surrogate(dreg_surrogate)
-iwae_score = estimators.gradient_from_surrogate(iwae_score_surrogate)
-vimco = estimators.gradient_from_surrogate(vimco_surrogate)
+iwae = core.gradient_from_surrogate(iwae_surrogate)
+stl = core.gradient_from_surrogate(stl_surrogate)
+dreg = core.gradient_from_surrogate(dreg_surrogate)
+iwae_score = core.gradient_from_surrogate(iwae_score_surrogate)
+vimco = core.gradient_from_surrogate(vimco_surrogate)

@@ -10,9 +10,9 @@ import dataclasses
 import functools
 from typing import Callable
 
-from vae import control_variates
-from vae import discrete_gradients
-from vae import estimators
+from vae.estimators import control_variates
+from vae.estimators import discrete
+from vae.estimators import core
 from vae import types
 
 
@@ -42,38 +42,38 @@ class EstimatorInfo:
 
 def _info(name, surrogate, **kwargs) -> EstimatorInfo:
   return EstimatorInfo(name=name,
-                       fn=estimators.gradient_from_surrogate(surrogate),
+                       fn=core.gradient_from_surrogate(surrogate),
                        surrogate=surrogate, **kwargs)
 
 
 ESTIMATORS: dict[str, EstimatorInfo] = {
     info.name: info for info in [
-        _info('pathwise', estimators.pathwise_surrogate, unbiased=True,
+        _info('pathwise', core.pathwise_surrogate, unbiased=True,
               needs_differentiable_f=True, needs_reparameterization=True,
               latents='continuous'),
-        _info('score', estimators.score_function_surrogate, unbiased=True,
+        _info('score', core.score_function_surrogate, unbiased=True,
               needs_differentiable_f=False, needs_reparameterization=False,
               latents='any'),
         _info('score_mean_baseline', control_variates.cost_at_mean_surrogate,
               unbiased=True, needs_differentiable_f=False,
               needs_reparameterization=False, latents='any'),
-        _info('score_rloo', estimators.leave_one_out_surrogate, unbiased=True,
+        _info('score_rloo', core.leave_one_out_surrogate, unbiased=True,
               needs_differentiable_f=False, needs_reparameterization=False,
               latents='any', min_samples=2),
         _info('score_delta', control_variates.delta_method_surrogate,
               unbiased=True, needs_differentiable_f=True,
               needs_reparameterization=False, latents='continuous'),
-        _info('measure_valued', estimators.measure_valued_surrogate,
+        _info('measure_valued', core.measure_valued_surrogate,
               unbiased=True, needs_differentiable_f=False,
               needs_reparameterization=False, latents='continuous'),
-        _info('gumbel_softmax', discrete_gradients.gumbel_softmax_surrogate,
+        _info('gumbel_softmax', discrete.gumbel_softmax_surrogate,
               unbiased=False, needs_differentiable_f=True,
               needs_reparameterization=False, latents='discrete'),
         _info('straight_through',
-              discrete_gradients.straight_through_surrogate, unbiased=False,
+              discrete.straight_through_surrogate, unbiased=False,
               needs_differentiable_f=True, needs_reparameterization=False,
               latents='discrete'),
-        _info('disarm', discrete_gradients.disarm_surrogate, unbiased=True,
+        _info('disarm', discrete.disarm_surrogate, unbiased=True,
               needs_differentiable_f=False, needs_reparameterization=False,
               latents='discrete'),
     ]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from vae import distributions as dists
-from vae import linear_gaussian as lg
+from vae.problems import linear_gaussian as lg
 from vae import objectives
 from vae import types
 

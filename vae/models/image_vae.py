@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vae import distributions as dists
-from vae import networks
+from vae.models import networks
 from vae import objectives
 from vae import types
 

@@ -1,8 +1,8 @@
 """Control variates for the score-function estimator.
 
 Baselines (constant, moving average, cost at the mean) plug into
-`estimators.score_function_surrogate(..., baseline=b)`; the leave-one-out
-baseline lives in `estimators.leave_one_out_surrogate`. This module adds the
+`core.score_function_surrogate(..., baseline=b)`; the leave-one-out
+baseline lives in `core.leave_one_out_surrogate`. This module adds the
 delta-method control variate of Mohamed et al. (2020, sec. 7.4) and the small
 pure helpers a training loop needs to keep a moving-average baseline.
 """
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from vae import distributions as dists
-from vae import estimators
+from vae.estimators import core
 from vae import types
 
 Array = types.Array
@@ -81,7 +81,7 @@ def delta_method_surrogate(function: CostFn, params: Params,
   Returns:
     The surrogate; its value is (1/N) Σ f(z_n).
   """
-  estimators.check_num_samples(num_samples, who='delta_method')
+  core.check_num_samples(num_samples, who='delta_method')
   dist = dist_builder(params)
   if not isinstance(dist, dists.Normal):
     raise TypeError('delta_method needs a Normal distribution, got '
@@ -103,12 +103,12 @@ def delta_method_surrogate(function: CostFn, params: Params,
   z = sg(dist.sample(key, (num_samples,)))
   fz = jax.vmap(function)(z)
   hz = jax.vmap(taylor)(z)
-  log_q = jax.vmap(lambda zi: estimators.sample_log_prob(dist, zi))(z)
+  log_q = jax.vmap(lambda zi: core.sample_log_prob(dist, zi))(z)
   score_part = jnp.mean(fz + sg(fz - coefficient * hz) * (log_q - sg(log_q)))
   return score_part + coefficient * (expected_taylor - sg(expected_taylor))
 
 
-delta_method = estimators.gradient_from_surrogate(delta_method_surrogate)
+delta_method = core.gradient_from_surrogate(delta_method_surrogate)
 
 
 def cost_at_mean_surrogate(function: CostFn, params: Params,
@@ -130,8 +130,8 @@ def cost_at_mean_surrogate(function: CostFn, params: Params,
     The surrogate.
   """
   b = cost_at_mean_baseline(function, dist_builder(params))
-  return estimators.score_function_surrogate(function, params, dist_builder,
+  return core.score_function_surrogate(function, params, dist_builder,
                                              key, num_samples, baseline=b)
 
 
-cost_at_mean = estimators.gradient_from_surrogate(cost_at_mean_surrogate)
+cost_at_mean = core.gradient_from_surrogate(cost_at_mean_surrogate)
