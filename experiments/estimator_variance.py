@@ -5,7 +5,7 @@ images; `--dataset=binarized_mnist` reads TFDS data from `--tfds_data_dir` or
 $VAE_TFDS_DATA_DIR) and, at the steps in `--eval_steps`, on one fixed
 minibatch, draws `--num_draws` independent gradient estimates of each bound
 with each estimator for each N in `--num_samples` (K for iwae): ELBO
-pathwise / score / score_baseline (moving average of past costs) /
+pathwise / score / score_moving_average (moving average of past costs) /
 score_rloo, IWAE pathwise / STL / DReG / VIMCO. Reports per parameter group
 (encoder, decoder) the total variance Σ_p Var[ĝ_p], the SNR mean_p |E ĝ_p| /
 std ĝ_p and the cosine of the estimates to a high-sample reference gradient.
@@ -58,7 +58,7 @@ _TRAIN_OBJECTIVE = flags.DEFINE_enum(
 _TRAIN_NUM_SAMPLES = flags.DEFINE_integer(
     'train_num_samples', 1, 'Samples per example for training.', lower_bound=1)
 _BASELINE_DECAY = flags.DEFINE_float(
-    'baseline_decay', 0.9, 'Decay of the moving-average score_baseline.',
+    'baseline_decay', 0.9, 'Decay of the moving-average score_moving_average.',
     lower_bound=0.0, upper_bound=0.999)
 _EVAL_STEPS = flags.DEFINE_list(
     'eval_steps', ['0', '100', '300'],
@@ -70,7 +70,7 @@ _EVAL_BATCH_SIZE = flags.DEFINE_integer(
 _OBJECTIVES = flags.DEFINE_list('objectives', ['elbo', 'iwae'],
                                 'Bounds: elbo, elbo_mc_kl, iwae.')
 _ELBO_ESTIMATORS = flags.DEFINE_list(
-    'elbo_estimators', ['pathwise', 'score', 'score_baseline', 'score_rloo'],
+    'elbo_estimators', ['pathwise', 'score', 'score_moving_average', 'score_rloo'],
     'Estimators for elbo / elbo_mc_kl (stl: elbo_mc_kl only).')
 _IWAE_ESTIMATORS = flags.DEFINE_list(
     'iwae_estimators', ['pathwise', 'stl', 'dreg', 'vimco'],
@@ -115,7 +115,7 @@ def _ints(name: str, values, minimum: int, sort: bool = True) -> list[int]:
 
 def _validate():
   """Checks the flags; returns (steps, num_samples, hidden, estimators_for)."""
-  from vae import objectives  # pylint: disable=g-import-not-at-top
+  from vae.estimators import registry  # pylint: disable=g-import-not-at-top
   steps = _ints('eval_steps', _EVAL_STEPS.value, 0)
   num_samples = _ints('num_samples', _NUM_SAMPLES.value, 1)
   hidden = _ints('hidden_sizes', _HIDDEN_SIZES.value, 1, sort=False)
@@ -131,10 +131,10 @@ def _validate():
     if not ests:
       raise app.UsageError(f'--{flag} must not be empty.')
     for e in ests:
-      if e not in objectives.ESTIMATORS_FOR[obj]:
+      if e not in registry.names(obj):
         raise app.UsageError(
             f'--{flag}: estimator {e!r} does not apply to objective {obj!r}; '
-            f'choose from {", ".join(objectives.ESTIMATORS_FOR[obj])}.')
+            f'choose from {", ".join(registry.names(obj))}.')
     estimators_for[obj] = tuple(ests)
   return steps, num_samples, hidden, estimators_for
 
@@ -231,7 +231,7 @@ def main(argv):
         f'(objective, estimator, N in {num_samples})', flush=True)
   t0 = time.perf_counter()
   baseline_objectives = [o for o, ests in estimators_for.items()
-                         if 'score_baseline' in ests]
+                         if 'score_moving_average' in ests]
   checkpoints = vs.train_checkpoints(
       model, images, steps, jax.random.PRNGKey(FLAGS.seed),
       batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value,

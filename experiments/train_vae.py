@@ -57,7 +57,7 @@ _OBJECTIVE = flags.DEFINE_enum('objective', 'elbo',
                                'Training bound (elbo: analytic KL).')
 _ESTIMATOR = flags.DEFINE_string(
     'estimator', 'pathwise', 'Gradient estimator: elbo: pathwise, score, '
-    'score_baseline, score_rloo; elbo_mc_kl: those and stl; iwae: pathwise, '
+    'score_moving_average, score_rloo; elbo_mc_kl: those and stl; iwae: pathwise, '
     'stl, dreg, score, vimco.')
 _NUM_SAMPLES = flags.DEFINE_integer(
     'num_samples', 1, 'k: samples per example (IWAE_k for iwae).',
@@ -69,7 +69,7 @@ _WARMUP_STEPS = flags.DEFINE_integer(
     'many steps.', lower_bound=0)
 _BASELINE_DECAY = flags.DEFINE_float(
     'baseline_decay', 0.9, 'Decay of the moving-average baseline of '
-    'score_baseline.', lower_bound=0.0, upper_bound=0.999999)
+    'score_moving_average.', lower_bound=0.0, upper_bound=0.999999)
 _OPTIMIZER = flags.DEFINE_enum(
     'optimizer', 'adam', ['adam', 'sgd', 'momentum', 'rmsprop', 'adagrad'],
     'Optimizer.')

@@ -82,7 +82,7 @@ def test_elbo_and_iwae_bound_the_exact_log_likelihood(setup):
   assert elbo < iwae < log_px + 0.01
 
 
-@pytest.mark.parametrize('estimator', ['disarm', 'score_rloo', 'reinforce_ma'])
+@pytest.mark.parametrize('estimator', ['disarm', 'score_rloo', 'score_moving_average'])
 def test_unbiased_estimators_match_the_exact_elbo_gradient(setup, estimator):
   params, x = setup
   exact = _flat_encoder_grad(_exact_elbo, params, x)

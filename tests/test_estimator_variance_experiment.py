@@ -8,7 +8,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--num_train=64', '--hidden_sizes=8', '--latent_dim=2',
         '--batch_size=8', '--eval_batch_size=4', '--eval_steps=0,2',
-        '--objectives=elbo', '--elbo_estimators=pathwise,score_baseline',
+        '--objectives=elbo', '--elbo_estimators=pathwise,score_moving_average',
         '--num_samples=2', '--num_draws=10', '--reference_draws=10',
         '--compile_threads=1']
 
@@ -44,7 +44,7 @@ def test_writes_files_and_is_deterministic(tmp_path):
     assert r['objective'] == 'elbo' and r['num_samples'] == 2
     assert r['num_draws'] == 10 and r['total_variance'] > 0
     assert -1 <= r['cosine_to_reference'] <= 1
-    assert (r['baseline'] is None) == (r['estimator'] != 'score_baseline')
+    assert (r['baseline'] is None) == (r['estimator'] != 'score_moving_average')
     assert 'seconds' not in json.dumps(r)
   timings = json.loads((a / 'timings.json').read_text())
   assert timings['draws'] and timings['compile']

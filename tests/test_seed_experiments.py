@@ -156,12 +156,12 @@ def test_amortization_gap(tmp_path):
 def test_discrete_latents(tmp_path):
   records, out = _run(
       discrete_latents, tmp_path, dataset='synthetic', train_examples=300,
-      test_examples=100, estimators_to_compare=['disarm', 'reinforce_ma'],
+      test_examples=100, estimators_to_compare=['disarm', 'score_moving_average'],
       latents=8, train_steps=100, eval_every=50, variance_keys=100,
       variance_batch=16)
   assert os.path.exists(os.path.join(out, 'wall_time_curves.csv'))
   assert all('wall_time_s' not in r for r in records)
-  for name in ('disarm', 'reinforce_ma'):
+  for name in ('disarm', 'score_moving_average'):
     curve = _rows(records, kind='curve', estimator=name)
     assert [r['step'] for r in curve] == [0, 50, 100]
     assert all(np.isfinite(r['test_elbo']) for r in curve)
@@ -170,4 +170,4 @@ def test_discrete_latents(tmp_path):
   for at in ('initialization', 'trained with disarm'):
     var = {r['estimator']: r['total_variance']
            for r in _rows(records, kind='variance', at=at)}
-    assert var['disarm'] < 0.5 * var['reinforce_ma']
+    assert var['disarm'] < 0.5 * var['score_moving_average']

@@ -11,7 +11,7 @@ from vae import variance_study as vs
 
 NUM_DRAWS = 100
 BATCH = 4
-ELBO_ESTIMATORS = ('pathwise', 'score', 'score_baseline', 'score_rloo')
+ELBO_ESTIMATORS = ('pathwise', 'score', 'score_moving_average', 'score_rloo')
 
 
 @pytest.fixture(scope='module')
@@ -43,13 +43,13 @@ def _total_variance(stats, estimator, group='encoder'):
 
 def test_score_function_variance_exceeds_pathwise_on_encoder(elbo_stats):
   pathwise = _total_variance(elbo_stats, 'pathwise')
-  for est in ('score', 'score_baseline', 'score_rloo'):
+  for est in ('score', 'score_moving_average', 'score_rloo'):
     assert _total_variance(elbo_stats, est) > 2 * pathwise, est
 
 
 def test_baseline_and_rloo_reduce_score_variance(elbo_stats):
   score = _total_variance(elbo_stats, 'score')
-  assert _total_variance(elbo_stats, 'score_baseline') < score / 3
+  assert _total_variance(elbo_stats, 'score_moving_average') < score / 3
   assert _total_variance(elbo_stats, 'score_rloo') < score / 3
 
 
@@ -57,7 +57,7 @@ def test_elbo_decoder_means_agree_within_standard_errors(elbo_stats):
   # Every ELBO estimator's decoder gradient is the MC average of
   # ∇_θ log p(x|z): same expectation. Independent draws -> z-scores ~ N(0,1).
   ref = elbo_stats['pathwise']['decoder']
-  for est in ('score', 'score_baseline', 'score_rloo'):
+  for est in ('score', 'score_moving_average', 'score_rloo'):
     other = elbo_stats[est]['decoder']
     se = np.sqrt((np.asarray(ref['variance'], np.float64) +
                   np.asarray(other['variance'], np.float64)) / NUM_DRAWS)

@@ -108,7 +108,7 @@ def gaussian_cost_records(costs: Sequence[str], estimators: Sequence[str],
   base = jax.random.PRNGKey(seed)
   records = []
   for est in estimators:
-    info = registry.ESTIMATORS[est]
+    info = registry.lookup(est)
     for n in num_samples:
       if n < info.min_samples:
         continue
@@ -188,7 +188,7 @@ def linear_gaussian_records(estimators: Sequence[str],
   identity = lambda p: p
   records = []
   for est in estimators:
-    info = registry.ESTIMATORS[est]
+    info = registry.lookup(est)
     fn = registry.get(est)
     for n in num_samples:
       if n < info.min_samples:

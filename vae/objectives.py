@@ -9,17 +9,15 @@ approximate posterior q(z | x) and prior p(z):
 
 All return one scalar per example (vmap over a batch) and are Monte Carlo
 estimates with reparameterized samples. `surrogate_objective` pairs an
-objective with a gradient estimator from `vae.estimators` /
-`vae.iwae_gradients`: its value is the bound estimate, its gradient w.r.t.
+objective with a gradient estimator of `vae.estimators.registry`: its value is the bound estimate, its gradient w.r.t.
 encoder outputs and decoder parameters is the chosen estimator.
 """
-
-import functools
 
 import jax.numpy as jnp
 
 from vae.estimators import core
 from vae.estimators import iwae
+from vae.estimators import registry
 from vae import kl as kl_lib
 from vae import types
 
@@ -27,7 +25,7 @@ Array = types.Array
 PRNGKey = types.PRNGKey
 CostFn = types.CostFn
 
-OBJECTIVES = ('elbo', 'elbo_mc_kl', 'iwae')
+OBJECTIVES = registry.OBJECTIVES
 
 
 def _identity(q):
@@ -104,70 +102,52 @@ def _elbo_integrand(log_likelihood, q, prior, beta):
       jnp.sum(prior.log_prob(z)) - jnp.sum(q.log_prob(z))))
 
 
-# Estimators valid for each objective (see `surrogate_objective`).
-ESTIMATORS_FOR = {
-    'elbo': ('pathwise', 'score', 'score_baseline', 'score_rloo'),
-    'elbo_mc_kl': ('pathwise', 'score', 'score_baseline', 'score_rloo', 'stl'),
-    'iwae': ('pathwise', 'stl', 'dreg', 'score', 'vimco'),
-}
-
-
 def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
                         q, prior, key: PRNGKey, num_samples: int,
-                        beta: float = 1.0,
-                        baseline: Array | None = None) -> Array:
+                        beta: float = 1.0, baseline: Array | None = None,
+                        **options) -> Array:
   """One example's surrogate loss for (objective, estimator).
 
   The value is the objective's estimate; `jax.grad` of it w.r.t. the
   parameters that produced `q` (the encoder) is the named estimator, and
-  w.r.t. the parameters `log_likelihood` closes over (the decoder) is the
-  ordinary Monte Carlo gradient.
+  w.r.t. the parameters `log_likelihood` and `prior` close over (decoder,
+  learned prior) is the ordinary Monte Carlo gradient. Dispatches through
+  `vae.estimators.registry` (which refuses invalid combinations):
 
-    elbo:        pathwise | score | score_baseline | score_rloo on
-                 f(z) = log p(x|z), minus β KL analytic (exact gradient).
-    elbo_mc_kl:  the same on f(z) = log p(x|z) + β(log p(z) - log q(z)), plus
-                 stl (sticking the landing).
-    iwae:        pathwise (IWAE) | stl | dreg | score | vimco.
+    elbo:        any E_q[f] estimator on f(z) = log p(x|z), minus β KL(q‖p)
+                 in closed form (its gradient is exact);
+    elbo_mc_kl:  any E_q[f] estimator on f(z) = log p(x|z) + β(log p(z) -
+                 log q(z)); and stl (log q at stopped parameters);
+    iwae:        the IWAE_K surrogates (pathwise, score, stl, dreg, vimco).
 
   Args:
     objective: one of OBJECTIVES.
-    estimator: one of ESTIMATORS_FOR[objective].
+    estimator: a registry name valid for the objective.
     log_likelihood: z -> log p(x|z).
     q: q(z|x).
     prior: p(z).
     key: PRNG key.
     num_samples: samples per example (K for iwae).
     beta: weight on the KL term.
-    baseline: the constant baseline b for 'score_baseline' (e.g. a moving
-      average kept by the training loop); required there, unused elsewhere.
+    baseline: the moving-average baseline b of 'score_moving_average'
+      (required there, unused elsewhere).
+    **options: the estimator's options (e.g. temperature).
 
   Returns:
     The scalar surrogate.
   """
-  if objective not in ESTIMATORS_FOR:
-    raise ValueError(f'unknown objective {objective!r}; choose from '
-                     f'{", ".join(OBJECTIVES)}.')
-  if estimator not in ESTIMATORS_FOR[objective]:
-    raise ValueError(f'estimator {estimator!r} does not apply to objective '
-                     f'{objective!r}; choose from '
-                     f'{", ".join(ESTIMATORS_FOR[objective])}.')
-  if estimator == 'score_baseline' and baseline is None:
-    raise ValueError("estimator 'score_baseline' needs a baseline value.")
+  entry = registry.check(estimator, objective, num_samples, beta)
+  if entry.state == 'moving_average':
+    if baseline is None:
+      raise ValueError(f'estimator {estimator!r} needs a baseline value.')
+    options = {**options, 'baseline': baseline}
   if objective == 'iwae':
-    fn = {
-        'pathwise': iwae.iwae_surrogate,
-        'stl': iwae.stl_surrogate,
-        'dreg': iwae.dreg_surrogate,
-        'score': iwae.iwae_score_surrogate,
-        'vimco': iwae.vimco_surrogate,
-    }[estimator]
-    return fn(_log_joint(log_likelihood, prior, beta), q, _identity, key,
-              num_samples, beta=beta)
+    return entry.iwae(_log_joint(log_likelihood, prior, beta), q, _identity,
+                      key, num_samples, beta=beta)
   if estimator == 'stl':
     # ELBO with log q evaluated at stopped parameters: iwae stl with K=N
     # averages log-weights instead of log-mean-exp-ing them.
-    q_stopped = core.sg(q)
-    f = _elbo_integrand(log_likelihood, q_stopped, prior, beta)
+    f = _elbo_integrand(log_likelihood, core.sg(q), prior, beta)
     return core.pathwise_surrogate(f, q, _identity, key, num_samples)
   if objective == 'elbo':
     f = log_likelihood
@@ -175,11 +155,19 @@ def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
   else:
     f = _elbo_integrand(log_likelihood, q, prior, beta)
     kl_term = 0.0
-  surrogate_fn = {
-      'pathwise': core.pathwise_surrogate,
-      'score': core.score_function_surrogate,
-      'score_baseline': functools.partial(core.score_function_surrogate,
-                                          baseline=baseline),
-      'score_rloo': core.leave_one_out_surrogate,
-  }[estimator]
-  return surrogate_fn(f, q, _identity, key, num_samples) - kl_term
+  return entry.expectation(f, q, _identity, key, num_samples,
+                           **options) - kl_term
+
+
+def score_cost(objective: str, surrogate_value: Array, q, prior,
+               beta: float = 1.0) -> Array:
+  """The mean score-function cost f̄ behind a surrogate's value.
+
+  For 'elbo' the surrogate's value is f̄ - β KL(q‖p) with f = log p(x|z), so
+  f̄ = value + β KL; for 'elbo_mc_kl' the value is f̄ itself. A trainer feeds
+  f̄ into the moving-average baseline of 'score_moving_average'.
+  """
+  value = core.sg(surrogate_value)
+  if objective == 'elbo':
+    return value + beta * core.sg(jnp.sum(kl_lib.kl_divergence(q, prior)))
+  return value

@@ -16,7 +16,7 @@ runs once per epoch. Everything random is derived from the seed:
 
 Hence a run that is killed and resumed from a checkpoint (saved at epoch
 ends, `vae.checkpointing`) reaches exactly the parameters of an
-uninterrupted run. The moving-average baseline of the `score_baseline`
+uninterrupted run. The moving-average baseline of the `score_moving_average`
 estimator is part of the checkpointed `TrainState`.
 """
 
@@ -39,6 +39,7 @@ from vae import data
 from vae import kl as kl_lib
 from vae.models import networks
 from vae import objectives
+from vae.estimators import registry
 from vae import types
 from vae.models import image_vae
 
@@ -72,7 +73,7 @@ class TrainConfig:
     num_samples: k, samples per example (IWAE_k for 'iwae').
     beta: final weight on the KL term.
     warmup_steps: β grows linearly from 0 to `beta` over this many steps.
-    baseline_decay: decay of the moving-average baseline (score_baseline).
+    baseline_decay: decay of the moving-average baseline (score_moving_average).
     optimizer: one of `OPTIMIZERS`.
     learning_rate: initial learning rate.
     lr_schedule: one of `LR_SCHEDULES`.
@@ -125,11 +126,8 @@ def validate(config: TrainConfig) -> None:
                        f'{", ".join(choices)}.')
   choose('dataset', config.dataset, data.DATASETS)
   choose('objective', config.objective, objectives.OBJECTIVES)
-  valid = objectives.ESTIMATORS_FOR[config.objective]
-  if config.estimator not in valid:
-    raise ValueError(f'estimator {config.estimator!r} does not apply to '
-                     f'objective {config.objective!r}; choose from '
-                     f'{", ".join(valid)}.')
+  registry.check(config.estimator, config.objective, config.num_samples,
+                 config.beta)
   choose('optimizer', config.optimizer, OPTIMIZERS)
   choose('lr_schedule', config.lr_schedule, LR_SCHEDULES)
   choose('activation', config.activation, tuple(networks.ACTIVATIONS))
@@ -210,7 +208,7 @@ class TrainState(NamedTuple):
     step: steps done (int32 scalar).
     params: {'encoder', 'decoder'} variables.
     opt_state: the optimizer's state.
-    baseline: moving-average baseline b of 'score_baseline' (else unused).
+    baseline: moving-average baseline b of 'score_moving_average' (else unused).
   """
   step: Array
   params: Params
@@ -278,12 +276,12 @@ def make_train_step(model: image_vae.VAE,
                     ) -> Callable[[TrainState, Array], tuple[TrainState, Array]]:
   """(state, batch) -> (state after one step, the batch's mean bound).
 
-  The step maximizes the mean surrogate bound; for 'score_baseline' the
+  The step maximizes the mean surrogate bound; for 'score_moving_average' the
   baseline b used is the one from before the step, then
   b ← decay·b + (1 - decay)·mean f, f = log p(x|z) ('elbo') or
   log p(x|z) + β(log p(z) - log q(z|x)) ('elbo_mc_kl').
   """
-  use_baseline = config.estimator == 'score_baseline'
+  use_baseline = config.estimator == 'score_moving_average'
 
   def loss(params, baseline, batch, key, beta):
     bound = image_vae.batch_surrogate(

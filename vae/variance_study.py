@@ -24,7 +24,7 @@ functions ahead of time (in threads) and calls each once per training step.
 `train_checkpoints` is a deliberately minimal training loop (a jitted optax
 Adam step on the pathwise bound, called from Python) that also keeps, for
 each ELBO objective, the moving average of the score-function cost f(z) that
-`score_baseline` uses: a baseline from past steps, independent of the
+`score_moving_average` uses: a baseline from past steps, independent of the
 evaluated draws, so the estimator stays unbiased.
 """
 
@@ -45,6 +45,7 @@ from vae.estimators import control_variates
 from vae import data as data_lib
 from vae.models import networks
 from vae import objectives
+from vae.estimators import registry
 from vae import types
 from vae.models import image_vae
 
@@ -194,7 +195,7 @@ def _flat_grads(model, objective, estimator, num_samples):
     value, grads = jax.value_and_grad(
         lambda p: image_vae.batch_surrogate(
             model, p, batch, key, objective, estimator, num_samples,
-            baseline=baseline if estimator == 'score_baseline' else None))(
+            baseline=baseline if estimator == 'score_moving_average' else None))(
                 params)
     return value, {g: flatten_util.ravel_pytree(grads[g])[0] for g in GROUPS}
   return fn
@@ -257,7 +258,7 @@ def draw_fn(model: image_vae.VAE, objective: str, estimators: tuple[str, ...],
   if num_draws < 2:
     raise ValueError(f'num_draws must be >= 2, got {num_draws}.')
   grads = {e: _flat_grads(model, objective, e, num_samples) for e in estimators}
-  index = {e: objectives.ESTIMATORS_FOR[objective].index(e) for e in estimators}
+  index = {e: registry.index(e) for e in estimators}
   chunk = _chunk(num_draws, batch_size * num_samples * model.data_dim)
   num_chunks = num_draws // chunk
 
@@ -439,7 +440,7 @@ def study(model: image_vae.VAE, checkpoints: Sequence[Checkpoint],
   Returns:
     (records, timings). Records: objective, estimator, group, step,
     num_samples, num_draws, batch_size, the `summarize` fields, bound (mean
-    bound estimate), baseline (score_baseline's b, else None),
+    bound estimate), baseline (score_moving_average's b, else None),
     common_random_numbers, reference_estimator, reference_num_samples,
     reference_draws, reference_norm. timings: {'draws': per (objective, N,
     step) the wall seconds of one compiled call divided by D
@@ -494,7 +495,7 @@ def study(model: image_vae.VAE, checkpoints: Sequence[Checkpoint],
                 'bound': float(np.mean(np.asarray(out[est]['bound'],
                                                   np.float64))),
                 'baseline': (ck.baselines.get(obj)
-                             if est == 'score_baseline' else None),
+                             if est == 'score_moving_average' else None),
                 'common_random_numbers': common_random_numbers,
                 'reference_estimator': ref_est,
                 'reference_num_samples': ref_n,

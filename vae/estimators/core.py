@@ -89,7 +89,9 @@ def gradient_from_surrogate(surrogate: Callable[..., Array]) -> Callable[..., Pa
     return jax.grad(lambda p: surrogate(function, p, dist_builder, key,
                                         num_samples, **kwargs))(params)
 
-  estimator.__doc__ = (f'Gradient estimator from `{surrogate.__name__}`.\n\n' +
+  name = getattr(surrogate, '__name__', None) or getattr(
+      getattr(surrogate, 'func', None), '__name__', 'surrogate')
+  estimator.__doc__ = (f'Gradient estimator from `{name}`.\n\n' +
                        (surrogate.__doc__ or ''))
   return estimator
 

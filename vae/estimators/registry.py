@@ -1,101 +1,212 @@
-"""Every gradient estimator for E_q[f], by name, with what it promises.
+"""Every gradient estimator, by one name, with what it estimates and promises.
 
-`ESTIMATORS[name]` is an `EstimatorInfo`; `info.fn` has the common signature
-`(function, params, dist_builder, key, num_samples) -> grads`. The IWAE
-encoder estimators (STL, DReG, VIMCO) estimate a different target and are
-listed in `vae.objectives.ESTIMATORS_FOR`.
+This is the one registry that models, trainers, experiments and tests read.
+An entry says which targets the estimator has a surrogate for:
+
+    expectation  ∇_θ E_{q_θ(z)}[f(z)]         (common signature below); this
+                 also serves the ELBO objectives 'elbo' and 'elbo_mc_kl'
+                 (`vae.objectives`), where f is the ELBO's integrand;
+    iwae         ∇ IWAE_K = ∇ E[log (1/K) Σ_k p(x, z_k) / q(z_k)^β], from
+                 `log_joint` (`vae.estimators.iwae`);
+
+whether it is unbiased, which latents it works on, what it requires, and the
+state or options the caller must supply. `check` refuses invalid
+combinations (e.g. DReG with β ≠ 1) with a one-line error, and
+`surrogate_objective` (`vae.objectives`) dispatches through `get`.
+
+Adding an estimator is one surrogate function plus one entry here; the
+registry-walking tests then check its mean against exact values.
 """
 
 import dataclasses
 import functools
 from typing import Callable
 
-from vae.estimators import control_variates
-from vae.estimators import discrete
-from vae.estimators import core
 from vae import types
+from vae.estimators import control_variates
+from vae.estimators import core
+from vae.estimators import discrete
+from vae.estimators import iwae
+
+OBJECTIVES = ('elbo', 'elbo_mc_kl', 'iwae')
+LATENTS = ('continuous', 'discrete')
 
 
 @dataclasses.dataclass(frozen=True)
-class EstimatorInfo:
+class Estimator:
   """An estimator and its properties.
 
   Attributes:
-    name: registry name.
-    fn: the estimator, common signature.
-    surrogate: the surrogate objective it is the gradient of.
-    unbiased: whether E[estimate] = ∇ E_q[f] exactly.
-    needs_differentiable_f: whether f must be differentiable in z.
-    needs_reparameterization: whether q must be reparameterizable.
-    latents: 'continuous', 'discrete' or 'any'.
-    min_samples: smallest valid num_samples.
+    name: its one name.
+    expectation: surrogate for ∇E_q[f] (None: not applicable), signature
+      (f, params, dist_builder, key, num_samples, **options) -> scalar.
+    iwae: surrogate for ∇IWAE_K (None: not applicable), signature
+      (log_joint, params, dist_builder, key, K, beta) -> scalar.
+    unbiased: E[estimate] equals the true gradient (for every supported
+      objective; see `note` for exceptions).
+    latents: the latents it works on: a subset of LATENTS.
+    needs_differentiable_f: f (or log p) must be differentiable in z.
+    needs_reparameterization: q must be reparameterizable.
+    min_samples: the smallest valid number of samples.
+    evaluations_per_sample: evaluations of f per sample (DisARM: 2).
+    state: 'moving_average' when the caller keeps a baseline b (passed as
+      `baseline=`), else None.
+    options: keyword options it accepts (e.g. 'temperature').
+    note: what else to know (exceptions to `unbiased`, references).
   """
   name: str
-  fn: types.GradientEstimator
-  surrogate: Callable
+  expectation: Callable | None
+  iwae: Callable | None
   unbiased: bool
+  latents: tuple[str, ...]
   needs_differentiable_f: bool
   needs_reparameterization: bool
-  latents: str
   min_samples: int = 1
+  evaluations_per_sample: int = 1
+  state: str | None = None
+  options: tuple[str, ...] = ()
+  note: str = ''
+
+  def objectives(self) -> tuple[str, ...]:
+    """The objectives this estimator has a surrogate for."""
+    out = ('elbo', 'elbo_mc_kl') if self.expectation is not None else ()
+    if self.name == 'stl':
+      out = ('elbo_mc_kl',)
+    return out + (('iwae',) if self.iwae is not None else ())
 
 
-def _info(name, surrogate, **kwargs) -> EstimatorInfo:
-  return EstimatorInfo(name=name,
-                       fn=core.gradient_from_surrogate(surrogate),
-                       surrogate=surrogate, **kwargs)
+_CONT, _DISC, _ANY = ('continuous',), ('discrete',), LATENTS
+_SCORE = dict(needs_differentiable_f=False, needs_reparameterization=False)
+_REPARAM = dict(needs_differentiable_f=True, needs_reparameterization=True)
+
+# The order is part of the key derivation of experiments (`index`): append.
+ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
+    Estimator('pathwise', core.pathwise_surrogate, iwae.iwae_surrogate, True,
+              _CONT, **_REPARAM),
+    Estimator('score', core.score_function_surrogate,
+              iwae.iwae_score_surrogate, True, _ANY, **_SCORE),
+    Estimator('score_mean_baseline', control_variates.cost_at_mean_surrogate,
+              None, True, _ANY, **_SCORE, note='baseline b = f(E_q[z])'),
+    Estimator('score_rloo', core.leave_one_out_surrogate, None, True, _ANY,
+              min_samples=2, **_SCORE),
+    Estimator('score_delta', control_variates.delta_method_surrogate, None,
+              True, _CONT, needs_differentiable_f=True,
+              needs_reparameterization=False,
+              note='Normal q; f twice differentiable'),
+    Estimator('measure_valued', core.measure_valued_surrogate, None, True,
+              _CONT, evaluations_per_sample=4, **_SCORE,
+              note='Normal q; 4 evaluations of f per sample and coordinate'),
+    Estimator('gumbel_softmax', discrete.gumbel_softmax_surrogate, None, False,
+              _DISC, needs_differentiable_f=True,
+              needs_reparameterization=False, options=('temperature',),
+              note='biased; the bias vanishes as temperature -> 0'),
+    Estimator('straight_through', discrete.straight_through_surrogate, None,
+              False, _DISC, needs_differentiable_f=True,
+              needs_reparameterization=False, options=('temperature',)),
+    Estimator('disarm', discrete.disarm_surrogate, None, True, _DISC,
+              evaluations_per_sample=2, **_SCORE,
+              note='Bernoulli q; num_samples antithetic pairs'),
+    Estimator('score_moving_average', core.score_function_surrogate, None,
+              True, _ANY, state='moving_average', **_SCORE,
+              note='baseline: a moving average of past costs, kept by the '
+              'caller (unbiased: it does not depend on this step\'s samples)'),
+    Estimator('stl', None, iwae.stl_surrogate, False, _CONT, **_REPARAM,
+              note='unbiased at K = 1 (the ELBO), biased for K > 1'),
+    Estimator('dreg', None, iwae.dreg_surrogate, True, _CONT, **_REPARAM),
+    Estimator('vimco', None, iwae.vimco_surrogate, True, _ANY, min_samples=2,
+              **_SCORE),
+]}
 
 
-ESTIMATORS: dict[str, EstimatorInfo] = {
-    info.name: info for info in [
-        _info('pathwise', core.pathwise_surrogate, unbiased=True,
-              needs_differentiable_f=True, needs_reparameterization=True,
-              latents='continuous'),
-        _info('score', core.score_function_surrogate, unbiased=True,
-              needs_differentiable_f=False, needs_reparameterization=False,
-              latents='any'),
-        _info('score_mean_baseline', control_variates.cost_at_mean_surrogate,
-              unbiased=True, needs_differentiable_f=False,
-              needs_reparameterization=False, latents='any'),
-        _info('score_rloo', core.leave_one_out_surrogate, unbiased=True,
-              needs_differentiable_f=False, needs_reparameterization=False,
-              latents='any', min_samples=2),
-        _info('score_delta', control_variates.delta_method_surrogate,
-              unbiased=True, needs_differentiable_f=True,
-              needs_reparameterization=False, latents='continuous'),
-        _info('measure_valued', core.measure_valued_surrogate,
-              unbiased=True, needs_differentiable_f=False,
-              needs_reparameterization=False, latents='continuous'),
-        _info('gumbel_softmax', discrete.gumbel_softmax_surrogate,
-              unbiased=False, needs_differentiable_f=True,
-              needs_reparameterization=False, latents='discrete'),
-        _info('straight_through',
-              discrete.straight_through_surrogate, unbiased=False,
-              needs_differentiable_f=True, needs_reparameterization=False,
-              latents='discrete'),
-        _info('disarm', discrete.disarm_surrogate, unbiased=True,
-              needs_differentiable_f=False, needs_reparameterization=False,
-              latents='discrete'),
-    ]
-}
+def names(objective: str | None = None, latents: str | None = None,
+          stateless: bool = False) -> tuple[str, ...]:
+  """The estimators for `objective` ('expectation' for E_q[f]) and `latents`.
 
-CONTINUOUS = tuple(n for n, i in ESTIMATORS.items() if i.latents != 'discrete')
-DISCRETE = tuple(n for n, i in ESTIMATORS.items() if i.latents != 'continuous')
+  Args:
+    objective: one of OBJECTIVES or 'expectation'; None: any.
+    latents: 'continuous' or 'discrete'; None: any.
+    stateless: leave out estimators that need caller-kept state.
+
+  Returns:
+    Names, in registry order.
+  """
+  out = []
+  for e in ESTIMATORS.values():
+    if objective == 'expectation' and e.expectation is None:
+      continue
+    if objective not in (None, 'expectation') and objective not in (
+        e.objectives()):
+      continue
+    if latents is not None and latents not in e.latents:
+      continue
+    if stateless and e.state is not None:
+      continue
+    out.append(e.name)
+  return tuple(out)
+
+
+def lookup(name: str) -> Estimator:
+  """The entry `name`; ValueError naming the choices otherwise."""
+  if name not in ESTIMATORS:
+    raise ValueError(f'unknown estimator {name!r}; choose from: '
+                     f'{", ".join(ESTIMATORS)}.')
+  return ESTIMATORS[name]
 
 
 def index(name: str) -> int:
   """A stable integer id of an estimator (for deriving PRNG keys)."""
-  return list(ESTIMATORS).index(name)
+  return list(ESTIMATORS).index(lookup(name).name)
+
+
+def check(name: str, objective: str = 'expectation', num_samples: int = 1,
+          beta: float = 1.0, latents: str | None = None) -> Estimator:
+  """The entry, after refusing an invalid combination (ValueError, one line).
+
+  Args:
+    name: the estimator.
+    objective: 'expectation' or one of OBJECTIVES.
+    num_samples: samples per estimate (K for 'iwae').
+    beta: the KL weight of the objective.
+    latents: 'continuous' or 'discrete', if known.
+
+  Returns:
+    The `Estimator`.
+  """
+  e = lookup(name)
+  valid = names(objective)
+  if objective not in OBJECTIVES + ('expectation',):
+    raise ValueError(f'unknown objective {objective!r}; choose from: '
+                     f'{", ".join(OBJECTIVES)}.')
+  if name not in valid:
+    raise ValueError(f'estimator {name!r} does not apply to objective '
+                     f'{objective!r}; choose from: {", ".join(valid)}.')
+  if num_samples < e.min_samples:
+    raise ValueError(f'estimator {name!r} needs num_samples >= '
+                     f'{e.min_samples}, got {num_samples}.')
+  if latents is not None and latents not in e.latents:
+    raise ValueError(f'estimator {name!r} does not work on {latents} '
+                     f'latents; choose from: '
+                     f'{", ".join(names(objective, latents))}.')
+  if name == 'dreg' and isinstance(beta, (int, float)) and beta != 1.0:
+    raise ValueError(f"estimator 'dreg' is unbiased only for beta = 1 "
+                     f'(got beta = {beta}); use pathwise or stl.')
+  return e
 
 
 def get(name: str, **options) -> types.GradientEstimator:
-  """The estimator `name`, with keyword options (e.g. temperature) bound.
+  """The E_q[f] estimator `name` with the common signature, options bound.
 
-  Raises:
-    ValueError: naming the valid choices, for an unknown name.
+  `estimator(function, params, dist_builder, key, num_samples) -> grads`.
   """
-  if name not in ESTIMATORS:
-    raise ValueError(f'unknown estimator {name!r}; choose from '
-                     f'{", ".join(ESTIMATORS)}.')
-  fn = ESTIMATORS[name].fn
-  return functools.partial(fn, **options) if options else fn
+  e = lookup(name)
+  if e.expectation is None:
+    raise ValueError(f'estimator {name!r} estimates an IWAE gradient, not '
+                     f'∇E_q[f]; choose from: {", ".join(names("expectation"))}.')
+  unknown = set(options) - set(e.options) - (
+      {'baseline'} if e.state else set())
+  if unknown:
+    raise ValueError(f'estimator {name!r} takes no option '
+                     f'{", ".join(sorted(unknown))}.')
+  surrogate = functools.partial(e.expectation, **options) if options else (
+      e.expectation)
+  return core.gradient_from_surrogate(surrogate)

@@ -103,7 +103,7 @@ def batch_surrogate(model: VAE, params: Params, batch: Array, key: PRNGKey,
     estimator: an estimator valid for the objective.
     num_samples: samples per example (K for iwae).
     beta: KL weight.
-    baseline: constant baseline for 'score_baseline'.
+    baseline: constant baseline for 'score_moving_average'.
 
   Returns:
     The scalar mean surrogate (its value is the mean bound estimate).

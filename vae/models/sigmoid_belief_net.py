@@ -6,11 +6,11 @@
 with D_θ, E_φ linear maps (or tanh MLPs) as in Dong et al. (2020). The ELBO
 E_q[log p(x|b)] - KL(q ‖ p) uses the analytic Bernoulli KL; only the
 reconstruction term needs a gradient estimator. `batch_surrogate` gives, for
-each estimator name in `ESTIMATORS`, a loss whose gradient w.r.t. all
+each registry estimator for discrete latents (`ESTIMATORS`), a loss whose gradient w.r.t. all
 parameters is that estimator (encoder) and the ordinary Monte Carlo gradient
 (decoder, prior):
 
-  reinforce_ma      score function with a moving-average baseline b̄:
+  score_moving_average      score function with a moving-average baseline b̄:
                     (f(b) - b̄) ∇ log q(b), f(b) = log p(x|b);
   score_rloo        score function with the leave-one-out baseline;
   vimco             VIMCO on the K-sample bound IWAE_K (Mnih & Rezende 2016);
@@ -26,23 +26,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vae.estimators import discrete
 from vae import distributions as dists
 from vae.models import gaussian_vae
 from vae.estimators import iwae as iwae_estimators
 from vae import kl as kl_lib
 from vae import objectives
+from vae.estimators import registry
 from vae import types
 
 Array = types.Array
 PRNGKey = types.PRNGKey
 Params = dict[str, Any]
 
-ESTIMATORS = ('reinforce_ma', 'score_rloo', 'vimco', 'straight_through',
-              'gumbel_softmax', 'disarm')
-# Estimators whose target is the ELBO gradient (VIMCO's is IWAE_K's), and
-# which are unbiased for it.
-UNBIASED_FOR_ELBO = ('reinforce_ma', 'score_rloo', 'disarm')
+ESTIMATORS = registry.names(latents='discrete')
 
 
 def init(key: PRNGKey, data_dim: int, latent_dim: int,
@@ -82,6 +78,18 @@ def _identity(q):
   return q
 
 
+def objective_of(estimator: str) -> str:
+  """The bound an estimator trains: IWAE_K for VIMCO, else the ELBO."""
+  return 'iwae' if 'elbo' not in registry.lookup(estimator).objectives() else (
+      'elbo')
+
+
+def unbiased_for_elbo(estimator: str) -> bool:
+  """Whether the estimator is unbiased for the ELBO gradient (VIMCO targets IWAE_K)."""
+  return (registry.lookup(estimator).unbiased and
+          objective_of(estimator) == 'elbo')
+
+
 def example_surrogate(params: Params, x: Array, key: PRNGKey, estimator: str,
                       num_samples: int, baseline: Array = 0.0,
                       temperature: float = 0.5) -> tuple[Array, Array]:
@@ -91,10 +99,10 @@ def example_surrogate(params: Params, x: Array, key: PRNGKey, estimator: str,
     params: model and encoder parameters.
     x: one binary data point [D].
     key: PRNG key.
-    estimator: one of ESTIMATORS.
+    estimator: a registry estimator for discrete latents.
     num_samples: evaluations of log p(x|b) (for disarm: num_samples // 2
       antithetic pairs).
-    baseline: the moving average b̄ (reinforce_ma only).
+    baseline: the moving average b̄ (score_moving_average only).
     temperature: relaxation temperature (straight_through, gumbel_softmax).
 
   Returns:
@@ -103,32 +111,14 @@ def example_surrogate(params: Params, x: Array, key: PRNGKey, estimator: str,
   q = encode(params, x)
   p = prior(params)
   f = functools.partial(log_likelihood, params, x)
-  kl = jnp.sum(kl_lib.kl_divergence(q, p))
-  sg = jax.lax.stop_gradient
-  if estimator == 'vimco':
-    value = objectives.surrogate_objective('iwae', 'vimco', f, q, p, key,
-                                           num_samples)
-    return value, sg(value)
-  if estimator == 'reinforce_ma':
-    recon = objectives.surrogate_objective('elbo', 'score_baseline', f, q, p,
-                                           key, num_samples,
-                                           baseline=baseline) + kl
-  elif estimator == 'score_rloo':
-    recon = objectives.surrogate_objective('elbo', 'score_rloo', f, q, p, key,
-                                           num_samples) + kl
-  elif estimator == 'straight_through':
-    recon = discrete.straight_through_surrogate(
-        f, q, _identity, key, num_samples, temperature=temperature)
-  elif estimator == 'gumbel_softmax':
-    recon = discrete.gumbel_softmax_surrogate(
-        f, q, _identity, key, num_samples, temperature=temperature)
-  elif estimator == 'disarm':
-    recon = discrete.disarm_surrogate(f, q, _identity, key,
-                                                max(1, num_samples // 2))
-  else:
-    raise ValueError(f'unknown estimator {estimator!r}; choose from '
-                     f'{", ".join(ESTIMATORS)}.')
-  return recon - kl, sg(recon)
+  entry = registry.lookup(estimator)
+  objective = objective_of(estimator)
+  options = {'temperature': temperature} if entry.options else {}
+  samples = max(1, num_samples // entry.evaluations_per_sample)
+  value = objectives.surrogate_objective(
+      objective, estimator, f, q, p, key, samples,
+      baseline=baseline if entry.state else None, **options)
+  return value, objectives.score_cost(objective, value, q, p)
 
 
 def batch_surrogate(params: Params, x: Array, key: PRNGKey, estimator: str,
@@ -194,7 +184,7 @@ def make_trainer(train_x: Array, estimator: str, num_samples: int = 2,
   the mean reconstruction term at `params` on the first 500 examples.
   `run_steps(state, keys)` runs len(keys) steps under `lax.scan` (minibatches
   drawn with replacement) and returns (state, mean surrogate per step). For
-  'reinforce_ma', b̄ ← decay·b̄ + (1-decay)·mean f(b) after each step (its
+  'score_moving_average', b̄ ← decay·b̄ + (1-decay)·mean f(b) after each step (its
   value before the step is the baseline, so the estimator stays unbiased).
 
   Args:

@@ -1,0 +1,1 @@
+"""The experiment layer's shared pieces: flags from configs, run folders, outputs."""

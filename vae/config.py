@@ -1,0 +1,223 @@
+"""Settings declared once: frozen dataclasses whose fields carry help and constraint.
+
+    @config.settings
+    class TrainConfig:
+      batch_size: int = config.setting(100, 'Examples per step.', min=1)
+      optimizer: str = config.setting('adam', 'Optimizer.', choices=OPTIMIZERS)
+
+      def check(self):            # optional: relations between fields
+        ...
+
+`@settings` makes the class a frozen (hashable, jit-static) dataclass whose
+constructor checks each field against its declared constraint, then calls
+`check()`; a violation raises `ValueError` with one line naming the setting.
+A config may nest other configs (`data: DataConfig = DataConfig()`); the
+experiment layer turns every leaf field into one command-line flag of the
+same name (`launch.py`), so a setting's name, type, default, help and allowed
+values live in exactly one place.
+
+Constraints (every setting has one): `choices` (the library constant listing
+the allowed values), numeric bounds `min`/`max` (inclusive) and `gt`/`lt`
+(strict; floats must also be finite), `text=True` for free text such as
+paths. A tuple-valued setting must be non-empty, and the constraint applies
+to each element. A `None` default makes the setting optional.
+"""
+
+import dataclasses
+import math
+import types as pytypes
+import typing
+from typing import Any, Iterator, Sequence
+
+_META = 'vae.setting'
+_TYPES = (bool, int, float, str)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """The declaration of one setting (the field's metadata).
+
+  Attributes:
+    help: one-line help text.
+    choices: allowed values (for str settings or str tuples).
+    min: inclusive lower bound.
+    max: inclusive upper bound.
+    gt: strict lower bound.
+    lt: strict upper bound.
+    text: free text (paths, names): no constraint beyond the type.
+  """
+  help: str
+  choices: tuple[str, ...] | None = None
+  min: float | None = None
+  max: float | None = None
+  gt: float | None = None
+  lt: float | None = None
+  text: bool = False
+
+  def describe(self) -> str:
+    """The constraint in words, e.g. 'one of: a, b' or '>= 1'."""
+    if self.choices is not None:
+      return 'one of: ' + ', '.join(self.choices)
+    parts = [f'{op} {_num(v)}' for op, v in (('>=', self.min), ('<=', self.max),
+                                             ('>', self.gt), ('<', self.lt))
+             if v is not None]
+    return ' and '.join(parts) if parts else ('text' if self.text else 'any')
+
+
+def _num(v: float) -> str:
+  return f'{v:g}' if isinstance(v, float) else str(v)
+
+
+def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
+            min: float | None = None, max: float | None = None,
+            gt: float | None = None, lt: float | None = None,
+            text: bool = False) -> Any:  # pylint: disable=redefined-builtin
+  """A dataclass field declaring one setting (see the module docstring).
+
+  Args:
+    default: the default value (a tuple for list-valued settings).
+    help: one-line help text.
+    choices: allowed values, e.g. a library constant.
+    min: inclusive lower bound.
+    max: inclusive upper bound.
+    gt: strict lower bound.
+    lt: strict upper bound.
+    text: free text (no constraint beyond the type).
+
+  Returns:
+    A `dataclasses.field`.
+  """
+  spec = Spec(help, tuple(choices) if choices is not None else None, min, max,
+              gt, lt, text)
+  if spec.choices is None and not text and all(
+      v is None for v in (min, max, gt, lt)) and not isinstance(default, bool):
+    raise TypeError(f'setting {help!r} declares no constraint.')
+  return dataclasses.field(default=default, metadata={_META: spec})
+
+
+def settings(cls):
+  """Class decorator: a frozen dataclass whose constructor validates fields."""
+  user_check = cls.__dict__.get('check')
+
+  def __post_init__(self):  # pylint: disable=invalid-name
+    for field in dataclasses.fields(self):
+      if _META in field.metadata:
+        _validate(field, getattr(self, field.name), type(self))
+    if user_check is not None:
+      user_check(self)
+
+  cls.__post_init__ = __post_init__
+  return dataclasses.dataclass(frozen=True)(cls)
+
+
+def spec(field: dataclasses.Field) -> Spec:
+  """The `Spec` of a setting field."""
+  return field.metadata[_META]
+
+
+def value_type(cls: type, field: dataclasses.Field) -> tuple[type, bool, bool]:
+  """(element type, is a tuple, may be None) of a setting field of `cls`."""
+  hint = typing.get_type_hints(cls)[field.name]
+  args = typing.get_args(hint)
+  optional = False
+  if typing.get_origin(hint) in (typing.Union, pytypes.UnionType):
+    optional = type(None) in args
+    (hint,) = [a for a in args if a is not type(None)]
+    args = typing.get_args(hint)
+  if typing.get_origin(hint) is tuple:
+    return args[0], True, optional
+  if hint not in _TYPES:
+    raise TypeError(f'{cls.__name__}.{field.name}: unsupported type {hint}.')
+  return hint, False, optional
+
+
+def _validate(field: dataclasses.Field, value: Any, cls: type) -> None:
+  s = spec(field)
+  elem_type, is_tuple, optional = value_type(cls, field)
+  name = field.name
+  if value is None:
+    if optional:
+      return
+    raise ValueError(f'{name}: a value is required.')
+  values = value if is_tuple else (value,)
+  if is_tuple and (not isinstance(value, tuple) or not value):
+    raise ValueError(f'{name}: expected a non-empty list, got {value!r}.')
+  for v in values:
+    ok = isinstance(v, elem_type) and not (elem_type is not bool and
+                                            isinstance(v, bool))
+    if elem_type is float and isinstance(v, int) and not isinstance(v, bool):
+      ok = True
+    if not ok:
+      raise ValueError(f'{name}: {v!r} is not a {elem_type.__name__}.')
+    if s.choices is not None and v not in s.choices:
+      raise ValueError(f'{name}: {v!r} is not one of: {", ".join(s.choices)}.')
+    if isinstance(v, float) and not math.isfinite(v):
+      raise ValueError(f'{name}: {v!r} is not finite.')
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+      for bad, text in ((s.min is not None and v < s.min, f'>= {_num(s.min)}'),
+                        (s.max is not None and v > s.max, f'<= {_num(s.max)}'),
+                        (s.gt is not None and v <= s.gt, f'> {_num(s.gt)}'),
+                        (s.lt is not None and v >= s.lt, f'< {_num(s.lt)}')):
+        if bad:
+          raise ValueError(f'{name}: must be {text}, got {_num(v)}.')
+
+
+def leaves(cls: type, prefix: str = '') -> Iterator[tuple[str, type,
+                                                          dataclasses.Field]]:
+  """(dotted path, owning class, field) of every setting, nested configs expanded."""
+  for field in dataclasses.fields(cls):
+    if _META in field.metadata:
+      yield prefix + field.name, cls, field
+    elif dataclasses.is_dataclass(field.type) or dataclasses.is_dataclass(
+        typing.get_type_hints(cls)[field.name]):
+      sub = typing.get_type_hints(cls)[field.name]
+      yield from leaves(sub, f'{prefix}{field.name}.')
+    else:
+      raise TypeError(f'{cls.__name__}.{field.name} is neither a setting nor '
+                      'a nested config.')
+
+
+def build(cls: type, values: dict[str, Any], prefix: str = '') -> Any:
+  """An instance of `cls` from {dotted path: value}; missing paths keep defaults.
+
+  Nested configs are built bottom-up, so the first invalid value raises.
+  """
+  kwargs = {}
+  for field in dataclasses.fields(cls):
+    path = prefix + field.name
+    if _META in field.metadata:
+      if path in values:
+        kwargs[field.name] = values[path]
+    else:
+      sub = typing.get_type_hints(cls)[field.name]
+      nested = {k: v for k, v in values.items() if k.startswith(path + '.')}
+      if nested:  # Start from this field's default, which may differ from sub's.
+        kwargs[field.name] = build(
+            sub, {**_flatten(field.default, path + '.'), **nested}, path + '.')
+  return cls(**kwargs)
+
+
+def _flatten(config: Any, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for path, _, _ in leaves(type(config)):
+    obj = config
+    for part in path.split('.'):
+      obj = getattr(obj, part)
+    out[prefix + path] = obj
+  return out
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+  """{dotted path: value} of every setting (tuples as lists: JSON-ready)."""
+  return {k: list(v) if isinstance(v, tuple) else v
+          for k, v in _flatten(config).items()}
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+  """Inverse of `to_dict` (lists become tuples); unknown keys are an error."""
+  known = {path: (owner, field) for path, owner, field in leaves(cls)}
+  unknown = sorted(set(values) - set(known))
+  if unknown:
+    raise ValueError(f'unknown settings: {", ".join(unknown)}.')
+  return build(cls, {k: tuple(v) if isinstance(v, list) else v
+                     for k, v in values.items()})
