@@ -53,6 +53,9 @@ def _launcher_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer('slurm_mem_gb', 16, 'Memory per point (GB).',
                        lower_bound=1, **d)
   flags.DEFINE_bool('dry_run', False, 'Print the points; run nothing.', **d)
+  flags.DEFINE_bool('strict', False, 'Exit non-zero when a measured value '
+                    'disagrees with its exact value beyond sampling error.',
+                    **d)
 
 
 class UsageError(Exception):
@@ -136,7 +139,7 @@ def _run_sweep(fv, points, root):
     while pending and len(running) < limit:
       label, values, config = pending.pop(0)
       job = executor.submit(runner.run_point, fv.experiment, config, fv.seed,
-                            os.path.join(root, label))
+                            os.path.join(root, label), fv.strict)
       running.append((label, values, job))
     time.sleep(0.2)
     for item in [r for r in running if r[2].done()]:
@@ -205,7 +208,11 @@ def main(argv) -> int:
     return 0
   root = fv.output_dir or outputs.fresh_dir(fv.experiment)
   if points is None:
-    runner.run_point(fv.experiment, config, fv.seed, root)
+    try:
+      runner.run_point(fv.experiment, config, fv.seed, root, fv.strict)
+    except runner.Disagreement as e:
+      print(f'launch.py: --strict: {e}', file=sys.stderr)
+      return 1
     return 0
   return _gather(_run_sweep(fv, points, root), root)
 

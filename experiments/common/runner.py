@@ -34,7 +34,24 @@ def summary(module) -> str:
   return (module.__doc__ or '').strip().splitlines()[0]
 
 
-def run_point(name: str, config, seed: int, directory: str) -> list[dict]:
+class Disagreement(Exception):
+  """A --strict run measured values that disagree with exact ones."""
+
+
+def check_rows(records: list[dict]) -> tuple[str, list[dict]]:
+  """The self-check line and the rows that disagree with exact values.
+
+  Experiments mark each record that has an exact answer with a boolean
+  'disagrees' (True: beyond sampling error, see `vae.stats`).
+  """
+  checked = [r for r in records if 'disagrees' in r]
+  bad = [r for r in checked if r['disagrees']]
+  return (f'{len(bad)} of {len(checked)} rows disagree with exact values',
+          bad)
+
+
+def run_point(name: str, config, seed: int, directory: str,
+              strict: bool = False) -> list[dict]:
   """Writes config.json, runs the experiment, writes results.json/.csv.
 
   Args:
@@ -42,6 +59,7 @@ def run_point(name: str, config, seed: int, directory: str) -> list[dict]:
     config: its validated `Config`.
     seed: the seed of everything random.
     directory: the run folder (created if needed).
+    strict: raise `Disagreement` when a row disagrees with its exact value.
 
   Returns:
     The records.
@@ -55,4 +73,11 @@ def run_point(name: str, config, seed: int, directory: str) -> list[dict]:
   outputs.write_results(directory, records)
   run.log(f'{name}: {len(records)} records in {time.time() - start:.1f} s; '
           f'results in {directory}')
+  line, bad = check_rows(records)
+  if any('disagrees' in r for r in records):
+    if bad:
+      run.table(bad[:20])
+    run.log(line + ('' if not bad else f' (listed above{", first 20" if len(bad) > 20 else ""})'))
+  if strict and bad:
+    raise Disagreement(line)
   return records
