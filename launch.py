@@ -7,17 +7,16 @@
   python launch.py --experiment=NAME --sweep=SETTING=V1,V2 [--sweep=...] \\
       [--parallel=N | --launcher=slurm --slurm_partition=P --slurm_gpus=1]
 
-An experiment is one module `experiments/NAME.py`: a docstring whose first
-line describes it, a `Config` (a `vae.config.settings` class) and
-`run(config, seed, run) -> records`. Each setting of its `Config` is a flag.
-A bad experiment, flag or value is reported in one line on stderr with exit
-code 2 before anything runs or is written. A single run runs in this process
-into `--output_dir` (default: a fresh `runs/NAME-<time>`). A sweep runs the
-cartesian product of its values (split on ',', or on ';' if there is one),
-each point through a submitit executor (`local`: this machine, `--parallel`
-at a time; `slurm`: a cluster) into `<output_dir>/<setting=value,...>`, and
-gathers sweep_results.json/.csv and sweep.json; a failed point is reported
-with its log while the others complete (exit code 1).
+An experiment is `experiments/NAME.py` (docs/architecture.md); each setting
+of its `Config` is a flag. A bad experiment, flag, value or run folder is one
+line on stderr, exit code 2, before anything runs or is written. A single
+run runs in this process into `--output_dir` (default: a fresh
+`runs/NAME-<time>`); SIGTERM/SIGINT stop it (training checkpoints). A sweep
+runs the cartesian product of its values (split on ',', or on ';' if there
+is one), each point through a submitit executor (`local`: this machine,
+`--parallel` at a time; `slurm`: a cluster) into `<output_dir>/<setting=
+value,...>`, gathering sweep_results.json/.csv and sweep.json; a failed
+point is reported with its log while the others complete (exit code 1).
 """
 
 import itertools
@@ -53,6 +52,12 @@ def _launcher_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer('slurm_mem_gb', 16, 'Memory per point (GB).',
                        lower_bound=1, **d)
   flags.DEFINE_bool('dry_run', False, 'Print the points; run nothing.', **d)
+  flags.DEFINE_bool('overwrite', False, 'Replace a previous run in '
+                    '--output_dir (otherwise only the same run may be there: '
+                    'it resumes).', **d)
+  flags.DEFINE_bool('compilation_cache', True, "JAX's persistent compilation "
+                    'cache (default folder ~/.cache/vae/jax).',
+                    **d)
   flags.DEFINE_bool('strict', False, 'Exit non-zero when a measured value '
                     'disagrees with its exact value beyond sampling error.',
                     **d)
@@ -139,7 +144,8 @@ def _run_sweep(fv, points, root):
     while pending and len(running) < limit:
       label, values, config = pending.pop(0)
       job = executor.submit(runner.run_point, fv.experiment, config, fv.seed,
-                            os.path.join(root, label), fv.strict)
+                            os.path.join(root, label), fv.strict,
+                            fv.overwrite, fv.compilation_cache)
       running.append((label, values, job))
     time.sleep(0.2)
     for item in [r for r in running if r[2].done()]:
@@ -162,12 +168,9 @@ def _gather(done, root):
                  'log': str(job.paths.stderr)})
     if error is None:
       records += [{**values, **r} for r in job.result()]
-  outputs.write_json(os.path.join(root, 'sweep.json'), rows)
+  outputs.write_json(os.path.join(root, outputs.SWEEP_JSON), rows)
   if records:
-    outputs.write_results(root, records)
-    for ext in ('json', 'csv'):
-      os.replace(os.path.join(root, f'results.{ext}'),
-                 os.path.join(root, f'sweep_results.{ext}'))
+    outputs.write_results(root, records, 'sweep_results')
   print(outputs.format_table(rows, ('point', 'status', 'log')))
   print(f'{len(done) - failed} of {len(done)} points ok; results in {root}')
   return 1 if failed else 0
@@ -186,6 +189,11 @@ def _help(argv) -> str:
   lines += ['', fv.module_help('launch.py'), '',
             fv.module_help(module.__name__)]
   return '\n'.join(lines)
+
+
+def _interrupt(signum, frame):
+  del frame
+  raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv) -> int:
@@ -207,9 +215,15 @@ def main(argv) -> int:
       print(label or fv.experiment, c)
     return 0
   root = fv.output_dir or outputs.fresh_dir(fv.experiment)
+  resumable = getattr(module, 'RESUMABLE', ())
+  for label, _, c in points or [('', {}, config)]:
+    outputs.check_dir(os.path.join(root, label) if label else root,
+                      fv.experiment, c, resumable, fv.overwrite)
   if points is None:
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-      runner.run_point(fv.experiment, config, fv.seed, root, fv.strict)
+      runner.run_point(fv.experiment, config, fv.seed, root, fv.strict,
+                       fv.overwrite, fv.compilation_cache)
     except runner.Disagreement as e:
       print(f'launch.py: --strict: {e}', file=sys.stderr)
       return 1
@@ -217,9 +231,20 @@ def main(argv) -> int:
   return _gather(_run_sweep(fv, points, root), root)
 
 
-if __name__ == '__main__':
+def cli(argv) -> int:
+  """main() with every refusal as one line on stderr and an exit code."""
   try:
-    sys.exit(main(sys.argv))
-  except UsageError as e:
+    return main(argv)
+  except (UsageError, outputs.RunDirError) as e:
     print(f'launch.py: {e}', file=sys.stderr)
-    sys.exit(2)
+    return 2
+  except KeyboardInterrupt as e:
+    print(f'launch.py: stopped ({e or "SIGINT"})', file=sys.stderr)
+    return 130
+  except OSError as e:
+    print(f'launch.py: {e}', file=sys.stderr)
+    return 1
+
+
+if __name__ == '__main__':
+  sys.exit(cli(sys.argv))

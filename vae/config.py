@@ -1,4 +1,4 @@
-"""Settings declared once: frozen dataclasses whose fields carry help and constraint.
+"""Settings declared once: dataclass fields carrying help and constraint.
 
     @config.settings
     class TrainConfig:
@@ -164,7 +164,7 @@ def _validate(field: dataclasses.Field, value: Any, cls: type) -> None:
 
 def leaves(cls: type, prefix: str = '') -> Iterator[tuple[str, type,
                                                           dataclasses.Field]]:
-  """(dotted path, owning class, field) of every setting, nested configs expanded."""
+  """(dotted path, owner class, field) of every setting, nested ones too."""
   for field in dataclasses.fields(cls):
     if _META in field.metadata:
       yield prefix + field.name, cls, field
@@ -178,7 +178,7 @@ def leaves(cls: type, prefix: str = '') -> Iterator[tuple[str, type,
 
 
 def build(cls: type, values: dict[str, Any], prefix: str = '') -> Any:
-  """An instance of `cls` from {dotted path: value}; missing paths keep defaults.
+  """An instance of `cls` from {dotted path: value}; others keep defaults.
 
   Nested configs are built bottom-up, so the first invalid value raises.
   """
@@ -191,7 +191,7 @@ def build(cls: type, values: dict[str, Any], prefix: str = '') -> Any:
     else:
       sub = typing.get_type_hints(cls)[field.name]
       nested = {k: v for k, v in values.items() if k.startswith(path + '.')}
-      if nested:  # Start from this field's default, which may differ from sub's.
+      if nested:  # From this field's default, which may differ from sub's.
         kwargs[field.name] = build(
             sub, {**_flatten(field.default, path + '.'), **nested}, path + '.')
   return cls(**kwargs)

@@ -1,4 +1,4 @@
-"""Does a measured mean or variance agree with its exact value? Tolerances from n.
+"""Does a measured mean or variance agree with its exact value?
 
 For n independent draws with exact mean μ, variance σ² and fourth central
 moment μ₄, the sample mean m and the sample variance s² (ddof=1) have
@@ -26,7 +26,7 @@ FLOAT_RTOL = 1e-5
 
 
 def z_threshold(num_checks: int, alpha: float = 0.01) -> float:
-  """z = Φ⁻¹(1 - α/(2k)): the two-sided Bonferroni threshold for k checks."""
+  """z = Φ⁻¹(1 - α/(2k)): the two-sided Bonferroni threshold, k checks."""
   if num_checks < 1 or not 0 < alpha < 1:
     raise ValueError(f'need num_checks >= 1 and alpha in (0, 1), got '
                      f'{num_checks}, {alpha}.')
@@ -41,7 +41,7 @@ def mean_z(mean, exact, std, n: int):
 
 
 def variance_se(variance, m4, n: int):
-  """SE(s²) = √((μ₄ - σ⁴(n-3)/(n-1))/n) for n draws (exact or sample moments)."""
+  """SE(s²) = √((μ₄ - σ⁴(n-3)/(n-1))/n) for n draws."""
   variance = np.asarray(variance, np.float64)
   spread = np.asarray(m4, np.float64) - variance**2 * (n - 3) / (n - 1)
   return np.sqrt(np.maximum(spread, 0.0) / n)

@@ -1,1 +1,1 @@
-"""The experiment layer's shared pieces: flags from configs, run folders, outputs."""
+"""The experiment layer's shared pieces: flags, run folders, outputs."""

@@ -1,4 +1,4 @@
-"""Command-line flags generated from a config class (`vae.config`), one per setting.
+"""Command-line flags generated from a config class, one per setting.
 
 Every leaf setting of an experiment's `Config` (nested configs expanded)
 becomes one absl flag of the same name: its type, default, help text and

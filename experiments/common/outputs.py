@@ -1,4 +1,4 @@
-"""What a run writes: its folder, config.json, results.json/.csv, tables, figures.
+"""What a run writes: its folder, config.json, results, tables, figures.
 
 A run folder holds `config.json` (experiment, seed, settings, versions, JAX
 backend), `results.json` (a list of flat records; byte-identical for the same
@@ -22,8 +22,6 @@ import numpy as np
 
 from vae import config as cfg
 
-RESULTS_JSON = 'results.json'
-RESULTS_CSV = 'results.csv'
 CONFIG_JSON = 'config.json'
 RUNS_DIR = 'runs'
 _VERSIONED = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
@@ -69,16 +67,17 @@ def columns_of(records: Sequence[Mapping[str, Any]]) -> list[str]:
   return list(dict.fromkeys(k for r in records for k in r))
 
 
-def write_results(directory: str, records: Sequence[Mapping[str, Any]]) -> None:
-  """results.json and results.csv (one column per key) in `directory`."""
+def write_results(directory: str, records: Sequence[Mapping[str, Any]],
+                  name: str = 'results') -> None:
+  """<name>.json and <name>.csv (one column per key) in `directory`."""
   records = to_jsonable(list(records))
-  write_json(os.path.join(directory, RESULTS_JSON), records)
+  write_json(os.path.join(directory, f'{name}.json'), records)
   text = io.StringIO()
   writer = csv.DictWriter(text, columns_of(records), lineterminator='\n')
   writer.writeheader()
   writer.writerows({k: '' if v is None else v for k, v in r.items()}
                    for r in records)
-  write_text(os.path.join(directory, RESULTS_CSV), text.getvalue())
+  write_text(os.path.join(directory, f'{name}.csv'), text.getvalue())
 
 
 def write_config(directory: str, experiment: str, config: Any,
@@ -105,6 +104,122 @@ def read_config(directory: str) -> dict[str, Any] | None:
     return None
   with open(path, encoding='utf-8') as f:
     return json.load(f)
+
+
+LOCK = '.lock'
+SWEEP_JSON = 'sweep.json'
+
+
+class RunDirError(Exception):
+  """The run folder cannot be used (one line, naming the folder and the fix)."""
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
+                 resumable: Sequence[str]) -> list[str]:
+  keys = sorted(set(old) | set(new))
+  return [f'{k}={old.get(k)!r} now {new.get(k)!r}' for k in keys
+          if k.split('.')[-1] not in resumable and old.get(k) != new.get(k)]
+
+
+def check_dir(directory: str, experiment: str, config: Any,
+              resumable: Sequence[str] = (), overwrite: bool = False) -> None:
+  """Refuses a folder that holds something other than this run.
+
+  An existing non-empty folder is accepted only when it holds a run of the
+  same experiment with the same settings (those named in `resumable` may
+  differ: the run resumes), or with `overwrite` when it is a run folder.
+
+  Raises:
+    RunDirError: one line naming the folder and the fix.
+  """
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise RunDirError(f'{directory} is a file, not a folder.')
+  parent = directory
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent) or '.'
+  if not os.access(parent, os.W_OK):
+    raise RunDirError(f'{parent} is not writable; choose another '
+                      '--output_dir.')
+  entries = [e for e in (os.listdir(directory) if os.path.isdir(directory)
+                         else []) if e != LOCK]
+  if not entries:
+    return
+  old = read_config(directory)
+  is_run = old is not None or SWEEP_JSON in entries
+  if overwrite:
+    if not is_run:
+      raise RunDirError(f'{directory} is not a run folder (no {CONFIG_JSON}); '
+                        '--overwrite only replaces run folders.')
+    return
+  if old is None or old.get('experiment') != experiment:
+    what = (f"a run of {old.get('experiment')}" if old else
+            f'{len(entries)} other entries')
+    raise RunDirError(f'{directory} holds {what}; use another --output_dir '
+                      'or --overwrite.')
+  differ = _differences(old.get('settings', {}), cfg.to_dict(config),
+                        resumable)
+  if differ:
+    raise RunDirError(f'{directory} holds a {experiment} run with other '
+                      f'settings ({"; ".join(differ[:4])}); use another '
+                      '--output_dir or --overwrite.')
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class Lock:
+  """An exclusive lock file <folder>/.lock holding the owner's PID.
+
+  A lock whose PID is no longer running is stale and taken over.
+  """
+
+  def __init__(self, directory: str):
+    self.path = os.path.join(directory, LOCK)
+
+  def __enter__(self):
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+      except FileExistsError:
+        try:
+          with open(self.path, encoding='utf-8') as f:
+            pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+          pid = 0
+        if pid and pid != os.getpid() and _alive(pid):
+          raise RunDirError(f'{os.path.dirname(self.path)} is in use by '
+                            f'process {pid}; wait for it or use another '
+                            '--output_dir.') from None
+        os.remove(self.path)  # Stale.
+        continue
+      with os.fdopen(fd, 'w', encoding='utf-8') as f:
+        f.write(str(os.getpid()))
+      return self
+    raise RunDirError(f'could not lock {self.path}.')
+
+  def __exit__(self, *exc):
+    if os.path.exists(self.path):
+      os.remove(self.path)
+
+
+def clear_dir(directory: str) -> None:
+  """Removes a run folder's contents (for --overwrite), keeping the lock."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  for entry in os.listdir(directory):
+    if entry == LOCK:
+      continue
+    path = os.path.join(directory, entry)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
 
 
 def fresh_dir(experiment: str, root: str = RUNS_DIR) -> str:

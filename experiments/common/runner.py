@@ -50,8 +50,26 @@ def check_rows(records: list[dict]) -> tuple[str, list[dict]]:
           bad)
 
 
+def cache_compilations(directory: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache; returns its folder.
+
+  The folder is $JAX_COMPILATION_CACHE_DIR when set, else `directory`, else
+  $XDG_CACHE_HOME/vae/jax (default ~/.cache/vae/jax). Programs that compiled
+  in a previous run load from it instead of compiling again.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  directory = (os.environ.get('JAX_COMPILATION_CACHE_DIR') or directory or
+               os.path.join(os.environ.get('XDG_CACHE_HOME') or
+                            os.path.expanduser('~/.cache'), 'vae', 'jax'))
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return directory
+
+
 def run_point(name: str, config, seed: int, directory: str,
-              strict: bool = False) -> list[dict]:
+              strict: bool = False, overwrite: bool = False,
+              compilation_cache: bool = True) -> list[dict]:
   """Writes config.json, runs the experiment, writes results.json/.csv.
 
   Args:
@@ -60,24 +78,39 @@ def run_point(name: str, config, seed: int, directory: str,
     seed: the seed of everything random.
     directory: the run folder (created if needed).
     strict: raise `Disagreement` when a row disagrees with its exact value.
+    overwrite: replace a previous run in `directory` (see
+      `outputs.check_dir`); otherwise only the same run may be there (it
+      resumes).
+    compilation_cache: use JAX's persistent compilation cache.
 
   Returns:
     The records.
+
+  Raises:
+    outputs.RunDirError: the folder holds another run or is locked.
   """
   module = load(name)
+  if compilation_cache:
+    cache_compilations()
+  resumable = getattr(module, 'RESUMABLE', ())
+  outputs.check_dir(directory, name, config, resumable, overwrite)
   os.makedirs(directory, exist_ok=True)
-  outputs.write_config(directory, name, config, seed)
-  run = outputs.Run(directory)
-  start = time.time()
-  records = module.run(config, seed, run)
-  outputs.write_results(directory, records)
+  with outputs.Lock(directory):
+    if overwrite:
+      outputs.clear_dir(directory)
+    outputs.write_config(directory, name, config, seed)
+    run = outputs.Run(directory)
+    start = time.time()
+    records = module.run(config, seed, run)
+    outputs.write_results(directory, records)
   run.log(f'{name}: {len(records)} records in {time.time() - start:.1f} s; '
           f'results in {directory}')
   line, bad = check_rows(records)
   if any('disagrees' in r for r in records):
     if bad:
       run.table(bad[:20])
-    run.log(line + ('' if not bad else f' (listed above{", first 20" if len(bad) > 20 else ""})'))
+    run.log(line + (f' (listed above{", first 20" * (len(bad) > 20)})'
+                    if bad else ''))
   if strict and bad:
     raise Disagreement(line)
   return records
