@@ -86,7 +86,7 @@ def draw_keys(key: PRNGKey, num_draws: int, chunk: int) -> Array:
 
 def default_chunk(num_draws: int, draw_size: int,
                   max_elements: int = 2**23, max_chunk: int = 50) -> int:
-  """The largest divisor of D, ≤ max_chunk, with ≤ max_elements per chunk."""
+  """The largest divisor of D, ≤ max_chunk, ≤ max_elements per chunk."""
   chunk = max(1, min(num_draws, max_chunk, max_elements // max(draw_size, 1)))
   while num_draws % chunk:
     chunk -= 1
