@@ -22,7 +22,17 @@ def names() -> list[str]:
 
 
 def load(name: str):
-  """The module `experiments.<name>` (must define `Config` and `run`)."""
+  """The module `experiments.<name>`, or a dotted module path (e.g. one of
+  your own experiments outside this repository); it defines `Config` and
+  `run`."""
+  if '.' in name:
+    try:
+      module = importlib.import_module(name)
+    except ImportError as e:
+      raise ValueError(f'cannot import experiment {name!r}: {e}') from None
+    if not hasattr(module, 'Config') or not hasattr(module, 'run'):
+      raise ValueError(f'{name} defines no Config and run().')
+    return module
   if name not in names():
     raise ValueError(f'unknown experiment {name!r}; choose from: '
                      f'{", ".join(names())}.')

@@ -1,0 +1,116 @@
+"""Tests for vae.config and the flags generated from configs."""
+
+import dataclasses
+
+from absl import flags
+import pytest
+
+from experiments.common import flags as config_flags
+from vae import config as cfg
+
+
+@cfg.settings
+class Inner:
+  rate: float = cfg.setting(0.5, 'A rate.', gt=0.0, lt=1.0)
+  sizes: tuple[int, ...] = cfg.setting((2, 3), 'Sizes.', min=1)
+
+
+@cfg.settings
+class Outer:
+  inner: Inner = Inner(rate=0.25)
+  name: str = cfg.setting('a', 'A name.', choices=('a', 'b'))
+  count: int | None = cfg.setting(None, 'A count.', min=1, max=10)
+  verbose: bool = cfg.setting(False, 'Verbose.')
+
+  def check(self):
+    if self.count is not None and self.count > sum(self.inner.sizes):
+      raise ValueError(f'count: must be <= sum(sizes) = '
+                       f'{sum(self.inner.sizes)}, got {self.count}.')
+
+
+def test_defaults_nest_and_are_frozen():
+  config = Outer()
+  assert config.inner.rate == 0.25  # The nested field's default instance.
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    config.name = 'b'
+  assert hash(config) == hash(Outer())
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(name='c'), "name: 'c' is not one of: a, b."),
+    (dict(count=0), 'count: must be >= 1, got 0.'),
+    (dict(count=11), 'count: must be <= 10, got 11.'),
+    (dict(count=2.5), 'count: 2.5 is not an integer.'),
+    (dict(count=6), 'count: must be <= sum(sizes) = 5, got 6.'),
+    (dict(verbose=1), 'verbose: 1 is not true or false.'),
+])
+def test_each_violation_is_one_line_naming_the_setting(kwargs, message):
+  with pytest.raises(ValueError) as info:
+    Outer(**kwargs)
+  assert str(info.value) == message
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(rate=1.0), 'rate: must be < 1, got 1.'),
+    (dict(rate=float('nan')), 'rate: nan is not finite.'),
+    (dict(sizes=()), 'sizes: expected a non-empty list'),
+    (dict(sizes=(1, 0)), 'sizes: must be >= 1, got 0.'),
+])
+def test_bounds_finiteness_and_lists(kwargs, message):
+  with pytest.raises(ValueError, match='^' + message.replace('(', r'\(')
+                     .replace(')', r'\)')):
+    Inner(**kwargs)
+
+
+def test_a_setting_without_a_constraint_is_refused_at_declaration():
+  with pytest.raises(TypeError, match='declares no constraint'):
+    cfg.setting(3, 'Unconstrained.')
+
+
+def test_dict_round_trip_and_unknown_keys():
+  config = Outer(count=3, inner=Inner(sizes=(4,)))
+  values = cfg.to_dict(config)
+  assert values == {'inner.rate': 0.5, 'inner.sizes': [4], 'name': 'a',
+                    'count': 3, 'verbose': False}
+  assert cfg.from_dict(Outer, values) == config
+  with pytest.raises(ValueError, match='unknown settings: nope'):
+    cfg.from_dict(Outer, {**values, 'nope': 1})
+
+
+def _parse(argv):
+  fv = flags.FlagValues()
+  config_flags.define_flags(Outer, fv, 'test')
+  fv(['prog'] + argv)
+  return config_flags.config_from_flags(Outer, fv)
+
+
+def test_flags_are_generated_from_the_config():
+  assert _parse([]) == Outer()
+  config = _parse(['--rate=0.75', '--sizes=5,6', '--name=b', '--count=4',
+                   '--verbose'])
+  assert config == Outer(Inner(0.75, (5, 6)), 'b', 4, True)
+
+
+def test_help_lists_choices_and_constraints():
+  fv = flags.FlagValues()
+  config_flags.define_flags(Outer, fv, 'test')
+  text = fv.module_help('test')
+  assert '<a|b>' in text and '[> 0 and < 1]' in text and '[>= 1]' in text
+
+
+def test_bad_flag_values_are_one_line_errors():
+  with pytest.raises(flags.Error):
+    _parse(['--name=c'])  # absl's enum check.
+  with pytest.raises(ValueError, match="^sizes: 'x' is not an integer.$"):
+    _parse(['--sizes=1,x'])
+  with pytest.raises(ValueError, match=r'^count: must be <= sum\(sizes\)'):
+    _parse(['--count=9'])
+
+
+def test_two_settings_with_one_name_are_refused():
+  @cfg.settings
+  class Clash:
+    a: Inner = Inner()
+    b: Inner = Inner()
+  with pytest.raises(TypeError, match="two settings are named 'rate'"):
+    config_flags.flag_paths(Clash)
