@@ -6,33 +6,43 @@
 with D_θ, E_φ linear maps (or tanh MLPs) as in Dong et al. (2020). The ELBO
 E_q[log p(x|b)] - KL(q ‖ p) uses the analytic Bernoulli KL; only the
 reconstruction term needs a gradient estimator. `batch_surrogate` gives, for
-each registry estimator for discrete latents (`ESTIMATORS`), a loss whose gradient w.r.t. all
-parameters is that estimator (encoder) and the ordinary Monte Carlo gradient
-(decoder, prior):
+each registry estimator for discrete latents (`ESTIMATORS`), a loss whose
+gradient w.r.t. all parameters is that estimator (encoder) and the ordinary
+Monte Carlo gradient (decoder, prior):
 
-  score_moving_average      score function with a moving-average baseline b̄:
-                    (f(b) - b̄) ∇ log q(b), f(b) = log p(x|b);
-  score_rloo        score function with the leave-one-out baseline;
-  vimco             VIMCO on the K-sample bound IWAE_K (Mnih & Rezende 2016);
-  straight_through  forward on b, backward through the relaxation;
-  gumbel_softmax    the relaxed (Concrete) sample everywhere (biased);
-  disarm            DisARM (Dong, Mnih & Tucker 2020), one antithetic pair per
-                    2 evaluations.
+  score_moving_average  score function with a moving-average baseline b̄:
+                        (f(b) - b̄) ∇ log q(b), f(b) = log p(x|b);
+  score_rloo            score function with the leave-one-out baseline;
+  vimco                 VIMCO on the K-sample bound IWAE_K (Mnih & Rezende
+                        2016);
+  straight_through      forward on b, backward through the relaxation;
+  gumbel_softmax        the relaxed (Concrete) sample everywhere (biased);
+  disarm                DisARM (Dong, Mnih & Tucker 2020), one antithetic
+                        pair per 2 evaluations.
+
+Training goes through `vae.train` (`make_trainer`, `train_and_evaluate`);
+`encoder_gradient_moments` measures an estimator's variance with
+`vae.moments`.
 """
 
 import functools
+import time
 from typing import Any
 
 import jax
+from jax import flatten_util
 import jax.numpy as jnp
+import optax
 
 from vae import distributions as dists
-from vae.models import gaussian_vae
-from vae.estimators import iwae as iwae_estimators
 from vae import kl as kl_lib
+from vae import moments
 from vae import objectives
-from vae.estimators import registry
+from vae import train
 from vae import types
+from vae.estimators import iwae as iwae_estimators
+from vae.estimators import registry
+from vae.models import gaussian_vae
 
 Array = types.Array
 PRNGKey = types.PRNGKey
@@ -69,7 +79,7 @@ def prior(params: Params) -> dists.Bernoulli:
 
 
 def log_likelihood(params: Params, x: Array, b: Array) -> Array:
-  """log p_θ(x|b) = Σ_i x_i l_i - softplus(l_i), l = D_θ(b); b ∈ [0,1]^d."""
+  """log p_θ(x|b) = Σ_i x_i l_i - softplus(l_i), l = D_θ(b), b ∈ [0,1]^d."""
   logits = gaussian_vae.mlp(params['decoder'], b)
   return jnp.sum(dists.Bernoulli(logits).log_prob(x))
 
@@ -85,7 +95,7 @@ def objective_of(estimator: str) -> str:
 
 
 def unbiased_for_elbo(estimator: str) -> bool:
-  """Whether the estimator is unbiased for the ELBO gradient (VIMCO targets IWAE_K)."""
+  """Whether it is unbiased for ∇ELBO (VIMCO's target is ∇IWAE_K)."""
   return (registry.lookup(estimator).unbiased and
           objective_of(estimator) == 'elbo')
 
@@ -141,7 +151,7 @@ def elbo(params: Params, x: Array, key: PRNGKey, num_samples: int) -> Array:
 
 
 def iwae(params: Params, x: Array, key: PRNGKey, num_samples: int) -> Array:
-  """IWAE_K(x) = log (1/K) Σ_k p(x|b_k) p(b_k)/q(b_k|x), b_k ~ q(b|x), one x."""
+  """IWAE_K(x) = log (1/K) Σ_k p(x|b_k) p(b_k) / q(b_k|x), b_k ~ q(b|x)."""
   q, p = encode(params, x), prior(params)
   log_joint = lambda b: log_likelihood(params, x, b) + jnp.sum(p.log_prob(b))
   b = q.sample(key, (num_samples,))
@@ -149,80 +159,144 @@ def iwae(params: Params, x: Array, key: PRNGKey, num_samples: int) -> Array:
   return iwae_estimators.log_mean_exp(log_w)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4))
 def mean_bound(bound, params: Params, x: Array, key: PRNGKey,
                num_samples: int) -> Array:
-  """Mean of `bound` (elbo or iwae) over the rows of x [N, D]."""
+  """(1/N) Σ_n bound(x_n) over the rows of x [N, D] (bound: elbo or iwae).
+
+  Jitted; `bound` and `num_samples` are static. Row n uses the n-th key of
+  split(key, N).
+  """
   keys = jax.random.split(key, x.shape[0])
   return jnp.mean(jax.vmap(lambda xi, ki: bound(params, xi, ki,
                                                 num_samples))(x, keys))
 
 
-def encoder_gradients(params: Params, x: Array, keys: Array, estimator: str,
-                      num_samples: int, baseline: Array = 0.0,
-                      temperature: float = 0.5) -> Array:
-  """Flattened encoder gradients of the batch surrogate, one row per key.
+def encoder_gradient(params: Params, x: Array, key: PRNGKey, estimator: str,
+                     num_samples: int, baseline: Array = 0.0,
+                     temperature: float = 0.5) -> Array:
+  """ĝ_φ = ∇_φ batch_surrogate(params, x, key), flattened: [P_encoder]."""
+  grads = jax.grad(lambda p: batch_surrogate(p, x, key, estimator,
+                                             num_samples, baseline,
+                                             temperature)[0])(params)
+  return flatten_util.ravel_pytree(grads['encoder'])[0]
 
-  ∇_φ of `batch_surrogate` for each key in `keys` [R] (vmapped; jit it):
-  returns [R, number of encoder parameters].
+
+@functools.partial(jax.jit, static_argnames=('estimator', 'num_samples',
+                                             'num_draws'))
+def encoder_gradient_moments(params: Params, x: Array, key: PRNGKey,
+                             baseline: Array, temperature: Array, *,
+                             estimator: str, num_samples: int,
+                             num_draws: int) -> dict[str, Array]:
+  """Mean and variance of D draws of `encoder_gradient` (`vae.moments`).
+
+      mean = (1/D) Σ_d ĝ_d,   variance = Σ_d (ĝ_d - mean)² / (D - 1),
+
+  the d-th draw with the d-th key of split(key, D), all D vmapped at once.
   """
-  def one(key):
-    grads = jax.grad(lambda p: batch_surrogate(p, x, key, estimator,
-                                               num_samples, baseline,
-                                               temperature)[0])(params)
-    leaves = jax.tree_util.tree_leaves(grads['encoder'])
-    return jnp.concatenate([jnp.ravel(l) for l in leaves])
-
-  return jax.vmap(one)(keys)
+  return moments.moments(
+      lambda k: encoder_gradient(params, x, k, estimator, num_samples,
+                                 baseline, temperature), key, num_draws)
 
 
-def make_trainer(train_x: Array, estimator: str, num_samples: int = 2,
-                 batch_size: int = 50, learning_rate: float = 1e-3,
+def initial_baseline(params: Params, train_x: Array) -> Array:
+  """b̄₀ = (1/n) Σ_{i≤n} log p(x_i | E_q[b|x_i]), the first n ≤ 500 rows."""
+  return jnp.mean(jax.vmap(lambda xi: log_likelihood(
+      params, xi, encode(params, xi).mean()))(train_x[:500]))
+
+
+def make_trainer(train_x: Array, estimator: str,
+                 optimizer: optax.GradientTransformation,
+                 num_samples: int = 2, batch_size: int = 50,
                  temperature: float = 0.5, ma_decay: float = 0.99):
-  """(init_state, run_steps) for Adam on the negated batch surrogate.
+  """(init_state, run_steps): `vae.train` steps on the batch surrogate.
 
-  `init_state(params)` -> state = (params, opt_state, baseline b̄), with b̄
-  the mean reconstruction term at `params` on the first 500 examples.
-  `run_steps(state, keys)` runs len(keys) steps under `lax.scan` (minibatches
-  drawn with replacement) and returns (state, mean surrogate per step). For
-  'score_moving_average', b̄ ← decay·b̄ + (1-decay)·mean f(b) after each step (its
-  value before the step is the baseline, so the estimator stays unbiased).
+  `init_state(params)` -> `train.TrainState` with the baseline
+  `initial_baseline(params, train_x)`. `run_steps(state, keys)`
+  runs len(keys) steps through `train.fit` and returns (state, the mean
+  surrogate of each step). Step t draws its minibatch (with replacement)
+  and its samples from keys[t], maximizes the surrogate L(φ, θ) and then
+  updates b̄ ← decay·b̄ + (1 - decay)·mean_x f̄(x) (f̄: the step's mean
+  reconstruction term), so the baseline a step uses is independent of its
+  samples and score_moving_average stays unbiased.
 
   Args:
     train_x: training data [N, D] (binary).
     estimator: one of ESTIMATORS.
+    optimizer: the optax optimizer.
     num_samples: evaluations of log p(x|b) per example and step.
     batch_size: examples per step.
-    learning_rate: Adam step size.
     temperature: relaxation temperature.
     ma_decay: moving-average decay of the baseline.
 
   Returns:
     The two functions (jit `run_steps` yourself).
   """
-  import optax  # pylint: disable=g-import-not-at-top
-  opt = optax.adam(learning_rate)
-
-  def init_state(params):
-    x0 = train_x[:500]
-    b0 = jnp.mean(jax.vmap(lambda xi: log_likelihood(
-        params, xi, encode(params, xi).mean()))(x0))
-    return params, opt.init(params), b0
-
-  def step(state, key):
-    params, opt_state, baseline = state
+  def loss(params, batch, key, baseline):
+    del batch  # Drawn here, from the step's key.
     k_batch, k_loss = jax.random.split(key)
     idx = jax.random.randint(k_batch, (batch_size,), 0, train_x.shape[0])
-    (value, recon), grads = jax.value_and_grad(
-        lambda p: batch_surrogate(p, train_x[idx], k_loss, estimator,
-                                  num_samples, baseline, temperature),
-        has_aux=True)(params)
-    grads = jax.tree_util.tree_map(jnp.negative, grads)  # maximize.
-    updates, opt_state = opt.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    baseline = ma_decay * baseline + (1.0 - ma_decay) * recon
-    return (params, opt_state, baseline), value
+    value, recon = batch_surrogate(params, train_x[idx], k_loss, estimator,
+                                   num_samples, baseline, temperature)
+    return -value, {'cost': recon, 'value': value}
+
+  step = train.make_step(loss, optimizer, baseline_decay=ma_decay)
+
+  def init_state(params):
+    return train.init_state(params, optimizer,
+                            initial_baseline(params, train_x))
 
   def run_steps(state, keys):
-    return jax.lax.scan(step, state, keys)
+    state, aux = train.fit(step, state, None, keys)
+    return state, aux['value']
 
   return init_state, run_steps
+
+
+def train_and_evaluate(train_x: Array, test_x: Array, params: Params,
+                       estimator: str, optimizer: optax.GradientTransformation,
+                       key: PRNGKey, *, num_steps: int, eval_every: int,
+                       num_samples: int = 2, batch_size: int = 50,
+                       temperature: float = 0.5, ma_decay: float = 0.99,
+                       eval_samples: int = 8, iwae_samples: int = 100
+                       ) -> tuple[list[dict[str, Any]], train.TrainState]:
+  """Trains from `params` and evaluates the held-out ELBO every few steps.
+
+  Steps run in compiled blocks of `eval_every` (keys split from
+  fold_in(fold_in(key, 2), step)), timed alone; after each block the mean
+  ELBO over `test_x` (`eval_samples` samples, key fold_in(key, 1)); at the
+  end also the IWAE bound with `iwae_samples`.
+
+  Returns:
+    (records, final state). Records: kind ('curve' | 'final'), estimator,
+    step, wall_time_s (training only, compilation excluded), test_elbo,
+    train_surrogate (mean over the block's steps) | test_iwae<K>.
+  """
+  init_state, run_steps = make_trainer(train_x, estimator, optimizer,
+                                       num_samples, batch_size, temperature,
+                                       ma_decay)
+  state = init_state(params)
+  eval_key, step_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+  run = jax.jit(run_steps).lower(state, jax.random.split(key, eval_every)
+                                 ).compile()
+  held_out = mean_bound(elbo, state.params, test_x, eval_key, eval_samples)
+  records = [{'kind': 'curve', 'estimator': estimator, 'step': 0,
+              'wall_time_s': 0.0, 'test_elbo': float(held_out),
+              'train_surrogate': None}]
+  wall, step = 0.0, 0
+  while step < num_steps:
+    keys = jax.random.split(jax.random.fold_in(step_key, step), eval_every)
+    start = time.perf_counter()
+    state, values = jax.block_until_ready(run(state, keys))
+    wall += time.perf_counter() - start
+    step += eval_every
+    held_out = mean_bound(elbo, state.params, test_x, eval_key,
+                          eval_samples)
+    records.append({'kind': 'curve', 'estimator': estimator, 'step': step,
+                    'wall_time_s': wall, 'test_elbo': float(held_out),
+                    'train_surrogate': float(jnp.mean(values))})
+  records.append({'kind': 'final', 'estimator': estimator, 'step': step,
+                  'wall_time_s': wall, 'test_elbo': float(held_out),
+                  f'test_iwae{iwae_samples}': float(mean_bound(
+                      iwae, state.params, test_x, eval_key, iwae_samples))})
+  return records, state

@@ -1,0 +1,147 @@
+"""Variance, SNR and direction of VAE gradient estimators along training.
+
+Trains a small VAE (784-64-8 tanh, `synthetic` images) and at `eval_steps`
+draws `num_draws` gradient estimates on one fixed minibatch with each
+estimator of each bound and N (`vae.vae_gradients`, `vae.moments`): total
+variance, SNR and cosine to a reference gradient per parameter group;
+timings.json; variance/SNR plots vs step and vs N.
+
+  python launch.py --experiment=vae_gradients --num_samples=1,10 \\
+      --eval_steps=0,500 --iwae_estimators=pathwise,dreg
+"""
+
+import jax
+import numpy as np
+
+from experiments.common import outputs
+from vae import config as cfg
+from vae import data
+from vae import train
+from vae import vae_gradients as vg
+from vae.estimators import registry
+
+
+S = cfg.setting
+_PASSED_ON = ('batch_size', 'train_objective', 'train_num_samples',
+              'baseline_decay', 'eval_batch_size', 'common_random_numbers')
+
+
+@cfg.settings
+class Config:
+  dataset: str = S('synthetic', 'Training images (mnist, fashion_mnist: '
+                   'binarized once, seed 0).', choices=data.DATASETS)
+  tfds_data_dir: str | None = S(None, 'TFDS data dir.', text=True)
+  manual_dir: str | None = S(None, 'Raw files for TFDS.', text=True)
+  data_cache_dir: str | None = S(None, 'numpy cache folder.', text=True)
+  num_train: int = S(0, 'Training images (0: all).', min=0, max=10**6)
+  latent_dim: int = S(8, 'Latent dimension.', min=1, max=1000)
+  hidden_sizes: tuple[int, ...] = S((64,), 'Hidden widths.', min=1, max=10**4)
+  batch_size: int = S(32, 'Training batch size.', min=1, max=10**4)
+  optimizer: train.OptimizerConfig = train.OptimizerConfig()
+  train_objective: str = S('elbo', 'Bound trained (pathwise).',
+                           choices=registry.OBJECTIVES)
+  train_num_samples: int = S(1, 'Training samples per example.', min=1,
+                             max=10**4)
+  baseline_decay: float = S(0.9, 'Decay of score_moving_average.', min=0.0,
+                            max=0.999)
+  eval_steps: tuple[int, ...] = S((0, 100, 300), 'Steps at which to measure '
+                                  '(max: steps trained).', min=0, max=10**6)
+  eval_batch_size: int = S(16, 'Fixed minibatch (first training images).',
+                           min=1, max=10**4)
+  objectives: tuple[str, ...] = S(('elbo', 'iwae'), 'Bounds.',
+                                  choices=registry.OBJECTIVES)
+  elbo_estimators: tuple[str, ...] = S(
+      ('pathwise', 'score', 'score_moving_average', 'score_rloo'),
+      'For elbo, elbo_mc_kl (stl: elbo_mc_kl).',
+      choices=registry.names('elbo_mc_kl'))
+  iwae_estimators: tuple[str, ...] = S(
+      ('pathwise', 'stl', 'dreg', 'vimco'), 'For iwae.',
+      choices=registry.names('iwae'))
+  num_samples: tuple[int, ...] = S((1, 5, 20), 'N (K for iwae).', min=1,
+                                   max=10**4)
+  num_draws: int = S(200, 'Estimates per configuration.', min=2, max=10**6)
+  reference_draws: int = S(200, 'Draws of g_ref (a multiple of num_draws).',
+                           min=1, max=10**7)
+  common_random_numbers: bool = S(True, 'Estimators of a draw share samples.')
+  time_estimators: bool = S(False, 'Also time each estimator alone.')
+  compile_threads: int = S(0, 'Compile threads (0: CPUs).', min=0, max=256)
+
+  def estimators_for(self) -> dict[str, tuple[str, ...]]:
+    """{objective: its estimators}."""
+    return {o: tuple(dict.fromkeys(self.iwae_estimators if o == 'iwae' else
+                                   self.elbo_estimators))
+            for o in dict.fromkeys(self.objectives)}
+
+  def check(self):
+    for obj, ests in self.estimators_for().items():
+      for e in ests:  # Refuses e.g. score_rloo when every N is 1.
+        registry.check(e, obj, max(self.num_samples))
+    n = self.num_train or (2000 if self.dataset == 'synthetic' else 10**9)
+    if max(self.batch_size, self.eval_batch_size) > n:
+      raise ValueError(f'batch_size, eval_batch_size: more than {n} images.')
+
+
+def plot(out, rows, x_key: str, fixed: dict, name: str, title: str):
+  """Total variance and SNR (rows: objectives; columns: group x statistic)."""
+  plt = outputs.pyplot()
+  objs = list(dict.fromkeys(r['objective'] for r in rows))
+  fig, axes = plt.subplots(len(objs), 4, figsize=(15, 3.2 * len(objs)),
+                           squeeze=False)
+  for i, obj in enumerate(objs):
+    rs = [r for r in rows if r['objective'] == obj and all(
+        r[f] == v for f, v in fixed.items())]
+    for j, (stat, group) in enumerate((s, g) for s in ('total_variance', 'snr')
+                                      for g in vg.GROUPS):
+      ax = axes[i, j]
+      for k, est in enumerate(dict.fromkeys(r['estimator'] for r in rs)):
+        pts = sorted((r[x_key], r[stat]) for r in rs if r['estimator'] == est
+                     and r['group'] == group and r[stat] is not None)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', ms=3,
+                color=f'C{k}', label=est)
+      ax.set(yscale='log', xscale='linear' if x_key == 'step' else 'log',
+             xlabel='training step' if x_key == 'step' else 'N (K for iwae)')
+      ax.set_title(f'{obj} {group}: {stat} ({fixed})', fontsize=8)
+    axes[i, 0].legend(fontsize=7)
+  crn = rows[0]['common_random_numbers']
+  fig.suptitle(title + crn * ('\n(common random numbers: estimators whose '
+                              'decoder gradients agree draw one line)'))
+  fig.tight_layout()
+  out.save_figure(fig, name)
+
+
+def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  ds = data.load_dataset(
+      config.dataset, data_dir=config.tfds_data_dir, seed=0,
+      manual_dir=config.manual_dir, cache_dir=config.data_cache_dir,
+      num_train=config.num_train or None)
+  images = ds.train if ds.binarization == 'fixed' else np.asarray(
+      data.binarize(0, ds.train))
+  steps, ns = sorted(set(config.eval_steps)), sorted(set(config.num_samples))
+  model = vg.small_vae(config.latent_dim, config.hidden_sizes,
+                       images.mean(axis=0))
+  out.log(f'vae_gradients: {len(images)} {config.dataset} images; at steps '
+          f'{steps}, {config.num_draws} draws per estimator and N in {ns}')
+  records, timings = vg.measure(
+      model, images, steps, seed, train.make_optimizer(
+          config.optimizer, steps[-1]), config.estimators_for(), ns,
+      config.num_draws, config.reference_draws, config.time_estimators,
+      workers=config.compile_threads or None,
+      **{k: getattr(config, k) for k in _PASSED_ON})
+  out.write_json('timings.json', timings)
+  for x, fixed in (('step', {'num_samples': ns[-1]}),
+                   ('num_samples', {'step': steps[-1]})):
+    plot(out, records, x, fixed, f'variance_snr_vs_{x}.png',
+         f'Total variance and SNR vs {x}')
+  out.table(vg.summary_rows(records))
+  out.log('\nms per draw of all estimators of one call (median over steps):')
+  out.table(vg.draw_time_rows(timings['draws']))
+  if config.time_estimators:
+    out.table(timings['estimators'])
+  compiling = sum(c['compile_seconds'] for c in timings['compile'])
+  out.log(f'training {timings["train_seconds"]:.1f} s, study '
+          f'{timings["study_seconds"]:.1f} s (compiling, summed over '
+          f'threads, {compiling:.1f} s). enc/dec: encoder/decoder; var: '
+          'Σ_p Var[ĝ_p]; snr: mean |mean|/std; cos: mean cosine of one '
+          'estimate to g_ref (elbo: pathwise at the largest N; iwae: dreg at '
+          f'the same K; {config.reference_draws} draws).')
+  return records
