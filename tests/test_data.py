@@ -1,6 +1,7 @@
 """Tests for `vae.data`."""
 
 import os
+import shutil
 import sys
 
 import jax
@@ -134,7 +135,7 @@ def test_epoch_permutation_is_a_deterministic_permutation():
   assert np.mean(np.asarray(data.epoch_permutation(1000, 1, 0)) != perm) > .9
 
 
-def test_epoch_batches_and_batch_iterator_agree():
+def test_epoch_batches():
   images = np.repeat(np.arange(103, dtype=np.float32)[:, None], 784, axis=1)
   batches = data.epoch_batches(images, 10, seed=4, epoch=2)
   assert batches.shape == (10, 10, 784)
@@ -146,19 +147,32 @@ def test_epoch_batches_and_batch_iterator_agree():
   scanned = jax.jit(lambda x, s, e: data.epoch_batches(x, 10, s, e))(
       images, 4, 2)
   np.testing.assert_array_equal(scanned, batches)
-
-  listed = list(data.batch_iterator(images, 10, seed=4, epoch=2))
-  assert len(listed) == 10 and all(b.shape == (10, 784) for b in listed)
-  np.testing.assert_array_equal(np.stack(listed), batches)
-  full = list(data.batch_iterator(images, 10, 4, 2, drop_remainder=False))
-  assert [len(b) for b in full] == [10] * 10 + [3]
-  np.testing.assert_array_equal(
-      np.sort(np.concatenate(full)[:, 0]), np.arange(103))
-
   ordered = data.epoch_batches(images, 25, seed=0, epoch=0, shuffle=False)
   np.testing.assert_array_equal(ordered.reshape(100, 784), images[:100])
   with pytest.raises(ValueError, match='batch_size'):
     data.epoch_batches(images[:5], 10, 0, 0)
+
+
+# Settings.
+
+
+def test_data_config_constraints_and_sizes():
+  assert data.DataConfig().train_size == 2000
+  assert data.DataConfig(dataset='binarized_mnist').train_size == 50_000
+  assert data.DataConfig(num_train=300).train_size == 300
+  for kwargs, message in [
+      (dict(num_train=10**8), 'num_train: must be <= 200000'),
+      (dict(num_train=0), 'num_train: must be >= 1'),
+      (dict(dataset='mnist', num_train=50_001),
+       'num_train: mnist has 50000 training images'),
+      (dict(dataset='cifar10'), "dataset: 'cifar10' is not one of")]:
+    with pytest.raises(ValueError, match=message) as info:
+      data.DataConfig(**kwargs)
+    assert '\n' not in str(info.value)
+  config = data.DataConfig(num_train=30)
+  ds = data.load(config, seed=5)
+  np.testing.assert_array_equal(
+      ds.train, data.load_dataset('synthetic', num_train=30, seed=5).train)
 
 
 # TFDS code path (mocked), cache, errors.
@@ -220,6 +234,22 @@ def test_cache_round_trip_without_tensorflow(tmp_path, monkeypatch, no_env):
     data.load_dataset('mnist')  # No cache for it, and TFDS is blocked.
 
 
+@pytest.mark.parametrize('content', [b'', b'PK\x03\x04 garbage', None])
+def test_corrupt_cache_names_the_file_and_the_fix(tmp_path, no_env,
+                                                  content):
+  path = tmp_path / 'mnist.npz'
+  if content is None:  # A valid npz of another dataset.
+    np.savez(path, meta=np.array('{"format": 1, "name": "kmnist"}'))
+  else:
+    path.write_bytes(content)
+  with pytest.raises(data.DataCorruptError) as info:
+    data.load_dataset('mnist', cache_dir=str(tmp_path))
+  message = str(info.value)
+  assert '\n' not in message and str(path) in message
+  assert 'delete it' in message
+  assert isinstance(info.value, FileNotFoundError)  # One line at the CLI.
+
+
 def test_missing_data_error_names_the_flags(tmp_path, no_env):
   pytest.importorskip('tensorflow_datasets')
   with pytest.raises(data.DataNotFoundError) as info:
@@ -253,3 +283,19 @@ def test_real_binarized_mnist():
   np.testing.assert_allclose(
       [ds.train.mean(), ds.validation.mean(), ds.test.mean()],
       [0.1306, 0.1311, 0.1325], atol=1e-4)
+
+
+@pytest.mark.skipif(not os.environ.get(data.ENV_TFDS_DATA_DIR),
+                    reason=f'set {data.ENV_TFDS_DATA_DIR} for real data')
+def test_truncated_tfrecord_names_the_file(tmp_path, monkeypatch):
+  source = os.path.join(os.environ[data.ENV_TFDS_DATA_DIR], 'binarized_mnist')
+  shutil.copytree(source, tmp_path / 'binarized_mnist')
+  monkeypatch.delenv(data.ENV_CACHE_DIR, raising=False)
+  (shard,) = [p for p in (tmp_path / 'binarized_mnist').rglob('*test*')
+              if 'tfrecord' in p.name]
+  shard.write_bytes(shard.read_bytes()[:len(shard.read_bytes()) // 2])
+  with pytest.raises(data.DataCorruptError) as info:
+    data.load_dataset('binarized_mnist', data_dir=str(tmp_path))
+  message = str(info.value)
+  assert '\n' not in message and str(shard) in message
+  assert '--manual_dir' in message

@@ -1,5 +1,9 @@
 """Image datasets as flat float32 arrays [N, 784] in [0, 1], and batching.
 
+One loader, `load_dataset` (`load` takes a `DataConfig`; `load_split` is a
+view of one split), and one batcher, `epoch_batches` (an epoch as an array
+of batches for `lax.scan`, shuffled by (seed, epoch)).
+
 Datasets (`DATASETS`):
 
 * `binarized_mnist`: Larochelle & Murray's fixed binarization (TFDS splits
@@ -22,19 +26,23 @@ only when a dataset has to be read from TFDS. Where they come from:
   splits as uint8. It is written after a TFDS load and read, with numpy only,
   when it exists, so machines without TensorFlow can use it.
 
-If none of them has the data, `DataNotFoundError` says which flag to pass.
+If none of them has the data, `DataNotFoundError` says which flag to pass;
+a cache or TFDS file that cannot be read raises `DataCorruptError` naming
+the file and the fix (both are `FileNotFoundError`s: one line, no traceback
+at the command line).
 """
 
 import dataclasses
 import functools
 import json
 import os
-from typing import Iterator, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae import config as cfg
 from vae.types import Array, PRNGKey
 
 DATASETS = ('binarized_mnist', 'mnist', 'fashion_mnist', 'synthetic')
@@ -54,8 +62,58 @@ _MNIST_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
                 't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
 
 
+# Training images per dataset (mnist, fashion_mnist: 60,000 less the 10,000
+# validation images); synthetic images are generated, up to MAX_SYNTHETIC.
+TRAIN_SIZES = dict(binarized_mnist=50_000, mnist=50_000, fashion_mnist=50_000,
+                   synthetic=2_000)
+MAX_SYNTHETIC = 200_000
+
+
 class DataNotFoundError(FileNotFoundError):
   """A dataset is in none of the places the loader was told to look."""
+
+
+class DataCorruptError(DataNotFoundError):
+  """A data file exists but cannot be read (names the file and the fix)."""
+
+
+@cfg.settings
+class DataPaths:
+  """Where the data of a real dataset is (see the module docstring)."""
+  tfds_data_dir: str | None = cfg.setting(
+      None, 'TFDS data dir with the dataset prepared (default: env '
+      f'{ENV_TFDS_DATA_DIR}).', text=True)
+  manual_dir: str | None = cfg.setting(
+      None, 'Folder with the raw files for TFDS to prepare (default: env '
+      f'{ENV_MANUAL_DIR}).', text=True)
+  data_cache_dir: str | None = cfg.setting(
+      None, 'Folder of a numpy cache <name>.npz of the dataset, read if '
+      f'present, written after a TFDS read (default: env {ENV_CACHE_DIR}).',
+      text=True)
+
+
+@cfg.settings
+class DataConfig:
+  """Which images to train on, and where they are."""
+  dataset: str = cfg.setting(
+      'synthetic', 'Dataset; mnist and fashion_mnist are binarized '
+      'dynamically (a new draw per batch).', choices=DATASETS)
+  num_train: int | None = cfg.setting(
+      None, 'Use the first num_train training images (default: all; '
+      f'synthetic: {TRAIN_SIZES["synthetic"]}).', min=1, max=MAX_SYNTHETIC)
+  paths: DataPaths = DataPaths()
+
+  def check(self):
+    most = MAX_SYNTHETIC if self.dataset == 'synthetic' else TRAIN_SIZES[
+        self.dataset]
+    if self.num_train is not None and self.num_train > most:
+      raise ValueError(f'num_train: {self.dataset} has {most} training '
+                       f'images, got {self.num_train}.')
+
+  @property
+  def train_size(self) -> int:
+    """The number of training images `load` returns."""
+    return self.num_train or TRAIN_SIZES[self.dataset]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +162,14 @@ class Dataset:
   def pixel_mean(self) -> np.ndarray:
     """Mean of each pixel over the training set, float32 [784]."""
     return self.train.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def load(config: DataConfig, seed: int = 0) -> Dataset:
+  """`load_dataset` with the settings of `config` (synthetic images: `seed`)."""
+  return load_dataset(config.dataset, data_dir=config.paths.tfds_data_dir,
+                      manual_dir=config.paths.manual_dir,
+                      cache_dir=config.paths.data_cache_dir,
+                      num_train=config.num_train, seed=seed)
 
 
 def load_dataset(name: str, *, data_dir: str | None = None,
@@ -156,44 +222,17 @@ def load_dataset(name: str, *, data_dir: str | None = None,
                  **{s: _to_float(x, spec.max_value) for s, x in splits.items()})
 
 
-def load_split(name: str, split: str, *, data_dir: str | None = None,
-               manual_dir: str | None = None, cache_dir: str | None = None,
-               download: bool = False, num_examples: int | None = None,
-               num_validation: int | None = None,
-               seed: int = 0) -> np.ndarray:
-  """Loads one split of dataset `name` as float32 [N, 784] in [0, 1].
+def load_split(name: str, split: str, *, num_examples: int | None = None,
+               **kwargs) -> np.ndarray:
+  """The images of one split of `load_dataset(name, **kwargs)`, float32.
 
-  Reads only the TFDS split it needs unless a cache is to be written.
-
-  Args:
-    name: one of `DATASETS`.
-    split: 'train', 'validation' or 'test'.
-    data_dir: TFDS data dir (see `load_dataset`).
-    manual_dir: directory with the raw files (see `load_dataset`).
-    cache_dir: directory of the numpy cache (see `load_dataset`).
-    download: let TFDS download the dataset if it is not prepared.
-    num_examples: keep the first `num_examples` images; None: the default
-      (see `load_dataset`).
-    num_validation: size of the validation split (see `load_dataset`).
-    seed: seed of the `synthetic` images.
-
-  Returns:
-    The images.
+  x = load_dataset(name, **kwargs).split(split)[:num_examples].
   """
   _check_split(split)
-  if name == 'synthetic':
-    if num_examples is None and split == 'validation':
-      num_examples = num_validation
-    return _synthetic_split(split, num_examples, seed)
-  spec = _spec(name)
-  needed = spec.splits
-  if _resolve_dir(cache_dir, ENV_CACHE_DIR) is None:
-    needed = (split if split in spec.splits else 'train',)
-  raw = _load_raw(name, needed, data_dir=data_dir, manual_dir=manual_dir,
-                  cache_dir=cache_dir, download=download)
-  sizes = dict(train=None, validation=num_validation, test=None)
-  images = _split_raw(raw, spec, sizes)[split][:num_examples]
-  return _to_float(images, spec.max_value)
+  if name == 'synthetic' and num_examples is not None:
+    kwargs = {**kwargs, f'num_{"train" if split == "train" else split}':
+              num_examples}
+  return load_dataset(name, **kwargs).split(split)[:num_examples]
 
 
 def binarize(key_or_seed: PRNGKey | int, images: Array) -> Array:
@@ -260,32 +299,6 @@ def epoch_batches(images: Array, batch_size: int, seed: int | Array,
   else:
     images = images[:num_batches * batch_size]
   return images.reshape((num_batches, batch_size) + images.shape[1:])
-
-
-def batch_iterator(images: np.ndarray, batch_size: int, seed: int, epoch: int,
-                   *, shuffle: bool = True,
-                   drop_remainder: bool = True) -> Iterator[np.ndarray]:
-  """Yields the batches of one epoch as numpy arrays.
-
-  Uses the same order as `epoch_batches`.
-
-  Args:
-    images: [N, ...] examples.
-    batch_size: examples per batch.
-    seed: shuffling seed.
-    epoch: epoch number.
-    shuffle: if False, keep the order of `images`.
-    drop_remainder: drop the last, smaller batch.
-
-  Yields:
-    [batch_size, ...] arrays (the last one smaller if not `drop_remainder`).
-  """
-  n = len(images)
-  order = (np.asarray(epoch_permutation(n, seed, epoch)) if shuffle
-           else np.arange(n))
-  stop = n - n % batch_size if drop_remainder else n
-  for start in range(0, stop, batch_size):
-    yield images[order[start:start + batch_size]]
 
 
 def synthetic_images(num_examples: int, seed: int = 0, *, stream: int = 0,
@@ -416,11 +429,24 @@ def _load_raw(name: str, splits: tuple[str, ...], *, data_dir: str | None,
 
 
 def _read_cache(path: str, name: str) -> dict[str, np.ndarray]:
-  with np.load(path, allow_pickle=False) as npz:
-    meta = json.loads(str(npz['meta']))
-    if meta.get('format') != _CACHE_FORMAT or meta.get('name') != name:
-      raise ValueError(f'{path} is not a cache of {name}: {meta}; delete it')
-    return {s: npz[s] for s in meta['splits']}
+  """The splits in the cache `path`; DataCorruptError if it is unreadable."""
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      meta = json.loads(str(npz['meta']))
+      if meta.get('format') != _CACHE_FORMAT or meta.get('name') != name:
+        raise ValueError(f'it holds {meta}')
+      out = {s: npz[s] for s in meta['splits']}
+  except Exception as e:  # pylint: disable=broad-except
+    # zipfile, zlib, json and numpy each raise their own errors.
+    detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise DataCorruptError(
+        f'{path} is not a readable cache of {name} ({detail}); delete it '
+        'and it is written again from TFDS on the next read.') from None
+  for split, images in out.items():
+    if images.ndim != 2 or images.shape[1] != IMAGE_SIZE:
+      raise DataCorruptError(f'{path}: split {split} has shape '
+                             f'{images.shape}; delete the file.')
+  return out
 
 
 def _write_cache(path: str, name: str, raw: dict[str, np.ndarray]) -> None:
@@ -486,7 +512,16 @@ def _read_tfds(name: str, splits: tuple[str, ...], *, data_dir: str | None,
     ds = builder.as_dataset(split=split, shuffle_files=False,
                             read_config=tfds.ReadConfig(try_autocache=False))
     ds = ds.map(lambda ex: tf.reshape(ex['image'], [IMAGE_SIZE])).batch(10_000)
-    batches = list(tfds.as_numpy(ds))
+    try:
+      batches = list(tfds.as_numpy(ds))
+    except tf.errors.OpError as e:  # E.g. DataLossError: truncated record.
+      files = ', '.join(os.path.join(builder.data_path, f) for f in
+                        builder.info.splits[split].filenames)
+      raise DataCorruptError(
+          f'{name}: cannot read {files} ({e.message.splitlines()[0]}); '
+          f'prepare it again: delete {builder.data_path} and pass '
+          f'--manual_dir=DIR with {", ".join(_TFDS[name].manual_files)}.'
+      ) from None
     out[split] = (np.concatenate(batches) if batches
                   else np.zeros((0, IMAGE_SIZE), np.uint8))
   return out

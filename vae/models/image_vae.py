@@ -2,11 +2,13 @@
 
     q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²),  p(z) = N(0, I),  p_θ(x|z) = Bern(σ(D_θ(z))).
 
-`batch_surrogate` is the training loss for any (objective, estimator) pair of
-`vae.objectives.ESTIMATORS_FOR`: its value is the mean bound over the batch,
-its gradient w.r.t. params = {'encoder', 'decoder'} is the estimator.
-`log_weights` and `importance_log_likelihood` give the importance-sampled
-estimate of log p(x) used for test log-likelihoods.
+`ModelConfig` declares the architecture's settings and `make` builds the
+model. `batch_surrogate` is the training loss for any (objective, estimator)
+pair of `vae.estimators.registry`: its value is the mean bound over the
+batch, its gradient w.r.t. params = {'encoder', 'decoder'} is the estimator;
+`batch_objective` adds the score-function cost that a moving-average
+baseline tracks. `log_weights` and `importance_log_likelihood` give the
+importance-sampled estimate of log p(x) used for test log-likelihoods.
 """
 
 import dataclasses
@@ -15,7 +17,9 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from vae import config as cfg
 from vae import distributions as dists
 from vae.models import networks
 from vae import objectives
@@ -24,6 +28,26 @@ from vae import types
 Array = types.Array
 Params = types.Params
 PRNGKey = types.PRNGKey
+
+MAX_WIDTH = 10_000  # Widest layer (and largest latent dimension) accepted.
+
+
+@cfg.settings
+class ModelConfig:
+  """The MLP VAE's architecture (default: Burda et al.'s 784-200-200-50)."""
+  hidden_sizes: tuple[int, ...] = cfg.setting(
+      (200, 200), 'Hidden layer widths of the encoder and of the decoder.',
+      min=1, max=MAX_WIDTH)
+  latent_dim: int = cfg.setting(50, 'Dimension of z.', min=1, max=MAX_WIDTH)
+  activation: str = cfg.setting('tanh', 'Hidden-layer activation.',
+                                choices=tuple(networks.ACTIVATIONS))
+
+  def num_params(self, data_dim: int = 784) -> int:
+    """Σ_layers (d_in + 1)·d_out over the encoder and the decoder."""
+    h = self.hidden_sizes
+    enc = zip((data_dim,) + h, h + (2 * self.latent_dim,))
+    dec = zip((self.latent_dim,) + h, h + (data_dim,))
+    return sum((i + 1) * o for i, o in (*enc, *dec))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +99,30 @@ def burda_vae(latent_dim: int = 50, hidden_sizes=(200, 200),
       latent_dim=latent_dim, data_dim=data_dim)
 
 
+def make(config: ModelConfig, data_dim: int = 784) -> VAE:
+  """The MLP VAE of `config` (output bias zeros; see `init_params`)."""
+  return burda_vae(config.latent_dim, config.hidden_sizes, config.activation,
+                   data_dim)
+
+
+def init_params(model: VAE, key: PRNGKey,
+                pixel_mean: np.ndarray | None = None) -> Params:
+  """θ₀ = model.init(key), with decoder output bias b = logit(x̄) if given.
+
+  b_j = log p_j - log(1 - p_j), p_j = clip(x̄_j, 1e-3, 1 - 1e-3) (the mean
+  training image; `networks.mean_logit_init`): the decoder starts out
+  predicting the mean image. The other parameters do not depend on x̄.
+  """
+  params = model.init(key)
+  if pixel_mean is None:
+    return params
+  bias = networks.mean_logit_init(pixel_mean)(None, np.shape(pixel_mean))
+  decoder = params['decoder']['params']
+  logits = {**decoder['logits'], 'bias': jnp.asarray(bias, jnp.float32)}
+  return {**params, 'decoder': {**params['decoder'], 'params': {
+      **decoder, 'logits': logits}}}
+
+
 def example_surrogate(model: VAE, params: Params, x: Array, key: PRNGKey,
                       objective: str, estimator: str, num_samples: int,
                       beta: float = 1.0, baseline: Array | None = None) -> Array:
@@ -89,7 +137,7 @@ def batch_surrogate(model: VAE, params: Params, batch: Array, key: PRNGKey,
                     objective: str = 'elbo', estimator: str = 'pathwise',
                     num_samples: int = 1, beta: float = 1.0,
                     baseline: Array | None = None) -> Array:
-  """Mean over the batch of the per-example surrogate bound.
+  """S̄ = (1/B) Σ_b S(x_b): the mean over the batch of per-example surrogates.
 
   Maximize it (minimize its negative). Per-example surrogates keep the score
   function terms of different examples separate (no cross-example noise).
@@ -113,6 +161,29 @@ def batch_surrogate(model: VAE, params: Params, batch: Array, key: PRNGKey,
       lambda x, k: example_surrogate(model, params, x, k, objective, estimator,
                                      num_samples, beta, baseline))(batch, keys)
   return jnp.mean(per_example)
+
+
+def batch_objective(model: VAE, params: Params, batch: Array, key: PRNGKey,
+                    objective: str, estimator: str, num_samples: int,
+                    beta: float | Array, baseline: Array | None
+                    ) -> tuple[Array, Array]:
+  """(S̄, f̄): `batch_surrogate` and the batch's mean score-function cost.
+
+  f̄ = (1/B) Σ_b f(x_b) with f the cost whose score-function gradient the
+  estimator takes (`objectives.score_cost`): f = value + β KL for 'elbo',
+  the value itself otherwise. A moving-average baseline tracks f̄; it
+  carries no gradient. Same keys and samples as `batch_surrogate`.
+  """
+  prior = model.prior()
+
+  def one(x, k):
+    value = example_surrogate(model, params, x, k, objective, estimator,
+                              num_samples, beta, baseline)
+    q = model.posterior(params, x)
+    return value, objectives.score_cost(objective, value, q, prior, beta)
+
+  values, costs = jax.vmap(one)(batch, jax.random.split(key, batch.shape[0]))
+  return jnp.mean(values), jnp.mean(costs)
 
 
 def log_weights(model: VAE, params: Params, x: Array, key: PRNGKey,

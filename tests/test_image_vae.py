@@ -1,10 +1,11 @@
-"""Tests for vae.vae_model on a VAE small enough to integrate exactly."""
+"""Tests for vae.models.image_vae on a VAE small enough to integrate exactly."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vae import kl as kl_lib
 from vae import objectives
 from vae.estimators import registry
 from vae.models import image_vae
@@ -80,3 +81,56 @@ def test_every_estimator_gives_finite_gradients_for_both_networks(tiny, objectiv
       leaves = jax.tree_util.tree_leaves(grads[group])
       assert all(np.all(np.isfinite(l)) for l in leaves), (objective, est)
       assert sum(float(jnp.sum(l**2)) for l in leaves) > 0, (objective, est, group)
+
+
+def test_model_config_builds_the_burda_architecture():
+  config = image_vae.ModelConfig()
+  model = image_vae.make(config)
+  assert model == image_vae.burda_vae()  # Hashable, equal: one compile.
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+  assert count == config.num_params() == 217_300 + 207_984
+  small = image_vae.ModelConfig(hidden_sizes=(8, 3), latent_dim=2)
+  shapes = jax.eval_shape(image_vae.make(small, 12).init,
+                          jax.random.PRNGKey(0))
+  assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) == (
+      small.num_params(12))
+  for kwargs, message in [(dict(latent_dim=10**8), 'latent_dim: must be <='),
+                          (dict(hidden_sizes=(200, 0)), 'hidden_sizes'),
+                          (dict(activation='tahn'), 'activation')]:
+    with pytest.raises(ValueError, match=message):
+      image_vae.ModelConfig(**kwargs)
+
+
+def test_init_params_sets_the_output_bias_to_the_mean_logit(tiny):
+  model, _, x = tiny
+  key = jax.random.PRNGKey(7)
+  mean = np.linspace(0.0, 1.0, 12)
+  params = image_vae.init_params(model, key, mean)
+  p = np.clip(mean, 1e-3, 1 - 1e-3)
+  np.testing.assert_allclose(params['decoder']['params']['logits']['bias'],
+                             np.log(p / (1 - p)), rtol=1e-5)
+  plain = image_vae.init_params(model, key)
+  for path in (('encoder',), ('decoder', 'params', 'trunk')):
+    a, b = params, plain
+    for part in path:
+      a, b = a[part], b[part]
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(u, v)
+
+
+def test_batch_objective_cost_is_the_score_function_cost(tiny):
+  """f̄ = S̄ + β KL for 'elbo' and f̄ = S̄ for 'elbo_mc_kl'; same S̄."""
+  model, params, x = tiny
+  key = jax.random.PRNGKey(8)
+  for objective in ('elbo', 'elbo_mc_kl'):
+    value, cost = image_vae.batch_objective(
+        model, params, x, key, objective, 'score_moving_average', 2, 0.5,
+        jnp.float32(-3.0))
+    assert value == pytest.approx(float(image_vae.batch_surrogate(
+        model, params, x, key, objective, 'score_moving_average', 2, 0.5,
+        jnp.float32(-3.0))), rel=1e-6)
+    kl = jnp.mean(jnp.sum(kl_lib.kl_divergence(
+        model.posterior(params, x), model.prior()), -1))
+    expected = value + 0.5 * kl if objective == 'elbo' else value
+    assert float(cost) == pytest.approx(float(expected), rel=1e-5)
