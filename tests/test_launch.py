@@ -166,3 +166,24 @@ def test_sigterm_stops_a_single_run(tmp_path):
   assert proc.returncode == 130
   assert err.strip() == 'launch.py: stopped (SIGTERM)'
   assert not (tmp_path / 'run' / outputs.LOCK).exists()
+
+
+def test_sigterm_stops_a_sweep_and_its_points(tmp_path):
+  out = tmp_path / 'sweep'
+  proc = subprocess.Popen(
+      [sys.executable, 'launch.py', FAKE, '--sleep=60', '--parallel=2',
+       '--sweep=value=1,2', f'--output_dir={out}'], cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  locks = [out / f'value={v}' / outputs.LOCK for v in (1, 2)]
+  deadline = time.time() + 60
+  while not all(lock.exists() and lock.read_text() for lock in locks):
+    assert time.time() < deadline and proc.poll() is None
+    time.sleep(0.2)
+  pids = [int(lock.read_text()) for lock in locks]
+  proc.send_signal(signal.SIGTERM)
+  proc.communicate(timeout=30)
+  assert proc.returncode != 0
+  deadline = time.time() + 30
+  while any(outputs._alive(pid) for pid in pids):  # pylint: disable=protected-access
+    assert time.time() < deadline, f'points still running: {pids}'
+    time.sleep(0.2)

@@ -31,6 +31,8 @@ from typing import Any, Iterator, Sequence
 
 _META = 'vae.setting'
 _TYPES = (bool, int, float, str)
+TYPE_WORDS = {bool: 'true or false', int: 'an integer', float: 'a number',
+              str: 'text'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +150,7 @@ def _validate(field: dataclasses.Field, value: Any, cls: type) -> None:
     if elem_type is float and isinstance(v, int) and not isinstance(v, bool):
       ok = True
     if not ok:
-      raise ValueError(f'{name}: {v!r} is not a {elem_type.__name__}.')
+      raise ValueError(f'{name}: {v!r} is not {TYPE_WORDS[elem_type]}.')
     if s.choices is not None and v not in s.choices:
       raise ValueError(f'{name}: {v!r} is not one of: {", ".join(s.choices)}.')
     if isinstance(v, float) and not math.isfinite(v):

@@ -71,7 +71,8 @@ def _convert(name: str, value: str, elem: type):
       return {'true': True, 'false': False}[value.lower()]
     return elem(value)
   except (ValueError, KeyError):
-    raise ValueError(f'{name}: {value!r} is not a {elem.__name__}.') from None
+    raise ValueError(f'{name}: {value!r} is not {cfg.TYPE_WORDS[elem]}.'
+                    ) from None
 
 
 def config_from_flags(config_cls: type, flag_values: flags.FlagValues,
