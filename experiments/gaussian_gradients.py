@@ -1,104 +1,164 @@
-"""Gradient estimators on Gaussian costs and a linear-Gaussian ELBO: mean and variance vs exact.
+"""Gradient estimator variance on Gaussian costs vs k (Mohamed et al. 2020, Figs. 2-3).
 
-Mohamed et al. (2020), section 3: for f(x) = x², exp(x), cos(x) and a bounded
-sigmoid under N(μ, σ²), estimates ∂/∂μ and ∂/∂σ with every estimator over a
-grid of μ, σ and sample counts N, and reports each estimator's mean and
-variance beside the exact gradient and the exact variance (closed form or
-quadrature). Also the ELBO gradient of a diagonal Gaussian q in a
-linear-Gaussian model (exact gradient known). Writes results.json/.csv,
-config.json, and variance-vs-μ plots (one PNG per N).
-
-  python launch.py --experiment=gaussian_gradients --num_samples=1,10 \\
-      --estimators=pathwise,score,score_rloo --mus=-2,0,2
+q = N(μ, σ²) (default μ = σ = 1); costs (x-k)², exp(-kx²), cos(kx) over
+grids of k; ∂/∂μ and ∂/∂σ of E_q[f] by the score function, the score
+function with the variance-optimal constant baseline b*_θ = E[f s_θ²]/E[s_θ²]
+(exact, by quadrature), the pathwise and the coupled measure-valued
+estimator. Every row has the exact gradient, variance and 4th moment
+(quadrature) beside the measured ones and is checked (`disagrees`); the run
+states where variance curves cross and draws variance_vs_k_N*.png.
+The earlier μ-grid study: --costs=square,exp,cos,sigmoid --square_ks=0
+--cos_ks=1 --mus=-3,-2,-1,0,1,2,3 --num_samples=1,10,100.
 """
+
+import time
+
+import jax
+import numpy as np
 
 from experiments.common import outputs
 from vae import config as cfg
-from vae import gradient_study
+from vae import moments
+from vae import stats
 from vae.estimators import registry
-from vae.problems import gaussian_costs
+from vae.problems import gaussian_costs as gc
 
-PROBLEMS = ('gaussian_cost', 'linear_gaussian')
+ESTIMATORS = tuple(n for n in registry.names('expectation', 'continuous')
+                   if registry.lookup(n).state in (None, 'optimal_baseline'))
+_grid = lambda x: tuple(float(f'{v:.4g}') for v in x)
 
 
 @cfg.settings
 class Config:
-  costs: tuple[str, ...] = cfg.setting(
-      ('x^2', 'exp', 'cos', 'sigmoid'), 'Cost functions f.',
-      choices=tuple(gaussian_costs.COSTS))
+  costs: tuple[str, ...] = cfg.setting(('square', 'bump', 'cos'),
+                                       'Cost families f(x; k).',
+                                       choices=tuple(gc.FAMILIES))
+  square_ks: tuple[float, ...] = cfg.setting(
+      _grid(np.linspace(-3, 3, 13)), 'k of (x-k)^2.', min=-10.0, max=10.0)
+  bump_ks: tuple[float, ...] = cfg.setting(
+      _grid(np.logspace(-1, 1, 13)), 'k of exp(-kx^2).', gt=0.0, max=100.0)
+  cos_ks: tuple[float, ...] = cfg.setting(
+      _grid(np.geomspace(0.5, 5, 13)), 'k of cos(kx).', min=-10.0, max=10.0)
+  exp_ks: tuple[float, ...] = cfg.setting((1.0,), 'k of exp(kx).', min=-3.0,
+                                          max=3.0)
+  sigmoid_ks: tuple[float, ...] = cfg.setting((1.0,), 'k of sigmoid(kx).',
+                                              min=-10.0, max=10.0)
   estimators: tuple[str, ...] = cfg.setting(
-      ('pathwise', 'score', 'score_mean_baseline', 'score_rloo', 'score_delta',
-       'measure_valued'), 'Gradient estimators.',
-      choices=registry.names('expectation', 'continuous', stateless=True))
-  mus: tuple[float, ...] = cfg.setting(
-      (-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0), 'Grid of μ.',
-      min=-50.0, max=50.0)
-  sigmas: tuple[float, ...] = cfg.setting((1.0,), 'Grid of σ.', gt=0.0,
-                                          max=50.0)
-  num_samples: tuple[int, ...] = cfg.setting(
-      (1, 10, 100), 'Samples per gradient estimate N.', min=1, max=10**5)
+      ('score', 'score_optimal_baseline', 'pathwise', 'measure_valued'),
+      'Gradient estimators.', choices=ESTIMATORS)
+  mus: tuple[float, ...] = cfg.setting((1.0,), 'Grid of μ.', min=-10.0,
+                                       max=10.0)
+  sigmas: tuple[float, ...] = cfg.setting((1.0,), 'Grid of σ.', min=0.05,
+                                          max=3.0)
+  num_samples: tuple[int, ...] = cfg.setting((1,), 'Samples per estimate N.',
+                                             min=1, max=1000)
   num_draws: int = cfg.setting(
-      2000, 'Independent estimates per grid point (the variance is measured '
-      'over these).', min=2, max=10**7)
-  problems: tuple[str, ...] = cfg.setting(PROBLEMS, 'Problems.',
-                                          choices=PROBLEMS)
+      100000, 'Independent estimates per point (their mean, variance and '
+      '4th moment are measured).', min=2, max=10**7)
+
+  def ks(self, cost: str) -> tuple[float, ...]:
+    return getattr(self, f'{cost}_ks')
+
+  def check(self):
+    points = sum(len(self.ks(c)) for c in self.costs) * len(self.mus) * len(
+        self.sigmas)
+    work = self.num_draws * points * sum(self.num_samples) * len(
+        self.estimators)
+    if work > 2e10:
+      raise ValueError(f'num_draws: {work:.2g} cost evaluations (draws x grid '
+                       'points x samples x estimators) exceed 2e10.')
+    reach = max(abs(k) for k in self.exp_ks) * (
+        max(abs(m) for m in self.mus) + 6 * max(self.sigmas))
+    if 'exp' in self.costs and reach > 20:
+      raise ValueError(f'exp_ks: exp(kx) reaches exp({reach:.3g}) at 6σ; its '
+                       '4th powers overflow float32 beyond exp(20).')
 
 
-def plot_variances(run: outputs.Run, records, num_samples: int) -> None:
-  """Variance against μ per estimator (log scale), a panel per cost × param."""
+def _plot(out, config, records, curves, n):
   plt = outputs.pyplot()
-  rs = [r for r in records if r['problem'] == 'gaussian_cost' and
-        r['num_samples'] == num_samples]
-  costs = list(dict.fromkeys(r['cost'] for r in rs))
-  ests = list(dict.fromkeys(r['estimator'] for r in rs))
-  sigma = rs[0]['sigma']
-  fig, axes = plt.subplots(len(costs), 2, figsize=(10, 3 * len(costs)),
-                           squeeze=False)
-  for i, cost in enumerate(costs):
-    for j, param in enumerate(('mu', 'sigma')):
+  fig, axes = plt.subplots(3, len(config.costs), squeeze=False,
+                           figsize=(4 * len(config.costs), 9))
+  m, s = config.mus[0], config.sigmas[0]
+  for j, cost in enumerate(config.costs):
+    fam, ks = gc.FAMILIES[cost], config.ks(cost)
+    ticks = (ks[0], ks[len(ks) // 2], ks[-1])
+    for i, param in enumerate(gc.PARAMS):
       ax = axes[i, j]
-      for k, est in enumerate(ests):
-        pts = sorted((r['mu'], r['variance'], r['exact_variance']) for r in rs
-                     if r['cost'] == cost and r['param'] == param and
-                     r['estimator'] == est and r['sigma'] == sigma)
-        if not pts:
-          continue
-        ax.plot([p[0] for p in pts], [max(p[1], 1e-12) for p in pts], 'o-',
-                color=f'C{k}', label=est, ms=3)
-        if all(p[2] is not None for p in pts):
-          ax.plot([p[0] for p in pts], [max(p[2], 1e-12) for p in pts], '--',
-                  color=f'C{k}', lw=1)
-      ax.set_yscale('log')
-      ax.set_title(f'f(x) = {cost}: ∂/∂{"μ" if param == "mu" else "σ"}, '
-                   f'σ={sigma:g}, N={num_samples}', fontsize=9)
-      ax.set_xlabel('μ')
-      ax.set_ylabel('variance')
+      for c, est in enumerate(config.estimators):
+        pts = [(r['k'], r['variance']) for r in records if (
+            r['cost'], r['estimator'], r['param'], r['mu'], r['sigma'],
+            r['num_samples']) == (cost, est, param, m, s, n)]
+        ax.plot(*zip(*pts), 'o', ms=3, color=f'C{c}', label=est)
+        if est in curves[cost][param]:
+          ax.plot(curves[cost]['ks'], curves[cost][param][est] / n, '-',
+                  lw=1, color=f'C{c}')
+      low, top = min(v for r in records if (r['cost'], r['param']) == (
+          cost, param) for v in [r['variance']] if v > 0), ax.get_ylim()[1]
+      ax.set(yscale='log', xscale='log' if fam.log_k else 'linear',
+             xlabel='k', ylabel='variance',
+             ylim=(max(top * 1e-5, low / 3), top * 2),
+             title=f'{fam.label}: ∂/∂{"μ" if param == "mu" else "σ"}')
+      ax.set_xticks(ticks, [f'{k:g}' for k in ticks], minor=False)
+      ax.minorticks_off()
+    x = np.linspace(-3, 3, 200)
+    for k in ticks:
+      axes[2, j].plot(x, fam.d0(x, k), label=f'k={k:g}')
+    axes[2, j].set(xlabel='x', title=f'f(x) = {fam.label}')
+    axes[2, j].legend(fontsize=7)
   axes[0, 0].legend(fontsize=7)
-  fig.suptitle('Estimator variance (markers: measured; dashed: exact)')
+  fig.suptitle(f'Variance of {n}-sample estimates, q = N({m:g}, {s:g}²): '
+               'markers measured, lines exact (quadrature)')
   fig.tight_layout()
-  run.save_figure(fig, f'variance_vs_mu_N{num_samples}.png')
+  out.save_figure(fig, f'variance_vs_k_N{n}.png')
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  fams = {c: gc.FAMILIES[c] for c in config.costs}
+  grids = {c: gc.with_baselines(f, gc.grid_points(
+      config.ks(c), config.mus, config.sigmas)) for c, f in fams.items()}
+  points = gc.concatenate(grids)
+  size = len(points['k']) * sum(config.num_samples)
+  chunk = moments.default_chunk(config.num_draws, 8 * size, 2**22, 10**7)
+  start, programs = time.time(), {}
+  for est in config.estimators:
+    program = gc.moment_program(registry.lookup(est), tuple(fams.values()),
+                                config.num_samples, config.num_draws, chunk)
+    programs[est] = jax.jit(program).lower(seed, points).compile()
+  compiled = time.time()
+  measured = {e: jax.tree.map(np.asarray, p(seed, points))
+              for e, p in programs.items()}
+  sampled = time.time()
   records = []
-  if 'gaussian_cost' in config.problems:
-    out.log(f'gaussian_gradients: {len(config.costs)} costs x '
-            f'{len(config.estimators)} estimators x '
-            f'{len(config.mus) * len(config.sigmas)} (μ, σ) points x N in '
-            f'{list(config.num_samples)}, {config.num_draws} draws each')
-    records += gradient_study.gaussian_cost_records(
-        config.costs, config.estimators, config.mus, config.sigmas,
-        config.num_samples, config.num_draws, seed)
-  if 'linear_gaussian' in config.problems:
-    out.log('gaussian_gradients: linear-Gaussian ELBO gradients')
-    records += gradient_study.linear_gaussian_records(
-        config.estimators, config.num_samples, config.num_draws, seed)
-  if 'gaussian_cost' in config.problems:
-    for n in config.num_samples:
-      plot_variances(out, records, n)
-  out.table(gradient_study.summary_rows(records))
-  out.log('max|z|: largest |mean - exact| / std_error over the grid '
-          '(unbiased: below ~4). geomean_var: geometric mean of the variance '
-          'over the grid. max|var/exact-1|: worst relative error of the '
-          'measured variance against its closed form.')
+  for est, n in ((e, n) for e in config.estimators for n in config.num_samples):
+    if n < registry.lookup(est).min_samples:
+      continue
+    for i, c in enumerate(fams):
+      at = points['family'] == i
+      st = {m: {p: measured[est][m][str(n)][p][at] for p in gc.PARAMS}
+            for m in ('mean', 'variance')}
+      records += gc.records(c, est, grids[c], st, gc.exact_rows(
+          fams[c], est, grids[c], n), n, config.num_draws)
+  records = stats.mark_disagreements(records)
+  curves, crossings = {}, []
+  for c, fam in fams.items():
+    ks = config.ks(c)
+    fine = (np.geomspace if fam.log_k and min(ks) > 0 else np.linspace)(
+        min(ks), max(ks), 61) if len(ks) > 2 else np.asarray(ks)
+    m, s = config.mus[0], config.sigmas[0]
+    curves[c] = {'ks': fine, **gc.variance_curves(fam, config.estimators,
+                                                  fine, m, s, 1)}
+    for param in gc.PARAMS if len(ks) > 2 else ():
+      for x in gc.crossovers(fine, curves[c][param], fam.log_k):
+        crossings.append({'cost': c, 'param': param, 'mu': m, 'sigma': s,
+                          **x})
+  exact = time.time()
+  out.log(f'gaussian_gradients: compiled {len(programs)} programs in '
+          f'{compiled - start:.2f} s, sampled {config.num_draws} draws in '
+          f'{sampled - compiled:.2f} s, exact values in {exact - sampled:.2f} s')
+  for n in config.num_samples:
+    _plot(out, config, records, curves, n)
+  out.write_json('crossovers.json', crossings)
+  out.table(crossings, float_fmt='.3g')
+  out.log(f'{len(crossings)} crossovers of the exact variance curves: the k '
+          'where the lower-variance estimator changes (any N).')
   return records

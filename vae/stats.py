@@ -57,3 +57,36 @@ def variance_z(variance, exact_variance, exact_m4, n: int, mean=0.0):
   floor = FLOAT_RTOL * (1e-12 + scale)**2 + 1e-12
   return (np.asarray(variance, np.float64) - exact_variance) / np.maximum(
       se, floor)
+
+
+def mark_disagreements(records, exact_key: str = 'exact_gradient',
+                       alpha: float = 0.01) -> list[dict]:
+  """Records with `mean_z`, `variance_z` and `disagrees` added.
+
+  Each record holds `mean`, `variance` (over `num_draws` draws), the exact
+  mean under `exact_key` and, where known, `exact_variance` and `exact_m4`
+  (the draws' exact 4th central moment). The mean is checked with
+  SE = √(σ²/n) (σ² exact where known, else measured), the variance with
+  `variance_z`; a record disagrees when a |z| exceeds the Bonferroni
+  threshold z_threshold(k, alpha) over the k checks in `records`.
+
+  Returns:
+    New dicts (the inputs are not modified).
+  """
+  out = []
+  for r in records:
+    known = r.get('exact_variance') is not None
+    var = r['exact_variance'] if known else r['variance']
+    z = {'mean_z': float(mean_z(r['mean'], r[exact_key], math.sqrt(var),
+                                r['num_draws']))}
+    z['variance_z'] = float(variance_z(
+        r['variance'], r['exact_variance'], r['exact_m4'], r['num_draws'],
+        r[exact_key])) if known else None
+    out.append({**r, **z})
+  num_checks = sum(1 + (r['variance_z'] is not None) for r in out)
+  threshold = z_threshold(max(num_checks, 1), alpha)
+  for r in out:
+    zs = [abs(r['mean_z'])] + ([abs(r['variance_z'])]
+                               if r['variance_z'] is not None else [])
+    r['disagrees'] = bool(not all(np.isfinite(zs)) or max(zs) > threshold)
+  return out

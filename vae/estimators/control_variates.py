@@ -45,7 +45,16 @@ def moving_average_update(baseline: Array, costs: Array,
 
 
 def cost_at_mean_baseline(function: CostFn, dist) -> Array:
-  """b = f(E_q[z]): a baseline that uses no sample, so the estimator is unbiased."""
+  """b = f(E_q[z]): a baseline that uses no sample, so the estimator is unbiased.
+
+  Defined where E_q[z] is a valid input of f: Normal and Bernoulli (f must
+  accept the probabilities σ(logits)). A Categorical's samples are class
+  indices, whose mean is no class: refused with a TypeError.
+  """
+  if not hasattr(dist, 'mean'):
+    raise TypeError(f'score_mean_baseline needs q with a mean that f accepts '
+                    f'(Normal, Bernoulli), got {type(dist).__name__}; use '
+                    'score_rloo or score_optimal_baseline.')
   return sg(function(dist.mean()))
 
 
@@ -130,8 +139,8 @@ def cost_at_mean_surrogate(function: CostFn, params: Params,
     The surrogate.
   """
   b = cost_at_mean_baseline(function, dist_builder(params))
-  return core.score_function_surrogate(function, params, dist_builder,
-                                             key, num_samples, baseline=b)
+  return core.score_function_surrogate(function, params, dist_builder, key,
+                                      num_samples, baseline=b)
 
 
 cost_at_mean = core.gradient_from_surrogate(cost_at_mean_surrogate)

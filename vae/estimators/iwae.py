@@ -92,18 +92,23 @@ def dreg_surrogate(log_joint: CostFn, params: Params, dist_builder: DistBuilder,
                    key: PRNGKey, num_samples: int, beta: float = 1.0) -> Array:
   """Doubly-reparameterized gradient (Tucker, Lawson, Gu & Maddison 2019).
 
-  Encoder:  ∇_φ IWAE_K ≈ Σ_k w̃_k² ∂ log w_k/∂z_k · ∂z_k/∂φ,
-  decoder:  ∇_θ IWAE_K ≈ Σ_k w̃_k ∇_θ log p_θ(x, z_k).
-  Unbiased for ∇IWAE_K (for β = 1), and its encoder SNR grows with K. Requires
-  reparameterizable q and log p differentiable in z.
+  With log w_k = log p̃(z_k) - β log q_φ(z_k), z_k = z(ε_k; φ), the score
+  term of ∇_φ IWAE_K is -β E[Σ_k w̃_k ∇_φ log q_φ(z_k)], and for any F(z_k)
+  E_q[F ∇_φ log q_φ] = E_ε[∂F/∂z_k ∂z_k/∂φ]; with F = w̃_k,
+  ∂w̃_k/∂z_k = w̃_k (1 - w̃_k) ∂log w_k/∂z_k. Hence
+    encoder:  ∇_φ IWAE_K ≈ Σ_k ((1 - β) w̃_k + β w̃_k²) ∂log w_k/∂z_k ∂z_k/∂φ,
+    decoder:  ∇_θ IWAE_K ≈ Σ_k w̃_k ∇_θ log p̃_θ(z_k),
+  (w̃_k² at β = 1, the published form). Unbiased for ∇IWAE_K at every β;
+  its encoder SNR grows with K. Requires reparameterizable q and log p̃
+  differentiable in z.
 
   Args:
-    log_joint: z -> log p(x, z).
+    log_joint: z -> log p̃(z) = log p(x|z) + β log p(z).
     params: φ.
     dist_builder: φ -> q.
     key: PRNG key.
     num_samples: K ≥ 1.
-    beta: weight on log q.
+    beta: the weight on log q in log w (a number or a traced scalar).
 
   Returns:
     A surrogate whose value is log (1/K) Σ_k w_k.
@@ -113,9 +118,10 @@ def dreg_surrogate(log_joint: CostFn, params: Params, dist_builder: DistBuilder,
   z = q.sample(key, (num_samples,))
   log_w_stl = _log_weights(log_joint, sg(q), z, beta)  # path through z only
   normalized = sg(jax.nn.softmax(log_w_stl))
+  weight = (1.0 - beta) * normalized + beta * normalized**2
   log_p_fixed_z = jax.vmap(log_joint)(sg(z))  # decoder gradient only
-  surrogate = (jnp.sum(normalized**2 * log_w_stl) +
-               jnp.sum((normalized - normalized**2) * log_p_fixed_z))
+  surrogate = (jnp.sum(sg(weight) * log_w_stl) +
+               jnp.sum(sg(normalized - weight) * log_p_fixed_z))
   bound = log_mean_exp(log_w_stl)
   return surrogate + sg(bound - surrogate)
 

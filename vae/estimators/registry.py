@@ -9,10 +9,12 @@ An entry says which targets the estimator has a surrogate for:
     iwae         ∇ IWAE_K = ∇ E[log (1/K) Σ_k p(x, z_k) / q(z_k)^β], from
                  `log_joint` (`vae.estimators.iwae`);
 
-whether it is unbiased, which latents it works on, what it requires, and the
+whether it is unbiased, which latents and which distribution families
+(Normal, Bernoulli, Categorical) it works on, what it requires, and the
 state or options the caller must supply. `check` refuses invalid
-combinations (e.g. DReG with β ≠ 1) with a one-line error, and
-`surrogate_objective` (`vae.objectives`) dispatches through `get`.
+combinations (an estimator on a family it does not support, too few
+samples) with a one-line error, and `surrogate_objective`
+(`vae.objectives`) dispatches through `get`.
 
 Adding an estimator is one surrogate function plus one entry here; the
 registry-walking tests then check its mean against exact values.
@@ -30,6 +32,12 @@ from vae.estimators import iwae
 
 OBJECTIVES = ('elbo', 'elbo_mc_kl', 'iwae')
 LATENTS = ('continuous', 'discrete')
+FAMILIES = ('normal', 'bernoulli', 'categorical')
+# Caller-kept state, passed as `baseline=`: a moving average of past costs
+# (a training loop keeps it), or the variance-optimal constant
+# b*_θ = E_q[f s_θ²] / E_q[s_θ²], s_θ = ∂ log q/∂θ (known only where E_q can
+# be computed, e.g. by quadrature: `gaussian_costs.optimal_baseline`).
+STATES = ('moving_average', 'optimal_baseline')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +53,13 @@ class Estimator:
     unbiased: E[estimate] equals the true gradient (for every supported
       objective; see `note` for exceptions).
     latents: the latents it works on: a subset of LATENTS.
+    families: the distributions q it works on: a subset of FAMILIES.
     needs_differentiable_f: f (or log p) must be differentiable in z.
     needs_reparameterization: q must be reparameterizable.
     min_samples: the smallest valid number of samples.
     evaluations_per_sample: evaluations of f per sample (DisARM: 2).
-    state: 'moving_average' when the caller keeps a baseline b (passed as
-      `baseline=`), else None.
+    state: one of STATES when the caller supplies a baseline b (passed as
+      `baseline=`: a scalar, or a tree like params), else None.
     options: keyword options it accepts (e.g. 'temperature').
     note: what else to know (exceptions to `unbiased`, references).
   """
@@ -59,6 +68,7 @@ class Estimator:
   iwae: Callable | None
   unbiased: bool
   latents: tuple[str, ...]
+  families: tuple[str, ...]
   needs_differentiable_f: bool
   needs_reparameterization: bool
   min_samples: int = 1
@@ -68,53 +78,69 @@ class Estimator:
   note: str = ''
 
   def objectives(self) -> tuple[str, ...]:
-    """The objectives this estimator has a surrogate for."""
-    out = ('elbo', 'elbo_mc_kl') if self.expectation is not None else ()
+    """The objectives this estimator has a surrogate for.
+
+    An estimator whose baseline must be computed from E_q (state
+    'optimal_baseline') estimates ∇E_q[f] for a known f only: no ELBO.
+    """
+    out = ('elbo', 'elbo_mc_kl') if self.expectation is not None and (
+        self.state != 'optimal_baseline') else ()
     if self.name == 'stl':
       out = ('elbo_mc_kl',)
     return out + (('iwae',) if self.iwae is not None else ())
 
 
 _CONT, _DISC, _ANY = ('continuous',), ('discrete',), LATENTS
+_N, _B, _C = ('normal',), ('bernoulli',), ('categorical',)
 _SCORE = dict(needs_differentiable_f=False, needs_reparameterization=False)
 _REPARAM = dict(needs_differentiable_f=True, needs_reparameterization=True)
+_RELAXED = dict(needs_differentiable_f=True, needs_reparameterization=False,
+                options=('temperature',))
 
 # The order is part of the key derivation of experiments (`index`): append.
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator('pathwise', core.pathwise_surrogate, iwae.iwae_surrogate, True,
-              _CONT, **_REPARAM),
+              _CONT, _N, **_REPARAM),
     Estimator('score', core.score_function_surrogate,
-              iwae.iwae_score_surrogate, True, _ANY, **_SCORE),
+              iwae.iwae_score_surrogate, True, _ANY, FAMILIES, **_SCORE),
     Estimator('score_mean_baseline', control_variates.cost_at_mean_surrogate,
-              None, True, _ANY, **_SCORE, note='baseline b = f(E_q[z])'),
+              None, True, _ANY, _N + _B, **_SCORE,
+              note='baseline b = f(E_q[z]); not for Categorical q (its '
+              'samples are indices, E_q[z] is none)'),
     Estimator('score_rloo', core.leave_one_out_surrogate, None, True, _ANY,
-              min_samples=2, **_SCORE),
+              FAMILIES, min_samples=2, **_SCORE),
     Estimator('score_delta', control_variates.delta_method_surrogate, None,
-              True, _CONT, needs_differentiable_f=True,
+              True, _CONT, _N, needs_differentiable_f=True,
               needs_reparameterization=False,
               note='Normal q; f twice differentiable'),
     Estimator('measure_valued', core.measure_valued_surrogate, None, True,
-              _CONT, evaluations_per_sample=4, **_SCORE,
-              note='Normal q; 4 evaluations of f per sample and coordinate'),
+              _CONT, _N, evaluations_per_sample=4, **_SCORE,
+              note='Normal q; coupled (common random numbers); 4 '
+              'evaluations of f per sample and coordinate'),
     Estimator('gumbel_softmax', discrete.gumbel_softmax_surrogate, None, False,
-              _DISC, needs_differentiable_f=True,
-              needs_reparameterization=False, options=('temperature',),
+              _DISC, _B + _C, **_RELAXED,
               note='biased; the bias vanishes as temperature -> 0'),
     Estimator('straight_through', discrete.straight_through_surrogate, None,
-              False, _DISC, needs_differentiable_f=True,
-              needs_reparameterization=False, options=('temperature',)),
-    Estimator('disarm', discrete.disarm_surrogate, None, True, _DISC,
+              False, _DISC, _B + _C, **_RELAXED,
+              note='biased; the value is unbiased (exact discrete samples)'),
+    Estimator('disarm', discrete.disarm_surrogate, None, True, _DISC, _B,
               evaluations_per_sample=2, **_SCORE,
               note='Bernoulli q; num_samples antithetic pairs'),
     Estimator('score_moving_average', core.score_function_surrogate, None,
-              True, _ANY, state='moving_average', **_SCORE,
+              True, _ANY, FAMILIES, state='moving_average', **_SCORE,
               note='baseline: a moving average of past costs, kept by the '
               'caller (unbiased: it does not depend on this step\'s samples)'),
-    Estimator('stl', None, iwae.stl_surrogate, False, _CONT, **_REPARAM,
+    Estimator('stl', None, iwae.stl_surrogate, False, _CONT, _N, **_REPARAM,
               note='unbiased at K = 1 (the ELBO), biased for K > 1'),
-    Estimator('dreg', None, iwae.dreg_surrogate, True, _CONT, **_REPARAM),
-    Estimator('vimco', None, iwae.vimco_surrogate, True, _ANY, min_samples=2,
-              **_SCORE),
+    Estimator('dreg', None, iwae.dreg_surrogate, True, _CONT, _N, **_REPARAM,
+              note='weights (1 - β) w̃ + β w̃²: unbiased at every β'),
+    Estimator('vimco', None, iwae.vimco_surrogate, True, _ANY, FAMILIES,
+              min_samples=2, **_SCORE),
+    Estimator('score_optimal_baseline', core.score_function_surrogate, None,
+              True, _ANY, FAMILIES, state='optimal_baseline', **_SCORE,
+              note='score function with the variance-optimal constant '
+              'b*_θ = E[f s_θ²]/E[s_θ²] per parameter, supplied by the caller '
+              '(exact where E_q is known); ∇E_q[f] only'),
 ]}
 
 
@@ -123,7 +149,9 @@ def names(objective: str | None = None, latents: str | None = None,
   """The estimators for `objective` ('expectation' for E_q[f]) and `latents`.
 
   Args:
-    objective: one of OBJECTIVES or 'expectation'; None: any.
+    objective: one of OBJECTIVES or 'expectation' (∇E_q[f] for a known f,
+      incl. estimators whose baseline the caller computes from E_q); None:
+      any of OBJECTIVES (what a model can train with).
     latents: 'continuous' or 'discrete'; None: any.
     stateless: leave out estimators that need caller-kept state.
 
@@ -133,6 +161,8 @@ def names(objective: str | None = None, latents: str | None = None,
   out = []
   for e in ESTIMATORS.values():
     if objective == 'expectation' and e.expectation is None:
+      continue
+    if objective is None and not e.objectives():
       continue
     if objective not in (None, 'expectation') and objective not in (
         e.objectives()):
@@ -159,15 +189,18 @@ def index(name: str) -> int:
 
 
 def check(name: str, objective: str = 'expectation', num_samples: int = 1,
-          beta: float = 1.0, latents: str | None = None) -> Estimator:
+          beta: float = 1.0, latents: str | None = None,
+          family: str | None = None) -> Estimator:
   """The entry, after refusing an invalid combination (ValueError, one line).
 
   Args:
     name: the estimator.
     objective: 'expectation' or one of OBJECTIVES.
     num_samples: samples per estimate (K for 'iwae').
-    beta: the KL weight of the objective.
+    beta: the KL weight of the objective (every estimator here is valid
+      at every β ≥ 0; DReG uses the general weights).
     latents: 'continuous' or 'discrete', if known.
+    family: 'normal', 'bernoulli' or 'categorical' (q's family), if known.
 
   Returns:
     The `Estimator`.
@@ -187,9 +220,11 @@ def check(name: str, objective: str = 'expectation', num_samples: int = 1,
     raise ValueError(f'estimator {name!r} does not work on {latents} '
                      f'latents; choose from: '
                      f'{", ".join(names(objective, latents))}.')
-  if name == 'dreg' and isinstance(beta, (int, float)) and beta != 1.0:
-    raise ValueError(f"estimator 'dreg' is unbiased only for beta = 1 "
-                     f'(got beta = {beta}); use pathwise or stl.')
+  if family is not None and family not in e.families:
+    raise ValueError(f'estimator {name!r} does not work on {family} q; it '
+                     f'works on: {", ".join(e.families)}.')
+  if isinstance(beta, (int, float)) and not beta >= 0:
+    raise ValueError(f'beta must be >= 0, got {beta}.')
   return e
 
 

@@ -1,163 +1,477 @@
-"""Gaussian expectations E_{N(μ, σ²)}[f(x)] with known answers.
+"""Gaussian expectations E_{N(μ, σ²)}[f(x; k)] with known answers.
 
-The test bed of Mohamed et al. (2020, sec. 3): scalar costs under a scalar
-Gaussian, their expectations and gradients in closed form, and the exact
-variance of each single-sample gradient estimator computed by adaptive
-quadrature (`scipy.integrate.quad`, absolute error ~1e-10), so that an
-experiment can print the measured variance beside the true one.
+The test bed of Mohamed, Rosca, Figurnov & Mnih (2020, sec. 3, Figs. 2-3):
+scalar costs f(x; k) under a scalar Gaussian q = N(μ, σ²), in families
+indexed by k,
+
+    square   (x - k)²         bump     exp(-k x²)       cos   cos(k x)
+    exp      exp(k x)         sigmoid  1 / (1 + exp(-k x)),
+
+their gradients ∂/∂μ, ∂/∂σ of E_q[f] (closed form, or quadrature for
+sigmoid), and the exact mean, variance and fourth central moment of ONE
+sample of each gradient estimator, by quadrature over the estimator's own
+random numbers (ε ~ N(0, 1); the Weibull W; the coupled Maxwell pair
+(M, U·M)). The quadrature is composite 16-point Gauss-Legendre on panels no
+wider than a third of the cost's length scale in ε, so its error (~1e-12
+relative) is far below any sampling error. The estimate of a whole grid of
+(k, μ, σ) points in one jittable call is `grid_gradients`.
 """
 
 import dataclasses
 import math
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import integrate
+
+from vae import distributions as dists
+from vae import moments
+from vae import types
+from vae.estimators import registry
 
 SQRT_2PI = math.sqrt(2.0 * math.pi)
-# Quadrature range in units of σ: the Gaussian tail beyond 30 is < 1e-190.
-_LIMIT = 30.0
+PARAMS = ('mu', 'sigma')
+# Estimators whose one-sample moments `single_sample_moments` knows.
+EXACT_MOMENTS = ('pathwise', 'score', 'score_mean_baseline',
+                 'score_optimal_baseline', 'score_delta', 'measure_valued')
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(16)
+_TAIL = 13.0  # Quadrature range in ε beyond the cost's growth: φ(13) ~ 1e-37.
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianCost:
-  """A scalar cost f with its derivative, for E_{N(μ,σ²)}[f(x)].
+class CostFamily:
+  """A family f(x; k) of scalar costs with derivatives and closed forms.
 
   Attributes:
-    name: the name used in results ('x^2', 'exp', 'cos', 'sigmoid').
-    fn: f as a jnp function (used by the estimators).
-    np_fn: f as a numpy function (used by quadrature).
-    np_grad: f' as a numpy function.
-    expectation: (μ, σ) -> E[f] in closed form, or None.
-    grad_mu: (μ, σ) -> ∂E/∂μ in closed form, or None.
-    grad_sigma: (μ, σ) -> ∂E/∂σ in closed form, or None.
+    name: the name in settings and results.
+    label: the formula, for plots.
+    fn: (x, k) -> f as jnp (what the estimators evaluate).
+    d0: (x, k) -> f as numpy (quadrature).
+    d1: (x, k) -> ∂f/∂x as numpy.
+    d2: (x, k) -> ∂²f/∂x² as numpy.
+    moments: (k, μ, σ) -> (E f, ∂E/∂μ, ∂E/∂σ) in closed form, or None.
+    length: (k, σ) -> the length scale of f(μ + σε) in ε (inf: none).
+    growth: (k, σ) -> a in f = O(e^{a|ε|}) (0: polynomial or bounded).
+    log_k: plot k on a log axis.
   """
   name: str
+  label: str
   fn: Callable
-  np_fn: Callable
-  np_grad: Callable
-  expectation: Callable | None = None
-  grad_mu: Callable | None = None
-  grad_sigma: Callable | None = None
+  d0: Callable
+  d1: Callable
+  d2: Callable
+  moments: Callable | None
+  length: Callable
+  growth: Callable
+  log_k: bool
+
+
+def _square_moments(k, m, s):
+  return (m - k)**2 + s**2, 2 * (m - k), 2 * s + 0 * k
+
+
+def _bump_moments(k, m, s):
+  # E exp(-k x²) = a^{-1/2} exp(-k μ²/a), a = 1 + 2kσ².
+  a = 1 + 2 * k * s**2
+  e = np.exp(-k * m**2 / a) / np.sqrt(a)
+  return e, e * (-2 * k * m / a), e * (-2 * k * s / a +
+                                       4 * k**2 * m**2 * s / a**2)
+
+
+def _cos_moments(k, m, s):
+  damp = np.exp(-0.5 * (k * s)**2)
+  return (np.cos(k * m) * damp, -k * np.sin(k * m) * damp,
+          -k**2 * s * np.cos(k * m) * damp)
+
+
+def _exp_moments(k, m, s):
+  e = np.exp(k * m + 0.5 * (k * s)**2)
+  return e, k * e, k**2 * s * e
 
 
 def _np_sigmoid(x):
   return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-COSTS = {
-    'x^2': GaussianCost(
-        'x^2', lambda x: x**2, lambda x: x**2, lambda x: 2 * x,
-        expectation=lambda m, s: m**2 + s**2,
-        grad_mu=lambda m, s: 2 * m,
-        grad_sigma=lambda m, s: 2 * s),
-    'exp': GaussianCost(
-        'exp', jnp.exp, np.exp, np.exp,
-        expectation=lambda m, s: math.exp(m + s**2 / 2),
-        grad_mu=lambda m, s: math.exp(m + s**2 / 2),
-        grad_sigma=lambda m, s: s * math.exp(m + s**2 / 2)),
-    'cos': GaussianCost(
-        'cos', jnp.cos, np.cos, lambda x: -np.sin(x),
-        expectation=lambda m, s: math.cos(m) * math.exp(-s**2 / 2),
-        grad_mu=lambda m, s: -math.sin(m) * math.exp(-s**2 / 2),
-        grad_sigma=lambda m, s: -s * math.cos(m) * math.exp(-s**2 / 2)),
-    # Bounded, no closed form: reference values come from quadrature.
-    'sigmoid': GaussianCost(
-        'sigmoid', lambda x: 1.0 / (1.0 + jnp.exp(-x)), _np_sigmoid,
-        lambda x: _np_sigmoid(x) * (1 - _np_sigmoid(x))),
-}
+def _sigmoid_d2(x, k):
+  p = _np_sigmoid(k * x)
+  return k**2 * p * (1 - p) * (1 - 2 * p)
 
 
-def cost_index(name: str) -> int:
-  """A stable integer id of a cost (for deriving PRNG keys)."""
-  return list(COSTS).index(name)
+_inverse = lambda k, s: 1.0 / np.maximum(np.abs(k) * s, 1e-300)
+FAMILIES = {f.name: f for f in [
+    CostFamily('square', '(x-k)^2', lambda x, k: (x - k)**2,
+               lambda x, k: (x - k)**2, lambda x, k: 2 * (x - k),
+               lambda x, k: 2.0 + 0 * x, _square_moments,
+               lambda k, s: np.inf, lambda k, s: 0.0, False),
+    CostFamily('bump', 'exp(-kx^2)', lambda x, k: jnp.exp(-k * x**2),
+               lambda x, k: np.exp(-k * x**2),
+               lambda x, k: -2 * k * x * np.exp(-k * x**2),
+               lambda x, k: (4 * k**2 * x**2 - 2 * k) * np.exp(-k * x**2),
+               _bump_moments,
+               lambda k, s: 1.0 / np.maximum(np.sqrt(np.abs(k)) * s, 1e-300),
+               lambda k, s: 0.0, True),
+    CostFamily('cos', 'cos(kx)', lambda x, k: jnp.cos(k * x),
+               lambda x, k: np.cos(k * x), lambda x, k: -k * np.sin(k * x),
+               lambda x, k: -k**2 * np.cos(k * x), _cos_moments, _inverse,
+               lambda k, s: 0.0, True),
+    CostFamily('exp', 'exp(kx)', lambda x, k: jnp.exp(k * x),
+               lambda x, k: np.exp(k * x), lambda x, k: k * np.exp(k * x),
+               lambda x, k: k**2 * np.exp(k * x), _exp_moments, _inverse,
+               lambda k, s: np.abs(k) * s, False),
+    CostFamily('sigmoid', 'sigmoid(kx)', lambda x, k: jax.nn.sigmoid(k * x),
+               lambda x, k: _np_sigmoid(k * x),
+               lambda x, k: k * _np_sigmoid(k * x) * _np_sigmoid(-k * x),
+               _sigmoid_d2, None, _inverse, lambda k, s: 0.0, False),
+]}
 
 
-def _normal_expectation(g: Callable[[float], float]) -> float:
-  """E_{ε~N(0,1)}[g(ε)] by adaptive quadrature."""
-  val, _ = integrate.quad(lambda e: g(e) * math.exp(-0.5 * e * e) / SQRT_2PI,
-                          -_LIMIT, _LIMIT, epsabs=1e-12, epsrel=1e-12,
-                          limit=200)
-  return val
+# --------------------------------------------------------------------------
+# Quadrature rules for the estimators' random numbers (nodes, weights).
 
 
-def _rayleigh_expectation(g: Callable[[float], float]) -> float:
-  """E_{W~Rayleigh(1)}[g(W)], density w exp(-w²/2) on w > 0."""
-  val, _ = integrate.quad(lambda w: g(w) * w * math.exp(-0.5 * w * w), 0,
-                          _LIMIT, epsabs=1e-12, epsrel=1e-12, limit=200)
-  return val
+def _panels(lo: float, hi: float, width: float):
+  """Composite 16-point Gauss-Legendre nodes and weights on [lo, hi]."""
+  n = max(1, math.ceil((hi - lo) / width))
+  edges = np.linspace(lo, hi, n + 1)
+  half = 0.5 * np.diff(edges)[:, None]
+  mid = 0.5 * (edges[1:] + edges[:-1])[:, None]
+  return (mid + half * _GL_X).ravel(), (half * _GL_W).ravel()
 
 
-def _maxwell_expectation(g: Callable[[float], float]) -> float:
-  """E_{M~double-sided Maxwell(0,1)}[g(M)], density m² φ(m)."""
-  return _normal_expectation(lambda m: m * m * g(m))
+def _rule(name: str, family: CostFamily, k: float, sigma: float):
+  """Nodes and weights for E over the random numbers of one estimator.
+
+  'normal': (ε, w), ε ~ N(0, 1). 'weibull': (W, w), W ~ Rayleigh(1).
+  'maxwell': (M, ε = U·M, w), M ~ double-sided Maxwell, U ~ U(0, 1): the
+  joint density |m| φ(m) on {0 < ε/m < 1}, written with m = ±(t + r),
+  ε = ±t, t, r ≥ 0, so the integrand is smooth on a product of panel rules.
+  """
+  tail = _TAIL + 4.0 * float(family.growth(k, sigma))
+  width = min(1.0, 3.0 * float(family.length(k, sigma)))
+  phi = lambda x: np.exp(-0.5 * x * x) / SQRT_2PI
+  if name == 'normal':
+    e, w = _panels(-tail, tail, width)
+    return e, w * phi(e)
+  r, wr = _panels(0.0, tail, width)
+  if name == 'weibull':
+    return r, wr * r * np.exp(-0.5 * r * r)
+  t, wt = r[:, None], wr[:, None]
+  m = t + r
+  w = (wt * wr * m * phi(m)).ravel()
+  t = np.broadcast_to(t, m.shape).ravel()
+  m = m.ravel()
+  return (np.concatenate([m, -m]), np.concatenate([t, -t]),
+          np.concatenate([w, w]))
 
 
-def exact_gradient(cost: GaussianCost, param: str, mu: float,
-                   sigma: float) -> float:
-  """∂/∂μ or ∂/∂σ of E_{N(μ,σ²)}[f]: closed form, or quadrature of E[f'(x)·∂x]."""
-  closed = cost.grad_mu if param == 'mu' else cost.grad_sigma
-  if closed is not None:
-    return float(closed(mu, sigma))
-  if param == 'mu':
-    return _normal_expectation(lambda e: cost.np_grad(mu + sigma * e))
-  return _normal_expectation(lambda e: cost.np_grad(mu + sigma * e) * e)
+def optimal_baseline(family: CostFamily, param: str, k: float, mu: float,
+                     sigma: float) -> float:
+  """b*_θ = E[f s_θ²] / E[s_θ²]: the constant minimising Var[(f - b) s_θ].
+
+  s_μ = ε/σ, s_σ = (ε² - 1)/σ for x = μ + σε, so E[s_μ²] = 1/σ²,
+  E[s_σ²] = 2/σ² (the σ² cancels). By quadrature.
+  """
+  e, w = _rule('normal', family, k, sigma)
+  s2, norm = (e * e, 1.0) if param == 'mu' else ((e * e - 1)**2, 2.0)
+  return float(np.sum(w * family.d0(mu + sigma * e, k) * s2) / norm)
 
 
-def single_sample_moments(cost: GaussianCost, estimator: str, param: str,
-                          mu: float, sigma: float) -> tuple[float, float] | None:
-  """(mean, variance) of ONE-sample gradient estimate, by quadrature.
+def single_sample_draw(family: CostFamily, estimator: str, param: str,
+                       k: float, mu: float, sigma: float):
+  """ONE-sample estimate g as a function of its random numbers, and the rule.
 
-  Known for 'pathwise', 'score', 'score_mean_baseline' (b = f(μ)),
-  'score_delta' (delta-method control variate) and 'measure_valued';
-  None for the others (e.g. RLOO, whose samples are not independent).
-  The variance of an estimate that averages N independent samples is this
-  variance / N.
-
-  Args:
-    cost: the cost.
-    estimator: estimator name.
-    param: 'mu' or 'sigma'.
-    mu: μ.
-    sigma: σ > 0.
+  With x = μ + σε:
+    pathwise               ∂μ: f'(x)             ∂σ: f'(x) ε
+    score                  ∂μ: f(x) ε/σ          ∂σ: f(x)(ε² - 1)/σ
+    score + baseline b     (f(x) - b) s_θ, b = f(μ) (score_mean_baseline)
+                           or b*_θ (score_optimal_baseline)
+    score_delta            (f(x) - h(x)) s_θ + ∂_θ E[h],  h the 2nd-order
+                           Taylor polynomial of f at μ: ∂_μ E h = f'(μ),
+                           ∂_σ E h = f''(μ) σ
+    measure_valued         ∂μ: (f(μ + σW) - f(μ - σW)) / (σ√(2π))
+                           ∂σ: (f(μ + σM) - f(μ + σUM)) / σ.
 
   Returns:
-    (mean, variance) or None.
+    (rule name, g: numpy function of the rule's nodes), or None for an
+    estimator whose one-sample law is not this (e.g. score_rloo).
   """
-  f, df = cost.np_fn, cost.np_grad
-  x = lambda e: mu + sigma * e
+  f, d1 = (lambda x: family.d0(x, k)), (lambda x: family.d1(x, k))
   if estimator == 'measure_valued':
     if param == 'mu':
-      c = 1.0 / (sigma * SQRT_2PI)
-      g = lambda w: c * (f(mu + sigma * w) - f(mu - sigma * w))
-      m1 = _rayleigh_expectation(g)
-      m2 = _rayleigh_expectation(lambda w: g(w)**2)
-      return m1, m2 - m1**2
-    # Independent Maxwell and Normal parts: variances add.
-    pos_m1 = _maxwell_expectation(lambda m: f(x(m)))
-    pos_m2 = _maxwell_expectation(lambda m: f(x(m))**2)
-    neg_m1 = _normal_expectation(lambda e: f(x(e)))
-    neg_m2 = _normal_expectation(lambda e: f(x(e))**2)
-    var = (pos_m2 - pos_m1**2 + neg_m2 - neg_m1**2) / sigma**2
-    return (pos_m1 - neg_m1) / sigma, var
+      return 'weibull', lambda w: (f(mu + sigma * w) - f(mu - sigma * w)) / (
+          sigma * SQRT_2PI)
+    return 'maxwell', lambda m, e: (f(mu + sigma * m) -
+                                    f(mu + sigma * e)) / sigma
   score = (lambda e: e / sigma) if param == 'mu' else (
       lambda e: (e * e - 1.0) / sigma)
   if estimator == 'pathwise':
-    g = (lambda e: df(x(e))) if param == 'mu' else (lambda e: df(x(e)) * e)
-  elif estimator == 'score':
-    g = lambda e: f(x(e)) * score(e)
-  elif estimator == 'score_mean_baseline':
-    g = lambda e: (f(x(e)) - f(mu)) * score(e)
-  elif estimator == 'score_delta':
-    f0, f1 = f(mu), df(mu)
-    h = 1e-4  # f'' by central differences of f' (error ~1e-8 for our costs).
-    f2 = (df(mu + h) - df(mu - h)) / (2 * h)
-    taylor = lambda e: f0 + f1 * sigma * e + 0.5 * f2 * (sigma * e)**2
-    exact_cv_grad = f1 if param == 'mu' else f2 * sigma
-    g = lambda e: (f(x(e)) - taylor(e)) * score(e) + exact_cv_grad
-  else:
+    return 'normal', ((lambda e: d1(mu + sigma * e)) if param == 'mu' else
+                      (lambda e: d1(mu + sigma * e) * e))
+  baseline = {'score': 0.0, 'score_mean_baseline': f(mu)}
+  if estimator in baseline or estimator == 'score_optimal_baseline':
+    b = baseline.get(estimator)
+    if b is None:
+      b = optimal_baseline(family, param, k, mu, sigma)
+    return 'normal', lambda e: (f(mu + sigma * e) - b) * score(e)
+  if estimator == 'score_delta':
+    f1, f2 = d1(mu), family.d2(mu, k)
+    taylor = lambda e: f(mu) + f1 * sigma * e + 0.5 * f2 * (sigma * e)**2
+    cv_grad = f1 if param == 'mu' else f2 * sigma
+    return 'normal', lambda e: (f(mu + sigma * e) - taylor(e)) * score(
+        e) + cv_grad
+  return None
+
+
+def single_sample_moments(family: CostFamily, estimator: str, param: str,
+                          k: float, mu: float,
+                          sigma: float) -> dict[str, float] | None:
+  """Exact mean, variance and 4th central moment of ONE-sample estimates.
+
+  m = E[g], v = E[(g - m)²], m4 = E[(g - m)⁴] by quadrature over the random
+  numbers of `single_sample_draw`. An estimate averaging N independent
+  samples has variance v/N and 4th central moment (m4 + 3(N-1)v²)/N³
+  (`average_moments`).
+
+  Returns:
+    {'mean', 'variance', 'm4'}, or None where the law is not known here.
+  """
+  draw = single_sample_draw(family, estimator, param, k, mu, sigma)
+  if draw is None:
     return None
-  m1 = _normal_expectation(g)
-  m2 = _normal_expectation(lambda e: g(e)**2)
-  return m1, max(m2 - m1**2, 0.0)
+  rule, g = draw
+  *nodes, w = _rule(rule, family, k, sigma)
+  values = g(*nodes)
+  mean = float(np.sum(w * values))
+  c2 = (values - mean)**2
+  return {'mean': mean, 'variance': float(np.sum(w * c2)),
+          'm4': float(np.sum(w * c2 * c2))}
+
+
+def average_moments(one: dict[str, float], n: int) -> dict[str, float]:
+  """Moments of the mean of n i.i.d. samples: v/n, (m4 + 3(n-1)v²)/n³."""
+  v = one['variance']
+  return {'mean': one['mean'], 'variance': v / n,
+          'm4': (one['m4'] + 3 * (n - 1) * v * v) / n**3}
+
+
+def exact_gradient(family: CostFamily, param: str, k: float, mu: float,
+                   sigma: float) -> float:
+  """∂/∂μ or ∂/∂σ of E_{N(μ,σ²)}[f(x; k)].
+
+  Closed form where the family has one; else quadrature of
+  ∂μ = E[f'(x)], ∂σ = E[f'(x) ε].
+  """
+  if family.moments is not None:
+    return float(family.moments(k, mu, sigma)[1 + PARAMS.index(param)])
+  e, w = _rule('normal', family, k, sigma)
+  d = family.d1(mu + sigma * e, k)
+  return float(np.sum(w * (d if param == 'mu' else d * e)))
+
+
+def expectation(family: CostFamily, k: float, mu: float, sigma: float) -> float:
+  """E_{N(μ,σ²)}[f(x; k)]: closed form, or quadrature ∫ f(μ + σε) φ(ε) dε."""
+  if family.moments is not None:
+    return float(family.moments(k, mu, sigma)[0])
+  e, w = _rule('normal', family, k, sigma)
+  return float(np.sum(w * family.d0(mu + sigma * e, k)))
+
+
+# --------------------------------------------------------------------------
+# Estimates on a grid of (k, μ, σ) points in one jittable call.
+
+
+def _builder(p):
+  return dists.Normal.from_scale(p['mu'], p['sigma'])
+
+
+def mixed_cost(families) -> Callable:
+  """f(x, k, i) = families[i].fn(x, k): several families as one function.
+
+  Every family is evaluated and one is selected (`jnp.where`), so a grid
+  that mixes families is one vmap (one program) rather than one per family.
+  """
+  def fn(x, k, i):
+    out = families[0].fn(x, k)
+    for j, fam in enumerate(families[1:], 1):
+      out = jnp.where(i == j, fam.fn(x, k), out)
+    return out
+  return fn
+
+
+def grid_gradients(estimator: registry.Estimator, families, points,
+                   key: types.PRNGKey, num_samples: int) -> dict:
+  """One estimate of (∂/∂μ, ∂/∂σ) E_{N(μ,σ²)}[f_p(x)] at every grid point p.
+
+  ĝ_p = estimator(f(·; k_p), (μ_p, σ_p), key, N), f = families[i_p], vmapped
+  over the points with one key (common random numbers across the grid).
+
+  Args:
+    estimator: a registry entry with an E_q[f] surrogate; one with a
+      caller-supplied baseline reads it from points['b_mu'], ['b_sigma'].
+    families: the cost families (`mixed_cost`).
+    points: arrays [P]: 'k', 'mu', 'sigma', 'family' (index into
+      `families`) and, for a baseline, 'b_mu', 'b_sigma'.
+    key: PRNG key.
+    num_samples: N.
+
+  Returns:
+    {'mu': [P], 'sigma': [P]}.
+  """
+  cost = mixed_cost(families)
+
+  def one(p):
+    options = {'baseline': {'mu': p['b_mu'], 'sigma': p['b_sigma']}} if (
+        estimator.state) else {}
+    params = {'mu': p['mu'], 'sigma': p['sigma']}
+    return jax.grad(lambda q: estimator.expectation(
+        lambda x: cost(x, p['k'], p['family']), q, _builder, key,
+        num_samples, **options))(params)
+  return jax.vmap(one)(points)
+
+
+def grid_points(ks, mus, sigmas) -> dict[str, np.ndarray]:
+  """The cartesian grid (σ, μ, k), k fastest, as flat arrays 'k', 'mu', 'sigma'."""
+  s, m, k = np.meshgrid(np.asarray(sigmas, float), np.asarray(mus, float),
+                        np.asarray(ks, float), indexing='ij')
+  return {'k': k.ravel(), 'mu': m.ravel(), 'sigma': s.ravel()}
+
+
+def with_baselines(family: CostFamily,
+                   points: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`points` plus 'b_mu', 'b_sigma': the optimal baselines at each point."""
+  grid = list(zip(points['k'], points['mu'], points['sigma']))
+  return {**points, **{f'b_{p}': np.array([optimal_baseline(family, p, *g)
+                                           for g in grid]) for p in PARAMS}}
+
+
+def concatenate(grids: dict[str, dict]) -> dict[str, np.ndarray]:
+  """One grid from {family name: grid}, with 'family' = the name's index."""
+  out = {k: np.concatenate([g[k] for g in grids.values()])
+         for k in next(iter(grids.values()))}
+  out['family'] = np.concatenate([np.full(len(g['k']), i, np.int32)
+                                  for i, g in enumerate(grids.values())])
+  return out
+
+
+def moment_program(estimator: registry.Estimator, families, num_samples,
+                   num_draws: int, chunk: int | None = None) -> Callable:
+  """(seed, points) -> moments of `num_draws` estimates on the whole grid.
+
+  Draw d (key split from fold_in(PRNGKey(seed), registry index)) is
+  {'N': grid_gradients(estimator, families, points, key_d, N)} for each N;
+  returns `vae.moments.moments` of the draws with order 4:
+  {'mean'|'variance'|'m4': {'N': {'mu'|'sigma': [P]}}}. Pure: jit it (one
+  program per estimator).
+  """
+  index = list(registry.ESTIMATORS).index(estimator.name)
+
+  def program(seed, points):
+    def estimate(key):
+      return {str(n): grid_gradients(estimator, families, points, key, n)
+              for n in num_samples if n >= estimator.min_samples}
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
+    return moments.moments(estimate, key, num_draws, chunk, order=4)
+  return program
+
+
+def exact_rows(family: CostFamily, estimator: str, points, num_samples: int):
+  """Per grid point: the exact gradient and, where known, the moments of ONE
+  N-sample estimate (`average_moments`), for both parameters.
+
+  Returns:
+    {param: [{'exact_gradient', 'exact_variance', 'exact_m4'}] per point}
+    (variance and m4 None where `single_sample_moments` is None).
+  """
+  out = {}
+  for param in PARAMS:
+    rows = []
+    for k, mu, sigma in zip(points['k'], points['mu'], points['sigma']):
+      one = single_sample_moments(family, estimator, param, k, mu, sigma)
+      avg = average_moments(one, num_samples) if one else {}
+      rows.append({'exact_gradient': exact_gradient(family, param, k, mu,
+                                                    sigma),
+                   'exact_variance': avg.get('variance'),
+                   'exact_m4': avg.get('m4')})
+    out[param] = rows
+  return out
+
+
+def records(name: str, estimator: str, points, stats, exact, num_samples: int,
+            num_draws: int) -> list[dict]:
+  """Flat records: measured mean and variance beside the exact values.
+
+  Args:
+    name: the cost family.
+    estimator: the estimator.
+    points: the grid (`grid_points`).
+    stats: {'mean'|'variance': {'mu'|'sigma': [P]}} of the measured draws.
+    exact: `exact_rows` of the same grid.
+    num_samples: N.
+    num_draws: D.
+
+  Returns:
+    One record per point and parameter: cost, k, mu, sigma, estimator,
+    param, num_samples, num_draws, mean, variance, exact_gradient,
+    exact_variance, exact_m4 (checked by `vae.stats.check_rows`).
+  """
+  out = []
+  for param in PARAMS:
+    for i, row in enumerate(exact[param]):
+      out.append({'cost': name, 'k': float(points['k'][i]),
+                  'mu': float(points['mu'][i]),
+                  'sigma': float(points['sigma'][i]),
+                  'estimator': estimator, 'param': param,
+                  'num_samples': num_samples, 'num_draws': num_draws,
+                  'mean': float(stats['mean'][param][i]),
+                  'variance': float(stats['variance'][param][i]), **row})
+  return out
+
+
+def variance_curves(family: CostFamily, estimators, ks, mu: float,
+                    sigma: float, num_samples: int) -> dict:
+  """{param: {estimator: exact variance of an N-sample estimate at each k}}.
+
+  Only estimators with known one-sample moments (EXACT_MOMENTS).
+  """
+  out = {p: {} for p in PARAMS}
+  for est in estimators:
+    if est not in EXACT_MOMENTS:
+      continue
+    for p in PARAMS:
+      out[p][est] = np.array([single_sample_moments(
+          family, est, p, k, mu, sigma)['variance'] / num_samples
+                              for k in ks])
+  return out
+
+
+def crossovers(ks, curves: dict[str, np.ndarray], log_k: bool) -> list[dict]:
+  """Where two variance curves cross as k grows.
+
+  For each pair (a, b), each sign change of v_a(k) - v_b(k) between grid
+  neighbours, located by linear interpolation of log v_a - log v_b in k (in
+  log k for `log_k`). Touching curves (equal at a grid point, no change of
+  sign) are not crossings.
+
+  Returns:
+    [{'lower_below': the lower one before, 'lower_above': after, 'k': k*}]
+    in order of k.
+  """
+  x = np.log(ks) if log_k else np.asarray(ks, float)
+  names = list(curves)
+  out = []
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      d = np.log(np.maximum(curves[a], 1e-300)) - np.log(
+          np.maximum(curves[b], 1e-300))
+      nz = np.flatnonzero(np.sign(d) != 0)
+      for j, j2 in zip(nz[:-1], nz[1:]):
+        if np.sign(d[j]) == np.sign(d[j2]):
+          continue
+        t = d[j] / (d[j] - d[j2])
+        k = x[j] + t * (x[j2] - x[j])
+        below, above = (a, b) if d[j] < 0 else (b, a)
+        out.append({'lower_below': below, 'lower_above': above,
+                    'k': float(np.exp(k) if log_k else k)})
+  return sorted(out, key=lambda c: c['k'])
