@@ -1,0 +1,69 @@
+"""experiments/discrete_latents.py on a tiny setting, in-process; refusals."""
+
+import json
+
+import pytest
+
+import launch
+from experiments import discrete_latents
+from experiments.common import runner
+
+TINY = dict(train_examples=64, test_examples=8, latents=3, train_steps=4,
+            eval_every=2, batch=8, eval_samples=2, iwae_samples=4,
+            variance_keys=8, variance_batch=4,
+            estimators_to_compare=('disarm', 'vimco'))
+
+
+def test_tiny_run_writes_its_files_and_records(tmp_path, capsys):
+  config = discrete_latents.Config(**TINY)
+  records = runner.run_point('discrete_latents', config, 0, str(tmp_path))
+  for name in ('results.json', 'config.json', 'discrete_latents.png',
+               'wall_time_curves.json', 'wall_time_curves.csv'):
+    assert (tmp_path / name).exists(), name
+  assert json.loads((tmp_path / 'results.json').read_text()) == records
+  assert all('wall_time_s' not in r for r in records)  # Deterministic.
+  curves = json.loads((tmp_path / 'wall_time_curves.json').read_text())
+  assert all(r['wall_time_s'] >= 0 for r in curves)
+  names = TINY['estimators_to_compare']
+  steps = [r['step'] for r in records if r['kind'] == 'curve']
+  assert steps == [0, 2, 4] * 2
+  final = {r['estimator']: r for r in records if r['kind'] == 'final'}
+  assert set(final) == set(names)
+  assert all(r['test_iwae4'] >= r['test_elbo'] - 5 for r in final.values())
+  var = [r for r in records if r['kind'] == 'variance']
+  assert [r['at'] for r in var] == (['initialization'] * 2 +
+                                    ['trained with disarm'] * 2)
+  for r in var:
+    assert r['total_variance'] > 0
+    # VIMCO's target is ∇IWAE_K: no bias against the ELBO reference.
+    assert (r['bias_sq'] is None) == (r['estimator'] == 'vimco')
+    assert r['unbiased_for_elbo'] == (r['estimator'] == 'disarm')
+  assert 'test_elbo' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('settings, message', [
+    (dict(latents=-3), 'latents: must be >= 1'),
+    (dict(temperature=0.0), 'temperature: must be > 0'),
+    (dict(batch=0), 'batch: must be >= 1'),
+    (dict(estimators_to_compare=('score_rloo',), evals_per_example=1),
+     "'score_rloo' needs evals_per_example >= 2"),
+    (dict(estimators_to_compare=('disarm',), evals_per_example=1),
+     "'disarm' needs evals_per_example >= 2"),
+    (dict(hidden=(0, 10)), 'hidden: 0 .linear. stands alone'),
+    (dict(train_steps=100, eval_every=30), 'must be a multiple'),
+    (dict(estimators_to_compare=('pathwise',)), 'not one of'),
+])
+def test_bad_settings_are_refused(settings, message):
+  with pytest.raises(ValueError, match=message):
+    discrete_latents.Config(**settings)
+
+
+@pytest.mark.parametrize('flag', ['--latents=-3', '--learning_rate=-1',
+                                  '--temperature=0', '--batch=0'])
+def test_refusal_on_the_command_line_is_one_line(tmp_path, capsys, flag):
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', '--experiment=discrete_latents', flag,
+                   f'--output_dir={out}'])
+  err = capsys.readouterr().err
+  assert rc == 2 and len(err.strip().splitlines()) == 1, err
+  assert flag[2:].split('=')[0] in err and not out.exists()
