@@ -1,4 +1,4 @@
-"""vae.moments against numpy on the same draws, closed forms, and a 4-device mesh.
+"""vae.moments against numpy on the same draws, a closed form, 4 devices.
 
 The mesh check runs in a subprocess: `--xla_force_host_platform_device_count`
 acts only before JAX starts.
