@@ -1,7 +1,8 @@
 """Bernoulli-latent VAE: estimators' bound vs wall time, gradient variance.
 
 A sigmoid belief net with a Bernoulli encoder (`vae.models.
-sigmoid_belief_net`; linear maps unless `--hidden`) trained from one
+sigmoid_belief_net`; linear maps unless `--hidden`) on binary images (grey
+ones binarized once) trained from one
 initialization by each discrete-latent estimator of the registry with the
 same decoder evaluations per example: held-out ELBO and IWAE_100 vs steps
 and wall time (wall_time_curves.json/.csv; results.json is deterministic),
@@ -16,7 +17,7 @@ import numpy as np
 
 from experiments.common import outputs
 from vae import config as cfg
-from vae import data
+from vae import data as data_lib
 from vae import train
 from vae import vae_gradients
 from vae.estimators import registry
@@ -25,10 +26,7 @@ from vae.models import sigmoid_belief_net as sbn
 
 @cfg.settings
 class Config:
-  dataset: str = cfg.setting('synthetic', 'Binary images.',
-                             choices=('synthetic', 'binarized_mnist'))
-  train_examples: int = cfg.setting(2000, 'Training images (0: all).', min=0,
-                                    max=10**6)
+  data: data_lib.DataConfig = data_lib.DataConfig(num_train=2000)  # Binary.
   test_examples: int = cfg.setting(500, 'Held-out images.', min=1, max=10**5)
   estimators_to_compare: tuple[str, ...] = cfg.setting(
       ('disarm', 'score_moving_average', 'vimco', 'straight_through',
@@ -65,9 +63,9 @@ class Config:
     if self.train_steps % self.eval_every:
       raise ValueError(f'train_steps={self.train_steps} must be a multiple '
                        f'of eval_every={self.eval_every}.')
-    if self.train_examples and self.variance_batch > self.train_examples:
-      raise ValueError(f'variance_batch={self.variance_batch} exceeds '
-                       f'train_examples={self.train_examples}.')
+    if self.variance_batch > self.data.train_size:
+      raise ValueError(f'variance_batch={self.variance_batch} exceeds the '
+                       f'{self.data.train_size} training images.')
     for name in self.estimators_to_compare:
       e = registry.lookup(name)
       if self.evals_per_example < e.min_samples * e.evaluations_per_sample:
@@ -108,10 +106,15 @@ def plot(out: outputs.Run, records: list[dict]) -> None:
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
-  ds = data.load_dataset(config.dataset, num_train=config.train_examples or
-                         None, num_validation=1, num_test=config.test_examples,
-                         seed=seed)
-  train_x, test_x = jnp.asarray(ds.train), jnp.asarray(ds.test)
+  paths = config.data.paths
+  ds = data_lib.load_dataset(
+      config.data.dataset, data_dir=paths.tfds_data_dir, seed=seed,
+      manual_dir=paths.manual_dir, cache_dir=paths.data_cache_dir,
+      num_train=config.data.num_train, num_validation=1,
+      num_test=config.test_examples)
+  train_x, test_x = (jnp.asarray(x if ds.binarization == 'fixed' else
+                                 data_lib.binarize(0, x))
+                     for x in (ds.train, ds.test))
   key = jax.random.PRNGKey(seed)
   params0 = sbn.init(jax.random.fold_in(key, 0), train_x.shape[1],
                      config.latents, tuple(h for h in config.hidden if h),

@@ -15,7 +15,7 @@ import numpy as np
 
 from experiments.common import outputs
 from vae import config as cfg
-from vae import data
+from vae import data as data_lib
 from vae import train
 from vae import vae_gradients as vg
 from vae.estimators import registry
@@ -28,12 +28,7 @@ _PASSED_ON = ('batch_size', 'train_objective', 'train_num_samples',
 
 @cfg.settings
 class Config:
-  dataset: str = S('synthetic', 'Training images (mnist, fashion_mnist: '
-                   'binarized once, seed 0).', choices=data.DATASETS)
-  tfds_data_dir: str | None = S(None, 'TFDS data dir.', text=True)
-  manual_dir: str | None = S(None, 'Raw files for TFDS.', text=True)
-  data_cache_dir: str | None = S(None, 'numpy cache folder.', text=True)
-  num_train: int = S(0, 'Training images (0: all).', min=0, max=10**6)
+  data: data_lib.DataConfig = data_lib.DataConfig()  # Grey: binarized once.
   latent_dim: int = S(8, 'Latent dimension.', min=1, max=1000)
   hidden_sizes: tuple[int, ...] = S((64,), 'Hidden widths.', min=1, max=10**4)
   batch_size: int = S(32, 'Training batch size.', min=1, max=10**4)
@@ -76,7 +71,7 @@ class Config:
     for obj, ests in self.estimators_for().items():
       for e in ests:  # Refuses e.g. score_rloo when every N is 1.
         registry.check(e, obj, max(self.num_samples))
-    n = self.num_train or (2000 if self.dataset == 'synthetic' else 10**9)
+    n = self.data.train_size
     if max(self.batch_size, self.eval_batch_size) > n:
       raise ValueError(f'batch_size, eval_batch_size: more than {n} images.')
 
@@ -110,16 +105,13 @@ def plot(out, rows, x_key: str, fixed: dict, name: str, title: str):
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
-  ds = data.load_dataset(
-      config.dataset, data_dir=config.tfds_data_dir, seed=0,
-      manual_dir=config.manual_dir, cache_dir=config.data_cache_dir,
-      num_train=config.num_train or None)
+  ds = data_lib.load(config.data, seed=0)
   images = ds.train if ds.binarization == 'fixed' else np.asarray(
-      data.binarize(0, ds.train))
+      data_lib.binarize(0, ds.train))
   steps, ns = sorted(set(config.eval_steps)), sorted(set(config.num_samples))
   model = vg.small_vae(config.latent_dim, config.hidden_sizes,
                        images.mean(axis=0))
-  out.log(f'vae_gradients: {len(images)} {config.dataset} images; at steps '
+  out.log(f'vae_gradients: {len(images)} {ds.name} images; at steps '
           f'{steps}, {config.num_draws} draws per estimator and N in {ns}')
   records, timings = vg.measure(
       model, images, steps, seed, train.make_optimizer(

@@ -7,8 +7,9 @@ import pytest
 import launch
 from experiments import vae_gradients
 from experiments.common import runner
+from vae import data
 
-TINY = dict(num_train=64, hidden_sizes=(8,), latent_dim=2, batch_size=8,
+TINY = dict(data=data.DataConfig(num_train=64), hidden_sizes=(8,), latent_dim=2, batch_size=8,
             eval_batch_size=4, eval_steps=(2, 0), objectives=('elbo',),
             elbo_estimators=('pathwise', 'score_moving_average'),
             num_samples=(2,), num_draws=10, reference_draws=10,
@@ -49,7 +50,8 @@ def test_tiny_run_writes_its_files_and_records(tmp_path, capsys):
           num_samples=(1,)),
      "estimator 'vimco' needs num_samples >= 2"),
     (dict(elbo_estimators=('stl',)), "'stl' does not apply to objective"),
-    (dict(num_train=10, batch_size=32), 'more than 10 images'),
+    (dict(data=data.DataConfig(num_train=10), batch_size=32),
+     'more than 10 images'),
     (dict(num_draws=1), 'num_draws: must be >= 2'),
     (dict(hidden_sizes=(0,)), 'hidden_sizes: must be >= 1'),
 ])
