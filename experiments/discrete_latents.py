@@ -1,14 +1,13 @@
 """Bernoulli-latent VAE: estimators' bound vs wall time, gradient variance.
 
 A sigmoid belief net with a Bernoulli encoder (`vae.models.
-sigmoid_belief_net`; linear maps unless `--hidden`) on binary images (grey
-ones binarized once) trained from one
-initialization by each discrete-latent estimator of the registry with the
-same decoder evaluations per example: held-out ELBO and IWAE_100 vs steps
-and wall time (wall_time_curves.json/.csv; results.json is deterministic),
-and each encoder gradient's variance (`vae.moments`) and bias against a
-pooled unbiased reference at the initialization and at the model trained
-with the first estimator. Published numbers: docs/discrete_latents.md.
+sigmoid_belief_net`; linear maps unless `--hidden`) on binary images, from
+one initialization, trained by each discrete-latent estimator of the
+registry with the same decoder evaluations per example: held-out ELBO and
+IWAE_100 vs steps and wall time (wall_time_curves.json/.csv; results.json
+is deterministic), and each encoder gradient's variance (`vae.moments`)
+and bias against a pooled unbiased reference at the initialization and at
+the model trained with the first estimator. docs/discrete_latents.md.
 """
 
 import jax

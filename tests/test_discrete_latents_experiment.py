@@ -9,7 +9,8 @@ from experiments import discrete_latents
 from experiments.common import runner
 from vae import data
 
-TINY = dict(data=data.DataConfig(num_train=64), test_examples=8, latents=3, train_steps=4,
+TINY = dict(data=data.DataConfig(num_train=64),
+            test_examples=8, latents=3, train_steps=4,
             eval_every=2, batch=8, eval_samples=2, iwae_samples=4,
             variance_keys=8, variance_batch=4,
             estimators_to_compare=('disarm', 'vimco'))

@@ -9,7 +9,8 @@ from experiments import vae_gradients
 from experiments.common import runner
 from vae import data
 
-TINY = dict(data=data.DataConfig(num_train=64), hidden_sizes=(8,), latent_dim=2, batch_size=8,
+TINY = dict(data=data.DataConfig(num_train=64),
+            hidden_sizes=(8,), latent_dim=2, batch_size=8,
             eval_batch_size=4, eval_steps=(2, 0), objectives=('elbo',),
             elbo_estimators=('pathwise', 'score_moving_average'),
             num_samples=(2,), num_draws=10, reference_draws=10,
