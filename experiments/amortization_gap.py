@@ -1,167 +1,145 @@
-"""Amortization vs approximation gap (Cremer et al. 2018), exact log p(x).
+"""Amortization vs approximation gap (Cremer et al. 2018) with exact log p(x).
 
-On the linear-Gaussian model.
-
-For a fixed model and an encoder q_φ(z|x) trained to maximize the ELBO,
+On the linear-Gaussian model, for a fixed model and an encoder q_φ(z|x)
+trained to maximize the ELBO,
 
     log p(x) - ELBO(q_φ) = [log p(x) - ELBO(q*)] + [ELBO(q*) - ELBO(q_φ)]
                          =  approximation gap    +  amortization gap,
 
-where q* is the best diagonal Gaussian for that x (closed form here,
-`vae.amortization.optimal_diagonal_q`) and log p(x) is exact. Encoders: a
-linear one (its family contains q*, so its gap can go to zero) and a tanh
-MLP; both are trained on a small training set by full-batch Adam on the
+where q* is the best diagonal Gaussian for that x (closed form,
+`vae.problems.amortization.optimal_diagonal_q`) and log p(x) is exact.
+Encoders: a linear one (its family contains q*, so its gap can go to zero)
+and a tanh MLP, trained on a small training set by full-batch Adam on the
 closed-form ELBO and evaluated on training and held-out data as training
 proceeds. Finally the model itself is learned jointly with a linear encoder
-(ELBO, pathwise): the decoder adapts so that the posterior becomes nearly
-factorized and the approximation gap of the learned model nearly vanishes.
-(No MNIST path here: it needs a trained MNIST VAE, which this repository does
-not provide yet.)
+(ELBO, pathwise): it adapts so that its posterior becomes nearly factorized
+and its approximation gap nearly vanishes. Self-checks: each approximation
+gap equals its closed form ½(Σ_j log Λ_jj - log det Λ) and no amortization
+gap is negative (q* is the optimum), to rounding.
 """
 
-import dataclasses
-import functools
-import os
-from typing import Any
-
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.common import outputs
+from vae import config as cfg
+from vae import train
 from vae.problems import amortization as am
-from vae import cli
 from vae.problems import linear_gaussian as lg
-from vae import results
 
-_MODEL_DATA_DIM = flags.DEFINE_integer('model_data_dim', 10,
-                                       'Observed dimension D.')
-_MODEL_LATENT_DIM = flags.DEFINE_integer('model_latent_dim', 4,
-                                         'Latent dimension d.')
-_MODEL_NOISE = flags.DEFINE_float('model_noise', 0.5, 'Observation noise σ.')
-_ENCODER_TRAIN_SIZE = flags.DEFINE_integer(
-    'encoder_train_size', 100, 'Training points for the encoders.')
-_ENCODER_TEST_SIZE = flags.DEFINE_integer('encoder_test_size', 2000,
-                                          'Held-out points.')
-_ENCODERS = flags.DEFINE_list('encoders', ['linear', 'mlp'],
-                              'Encoder kinds (linear, mlp).')
-_MLP_HIDDEN = flags.DEFINE_integer('mlp_hidden', 64,
-                                   'Hidden units of the MLP encoder.')
-_ENCODER_STEPS = flags.DEFINE_integer('encoder_steps', 3000,
-                                      'Adam steps for each encoder.')
-_ENCODER_LEARNING_RATE = flags.DEFINE_float('encoder_learning_rate', 3e-3,
-                                            'Adam step size (encoders).')
-_JOINT_STEPS = flags.DEFINE_integer(
-    'joint_steps', 3000, 'Adam steps when learning model + linear encoder '
-    'jointly (0: skip).')
-cli.define_common_flags()
-FLAGS = flags.FLAGS
+JOINT = 'linear + model learned by ELBO'
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """What to run (defaults = the script's defaults)."""
-  data_dim: int = 10
-  latent_dim: int = 4
-  noise: float = 0.5
-  train_size: int = 100
-  test_size: int = 2000
-  encoders: tuple[str, ...] = ('linear', 'mlp')
-  mlp_hidden: int = 64
-  encoder_steps: int = 3000
-  encoder_learning_rate: float = 3e-3
-  joint_steps: int = 3000
-  seed: int = 0
+@cfg.settings
+class Config:
+  model_data_dim: int = cfg.setting(10, 'Observed dimension D.', min=1,
+                                    max=1000)
+  model_latent_dim: int = cfg.setting(4, 'Latent dimension d (<= D).', min=1,
+                                      max=1000)
+  model_noise: float = cfg.setting(0.5, 'Observation noise σ.', gt=0.0,
+                                   max=1e3)
+  encoder_train_size: int = cfg.setting(
+      100, 'Training points for the encoders.', min=1, max=10**6)
+  encoder_test_size: int = cfg.setting(2000, 'Held-out points.', min=1,
+                                       max=10**6)
+  encoders: tuple[str, ...] = cfg.setting(am.ENCODERS, 'Encoder kinds.',
+                                          choices=am.ENCODERS)
+  mlp_hidden: int = cfg.setting(64, 'Hidden units of the MLP encoder.', min=1,
+                                max=10**4)
+  encoder_steps: int = cfg.setting(3000, 'Adam steps for each encoder.',
+                                   min=0, max=10**6)
+  encoder_learning_rate: float = cfg.setting(
+      3e-3, 'Adam step size (encoders).', gt=0.0, max=10.0)
+  joint_steps: int = cfg.setting(
+      3000, 'Adam steps (learning rate 1e-2) when learning model + linear '
+      'encoder jointly (0: skip).', min=0, max=10**6)
+
+  def check(self):
+    if self.model_latent_dim > self.model_data_dim:
+      raise ValueError(f'model_latent_dim: {self.model_latent_dim} exceeds '
+                       f'model_data_dim {self.model_data_dim}.')
 
 
-_train_encoder = jax.jit(am.train_encoder, static_argnums=(3, 4))
-_fit_by_elbo = jax.jit(am.fit_by_elbo, static_argnums=(1, 2, 4, 5, 7))
-
-
-def _gap_records(model, encoder, x_train, x_test, name, step):
-  """Gap summaries on both splits, from one `gap_terms` call."""
+def _final(model, encoder, x_train, x_test, name, steps) -> list[dict]:
+  """Both gaps on both splits, checked against the closed form and ≥ 0."""
   terms = am.gap_terms(model, jnp.concatenate([x_train, x_test]), encoder)
-  n = x_train.shape[0]
-  records = []
+  formula = float(am.approximation_gap(model))
+  n, records = x_train.shape[0], []
   for split, sl in (('train', slice(0, n)), ('held-out', slice(n, None))):
-    g = am.summarize_gaps({k: v[sl] for k, v in terms.items()})
-    records.append({'kind': 'final', 'encoder': name, 'split': split,
-                    'steps': step,
-                    **{k: float(v) for k, v in g.items()}})
+    g = {k: float(v) for k, v in am.summarize_gaps(
+        {k: v[sl] for k, v in terms.items()}).items()}
+    tol = lg.tolerance(abs(g['log_px']) + abs(g['elbo_amortized']),
+                       x_train.dtype)
+    records.append({
+        'kind': 'final', 'encoder': name, 'split': split, 'steps': steps, **g,
+        'approximation_gap_closed_form': formula,
+        'disagrees': bool(abs(g['approximation_gap'] - formula) > tol or
+                          g['amortization_gap'] < -tol)})
   return records
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
-def _setup(key, data_dim, latent_dim, noise, train_size, test_size):
-  """Model (W, b ~ N(0, 1)) and data sets from one normal draw."""
-  dtype = jnp.result_type(float)
-  d, dd = latent_dim, data_dim
-  sizes = [dd * d, dd, (train_size + test_size) * (d + dd)]
-  parts = jnp.split(jax.random.normal(key, (sum(sizes),), dtype),
-                    np.cumsum(sizes)[:-1])
-  model = lg.LinearGaussianModel(parts[0].reshape(dd, d), parts[1],
-                                 jnp.log(jnp.asarray(noise, dtype)))
-  zeta = parts[2].reshape(-1, d + dd)
-  x = zeta[:, :d] @ model.weight.T + model.bias + noise * zeta[:, d:]
-  return model, x[:train_size], x[train_size:]
+def _checkpoints(num_steps: int) -> list[int]:
+  if num_steps == 0:
+    return []
+  return sorted({int(s) for s in np.geomspace(1, num_steps, 12).round()} |
+                {num_steps})
 
 
-def run(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """Trains each encoder; returns (records, per-step gap curves)."""
-  key = jax.random.PRNGKey(settings.seed)
-  k_model, k_enc, k_joint = jax.random.split(key, 3)
+def _run(config: Config, seed: int) -> tuple[list[dict], dict]:
+  k_model, k_enc, k_joint = jax.random.split(jax.random.PRNGKey(seed), 3)
   dtype = jnp.result_type(float)
-  model, x_train, x_test = _setup(k_model, settings.data_dim,
-                                  settings.latent_dim, settings.noise,
-                                  settings.train_size, settings.test_size)
-  x_all = jnp.concatenate([x_train, x_test])
-  opt_all = am.batch_elbo(model, x_all, am.optimal_diagonal_q(model, x_all))
-  n = settings.train_size
-  opt_elbo = {'train': float(jnp.mean(opt_all[:n])),
-              'held-out': float(jnp.mean(opt_all[n:]))}
+  model, (x_train, x_test), _, _ = lg.draw_problem(
+      k_model, config.model_data_dim, config.model_latent_dim,
+      config.model_noise, (config.encoder_train_size, config.encoder_test_size))
+  optimal = {split: float(jnp.mean(am.batch_elbo(
+      model, x, am.optimal_diagonal_q(model, x))))
+             for split, x in (('train', x_train), ('held-out', x_test))}
   records, curves = [], {}
-  for i, kind in enumerate(settings.encoders):
-    init = am.init_encoder(jax.random.fold_in(k_enc, i), kind,
-                           settings.data_dim, settings.latent_dim,
-                           settings.mlp_hidden)
-    init = jax.tree_util.tree_map(lambda a: a.astype(dtype), init)
-    params, _, (train_curve, test_curve) = _train_encoder(
-        model, x_train, init, settings.encoder_steps,
-        settings.encoder_learning_rate, (x_train, x_test))
-    curves[kind] = {'train': opt_elbo['train'] - np.asarray(train_curve),
-                    'held-out': opt_elbo['held-out'] - np.asarray(test_curve)}
-    records += _gap_records(model, params, x_train, x_test, kind,
-                            settings.encoder_steps)
-    for step in _checkpoints(settings.encoder_steps):
-      records.append({
-          'kind': 'curve', 'encoder': kind, 'steps': step,
-          'amortization_gap_train': float(curves[kind]['train'][step - 1]),
-          'amortization_gap_held_out': float(
-              curves[kind]['held-out'][step - 1])})
-
-  if settings.joint_steps > 0:
-    learned, encoder, _ = _fit_by_elbo(
-        x_train, settings.latent_dim, 'pathwise', k_joint, 'amortized',
-        settings.joint_steps, 1e-2, 2)
-    records += _gap_records(learned, encoder, x_train, x_test,
-                            'linear + model learned by ELBO',
-                            settings.joint_steps)
+  for i, kind in enumerate(config.encoders):
+    init = jax.tree_util.tree_map(lambda a: a.astype(dtype), am.init_encoder(
+        jax.random.fold_in(k_enc, i), kind, config.model_data_dim,
+        config.model_latent_dim, config.mlp_hidden))
+    params, _, evals = am.train_encoder(
+        model, x_train, init, config.encoder_steps,
+        train.OptimizerConfig(learning_rate=config.encoder_learning_rate),
+        (x_train, x_test))
+    curves[kind] = {s: optimal[s] - np.asarray(e)
+                    for s, e in zip(('train', 'held-out'), evals)}
+    records += _final(model, params, x_train, x_test, kind,
+                      config.encoder_steps)
+    tol = lg.tolerance(max(abs(v) for v in optimal.values()), dtype)
+    for step in _checkpoints(config.encoder_steps):
+      gaps = [float(curves[kind][s][step - 1]) for s in ('train', 'held-out')]
+      records.append({'kind': 'curve', 'encoder': kind, 'steps': step,
+                      'amortization_gap_train': gaps[0],
+                      'amortization_gap_held_out': gaps[1],
+                      'disagrees': bool(min(gaps) < -tol)})
+  if config.joint_steps > 0:
+    learned, encoder, _ = am.fit_by_elbo(
+        x_train, config.model_latent_dim, 'pathwise', k_joint, 'amortized',
+        config.joint_steps, train.OptimizerConfig(learning_rate=1e-2), 2)
+    records += _final(learned, encoder, x_train, x_test, JOINT,
+                      config.joint_steps)
   return records, curves
 
 
-def _checkpoints(num_steps: int) -> list[int]:
-  steps = sorted({int(s) for s in np.unique(np.geomspace(
-      1, num_steps, 12).round())} | {num_steps})
-  return [s for s in steps if 1 <= s <= num_steps]
+def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  with jax.enable_x64(True):  # Scoped: no global config change.
+    records, curves = _run(config, seed)
+  plot(records, curves, out)
+  out.table([r for r in records if r['kind'] == 'curve'],
+            ('encoder', 'steps', 'amortization_gap_train',
+             'amortization_gap_held_out'))
+  out.table([r for r in records if r['kind'] == 'final'],
+            ('encoder', 'split', 'log_px', 'elbo_optimal_q', 'elbo_amortized',
+             'approximation_gap', 'amortization_gap'))
+  return records
 
 
-def plot(records: list[dict[str, Any]], curves: dict[str, Any],
-         out_dir: str) -> list[str]:
+def plot(records: list[dict], curves: dict, out: outputs.Run) -> None:
   """Gap curves during encoder training, and the final decomposition."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = outputs.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
   final = [r for r in records if r['kind'] == 'final']
   approx = final[0]['approximation_gap']
@@ -172,59 +150,20 @@ def plot(records: list[dict[str, Any]], curves: dict[str, Any],
                  label=f'{kind}: held-out')
   axes[0].axhline(approx, color='k', ls=':',
                   label=f'approximation gap ({approx:.3f})')
-  axes[0].set_xscale('log')
-  axes[0].set_yscale('log')
-  axes[0].set_xlabel('encoder Adam step')
-  axes[0].set_ylabel('amortization gap ELBO(q*) - ELBO(q_φ) (nats)')
-  axes[0].set_title('Amortization gap during encoder training')
+  axes[0].set(xscale='log', yscale='log', xlabel='encoder Adam step',
+              ylabel='amortization gap ELBO(q*) - ELBO(q_φ) (nats)',
+              title='Amortization gap during encoder training')
   axes[0].legend(fontsize=8)
-
-  labels = [f'{r["encoder"]}\n({r["split"]})' for r in final]
   y = np.arange(len(final))
   a = [r['approximation_gap'] for r in final]
-  b = [r['amortization_gap'] for r in final]
   axes[1].barh(y, a, color='tab:blue', label='approximation gap')
-  axes[1].barh(y, b, left=a, color='tab:orange', label='amortization gap')
+  axes[1].barh(y, [r['amortization_gap'] for r in final], left=a,
+               color='tab:orange', label='amortization gap')
   axes[1].set_yticks(y)
-  axes[1].set_yticklabels(labels, fontsize=7)
+  axes[1].set_yticklabels([f'{r["encoder"]}\n({r["split"]})' for r in final],
+                          fontsize=7)
   axes[1].invert_yaxis()
-  axes[1].set_xlabel('log p(x) - ELBO(q_φ) (nats, mean over points)')
-  axes[1].set_title('Inference gap = approximation + amortization')
+  axes[1].set(xlabel='log p(x) - ELBO(q_φ) (nats, mean over points)',
+              title='Inference gap = approximation + amortization')
   axes[1].legend(fontsize=8)
-  return [results.save_figure(fig, os.path.join(out_dir,
-                                                'amortization_gap.png'))]
-
-
-def main(argv):
-  del argv
-  with jax.enable_x64(True):  # Scoped: no global config change.
-    _main()
-
-
-def _main():
-  out_dir = cli.output_dir('amortization_gap')
-  results.write_config(out_dir, FLAGS, FLAGS.seed)
-  settings = Settings(
-      data_dim=_MODEL_DATA_DIM.value, latent_dim=_MODEL_LATENT_DIM.value,
-      noise=_MODEL_NOISE.value, train_size=_ENCODER_TRAIN_SIZE.value,
-      test_size=_ENCODER_TEST_SIZE.value, encoders=tuple(_ENCODERS.value),
-      mlp_hidden=_MLP_HIDDEN.value, encoder_steps=_ENCODER_STEPS.value,
-      encoder_learning_rate=_ENCODER_LEARNING_RATE.value,
-      joint_steps=_JOINT_STEPS.value, seed=FLAGS.seed)
-  records, curves = run(settings)
-  plot(records, curves, out_dir)
-  results.write_results(out_dir, records)
-  print(results.format_table(
-      [r for r in records if r['kind'] == 'curve'],
-      ('encoder', 'steps', 'amortization_gap_train',
-       'amortization_gap_held_out')))
-  print()
-  print(results.format_table(
-      [r for r in records if r['kind'] == 'final'],
-      ('encoder', 'split', 'log_px', 'elbo_optimal_q', 'elbo_amortized',
-       'approximation_gap', 'amortization_gap')))
-  print(f'\nOutputs in {out_dir}')
-
-
-if __name__ == '__main__':
-  app.run(main)
+  out.save_figure(fig, 'amortization_gap.png')

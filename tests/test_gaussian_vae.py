@@ -17,8 +17,7 @@ def trained():
                               jnp.array([[[0.3]], [[0.3]]]))
   x, _ = mixtures.sample(mix, jax.random.PRNGKey(0), 300)
   params = gv.init(jax.random.PRNGKey(1), 1, 1, (16,))
-  fitted, history = jax.jit(gv.fit, static_argnums=3)(
-      params, x, jax.random.PRNGKey(2), 400)
+  fitted, history = gv.fit(params, x, jax.random.PRNGKey(2), 400)
   return params, fitted, history, x
 
 

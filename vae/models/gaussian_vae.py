@@ -1,12 +1,15 @@
-"""A small VAE for low-dimensional real data: plain-JAX MLPs, all Gaussian.
+"""A small VAE for low-dimensional real data: Gaussian encoder and decoder.
 
     z ~ N(0, I_d),   x | z ~ N(μ_θ(z), diag σ_θ(z)²),
     q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²).
 
 p_θ(x) = ∫ N(z; 0, I) p_θ(x|z) dz is an infinite mixture of Gaussians; it is
 fit by maximizing the ELBO with the pathwise estimator (Kingma & Welling 2014)
-and evaluated with the IWAE bound log (1/K) Σ_k p(x, z_k)/q(z_k|x), which
-tends to log p(x) as K grows. Parameters are a dict of lists of {'w', 'b'}.
+through `vae.train` and evaluated with the IWAE bound
+log (1/K) Σ_k p(x, z_k)/q(z_k|x), which tends to log p(x) as K grows, or by
+quadrature over a 1-D latent. Both networks are `networks.MLPEncoder`s (a
+tanh trunk and linear loc and log-scale heads), initialized with LeCun-normal
+weights N(0, 1/fan_in) and zero biases (`init_mlp`, `variables`).
 """
 
 import functools
@@ -14,11 +17,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from vae import distributions as dists
 from vae import objectives
+from vae import train
 from vae import types
+from vae.models import networks
 
 Array = types.Array
 PRNGKey = types.PRNGKey
@@ -26,31 +30,67 @@ Params = dict[str, Any]
 
 
 def init_mlp(key: PRNGKey, sizes: list[int]) -> list[dict[str, Array]]:
-  """Dense layers sizes[0] -> ... -> sizes[-1]; LeCun-normal weights."""
+  """Dense layers sizes[0] -> ... -> sizes[-1]: W_l ~ N(0, 1/m_l), b_l = 0."""
   keys = jax.random.split(key, len(sizes) - 1)
   return [{'w': jax.random.normal(k, (m, n)) / jnp.sqrt(m), 'b': jnp.zeros(n)}
           for k, m, n in zip(keys, sizes[:-1], sizes[1:])]
 
 
+def variables(layers: list[dict[str, Array]],
+              heads: tuple[str, ...] = ('loc', 'log_scale')) -> Params:
+  """Flax variables of a `networks` module from dense layers [{'w', 'b'}].
+
+  layers[:-1] become the tanh trunk (h_{l+1} = tanh(h_l W_l + b_l)); the
+  last layer's columns are split evenly into the linear `heads` (for
+  `networks.MLPEncoder`: loc, log_scale; `BernoulliEncoder`: logits).
+  """
+  w, b = layers[-1]['w'], layers[-1]['b']
+  params = {h: {'kernel': wh, 'bias': bh} for h, wh, bh in zip(
+      heads, jnp.split(w, len(heads), -1), jnp.split(b, len(heads), -1))}
+  if layers[:-1]:
+    params['trunk'] = {f'hidden_{i}': {'kernel': l['w'], 'bias': l['b']}
+                       for i, l in enumerate(layers[:-1])}
+  return {'params': params}
+
+
+def _hidden_sizes(params: Params) -> tuple[int, ...]:
+  trunk = params['params'].get('trunk', {})
+  return tuple(trunk[f'hidden_{i}']['kernel'].shape[-1]
+               for i in range(len(trunk)))
+
+
+def gaussian_mlp(params: Params, x: Array) -> tuple[Array, Array]:
+  """(loc, log_scale) = `networks.MLPEncoder` at x; sizes read from params."""
+  out = params['params']['loc']['kernel'].shape[-1]
+  return networks.MLPEncoder(_hidden_sizes(params), out).apply(params, x)
+
+
 def mlp(layers: list[dict[str, Array]], x: Array) -> Array:
-  """h_{l+1} = tanh(h_l W_l + b_l) on hidden layers; the last is linear."""
-  for layer in layers[:-1]:
-    x = jnp.tanh(x @ layer['w'] + layer['b'])
-  return x @ layers[-1]['w'] + layers[-1]['b']
+  """h_{l+1} = tanh(h_l W_l + b_l) on hidden layers; the last is linear.
+
+  `networks.BernoulliEncoder` with the weights of `layers` (`init_mlp`).
+  """
+  params = variables(layers, ('logits',))
+  out = layers[-1]['w'].shape[-1]
+  return networks.BernoulliEncoder(_hidden_sizes(params), out).apply(params,
+                                                                     x)
 
 
 def init(key: PRNGKey, data_dim: int, latent_dim: int,
          hidden: tuple[int, ...] = (64,)) -> Params:
-  """Encoder x -> (μ_φ, log σ_φ) and decoder z -> (μ_θ, log σ_θ) MLPs."""
+  """Encoder x -> (μ_φ, log σ_φ) and decoder z -> (μ_θ, log σ_θ) variables."""
   k_enc, k_dec = jax.random.split(key)
   return {
-      'encoder': init_mlp(k_enc, [data_dim, *hidden, 2 * latent_dim]),
-      'decoder': init_mlp(k_dec, [latent_dim, *hidden, 2 * data_dim]),
+      'encoder': variables(init_mlp(k_enc, [data_dim, *hidden,
+                                            2 * latent_dim])),
+      'decoder': variables(init_mlp(k_dec, [latent_dim, *hidden,
+                                            2 * data_dim])),
   }
 
 
-def _normal_head(out: Array, min_log_scale: float) -> dists.Normal:
-  loc, raw = jnp.split(out, 2, axis=-1)
+def _normal_head(out: tuple[Array, Array],
+                 min_log_scale: float) -> dists.Normal:
+  loc, raw = out
   # log σ = m + softplus(raw - m): smooth, ≥ m (bounds the density).
   log_scale = min_log_scale + jax.nn.softplus(raw - min_log_scale)
   return dists.Normal(loc=loc, log_scale=log_scale)
@@ -58,13 +98,13 @@ def _normal_head(out: Array, min_log_scale: float) -> dists.Normal:
 
 def encode(params: Params, x: Array) -> dists.Normal:
   """q_φ(z|x) for one x [D] (or a batch [N, D])."""
-  return _normal_head(mlp(params['encoder'], x), -8.0)
+  return _normal_head(gaussian_mlp(params['encoder'], x), -8.0)
 
 
 def decode(params: Params, z: Array, min_log_scale: float = -4.0
            ) -> dists.Normal:
   """p_θ(x|z) for one z [d] (or a batch)."""
-  return _normal_head(mlp(params['decoder'], z), min_log_scale)
+  return _normal_head(gaussian_mlp(params['decoder'], z), min_log_scale)
 
 
 def _terms(params: Params, x: Array):
@@ -108,39 +148,44 @@ def batch_bound(bound, params: Params, x: Array, key: PRNGKey,
   return jax.vmap(lambda xi, ki: bound(params, xi, ki, num_samples))(x, keys)
 
 
+@functools.partial(jax.jit, static_argnames=(
+    'num_steps', 'batch_size', 'optimizer', 'num_samples'))
 def fit(params: Params, x: Array, key: PRNGKey, num_steps: int = 3000,
-        batch_size: int = 100, learning_rate: float = 3e-3,
+        batch_size: int = 100,
+        optimizer: train.OptimizerConfig = train.OptimizerConfig(
+            learning_rate=3e-3),
         num_samples: int = 1) -> tuple[Params, Array]:
-  """Maximizes the mean ELBO over minibatches with Adam, under `lax.scan`.
+  """Maximizes the mean ELBO over minibatches (`vae.train.fit`).
+
+  Step t draws (k_batch, k_loss) = split(key_t), key_t = split(key, T)[t],
+  a minibatch of `batch_size` rows with replacement from k_batch, and takes
+  one optimizer step on -(1/B) Σ_b ELBO(x_b) estimated with k_loss.
 
   Args:
     params: initial parameters (see `init`).
     x: training data [N, D].
     key: PRNG key (minibatches and samples).
-    num_steps: Adam steps.
-    batch_size: examples per step (drawn with replacement).
-    learning_rate: Adam step size.
+    num_steps: optimizer steps T.
+    batch_size: examples per step.
+    optimizer: the optimizer (default Adam, learning rate 3e-3).
     num_samples: samples per example in the ELBO.
 
   Returns:
     (trained params, ELBO estimate of each step's minibatch [num_steps]).
   """
-  opt = optax.adam(learning_rate)
+  keys = jax.vmap(jax.random.split)(jax.random.split(key, num_steps))
+  idx = jax.vmap(lambda k: jax.random.randint(k, (batch_size,), 0, x.shape[
+      0]))(keys[:, 0])
+  opt = train.make_optimizer(optimizer, num_steps)
 
-  def loss(p, batch, k):
-    return -jnp.mean(batch_bound(elbo, p, batch, k, num_samples))
+  def loss(p, batch, k, baseline):
+    del baseline
+    value = -jnp.mean(batch_bound(elbo, p, batch, k, num_samples))
+    return value, {'elbo': -value}
 
-  def step(carry, k):
-    p, state = carry
-    k_batch, k_loss = jax.random.split(k)
-    idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
-    value, grads = jax.value_and_grad(loss)(p, x[idx], k_loss)
-    updates, state = opt.update(grads, state, p)
-    return (optax.apply_updates(p, updates), state), -value
-
-  (params, _), history = jax.lax.scan(step, (params, opt.init(params)),
-                                      jax.random.split(key, num_steps))
-  return params, history
+  state, aux = train.fit(train.make_step(loss, opt),
+                         train.init_state(params, opt), x[idx], keys[:, 1])
+  return state.params, aux['elbo']
 
 
 def log_marginal(params: Params, x: Array, key: PRNGKey,

@@ -12,18 +12,23 @@ posterior p(z|x) = N(m(x), Λ⁻¹) with precision Λ = I + WᵀW/σ².
 * `fit_by_elbo` learns (W, b, σ) by maximizing the ELBO with any estimator
   of `vae.objectives.surrogate_objective`, with an amortized linear encoder
   or per-data-point variational parameters.
+
+Encoders are `networks.MLPEncoder`s (linear: no hidden layer); both loops
+are `vae.train.make_step` + `vae.train.fit`.
 """
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from vae import distributions as dists
-from vae.problems import linear_gaussian as lg
 from vae import objectives
+from vae import train
 from vae import types
+from vae.models import gaussian_vae
+from vae.problems import linear_gaussian as lg
 
 Array = types.Array
 PRNGKey = types.PRNGKey
@@ -103,45 +108,43 @@ def batch_elbo(model: lg.LinearGaussianModel, x: Array,
 @jax.jit
 def batch_log_marginal(model: lg.LinearGaussianModel, x: Array) -> Array:
   """Exact log p(x_n) for each row of x [N, D]: [N]."""
-  return jax.vmap(lambda xi: lg.log_marginal(model, xi))(x)
+  return lg.log_marginal(model, x)
 
 
 # --------------------------------------------------------------------------
 # Encoders.
 
 
+ENCODERS = ('linear', 'mlp')
+
+
 def init_encoder(key: PRNGKey, kind: str, data_dim: int, latent_dim: int,
                  hidden: int = 32) -> Params:
-  """Encoder parameters; `kind` is 'linear' or 'mlp' (one tanh hidden layer).
+  """Variables of a `networks.MLPEncoder`; `kind` is 'linear' or 'mlp'.
 
   linear: μ = xA + c, log σ = xB + e.
   mlp:    h = tanh(x W₁ + b₁), μ = h A + c, log σ = h B + e.
+  W₁ ~ N(0, 1/D); A, B ~ N(0, 0.01/n_in); biases 0.
   """
   k1, k2, k3 = jax.random.split(key, 3)
-  if kind == 'linear':
-    inputs, params = data_dim, {}
-  elif kind == 'mlp':
-    inputs = hidden
-    params = {'w1': jax.random.normal(k1, (data_dim, hidden)) / jnp.sqrt(
-        data_dim), 'b1': jnp.zeros(hidden)}
-  else:
+  if kind not in ENCODERS:
     raise ValueError(f"encoder kind must be 'linear' or 'mlp', got {kind!r}.")
+  layers, inputs = [], data_dim
+  if kind == 'mlp':
+    layers = [{'w': jax.random.normal(k1, (data_dim, hidden)) / jnp.sqrt(
+        data_dim), 'b': jnp.zeros(hidden)}]
+    inputs = hidden
   scale = 0.1 / jnp.sqrt(inputs)
-  params.update({
-      'loc_w': scale * jax.random.normal(k2, (inputs, latent_dim)),
-      'loc_b': jnp.zeros(latent_dim),
-      'log_scale_w': scale * jax.random.normal(k3, (inputs, latent_dim)),
-      'log_scale_b': jnp.zeros(latent_dim),
-  })
-  return params
+  heads = [scale * jax.random.normal(k, (inputs, latent_dim)) for k in (k2,
+                                                                        k3)]
+  layers.append({'w': jnp.concatenate(heads, -1),
+                 'b': jnp.zeros(2 * latent_dim)})
+  return gaussian_vae.variables(layers)
 
 
 def encode(params: Params, x: Array) -> dists.Normal:
-  """q_φ(z|x) for x [D] or [N, D] (the kind is read from the parameters)."""
-  h = jnp.tanh(x @ params['w1'] + params['b1']) if 'w1' in params else x
-  return dists.Normal(loc=h @ params['loc_w'] + params['loc_b'],
-                      log_scale=h @ params['log_scale_w'] +
-                      params['log_scale_b'])
+  """q_φ(z|x) for x [D] or [N, D] (the sizes are read from the parameters)."""
+  return dists.Normal(*gaussian_vae.gaussian_mlp(params, x))
 
 
 @jax.jit
@@ -178,13 +181,24 @@ def gaps(model: lg.LinearGaussianModel, x: Array,
   return summarize_gaps(gap_terms(model, x, encoder_params))
 
 
+def _with_evals(step, evaluate):
+  """A `train.make_step` step that also returns evaluate(params after it)."""
+  def stepped(state, batch, key):
+    state, aux = step(state, batch, key)
+    return state, (aux, evaluate(state.params))
+  return stepped
+
+
+@functools.partial(jax.jit, static_argnames=('num_steps', 'optimizer'))
 def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
-                  num_steps: int, learning_rate: float = 1e-2,
+                  num_steps: int,
+                  optimizer: train.OptimizerConfig = train.OptimizerConfig(
+                      learning_rate=1e-2),
                   eval_sets: tuple[Array, ...] = ()
                   ) -> tuple[Params, Array, tuple[Array, ...]]:
   """Fits an encoder for a fixed model: max_φ (1/N) Σ_n ELBO(q_φ(·|x_n)).
 
-  Full-batch Adam on the closed-form ELBO (no Monte Carlo noise), so any
+  Full-batch steps on the closed-form ELBO (no Monte Carlo noise), so any
   remaining gap is due to the encoder and the optimization, not to gradient
   variance.
 
@@ -192,29 +206,30 @@ def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
     model: the (fixed) linear-Gaussian model.
     x: training data [N, D].
     params: initial encoder parameters (`init_encoder`).
-    num_steps: Adam steps.
-    learning_rate: Adam step size.
+    num_steps: optimizer steps.
+    optimizer: the optimizer (default Adam, learning rate 1e-2).
     eval_sets: data sets [M_i, D] on which to track the mean ELBO.
 
   Returns:
     (trained params, mean training ELBO before each step [num_steps],
     for each eval set the mean ELBO(q_φ) after each step [num_steps]).
   """
-  opt = optax.adam(learning_rate)
+  opt = train.make_optimizer(optimizer, num_steps)
 
   def mean_elbo(p, data):
     return jnp.mean(batch_elbo(model, data, encode(p, data)))
 
-  def step(carry, _):
-    p, state = carry
-    value, grads = jax.value_and_grad(lambda p: -mean_elbo(p, x))(p)
-    updates, state = opt.update(grads, state, p)
-    p = optax.apply_updates(p, updates)
-    return (p, state), (-value, tuple(mean_elbo(p, e) for e in eval_sets))
+  def loss(p, batch, key, baseline):
+    del batch, key, baseline
+    value = -mean_elbo(p, x)
+    return value, {'elbo': -value}
 
-  (params, _), (history, evals) = jax.lax.scan(
-      step, (params, opt.init(params)), None, length=num_steps)
-  return params, history, evals
+  step = _with_evals(train.make_step(loss, opt),
+                     lambda p: tuple(mean_elbo(p, e) for e in eval_sets))
+  keys = jax.random.split(jax.random.PRNGKey(0), num_steps)  # Unused.
+  state, (aux, evals) = train.fit(step, train.init_state(params, opt), None,
+                                  keys)
+  return state.params, aux['elbo'], evals
 
 
 # --------------------------------------------------------------------------
@@ -230,19 +245,27 @@ def init_model(key: PRNGKey, x: Array,
       log_noise_scale=jnp.zeros((), x.dtype))
 
 
+INFERENCE = ('amortized', 'per_point')
+
+
 def _variational(params: Params, x: Array, inference: str) -> dists.Normal:
   if inference == 'amortized':
     return encode(params, x)
   return dists.Normal(loc=params['loc'], log_scale=params['log_scale'])
 
 
+@functools.partial(jax.jit, static_argnames=(
+    'latent_dim', 'estimator', 'inference', 'num_steps', 'optimizer',
+    'num_samples'))
 def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
                 inference: str = 'amortized', num_steps: int = 2000,
-                learning_rate: float = 1e-2, num_samples: int = 2,
+                optimizer: train.OptimizerConfig = train.OptimizerConfig(
+                    learning_rate=1e-2),
+                num_samples: int = 2,
                 ) -> tuple[lg.LinearGaussianModel, Params, Array]:
   """Learns (W, b, σ) and q jointly by maximizing (1/N) Σ_n ELBO(x_n).
 
-  Each step is full-batch Adam on the surrogate of
+  Each step is a full-batch optimizer step on the surrogate of
   `objectives.surrogate_objective` ('elbo' with the analytic KL; 'elbo_mc_kl'
   for 'stl'), whose gradient w.r.t. q's parameters is `estimator` and w.r.t.
   the model is the Monte Carlo gradient of E_q[log p(x|z)].
@@ -254,14 +277,14 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
     key: PRNG key.
     inference: 'amortized' (linear encoder) or 'per_point' (free μ_n, log σ_n
       for each training point).
-    num_steps: Adam steps.
-    learning_rate: Adam step size.
+    num_steps: optimizer steps.
+    optimizer: the optimizer (default Adam, learning rate 1e-2).
     num_samples: z samples per data point and step.
 
   Returns:
     (model, variational params, exact mean ELBO after each step [num_steps]).
   """
-  if inference not in ('amortized', 'per_point'):
+  if inference not in INFERENCE:
     raise ValueError(f"inference must be 'amortized' or 'per_point', got "
                      f'{inference!r}.')
   objective = 'elbo_mc_kl' if estimator == 'stl' else 'elbo'
@@ -275,9 +298,10 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
     zeros = jnp.zeros((x.shape[0], latent_dim), x.dtype)
     q_params = {'loc': zeros, 'log_scale': zeros}
   params = {'model': model, 'q': q_params}
-  opt = optax.adam(learning_rate)
+  opt = train.make_optimizer(optimizer, num_steps)
 
-  def loss(p, k):
+  def loss(p, batch, k, baseline):
+    del batch, baseline
     q = _variational(p['q'], x, inference)
     prior = dists.standard_normal((latent_dim,), x.dtype)
 
@@ -288,19 +312,13 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
           ki, num_samples)
 
     keys = jax.random.split(k, x.shape[0])
-    return -jnp.mean(jax.vmap(one)(x, q.loc, q.log_scale, keys))
+    return -jnp.mean(jax.vmap(one)(x, q.loc, q.log_scale, keys)), {}
 
   def exact_elbo(p):
     return jnp.mean(batch_elbo(p['model'], x, _variational(p['q'], x,
                                                            inference)))
 
-  def step(carry, k):
-    p, state = carry
-    grads = jax.grad(loss)(p, k)
-    updates, state = opt.update(grads, state, p)
-    p = optax.apply_updates(p, updates)
-    return (p, state), exact_elbo(p)
-
-  (params, _), history = jax.lax.scan(step, (params, opt.init(params)),
-                                      jax.random.split(k_steps, num_steps))
-  return params['model'], params['q'], history
+  step = _with_evals(train.make_step(loss, opt), exact_elbo)
+  state, (_, history) = train.fit(step, train.init_state(params, opt), None,
+                                  jax.random.split(k_steps, num_steps))
+  return state.params['model'], state.params['q'], history

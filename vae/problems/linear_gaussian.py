@@ -6,13 +6,17 @@ Everything is exact here: the marginal x ~ N(b, W Wᵀ + σ² I), the posterior
 p(z|x) = N(m, S) with S = (I + WᵀW/σ²)⁻¹ and m = S Wᵀ(x - b)/σ², the ELBO of a
 diagonal Gaussian q in closed form, and KL(q ‖ p(z|x)), so that
 log p(x) - ELBO(q) = KL(q ‖ p(z|x)) can be checked to rounding error.
-Also the closed-form maximum-likelihood fit (Tipping & Bishop 1999).
+Also the closed-form maximum-likelihood fit (Tipping & Bishop 1999), and
+`draw_problem`: a random model and its data sets from one normal draw.
 """
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.stats import multivariate_normal
+import numpy as np
 
 from vae import distributions as dists
 from vae import types
@@ -21,6 +25,19 @@ Array = types.Array
 PRNGKey = types.PRNGKey
 
 _LOG_2PI = math.log(2 * math.pi)
+# Deterministic identities among closed forms hold to this many units of
+# rounding of the magnitudes involved (`tolerance`).
+ROUNDING_ULPS = 1000.0
+
+
+def tolerance(scale, dtype) -> np.ndarray:
+  """Allowed error of a deterministic identity: ROUNDING_ULPS·ε·(1 + |scale|).
+
+  ε is the machine epsilon of `dtype` (2.2e-16 in float64, 1.2e-7 in
+  float32) and `scale` the magnitude of the terms that cancel.
+  """
+  return ROUNDING_ULPS * np.finfo(dtype).eps * (1.0 + np.abs(
+      np.asarray(scale, np.float64)))
 
 
 @types.pytree_dataclass
@@ -69,6 +86,52 @@ def sample_data(model: LinearGaussianModel, key: PRNGKey,
   return x, z
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def draw_problem(key: PRNGKey, data_dim: int, latent_dim: int,
+                 noise_scale: float, sizes: tuple[int, ...],
+                 orthogonal_sizes: tuple[int, ...] = ()):
+  """A random model and data sets drawn from it, all from ONE normal draw.
+
+  The model has W, b with N(0, 1) entries (as `random_model`); each data
+  set holds x = W z + b + σ ε with z, ε ~ N(0, I). With `orthogonal_sizes`
+  there is also a model W = U diag(1, ..., d) (U from the QR of a normal
+  matrix, so WᵀW is diagonal) with its own b and data sets. The draw is
+  split in the order W, b, [U, b_orthogonal], data sets, orthogonal ones.
+
+  Args:
+    key: PRNG key.
+    data_dim: D.
+    latent_dim: d.
+    noise_scale: σ.
+    sizes: points in each data set of the model.
+    orthogonal_sizes: points in each data set of the orthogonal model.
+
+  Returns:
+    (model, data sets [n, D], orthogonal model or None, its data sets).
+  """
+  dtype = jnp.result_type(float)
+  d, dd = latent_dim, data_dim
+  models = 2 if orthogonal_sizes else 1
+  parts = [dd * d, dd] * models + [n * (d + dd) for n in (
+      *sizes, *orthogonal_sizes)]
+  draws = jax.random.normal(key, (sum(parts),), dtype)
+  parts = jnp.split(draws, [sum(parts[:i + 1]) for i in range(len(parts) - 1)])
+  log_noise = jnp.log(jnp.asarray(noise_scale, dtype))
+  model = LinearGaussianModel(parts[0].reshape(dd, d), parts[1], log_noise)
+  ortho = None
+  if orthogonal_sizes:
+    u, _ = jnp.linalg.qr(parts[2].reshape(dd, d))
+    ortho = LinearGaussianModel(u * jnp.arange(1, d + 1, dtype=dtype),
+                                parts[3], log_noise)
+  data = []
+  owners = [model] * len(sizes) + [ortho] * len(orthogonal_sizes)
+  for m, part in zip(owners, parts[2 * models:]):
+    zeta = part.reshape(-1, d + dd)
+    data.append(zeta[:, :d] @ m.weight.T + m.bias + noise_scale * zeta[:, d:])
+  return (model, tuple(data[:len(sizes)]), ortho,
+          tuple(data[len(sizes):]))
+
+
 def marginal_covariance(model: LinearGaussianModel) -> Array:
   """C = W Wᵀ + σ² I."""
   return (model.weight @ model.weight.T +
@@ -76,12 +139,8 @@ def marginal_covariance(model: LinearGaussianModel) -> Array:
 
 
 def log_marginal(model: LinearGaussianModel, x: Array) -> Array:
-  """log p(x) = log N(x; b, WWᵀ + σ²I), for one x [D]."""
-  c = marginal_covariance(model)
-  chol = jnp.linalg.cholesky(c)
-  r = jax.scipy.linalg.solve_triangular(chol, x - model.bias, lower=True)
-  log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
-  return -0.5 * (model.data_dim * _LOG_2PI + log_det + r @ r)
+  """log p(x) = log N(x; b, WWᵀ + σ²I), for x [D] (or a batch [N, D])."""
+  return multivariate_normal.logpdf(x, model.bias, marginal_covariance(model))
 
 
 def posterior(model: LinearGaussianModel, x: Array) -> tuple[Array, Array]:
@@ -100,6 +159,12 @@ def log_likelihood(model: LinearGaussianModel, x: Array, z: Array) -> Array:
                  r @ r / model.noise_variance)
 
 
+def log_joint(model: LinearGaussianModel, x: Array, z: Array) -> Array:
+  """log p(x, z) = log p(x|z) + log N(z; 0, I), for one x [D] and z [d]."""
+  prior = dists.standard_normal(z.shape, x.dtype)
+  return log_likelihood(model, x, z) + jnp.sum(prior.log_prob(z))
+
+
 def elbo(model: LinearGaussianModel, x: Array, q: dists.Normal) -> Array:
   """ELBO(q) in closed form for a diagonal Gaussian q = N(μ, diag(s²)).
 
@@ -109,8 +174,8 @@ def elbo(model: LinearGaussianModel, x: Array, q: dists.Normal) -> Array:
   mu, var = q.mean(), q.variance()
   r = x - model.bias - model.weight @ mu
   expected_sq = r @ r + jnp.sum(var * jnp.sum(model.weight**2, axis=0))
-  expected_ll = -0.5 * (model.data_dim * (_LOG_2PI + 2.0 * model.log_noise_scale)
-                        + expected_sq / model.noise_variance)
+  log_norm = model.data_dim * (_LOG_2PI + 2.0 * model.log_noise_scale)
+  expected_ll = -0.5 * (log_norm + expected_sq / model.noise_variance)
   kl = 0.5 * jnp.sum(var + mu**2 - 1.0 - 2.0 * q.log_scale)
   return expected_ll - kl
 
@@ -122,12 +187,42 @@ def kl_to_posterior(model: LinearGaussianModel, x: Array,
   KL = ½ [tr(S⁻¹Σq) + (m - μ)ᵀ S⁻¹ (m - μ) - d + log det S - log det Σq].
   """
   m, s = posterior(model, x)
-  s_inv = jnp.eye(model.latent_dim) + model.weight.T @ model.weight / model.noise_variance
+  w = model.weight
+  s_inv = jnp.eye(model.latent_dim) + w.T @ w / model.noise_variance
   var = q.variance()
   diff = m - q.mean()
   _, log_det_s = jnp.linalg.slogdet(s)
   return 0.5 * (jnp.sum(jnp.diag(s_inv) * var) + diff @ s_inv @ diff -
                 model.latent_dim + log_det_s - 2.0 * jnp.sum(q.log_scale))
+
+
+@jax.jit
+def identity_terms(model: LinearGaussianModel, x: Array,
+                   key: PRNGKey) -> tuple[Array, Array, Array]:
+  """log p(x_n), ELBO(q_n) and KL(q_n ‖ p(z|x_n)) for a random q_n per row.
+
+  q_n = N(μ_n, diag e^{2 s_n}) with μ_n ~ N(0, 4 I), s_n ~ U(-2, 1)^d; each
+  term in closed form, so log p(x) - ELBO(q) - KL(q ‖ p(z|x)) is rounding.
+
+  Args:
+    model: the model.
+    x: data [N, D].
+    key: PRNG key (the q_n).
+
+  Returns:
+    (log p(x_n), ELBO(q_n), KL(q_n ‖ p(z|x_n))), each [N].
+  """
+  n, d = x.shape[0], model.latent_dim
+  k_loc, k_scale = jax.random.split(key)
+  loc = 2.0 * jax.random.normal(k_loc, (n, d), x.dtype)
+  log_scale = jax.random.uniform(k_scale, (n, d), x.dtype, -2.0, 1.0)
+
+  def terms(xi, loc, log_scale):
+    qi = dists.Normal(loc, log_scale)
+    return (log_marginal(model, xi), elbo(model, xi, qi),
+            kl_to_posterior(model, xi, qi))
+
+  return jax.vmap(terms)(x, loc, log_scale)
 
 
 def fit_ppca(x: Array, latent_dim: int) -> LinearGaussianModel:
