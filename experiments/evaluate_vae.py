@@ -1,7 +1,8 @@
-"""Evaluate a trained VAE checkpoint: importance-sampled test NLL, ELBO, IWAE_k, active units, pictures.
+"""Evaluate a train_vae checkpoint: test NLL (IS), ELBO, IWAE_k, pictures.
 
-Loads the latest (or --step) checkpoint of a `train_vae` output folder
-(--checkpoint_dir) and estimates, on the test images,
+Loads the newest intact (or --step) checkpoint of a `train_vae` run folder
+(--checkpoint_dir; its config.json gives the model and data) and estimates,
+on the test images,
 
     test_nll = -(1/N) Σ_n log (1/K) Σ_k p(x_n|z_k) p(z_k) / q(z_k|x_n),
 
@@ -11,102 +12,92 @@ ELBO and IWAE_k from the same samples, the number of active units
 and PNGs of prior samples, reconstructions and inpainting. Writes
 results.json/.csv, config.json and timing.json.
 
-  python launch.py --experiment=evaluate_vae --checkpoint_dir=runs/vae_mnist \
+  python launch.py --experiment=evaluate_vae --checkpoint_dir=runs/vae_mnist \\
       --tfds_data_dir=/work/shared/data/tensorflow_datasets
 """
 
+import dataclasses
 import os
-import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+import jax
+import numpy as np
 
-from vae import cli
-from vae import results
-
-_CHECKPOINT_DIR = flags.DEFINE_string(
-    'checkpoint_dir', None, 'Output folder of a train_vae run (holding '
-    'checkpoints/).')
-_STEP = flags.DEFINE_integer(
-    'step', None, 'Checkpoint step to evaluate (default: the latest).',
-    lower_bound=0)
-_SPLIT = flags.DEFINE_enum('split', 'test', ['test', 'validation'],
-                           'Images to evaluate on.')
-_TFDS_DATA_DIR = flags.DEFINE_string(
-    'tfds_data_dir', None, 'TFDS data dir with the dataset prepared '
-    '(default: env VAE_TFDS_DATA_DIR).')
-_MANUAL_DIR = flags.DEFINE_string(
-    'manual_dir', None, 'Folder with the raw files for TFDS to prepare '
-    '(default: env VAE_MANUAL_DIR).')
-_DATA_CACHE_DIR = flags.DEFINE_string(
-    'data_cache_dir', None, 'Folder of a numpy cache <name>.npz of the '
-    'dataset (default: env VAE_DATA_CACHE).')
-_EVAL_K = flags.DEFINE_integer(
-    'eval_k', 5000, 'Importance samples for the test log-likelihood.',
-    lower_bound=1)
-_EVAL_BATCH_SIZE = flags.DEFINE_integer(
-    'eval_batch_size', 100, 'Test images decoded together.', lower_bound=1)
-_EVAL_CHUNK_SIZE = flags.DEFINE_integer(
-    'eval_chunk_size', 100, 'Samples per image decoded together.',
-    lower_bound=1)
-_EVAL_IWAE_KS = flags.DEFINE_list(
-    'eval_iwae_ks', ['1', '5', '50'], 'k of the test IWAE_k bounds to report '
-    '(the training k is added when it divides --eval_chunk_size).')
-_NUM_EVAL = flags.DEFINE_integer(
-    'num_eval', None, 'Evaluate on the first num_eval images (default: all).',
-    lower_bound=1)
-_PICTURES = flags.DEFINE_bool('pictures', True,
-                              'Write prior samples, reconstructions and '
-                              'inpainting PNGs.')
-cli.define_common_flags()
-FLAGS = flags.FLAGS
+from experiments import train_vae
+from experiments.common import outputs
+from vae import checkpoint
+from vae import config as cfg
+from vae import data as data_lib
+from vae import evaluate as eval_lib
+from vae.models import image_vae
 
 
-def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'evaluate_vae: unexpected arguments {argv[1:]}')
-  if not _CHECKPOINT_DIR.value:
-    sys.exit('evaluate_vae: --checkpoint_dir (a train_vae output folder) is '
-             'required.')
-  from vae import data  # pylint: disable=g-import-not-at-top
-  from vae import evaluation  # pylint: disable=g-import-not-at-top
-  from vae import training  # pylint: disable=g-import-not-at-top
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # TFDS and orbax log at INFO.
-  run_dir = os.path.abspath(os.path.expanduser(_CHECKPOINT_DIR.value))
+@cfg.settings
+class Config:
+  checkpoint_dir: str | None = cfg.setting(
+      None, 'Run folder of a train_vae run (holding checkpoints/); '
+      'required.', text=True)
+  step: int | None = cfg.setting(
+      None, 'Checkpoint step to evaluate (default: the newest intact one).',
+      min=0)
+  split: str = cfg.setting('test', 'Images to evaluate on.',
+                           choices=('test', 'validation'))
+  paths: data_lib.DataPaths = data_lib.DataPaths()
+  evaluation: eval_lib.EvalConfig = eval_lib.EvalConfig()
+
+
+def load_run(run_dir: str, step: int | None, log=print):
+  """(train_vae Config, its seed, model, params, step) of a run folder.
+
+  Raises:
+    SystemExit: one line, when `run_dir` is no train_vae run or has no
+      intact checkpoint.
+  """
+  saved = outputs.read_config(run_dir)
+  if saved is None or saved.get('experiment') != 'train_vae':
+    raise SystemExit(f'evaluate_vae: {run_dir} is not a train_vae run folder '
+                     f'(no config.json of train_vae).')
+  trained = cfg.from_dict(train_vae.Config, saved['settings'])
+  model = image_vae.make(trained.model)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  target = {'params': jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                   shapes)}
+  directory = os.path.join(run_dir, train_vae.CHECKPOINTS)
   try:
-    config, model, params, step = training.load_params(run_dir, _STEP.value)
-    iwae_ks = evaluation.iwae_ks_for(_EVAL_K.value, _EVAL_CHUNK_SIZE.value,
-                                     _EVAL_IWAE_KS.value, config.num_samples)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f'evaluate_vae: {e}')
-  out = cli.output_dir('evaluate_vae')
-  results.write_config(out, FLAGS, FLAGS.seed)
-  try:
-    dataset = data.load_dataset(
-        config.dataset, data_dir=_TFDS_DATA_DIR.value,
-        manual_dir=_MANUAL_DIR.value, cache_dir=_DATA_CACHE_DIR.value,
-        num_train=config.num_train, seed=config.seed)
-  except data.DataNotFoundError as e:
-    sys.exit(f'evaluate_vae: {e}')
-  print(f'evaluate_vae: {run_dir} step {step} ({config.dataset}, '
-        f'{config.objective}/{config.estimator} k={config.num_samples}); '
-        f'output in {out}', flush=True)
-  summary, timing = evaluation.evaluate(
-      model, params, dataset, FLAGS.seed, eval_k=_EVAL_K.value,
-      iwae_ks=iwae_ks, batch_size=_EVAL_BATCH_SIZE.value,
-      chunk_size=_EVAL_CHUNK_SIZE.value, num_eval=_NUM_EVAL.value,
-      split=_SPLIT.value, output_dir=out, pictures=_PICTURES.value,
-      log=lambda line: print(line, flush=True))
-  records = [training.result_record(config, step, summary)]
-  results.write_results(out, records)
-  results.write_json(os.path.join(out, 'timing.json'), timing)
-  print(results.format_table(records, columns=(
-      'dataset', 'objective', 'estimator', 'k', 'steps', 'test_nll',
-      'test_nll_stderr', 'test_elbo', 'active_units', 'eval_k')))
-  print(f'Results in {out}')
+    if step is None:
+      tree, step = checkpoint.restore_latest(directory, target, log,
+                                             move_aside=False)
+      if tree is None:
+        raise FileNotFoundError(f'no checkpoint in {directory}.')
+    else:
+      tree = checkpoint.restore(directory, step, target)
+  except (FileNotFoundError, ValueError, checkpoint.CheckpointError) as e:
+    raise SystemExit(f'evaluate_vae: {e}') from None
+  return trained, saved['seed'], model, tree['params'], step
 
 
-if __name__ == '__main__':
-  app.run(main)
+def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  if config.checkpoint_dir is None:
+    raise SystemExit('evaluate_vae: --checkpoint_dir (a train_vae run '
+                     'folder) is required.')
+  run_dir = os.path.abspath(os.path.expanduser(config.checkpoint_dir))
+  trained, train_seed, model, params, step = load_run(run_dir, config.step,
+                                                      out.log)
+  paths = {f.name: getattr(config.paths, f.name) or
+           getattr(trained.data.paths, f.name)
+           for f in dataclasses.fields(data_lib.DataPaths)}
+  data_config = dataclasses.replace(trained.data,
+                                    paths=data_lib.DataPaths(**paths))
+  dataset = data_lib.load(data_config, train_seed)
+  t = trained.training
+  out.log(f'evaluate_vae: {run_dir} step {step} ({data_config.dataset}, '
+          f'{t.objective}/{t.estimator} k={t.num_samples}); output in '
+          f'{out.dir}')
+  ev = eval_lib.evaluate(model, params, dataset, config.evaluation, seed,
+                         t.num_samples, config.split, out.log)
+  train_vae.write_evaluation(out, ev)
+  out.write_json('timing.json', ev.timing)
+  records = [train_vae.record(trained, train_seed, step, ev.summary)]
+  out.table(records, ('dataset', 'objective', 'estimator', 'k', 'steps',
+                      'test_nll', 'test_nll_stderr', 'test_elbo',
+                      'active_units', 'eval_k'))
+  return records

@@ -1,6 +1,8 @@
-"""End-to-end: train_vae killed with SIGKILL and rerun, then evaluate_vae."""
+"""train_vae and evaluate_vae end to end: outputs, refusals, NaN stop, and
+SIGTERM + SIGKILL through launch.py, resumed to bitwise-equal parameters."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -12,124 +14,157 @@ import jax
 import numpy as np
 import pytest
 
-from vae import checkpointing
+from experiments import evaluate_vae
+from experiments import train_vae
+from experiments.common import runner
+from vae import checkpoint
 from vae import data
-from vae import training
+from vae import evaluate
+from vae import train
+from vae.models import image_vae
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--dataset=synthetic', '--num_train=200', '--hidden_sizes=8',
-        '--latent_dim=2', '--batch_size=20', '--epochs=10',
-        '--notensorboard', '--nopictures', '--eval_k=100',
-        '--eval_chunk_size=50', '--num_eval=20', '--eval_iwae_ks=1,5']
-EVAL = ['--eval_k=100', '--eval_chunk_size=50', '--num_eval=20',
-        '--eval_iwae_ks=1,5']
+EVAL = evaluate.EvalConfig(eval_k=100, eval_chunk_size=50, num_eval=20,
+                           eval_iwae_ks=(1, 5))
+TINY = train_vae.Config(
+    data=data.DataConfig(num_train=200),
+    model=image_vae.ModelConfig(hidden_sizes=(8,), latent_dim=2),
+    training=train.TrainConfig(batch_size=20, epochs=10), evaluation=EVAL)
+FLAGS = ['--num_train=200', '--hidden_sizes=8', '--latent_dim=2',
+         '--batch_size=20', '--epochs=10', '--eval_k=100',
+         '--eval_chunk_size=50', '--num_eval=20', '--eval_iwae_ks=1,5']
 
 
-def _command(experiment, args):
-  return [sys.executable, '-m', f'experiments.{experiment}', *args]
+def _run(name, config, directory):
+  return runner.run_point(name, config, 0, str(directory),
+                          compilation_cache=False)
 
 
-_CACHE = {}
-
-
-def _env():
-  # A persistent compilation cache shared by the subprocesses: the resumed
-  # run and evaluate_vae reuse what the first run compiled.
-  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-              JAX_COMPILATION_CACHE_DIR=_CACHE.get('dir', ''),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-
-
-def _run(experiment, args):
-  return subprocess.run(_command(experiment, args), cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=300)
-
-
-def _kill_after_first_checkpoint(args, directory, timeout=240):
-  """Starts train_vae; SIGKILLs it once a checkpoint exists; returns rc."""
-  proc = subprocess.Popen(_command('train_vae', args), cwd=REPO, env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
-  deadline = time.time() + timeout
-  try:
-    while time.time() < deadline and proc.poll() is None:
-      if checkpointing.latest_step(directory) is not None:
-        proc.send_signal(signal.SIGKILL)
-        break
-      time.sleep(0.02)
-    _, stderr = proc.communicate(timeout=60)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  assert proc.returncode == -signal.SIGKILL, stderr[-2000:]
-  return proc.returncode
+def _params(directory):
+  return evaluate_vae.load_run(str(directory), None)[3]
 
 
 @pytest.fixture(scope='module')
-def killed_and_resumed(tmp_path_factory):
+def tiny_run(tmp_path_factory):
   out = tmp_path_factory.mktemp('train')
-  _CACHE['dir'] = str(tmp_path_factory.mktemp('jax_cache'))
-  args = TINY + [f'--output_dir={out}']
-  _kill_after_first_checkpoint(args, training.checkpoint_dir(str(out)))
-  killed_at = checkpointing.latest_step(training.checkpoint_dir(str(out)))
-  assert killed_at is not None and killed_at < 100
-  proc = _run('train_vae', args)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return out, killed_at, proc.stdout
+  return out, _run('train_vae', TINY, out)
 
 
-def test_resumed_run_equals_an_uninterrupted_one(killed_and_resumed,
-                                                 tmp_path):
-  out, killed_at, stdout = killed_and_resumed
-  assert f'resuming from {out}' in stdout and f'at step {killed_at}' in stdout
-  assert 'epoch 10/10' in stdout
-  config, _, params, step = training.load_params(str(out))
-  assert step == 100
-  # The same run, uninterrupted, in this process.
-  dataset = data.load_dataset('synthetic', num_train=200, seed=0)
-  reference = training.train(config, dataset, str(tmp_path), tensorboard=False,
-                             use_orbax=False, test_every=0,
-                             checkpoint_every=10, log=lambda _: None)
-  for a, b in zip(jax.tree.leaves(params),
-                  jax.tree.leaves(reference.state.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
-                               atol=1e-7)
+def test_outputs(tiny_run):
+  out, records = tiny_run
+  (record,) = records
+  assert record == json.loads((out / 'results.json').read_text())[0]
+  assert (record['dataset'], record['k'], record['steps']) == (
+      'synthetic', 1, 100)
+  assert record['test_elbo'] <= record['test_iwae_5'] <= (
+      -record['test_nll'] + 1e-3)
   with open(out / 'metrics.csv') as f:
-    steps = [int(r['step']) for r in csv.DictReader(f)]
-  assert steps == list(range(10, 101, 10))
+    rows = list(csv.DictReader(f))
+  assert [int(r['step']) for r in rows] == list(range(10, 101, 10))
+  assert float(rows[-1]['train_bound']) == record['final_train_bound']
+  assert checkpoint.list_steps(str(out / 'checkpoints')) == [80, 90, 100]
+  for name in ('config.json', 'timing.json', 'latents.json',
+               'prior_samples.png', 'reconstructions.png', 'inpainting.png'):
+    assert (out / name).exists(), name
+  assert os.listdir(out / 'tensorboard')
+  latents = json.loads((out / 'latents.json').read_text())
+  assert len(latents['activity']) == 2
 
 
-def test_outputs_and_evaluate_vae_agree(killed_and_resumed, tmp_path):
-  out, _, _ = killed_and_resumed
-  records = json.loads((out / 'results.json').read_text())
-  assert len(records) == 1
-  record = records[0]
-  for key in ('dataset', 'objective', 'estimator', 'k', 'epochs', 'test_nll',
-              'test_elbo', 'test_iwae_1', 'test_iwae_5', 'active_units',
-              'eval_k', 'final_train_bound', 'final_test_bound'):
-    assert key in record, key
-  assert record['eval_k'] == 100 and record['steps'] == 100
-  assert record['test_elbo'] <= -record['test_nll'] + 1e-3
-  assert (out / 'config.json').exists() and (out / 'timing.json').exists()
-  assert (out / 'latents.json').exists()
-  # evaluate_vae on the same checkpoint: same numbers (same keys and images).
-  ev = tmp_path / 'eval'
-  proc = _run('evaluate_vae', [f'--checkpoint_dir={out}', '--nopictures',
-                               f'--output_dir={ev}', *EVAL])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  ev_record = json.loads((ev / 'results.json').read_text())[0]
-  for key in ('test_nll', 'test_elbo', 'test_iwae_5', 'active_units'):
-    assert ev_record[key] == pytest.approx(record[key], rel=1e-6), key
-  assert (ev / 'latents.json').exists() and (ev / 'config.json').exists()
+def test_evaluate_vae_reproduces_the_final_evaluation(tiny_run, tmp_path):
+  out, (record,) = tiny_run
+  config = evaluate_vae.Config(checkpoint_dir=str(out), evaluation=dataclasses
+                               .replace(EVAL, pictures=False))
+  (again,) = _run('evaluate_vae', config, tmp_path)
+  for key in ('test_nll', 'test_elbo', 'test_iwae_5', 'active_units',
+              'steps', 'dataset', 'hidden_sizes'):
+    assert again[key] == record[key], key
+  with pytest.raises(SystemExit, match='not a train_vae run folder'):
+    _run('evaluate_vae', dataclasses.replace(
+        config, checkpoint_dir=str(tmp_path)), tmp_path / 'x')
 
 
-def test_invalid_estimator_is_a_one_line_error(tmp_path):
-  proc = _run('train_vae', ['--objective=iwae', '--estimator=score_rloo',
-                            f'--output_dir={tmp_path / "x"}'])
-  assert proc.returncode != 0
-  lines = [l for l in proc.stderr.strip().splitlines() if l]
-  assert lines[-1] == (
-      "train_vae: estimator 'score_rloo' does not apply to objective 'iwae'; "
-      'choose from pathwise, stl, dreg, score, vimco.')
-  assert not (tmp_path / 'x').exists()
+@pytest.mark.parametrize('changes, message', [
+    (dict(training=train.TrainConfig(batch_size=300)),
+     'batch_size: 300 > the 200 training images of synthetic.'),
+    (dict(training=train.TrainConfig(num_samples=10_000, batch_size=10**5),
+          data=data.DataConfig(num_train=10**5)), 'a training step needs'),
+])
+def test_refused_before_any_work(changes, message):
+  with pytest.raises(ValueError) as info:
+    dataclasses.replace(TINY, **changes)
+  assert message in str(info.value) and '\n' not in str(info.value)
+
+
+def test_nan_stops_the_run_in_one_line(tmp_path):
+  config = dataclasses.replace(TINY, optimizer=train.OptimizerConfig(
+      optimizer='sgd', learning_rate=10.0))
+  with pytest.raises(SystemExit) as info:
+    _run('train_vae', config, tmp_path)
+  message = str(info.value)
+  assert '\n' not in message and 'NaN/Inf in epoch 1' in message
+  assert checkpoint.list_steps(str(tmp_path / 'checkpoints')) == [0]
+  assert not (tmp_path / 'results.json').exists()
+
+
+def _launch(args, env):
+  return subprocess.Popen(
+      [sys.executable, 'launch.py', '--experiment=train_vae', *FLAGS, *args],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+
+
+def _signal_after_a_new_checkpoint(proc, directory, sig, timeout=240):
+  before = checkpoint.latest_step(directory) or 0
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if (checkpoint.latest_step(directory) or 0) > before:
+      proc.send_signal(sig)
+      break
+    time.sleep(0.01)
+  out, err = proc.communicate(timeout=120)
+  return proc.returncode, out, err
+
+
+def test_sigterm_then_sigkill_then_resume_is_bitwise_equal(tiny_run,
+                                                          tmp_path):
+  reference, _ = tiny_run
+  out = tmp_path / 'run'
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'))
+  args = [f'--output_dir={out}', '--nopictures', '--notensorboard']
+  rc, stdout, stderr = _signal_after_a_new_checkpoint(
+      _launch(args, env), str(out / 'checkpoints'), signal.SIGTERM)
+  assert rc == 130, stderr[-2000:]
+  assert stderr.strip().splitlines()[-1] == 'launch.py: stopped (SIGTERM)'
+  assert 'interrupted: step' in stdout
+  stopped_at = checkpoint.latest_step(str(out / 'checkpoints'))
+  assert 0 < stopped_at < 100
+  rc, stdout, stderr = _signal_after_a_new_checkpoint(
+      _launch(args, env), str(out / 'checkpoints'), signal.SIGKILL)
+  assert rc == -signal.SIGKILL, stderr[-2000:]
+  assert f'at step {stopped_at}' in stdout
+  config = dataclasses.replace(TINY, evaluation=dataclasses.replace(
+      EVAL, pictures=False), tensorboard=False)
+  (record,) = _run('train_vae', config, out)
+  assert record['steps'] == 100
+  for a, b in zip(jax.tree.leaves(_params(out)),
+                  jax.tree.leaves(_params(reference))):
+    np.testing.assert_array_equal(a, b)
+  with open(out / 'metrics.csv') as f:
+    assert [int(r['step']) for r in csv.DictReader(f)] == list(
+        range(10, 101, 10))
+
+
+@pytest.mark.skipif(not os.environ.get(data.ENV_TFDS_DATA_DIR),
+                    reason=f'set {data.ENV_TFDS_DATA_DIR} for real data')
+def test_real_binarized_mnist_trains(tmp_path):
+  config = train_vae.Config(
+      data=data.DataConfig(dataset='binarized_mnist', num_train=2000),
+      training=train.TrainConfig(epochs=2),
+      evaluation=dataclasses.replace(EVAL, pictures=False),
+      tensorboard=False)
+  (record,) = _run('train_vae', config, tmp_path)
+  # Burda's architecture, 40 steps: from -543 (log 2 per pixel) towards 0.
+  assert -250 < record['final_train_bound'] < -150
+  assert record['test_elbo'] < -record['test_nll'] < -80

@@ -1,4 +1,4 @@
-"""The one training loop: an optax step on a surrogate objective, under `lax.scan`.
+"""The one training loop: an optax step on a surrogate, under `lax.scan`.
 
 Every model trains with the same step,
 
@@ -12,8 +12,31 @@ parameters, updated after the step so that the baseline a step uses never
 depends on that step's samples (the estimator stays unbiased). `fit` scans
 the step over a sequence of (batch, key) inputs; callers choose how batches
 and keys are derived, so each experiment keeps its own random streams.
+
+The image-VAE epoch trainer (`TrainConfig`, `make_epoch`, `train`) is built
+on that step. A whole epoch is one jitted call: `fit` over
+`data.epoch_batches`, maximizing the mean surrogate bound of
+`image_vae.batch_surrogate` with β_t = β·min(1, t / T_warm). Everything
+random is derived from the seed:
+
+* parameters from fold_in(PRNGKey(seed), 0);
+* the samples of step t (and its dynamic binarization) from
+  fold_in(fold_in(PRNGKey(seed), 1), t);
+* the order of epoch e from (seed, e) (`data.epoch_permutation`);
+* the per-epoch test bound from fold_in(PRNGKey(seed), 2).
+
+A run that is killed and rerun resumes from its newest intact checkpoint
+(`vae.checkpoint`, saved at epoch ends) to exactly the parameters of an
+uninterrupted run. A NaN or a diverged bound (`divergence`) stops training
+with the last good state checkpointed; so does KeyboardInterrupt (SIGINT, or
+SIGTERM through launch.py), which is re-raised. `train` writes checkpoints
+only: per-epoch metrics go to the caller's `on_epoch`.
 """
 
+import dataclasses
+import functools
+import math
+import time
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -21,9 +44,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vae import checkpoint
 from vae import config as cfg
+from vae import data
+from vae import evaluate
 from vae import types
 from vae.estimators import control_variates
+from vae.estimators import registry
+from vae.models import image_vae
 
 Array = types.Array
 Params = types.Params
@@ -167,3 +195,332 @@ def fit(step: Callable, state: TrainState, batches: Any, keys: Array
     (final state, aux of every step stacked along a leading axis T).
   """
   return jax.lax.scan(lambda s, x: step(s, *x), state, (batches, keys))
+
+
+# The image-VAE epoch trainer.
+
+MAX_BATCH = 100_000
+# The estimators of an image VAE's bounds (Gaussian q).
+ESTIMATORS = tuple(n for n in registry.names(latents='continuous')
+                   if registry.lookup(n).objectives() and
+                   'normal' in registry.lookup(n).families)
+# A bound below -DIVERGENCE_FACTOR·D·log 2·max(1, β) nats per example (D
+# binary pixels; D·log 2 is what a uniform model pays), or one that falls by
+# more than a factor JUMP_FACTOR from one epoch to the next, has diverged.
+DIVERGENCE_FACTOR = 10.0
+JUMP_FACTOR = 100.0
+
+
+@cfg.settings
+class TrainConfig:
+  """What the epoch trainer optimizes, and for how long."""
+  objective: str = cfg.setting('elbo', 'Training bound (elbo: analytic KL).',
+                               choices=registry.OBJECTIVES)
+  estimator: str = cfg.setting(
+      'pathwise', 'Gradient estimator (see vae.estimators.registry).',
+      choices=ESTIMATORS)
+  num_samples: int = cfg.setting(
+      1, 'k: samples per example (IWAE_k for iwae).', min=1, max=10_000)
+  beta: float = cfg.setting(1.0, 'Weight of the KL term.', min=0.0,
+                            max=100.0)
+  warmup_steps: int = cfg.setting(
+      0, 'KL warm-up: beta grows linearly from 0 over this many steps.',
+      min=0, max=10**9)
+  baseline_decay: float = cfg.setting(
+      0.9, 'Decay of the moving-average baseline of score_moving_average.',
+      min=0.0, lt=1.0)
+  batch_size: int = cfg.setting(100, 'Examples per step.', min=1,
+                                max=MAX_BATCH)
+  epochs: int = cfg.setting(30, 'Passes over the training set.', min=1,
+                            max=100_000)
+  checkpoint_every: int = cfg.setting(
+      1, 'Epochs between checkpoints (and one at the end).', min=1,
+      max=100_000)
+  test_every: int = cfg.setting(
+      1, 'Epochs between test-bound evaluations (0: never).', min=0,
+      max=100_000)
+
+  def check(self):
+    registry.check(self.estimator, self.objective, self.num_samples,
+                   self.beta, 'continuous', 'normal')
+
+
+def memory_estimate(model: image_vae.ModelConfig, config: TrainConfig,
+                    data_dim: int = 784) -> int:
+  """Bytes a training step needs, roughly: 4·(5 P + 8 B k W).
+
+  P parameters (with gradients, two Adam moments and a spare copy), and
+  activations of the B·k samples of a batch kept for the backward pass, W =
+  2 Σ hidden + 4 latent + 3 D floats per sample.
+  """
+  width = (2 * sum(model.hidden_sizes) + 4 * model.latent_dim +
+           3 * data_dim)
+  return 4 * (5 * model.num_params(data_dim) +
+              8 * config.batch_size * config.num_samples * width)
+
+
+def step_key(seed: int, step: Array) -> Array:
+  """The PRNG key of step t: fold_in(fold_in(PRNGKey(seed), 1), t)."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+                            step)
+
+
+def beta_at(config: TrainConfig, step: Array) -> Array:
+  """β_t = β·min(1, t / warmup_steps) (β when warmup_steps = 0)."""
+  if config.warmup_steps == 0:
+    return jnp.asarray(config.beta, jnp.float32)
+  frac = jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / config.warmup_steps)
+  return config.beta * frac
+
+
+def _uses_baseline(config: TrainConfig) -> bool:
+  return registry.lookup(config.estimator).state == 'moving_average'
+
+
+def image_loss(model: image_vae.VAE, config: TrainConfig,
+               dynamic_binarization: bool) -> Loss:
+  """(θ, (x, β_t), key, b) -> (-S̄, {'bound': S̄[, 'cost': f̄]}) for make_step.
+
+  key splits into the binarization key (x ~ Bernoulli(x) when
+  `dynamic_binarization`) and the samples' key; S̄ is
+  `image_vae.batch_surrogate` with β_t (and baseline b for
+  score_moving_average, whose cost f̄ is `image_vae.batch_objective`'s).
+  """
+  objective, estimator, k = (config.objective, config.estimator,
+                             config.num_samples)
+  uses_baseline = _uses_baseline(config)
+
+  def loss(params, batch, key, baseline):
+    images, beta = batch
+    if config.warmup_steps == 0:  # A constant β, as XLA can fold it.
+      beta = config.beta
+    bin_key, loss_key = jax.random.split(key)
+    if dynamic_binarization:
+      images = data.binarize(bin_key, images)
+    if uses_baseline:
+      bound, cost = image_vae.batch_objective(
+          model, params, images, loss_key, objective, estimator, k, beta,
+          baseline)
+      return -bound, {'bound': bound, 'cost': cost}
+    bound = image_vae.batch_surrogate(model, params, images, loss_key,
+                                      objective, estimator, k, beta)
+    return -bound, {'bound': bound}
+
+  return loss
+
+
+def make_epoch(model: image_vae.VAE, optimizer: optax.GradientTransformation,
+               config: TrainConfig, seed: int, dynamic_binarization: bool):
+  """A jitted (state, images, epoch) -> (state, stats): one pass over the data.
+
+  Runs `fit` over the batches of `data.epoch_batches(images, B, seed,
+  epoch)`, step t with key `step_key(seed, t)` and β_t = `beta_at(t)`.
+  stats: 'bound' (the mean of the steps' bounds S̄_t), 'min_bound' and
+  'max_bound' (their extremes) and 'finite' (False if a bound or a
+  parameter is NaN/Inf).
+  """
+  step = make_step(image_loss(model, config, dynamic_binarization), optimizer,
+                   config.baseline_decay if _uses_baseline(config) else None)
+
+  @jax.jit
+  def epoch_fn(state: TrainState, images: Array, epoch: Array):
+    batches = data.epoch_batches(images, config.batch_size, seed, epoch)
+    t = state.step + jnp.arange(batches.shape[0])
+    keys = jax.vmap(lambda s: step_key(seed, s))(t)
+    betas = jax.vmap(lambda s: beta_at(config, s))(t)
+    state, aux = fit(step, state, (batches, betas), keys)
+    bounds = aux['bound']
+    finite = jnp.all(jnp.isfinite(bounds))
+    for leaf in jax.tree.leaves(state.params):
+      finite &= jnp.all(jnp.isfinite(leaf))
+    return state, {'bound': jnp.mean(bounds), 'min_bound': jnp.min(bounds),
+                   'max_bound': jnp.max(bounds), 'finite': finite}
+
+  return epoch_fn
+
+
+def divergence(stats: dict[str, Any], previous: float | None, data_dim: int,
+               beta: float = 1.0) -> str | None:
+  """Why an epoch's bounds are implausible, or None if they are plausible.
+
+  For D pixels in [0, 1], log p(x|z) = Σ_j x_j l_j - softplus(l_j) ≤ 0, so
+  a bound is ≤ 0 up to Monte Carlo noise in its KL part. Implausible:
+  NaN/Inf; a step's bound below -10·D·log 2·max(1, β) (ten times what a
+  model predicting every pixel at 1/2 pays) or above D·log 2; or the
+  epoch's mean bound L_e < 100·L_{e-1} < 0 (two orders of magnitude).
+  """
+  if not bool(stats['finite']):
+    return 'the training bound or the parameters became NaN/Inf'
+  ceiling = data_dim * math.log(2)
+  floor = -DIVERGENCE_FACTOR * ceiling * max(1.0, beta)
+  low, high = float(stats['min_bound']), float(stats['max_bound'])
+  bound = float(stats['bound'])
+  if low < floor:
+    return (f'the training bound diverged to {low:.4g} nats (below '
+            f'{floor:.4g}, a plausible floor for {data_dim} binary pixels)')
+  if high > ceiling:
+    return (f'the training bound rose to {high:.4g} nats (a bound on '
+            f'{data_dim} pixels in [0, 1] is at most about 0)')
+  if previous is not None and previous < 0 and bound < JUMP_FACTOR * previous:
+    return (f'the training bound jumped from {previous:.4g} to {bound:.4g} '
+            'nats')
+  return None
+
+
+class Diverged(FloatingPointError):
+  """Training stopped on a NaN or a diverged bound (one line)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(model: image_vae.VAE, optimizer_config: OptimizerConfig,
+              config: TrainConfig, seed: int, total_steps: int,
+              steps_per_epoch: int, images_shape: tuple[int, ...],
+              dynamic_binarization: bool):
+  """(jitted init_state(params), compiled epoch) for these settings (cached,
+  so that training again in one process, e.g. resuming, does not compile)."""
+  optimizer = make_optimizer(optimizer_config, total_steps, steps_per_epoch)
+  init = jax.jit(lambda params: init_state(params, optimizer))
+  state = jax.eval_shape(lambda: init_state(
+      model.init(jax.random.PRNGKey(0)), optimizer))
+  epoch = make_epoch(model, optimizer, config, seed, dynamic_binarization)
+  return init, epoch.lower(state, jax.ShapeDtypeStruct(images_shape,
+                                                       jnp.float32),
+                           jax.ShapeDtypeStruct((), jnp.int32)).compile()
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns.
+
+  Attributes:
+    state: the final state (it passed the checks).
+    history: the per-epoch rows of this call (see `train`).
+    resumed_from: the step the run resumed from (None: fresh start).
+    wall_s: wall seconds of the epochs of this call (no compilation).
+    cpu_s: process CPU seconds of those epochs.
+    compile_s: seconds spent compiling the epoch function.
+  """
+  state: TrainState
+  history: list[dict[str, Any]]
+  resumed_from: int | None
+  wall_s: float
+  cpu_s: float
+  compile_s: float
+
+
+def train(model: image_vae.VAE, dataset: data.Dataset,
+          optimizer_config: OptimizerConfig, config: TrainConfig, seed: int,
+          checkpoint_dir: str, *,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          log: Callable[[str], None] = print,
+          stop_after_epochs: int | None = None) -> TrainResult:
+  """Trains (or resumes) the image VAE, checkpointing into `checkpoint_dir`.
+
+  Maximizes (1/T) Σ_t S̄_t (see `make_epoch`) from θ₀ =
+  `image_vae.init_params(model, fold_in(PRNGKey(seed), 0), x̄)`, x̄ the mean
+  training image, or from the newest intact checkpoint. After each epoch
+  `on_epoch` gets the row {step, epoch, train_bound, test_bound (the
+  objective with k samples and β = 1 on `evaluate.test_images`, every
+  `test_every` epochs and at the end), beta, learning_rate, examples_per_s,
+  epoch_wall_s, epoch_cpu_s}; a checkpoint follows every `checkpoint_every`
+  epochs and at the end.
+
+  Args:
+    model: the VAE.
+    dataset: the data; its `binarization` picks dynamic binarization.
+    optimizer_config: the optimizer and its schedule.
+    config: what to optimize, and for how long.
+    seed: the seed of everything random.
+    checkpoint_dir: the checkpoints' folder.
+    on_epoch: called with each epoch's row (metrics, progress).
+    log: one-line messages (resuming, fallbacks, interruption).
+    stop_after_epochs: stop (with a checkpoint) once this many epochs are
+      done in total, as if killed there (for tests of resuming).
+
+  Returns:
+    The `TrainResult`.
+
+  Raises:
+    Diverged: NaN/Inf or a diverged bound (`divergence`); the last good
+      state is checkpointed first.
+    KeyboardInterrupt: re-raised after checkpointing the last good state.
+    checkpoint.CheckpointError: no intact checkpoint, or one not written.
+  """
+  images = jnp.asarray(dataset.train, jnp.float32)
+  steps_per_epoch = images.shape[0] // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size: {config.batch_size} > {images.shape[0]} '
+                     'training images.')
+  total = config.epochs * steps_per_epoch
+  schedule = learning_rate_schedule(optimizer_config, total, steps_per_epoch)
+  start = time.time()
+  init, epoch_fn = _compiled(  # Keyed on what the step computes.
+      model, optimizer_config, dataclasses.replace(
+          config, epochs=1, checkpoint_every=1, test_every=1), seed,
+      total if optimizer_config.lr_schedule in ('cosine', 'exponential')
+      else 0, steps_per_epoch, tuple(images.shape),
+      dataset.binarization == 'dynamic')
+  compile_s = time.time() - start
+  params = image_vae.init_params(
+      model, jax.random.fold_in(jax.random.PRNGKey(seed), 0),
+      np.asarray(dataset.train).mean(0))
+  good = init(params)
+  restored, resumed_from = checkpoint.restore_latest(
+      checkpoint_dir, good._asdict(), log)
+  if restored is not None:
+    good = TrainState(**jax.tree.map(jnp.asarray, restored))
+    if resumed_from % steps_per_epoch:
+      raise ValueError(f'checkpoint step {resumed_from} is not at the end of '
+                       f'an epoch of {steps_per_epoch} steps.')
+    log(f'resuming from {checkpoint_dir} at step {resumed_from} (epoch '
+        f'{resumed_from // steps_per_epoch})')
+  saved = resumed_from
+  test_images = evaluate.test_images(dataset)
+  test_key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+  end = min(config.epochs, stop_after_epochs or config.epochs)
+  history, previous = [], None
+
+  def save_good():
+    nonlocal saved
+    if saved != int(good.step):
+      checkpoint.save(checkpoint_dir, int(good.step), good._asdict())
+      saved = int(good.step)
+
+  try:
+    for epoch in range(int(good.step) // steps_per_epoch, end):
+      wall, cpu = time.time(), time.process_time()
+      state, stats = epoch_fn(good, images, jnp.int32(epoch))
+      stats = jax.device_get(stats)
+      wall, cpu = time.time() - wall, time.process_time() - cpu
+      problem = divergence(stats, previous, model.data_dim, config.beta)
+      if problem:
+        save_good()
+        raise Diverged(f'{problem} in epoch {epoch + 1} (steps '
+                       f'{int(good.step)}..{int(state.step)}); the last good '
+                       f'state (step {int(good.step)}) is in {checkpoint_dir}.')
+      good, previous, step = state, float(stats['bound']), int(state.step)
+      test_bound = None
+      if config.test_every and ((epoch + 1) % config.test_every == 0 or
+                                epoch + 1 == end):
+        test_bound = evaluate.mean_bound(
+            model, good.params, test_images, test_key, config.objective,
+            config.num_samples)
+      row = dict(step=step, epoch=epoch + 1, train_bound=previous,
+                 test_bound=test_bound, beta=float(beta_at(config, step)),
+                 learning_rate=float(schedule(step - 1)),
+                 examples_per_s=steps_per_epoch * config.batch_size / wall,
+                 epoch_wall_s=wall, epoch_cpu_s=cpu)
+      history.append(row)
+      if on_epoch is not None:
+        on_epoch(row)
+      if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end:
+        save_good()
+  except KeyboardInterrupt:
+    save_good()
+    log(f'interrupted: step {int(good.step)} is checkpointed in '
+        f'{checkpoint_dir}; rerun with the same --output_dir to resume.')
+    raise
+  return TrainResult(state=good, history=history, resumed_from=resumed_from,
+                     wall_s=sum(r['epoch_wall_s'] for r in history),
+                     cpu_s=sum(r['epoch_cpu_s'] for r in history),
+                     compile_s=compile_s)

@@ -1,6 +1,7 @@
 """A VAE with Gaussian latents and Bernoulli pixels: losses and log-weights.
 
-    q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²),  p(z) = N(0, I),  p_θ(x|z) = Bern(σ(D_θ(z))).
+    q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²),  p(z) = N(0, I),
+    p_θ(x|z) = Bern(σ(D_θ(z))).
 
 `ModelConfig` declares the architecture's settings and `make` builds the
 model. `batch_surrogate` is the training loss for any (objective, estimator)
@@ -125,7 +126,8 @@ def init_params(model: VAE, key: PRNGKey,
 
 def example_surrogate(model: VAE, params: Params, x: Array, key: PRNGKey,
                       objective: str, estimator: str, num_samples: int,
-                      beta: float = 1.0, baseline: Array | None = None) -> Array:
+                      beta: float = 1.0,
+                      baseline: Array | None = None) -> Array:
   """One example's surrogate bound (see `objectives.surrogate_objective`)."""
   q = model.posterior(params, x)
   return objectives.surrogate_objective(

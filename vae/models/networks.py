@@ -179,11 +179,13 @@ def init_vae_params(key: PRNGKey, encoder: nn.Module, decoder: nn.Module,
   if latent_dim is None:
     latent_dim = encoder.latent_dim
   enc_key, dec_key = jax.random.split(key)
-  # Jitted: one compilation instead of many op-by-op ones (seconds on CPU).
-  return {
-      'encoder': jax.jit(encoder.init)(enc_key, jnp.zeros((1, x_dim))),
-      'decoder': jax.jit(decoder.init)(dec_key, jnp.zeros((1, latent_dim))),
-  }
+  return {'encoder': _init(encoder, enc_key, jnp.zeros((1, x_dim))),
+          'decoder': _init(decoder, dec_key, jnp.zeros((1, latent_dim)))}
+
+
+# Jitted: one compilation per (module, shape), instead of many op-by-op ones
+# or one per call (seconds on CPU); modules are hashable static arguments.
+_init = jax.jit(lambda module, key, x: module.init(key, x), static_argnums=0)
 
 
 def _as_float(x: Array) -> Array:

@@ -1,4 +1,5 @@
-"""Evaluation: importance-sampled log p(x) against quadrature, bounds, pictures."""
+"""vae.evaluate: importance-sampled log p(x) against quadrature, bounds,
+active units, picture arrays, settings."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import pytest
 
 from vae import data
 from vae import distributions as dists
-from vae import evaluation
+from vae import evaluate
 from vae import kl as kl_lib
 from vae.models import image_vae
 
@@ -24,7 +25,7 @@ def model_params_images():
 @pytest.fixture(scope='module')
 def is_out(model_params_images):
   model, params, images = model_params_images
-  return evaluation.importance_sampling(
+  return evaluate.importance_sampling(
       model, params, images, jax.random.PRNGKey(1), num_samples=20000,
       iwae_ks=(1, 5, 50), batch_size=3, chunk_size=1000)  # Pads 7 to 9.
 
@@ -36,14 +37,15 @@ def _exact_log_px(model, params, images):
   log_joint = (jax.vmap(lambda x: jnp.sum(
       dists.Bernoulli(logits).log_prob(x), -1))(jnp.asarray(images))
                + jax.scipy.stats.norm.logpdf(z[:, 0]))  # [N, Z].
-  return np.asarray(jax.nn.logsumexp(log_joint, -1) + jnp.log(z[1, 0] - z[0, 0]))
+  dz = z[1, 0] - z[0, 0]
+  return np.asarray(jax.nn.logsumexp(log_joint, -1) + jnp.log(dz))
 
 
 def test_bernoulli_log_likelihood_matches_distribution():
   logits = jnp.array([[-100.0, -3.0, 0.0, 2.5, 100.0]] * 3)
   x = jnp.array([[0, 1, 1, 0, 1], [1, 0, 0, 1, 0], [0.2, 0.5, 1, 0, 0.7]])
   np.testing.assert_allclose(
-      evaluation.bernoulli_log_likelihood(x, logits),
+      evaluate.bernoulli_log_likelihood(x, logits),
       jnp.sum(dists.Bernoulli(logits).log_prob(x), -1), rtol=1e-6)
 
 
@@ -72,23 +74,29 @@ def test_mean_bound_pads_and_agrees(model_params_images, is_out):
   model, params, images = model_params_images
   out = is_out
   # One IWAE_50 draw per image (7 padded to 9) vs averages over 20000.
-  iwae = evaluation.mean_bound(model, params, images, jax.random.PRNGKey(3),
+  iwae = evaluate.mean_bound(model, params, images, jax.random.PRNGKey(3),
                                'iwae', 50, batch_size=3)
   assert iwae == pytest.approx(out['iwae_50'].mean(), abs=0.4)
 
 
-def test_settings_are_checked():
-  assert evaluation.iwae_ks_for(5000, 100, ['1', '50'], 5) == (1, 5, 50)
-  assert evaluation.iwae_ks_for(5000, 100, [], 3) == ()
-  with pytest.raises(ValueError, match='multiple of the chunk size 300'):
-    evaluation.iwae_ks_for(1000, 300, [1])
-  with pytest.raises(ValueError, match=r'\[7\] must divide'):
-    evaluation.iwae_ks_for(1000, 100, [1, 7])
+def test_settings_are_checked_in_one_line():
+  config = evaluate.EvalConfig(eval_iwae_ks=(1, 50))
+  assert config.iwae_ks(5) == (1, 5, 50) and config.iwae_ks(3) == (1, 50)
+  for kwargs, message in [
+      (dict(eval_k=1000, eval_chunk_size=300), 'multiple of eval_chunk_size'),
+      (dict(eval_k=1000, eval_iwae_ks=(1, 7)), '7 must divide'),
+      (dict(eval_k=10**12), 'eval_k: must be <= 1000000'),
+      (dict(eval_batch_size=10_000, eval_chunk_size=10_000),
+       'rows per matmul'),
+      (dict(num_eval=0), 'num_eval: must be >= 1')]:
+    with pytest.raises(ValueError, match=message) as info:
+      evaluate.EvalConfig(**kwargs)
+    assert '\n' not in str(info.value)
 
 
 def test_latent_statistics(model_params_images):
   model, params, images = model_params_images
-  stats = evaluation.latent_statistics(model, params, images, batch_size=3)
+  stats = evaluate.latent_statistics(model, params, images, batch_size=3)
   q = model.posterior(params, jnp.asarray(images))
   np.testing.assert_allclose(stats['activity'], np.var(np.asarray(q.loc), 0),
                              rtol=1e-4)
@@ -102,18 +110,18 @@ def test_latent_statistics(model_params_images):
 def test_test_images_binarizes_dynamic_datasets_once():
   grey = np.full((4, 784), 0.5, np.float32)
   ds = data.Dataset('mnist', grey, grey, grey, binarization='dynamic')
-  a, b = evaluation.test_images(ds), evaluation.test_images(ds)
+  a, b = evaluate.test_images(ds), evaluate.test_images(ds)
   assert set(np.unique(a)) <= {0.0, 1.0}
   np.testing.assert_array_equal(a, b)
   fixed = data.Dataset('synthetic', grey, grey, grey, binarization='fixed')
-  np.testing.assert_array_equal(evaluation.test_images(fixed), grey)
+  np.testing.assert_array_equal(evaluate.test_images(fixed), grey)
 
 
 def test_inpainting_keeps_the_top_half(model_params_images):
   model, params, images = model_params_images
   x = jnp.asarray(images[:3])
   pixel_mean = jnp.full((784,), 0.2)
-  out = evaluation.inpaint(model, params, x, jax.random.PRNGKey(0),
+  out = evaluate.inpaint(model, params, x, jax.random.PRNGKey(0),
                            pixel_mean, 1000, 5)  # As save_pictures: 1 compile.
   top = slice(0, 392)
   np.testing.assert_array_equal(out['masked'][:, top], x[:, top])
@@ -126,15 +134,24 @@ def test_inpainting_keeps_the_top_half(model_params_images):
   assert np.all((out['ess'] >= 1 - 1e-4) & (out['ess'] <= 1000 + 1e-2))
 
 
-def test_save_pictures_writes_pngs(tmp_path, model_params_images):
+def test_evaluate_summarizes_importance_sampling(model_params_images):
   model, params, images = model_params_images
-  paths = evaluation.save_pictures(str(tmp_path), model, params, images,
-                                   images.mean(0), jax.random.PRNGKey(0),
-                                   num_images=3)
-  assert sorted(p.rsplit('/', 1)[-1] for p in paths) == [
-      'inpainting.png', 'prior_samples.png', 'reconstructions.png']
-  for p in paths:
-    with open(p, 'rb') as f:
-      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-  grid = evaluation.image_grid(np.ones((3, 784)), 2, 2)
-  assert grid.shape == (2 * 29 + 1, 2 * 29 + 1)
+  ds = data.Dataset('synthetic', images, images, images, 'fixed')
+  config = evaluate.EvalConfig(eval_k=200, eval_chunk_size=100,
+                               eval_iwae_ks=(1, 5))
+  ev = evaluate.evaluate(model, params, ds, config, seed=4, train_k=2)
+  per_image = evaluate.importance_sampling(
+      model, params, images, jax.random.fold_in(jax.random.PRNGKey(4), 3),
+      200, (1, 2, 5), chunk_size=100)
+  s = ev.summary
+  assert s['test_nll'] == pytest.approx(-per_image['log_px'].mean())
+  assert s['test_iwae_2'] == pytest.approx(per_image['iwae_2'].mean())
+  assert (s['eval_k'], s['num_eval'], s['split']) == (200, 7, 'test')
+  assert s['test_elbo'] <= s['test_iwae_5'] <= -s['test_nll'] + 1e-3
+  assert s['active_units'] == ev.latents['active_units']
+  assert set(ev.timing) == {'eval_wall_s', 'eval_cpu_s'}
+  p = ev.pictures
+  assert p['prior_samples'].shape == (100, 784)
+  assert p['images'].shape == p['reconstructions'].shape == (7, 784)
+  assert p['draws'].shape == (7, 5, 784)
+  assert np.all((p['reconstructions'] >= 0) & (p['reconstructions'] <= 1))

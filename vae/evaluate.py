@@ -1,4 +1,6 @@
-"""Evaluating a trained VAE: test log-likelihood, bounds, active units, pictures.
+"""Evaluating a trained VAE: test log-likelihood, bounds, active units.
+
+Returns numbers (and the arrays of pictures); writes no files.
 
 The test log-likelihood is the importance-sampling estimate with q(z|x) as
 proposal (Burda et al., 2015),
@@ -16,12 +18,14 @@ x·l - max(l, 0) - log1p(exp(-|l|)), cheaper than `jax.nn.softplus`.
 """
 
 import functools
-from typing import Callable, Sequence
+import time
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae import config as cfg
 from vae import data
 from vae import kl as kl_lib
 from vae import types
@@ -36,6 +40,50 @@ ACTIVE_UNIT_THRESHOLD = 1e-2
 # Test images of dynamically binarized datasets are binarized once, with
 # this seed, so that every model sees the same test set.
 TEST_BINARIZATION_SEED = 1234
+# Most rows (images x samples) decoded in one matmul: 2^20 rows of 784
+# float32 logits are 3.3 GB.
+MAX_ROWS = 2**20
+
+
+@cfg.settings
+class EvalConfig:
+  """The final evaluation: importance sampling, bounds, pictures."""
+  eval_k: int = cfg.setting(
+      5000, 'Importance samples K for the test log-likelihood.', min=1,
+      max=10**6)
+  eval_batch_size: int = cfg.setting(100, 'Test images decoded together.',
+                                     min=1, max=10_000)
+  eval_chunk_size: int = cfg.setting(
+      100, 'Samples per image decoded together.', min=1, max=10_000)
+  eval_iwae_ks: tuple[int, ...] = cfg.setting(
+      (1, 5, 50), 'k of the test IWAE_k bounds to report (the training k is '
+      'added when it divides --eval_chunk_size).', min=1, max=10_000)
+  num_eval: int | None = cfg.setting(
+      None, 'Evaluate on the first num_eval test images (default: all).',
+      min=1, max=10**6)
+  pictures: bool = cfg.setting(
+      True, 'Write prior samples, reconstructions and inpainting PNGs.')
+
+  def check(self):
+    chunk = min(self.eval_chunk_size, self.eval_k)
+    if self.eval_k % chunk:
+      raise ValueError(f'eval_k: {self.eval_k} must be a multiple of '
+                       f'eval_chunk_size {chunk}.')
+    bad = [k for k in self.eval_iwae_ks if chunk % k]
+    if bad:
+      raise ValueError(f'eval_iwae_ks: {", ".join(map(str, bad))} must '
+                       f'divide the chunk size {chunk}.')
+    if self.eval_batch_size * chunk > MAX_ROWS:
+      raise ValueError(f'eval_batch_size x eval_chunk_size = '
+                       f'{self.eval_batch_size * chunk} rows per matmul; at '
+                       f'most {MAX_ROWS}.')
+
+  def iwae_ks(self, train_k: int | None = None) -> tuple[int, ...]:
+    """The sorted k of the IWAE_k bounds: eval_iwae_ks, and train_k if it
+    divides the chunk size."""
+    chunk = min(self.eval_chunk_size, self.eval_k)
+    extra = (train_k,) if train_k is not None and chunk % train_k == 0 else ()
+    return tuple(sorted(set(self.eval_iwae_ks + extra)))
 
 
 def test_images(dataset: data.Dataset, split: str = 'test') -> np.ndarray:
@@ -288,149 +336,76 @@ def inpaint(model: image_vae.VAE, params: Params, x: Array, key: PRNGKey,
   return {'masked': masked, 'mean': mean, 'draws': draws, 'ess': ess}
 
 
-def image_grid(images: np.ndarray, rows: int, cols: int,
-               pad: int = 1) -> np.ndarray:
-  """Tiles [rows·cols, 784] images into one [rows·29+1, cols·29+1] array."""
-  images = np.asarray(images).reshape((-1,) + data.IMAGE_SHAPE)
-  h, w = data.IMAGE_SHAPE
-  grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), np.float32)
-  for i, image in enumerate(images[:rows * cols]):
-    r, c = divmod(i, cols)
-    grid[pad + r * (h + pad):pad + r * (h + pad) + h,
-         pad + c * (w + pad):pad + c * (w + pad) + w] = image
-  return grid
+def pictures(model: image_vae.VAE, params: Params, images: np.ndarray,
+             pixel_mean: np.ndarray, key: PRNGKey, num_images: int = 10
+             ) -> dict[str, np.ndarray]:
+  """Pixel probabilities to look at: prior samples, reconstructions, inpainting.
 
-
-def save_pictures(output_dir: str, model: image_vae.VAE, params: Params,
-                  images: np.ndarray, pixel_mean: np.ndarray, key: PRNGKey,
-                  num_images: int = 10) -> list[str]:
-  """Writes prior_samples.png, reconstructions.png and inpainting.png.
-
-  Args:
-    output_dir: folder for the PNGs.
-    model: the VAE.
-    params: its parameters.
-    images: test images (the first `num_images` are shown).
-    pixel_mean: [784] mean training image (inpainting's fill-in).
-    key: PRNG key.
-    num_images: test images in the reconstruction and inpainting figures.
-
-  Returns:
-    The paths written.
+  With k1, k2, k3 = split(key, 3) and x the first `num_images` images:
+  'prior_samples' σ(D(z)), z ~ N(0, I) (100, k1); 'images' x;
+  'reconstructions' σ(D(z)), z ~ q(z|x) (k2); and `inpaint(x, k3)`'s
+  'masked', 'mean', 'draws' and 'ess'.
   """
-  import os  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from vae import results  # pylint: disable=g-import-not-at-top
   k1, k2, k3 = jax.random.split(key, 3)
   x = jnp.asarray(images[:num_images])
-  n = x.shape[0]
-  paths = []
-
-  def save(grid, title, name, col_labels=None):
-    fig, ax = plt.subplots(figsize=(grid.shape[1] / 29 * 0.9 + 0.6,
-                                    grid.shape[0] / 29 * 0.9 + 0.6))
-    ax.imshow(grid, cmap='gray', vmin=0, vmax=1, interpolation='nearest')
-    ax.set_title(title, fontsize=8)
-    ax.set_xticks([] if col_labels is None else
-                  [14.5 + 29 * i for i in range(len(col_labels))])
-    if col_labels is not None:
-      ax.set_xticklabels(col_labels, fontsize=6, rotation=90)
-    ax.set_yticks([])
-    paths.append(results.save_figure(fig, os.path.join(output_dir, name)))
-
-  samples = np.asarray(prior_samples(model, params, k1))
-  save(image_grid(samples, 10, 10), 'samples from the prior: σ(D(z)), '
-       'z ~ N(0, I)', 'prior_samples.png')
-  recon = np.asarray(reconstructions(model, params, x, k2))
-  pairs = np.stack([np.asarray(x), recon], 0)  # Row 0 inputs, row 1 recons.
-  save(image_grid(pairs.reshape(2 * n, -1), 2, n),
-       'top: test images; bottom: reconstructions σ(D(z)), z ~ q(z|x)',
-       'reconstructions.png')
   out = inpaint(model, params, x, k3, jnp.asarray(pixel_mean, jnp.float32))
-  cols = [np.asarray(x), np.asarray(out['masked']), np.asarray(out['mean'])]
-  cols += [np.asarray(out['draws'][:, j]) for j in range(out['draws'].shape[1])]
-  table = np.stack(cols, 1)  # [n, columns, 784]: one row per image.
-  labels = ['original', 'observed top', 'weighted mean'] + [
-      f'draw {j + 1}' for j in range(len(cols) - 3)]
-  ess = np.asarray(out['ess'])
-  save(image_grid(table.reshape(-1, table.shape[-1]), n, len(cols)),
-       'inpainting the bottom half by importance sampling (K=1000; ESS '
-       f'median {np.median(ess):.0f})', 'inpainting.png', labels)
-  return paths
+  return jax.device_get({
+      'prior_samples': prior_samples(model, params, k1), 'images': x,
+      'reconstructions': reconstructions(model, params, x, k2), **out})
 
 
-def iwae_ks_for(eval_k: int, chunk_size: int, ks: Sequence[int | str],
-                train_k: int | None = None) -> tuple[int, ...]:
-  """Checks the IS settings; the sorted IWAE k's (plus train_k if it fits).
+class Evaluation(NamedTuple):
+  """What `evaluate` returns.
 
-  Raises:
-    ValueError: eval_k is not a multiple of the chunk size, or a k does not
-      divide the chunk size.
+  Attributes:
+    summary: test_nll, test_nll_stderr, test_elbo, test_iwae_<k>, test_kl,
+      active_units, eval_k, num_eval, split (nats; means over images).
+    latents: `latent_statistics` (activity, active_units, kl_per_dim).
+    pictures: `pictures(...)` arrays, or None.
+    timing: eval_wall_s and eval_cpu_s of the importance sampling.
   """
-  chunk = min(chunk_size, eval_k)
-  if eval_k % chunk:
-    raise ValueError(f'eval_k={eval_k} must be a multiple of the chunk size '
-                     f'{chunk}.')
-  try:
-    ks = [int(k) for k in ks]
-  except ValueError:
-    raise ValueError(f'IWAE k values must be integers, got {ks}.') from None
-  bad = [k for k in ks if k < 1 or chunk % k]
-  if bad:
-    raise ValueError(f'IWAE k values {bad} must divide the chunk size '
-                     f'{chunk}.')
-  if train_k is not None and chunk % train_k == 0:
-    ks.append(train_k)
-  return tuple(sorted(set(ks)))
+  summary: dict[str, Any]
+  latents: dict[str, Any]
+  pictures: dict[str, np.ndarray] | None
+  timing: dict[str, float]
 
 
 def evaluate(model: image_vae.VAE, params: Params, dataset: data.Dataset,
-             seed: int = 0, *, eval_k: int = 5000,
-             iwae_ks: Sequence[int] = (1, 5, 50), batch_size: int = 100,
-             chunk_size: int = 100, num_eval: int | None = None,
-             split: str = 'test', output_dir: str | None = None,
-             pictures: bool = True,
-             log: Callable[[str], None] = print
-             ) -> tuple[dict[str, float | int], dict[str, float]]:
-  """Test NLL = -(1/N) Σ log p̂(x_n) (IS, K = eval_k), bounds, active units.
+             config: EvalConfig, seed: int = 0, train_k: int | None = None,
+             split: str = 'test',
+             log: Callable[[str], None] | None = None) -> Evaluation:
+  """Test NLL = -(1/N) Σ_n log p̂(x_n) (IS, K = eval_k), bounds, active units.
 
   Args:
     model: the VAE.
     params: its parameters.
-    dataset: the data (`test_images` gives the evaluation images).
+    dataset: the data (`test_images` gives the evaluation images; the mean
+      training image fills the inpainting).
+    config: the evaluation settings.
     seed: keys are fold_in(PRNGKey(seed), 3) (IS) and 4 (pictures).
-    eval_k: K.
-    iwae_ks: the k of the reported IWAE_k bounds.
-    batch_size: see `importance_sampling`.
-    chunk_size: see `importance_sampling`.
-    num_eval: evaluate the first `num_eval` images (None: all).
+    train_k: the training k (its IWAE_k is reported too, see `iwae_ks`).
     split: 'test' or 'validation'.
-    output_dir: if given, write latents.json (activity, KL per dimension)
-      and, with `pictures`, the PNGs of `save_pictures` there.
-    pictures: write the PNGs.
     log: progress lines.
 
   Returns:
-    (summary, timing): summary has test_nll, test_nll_stderr, test_elbo,
-    test_iwae_<k>, test_kl, active_units, eval_k, num_eval (nats, means
-    over images; 'test' is the split's name); timing has eval_wall_s and
-    eval_cpu_s of the importance sampling.
+    The `Evaluation`.
   """
-  import os  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  images = test_images(dataset, split)[:num_eval]
+  images = test_images(dataset, split)[:config.num_eval]
+  iwae_ks = config.iwae_ks(train_k)
   base = jax.random.PRNGKey(seed)
-  log(f'evaluating on {len(images)} {split} images: importance sampling '
-      f'with K={eval_k} ({min(batch_size, len(images))} images x '
-      f'{min(chunk_size, eval_k)} samples per matmul)')
+  if log is not None:
+    log(f'evaluating on {len(images)} {split} images: importance sampling '
+        f'with K={config.eval_k} ({min(config.eval_batch_size, len(images))} '
+        f'images x {min(config.eval_chunk_size, config.eval_k)} samples per '
+        'matmul)')
   wall, cpu = time.time(), time.process_time()
   per_image = importance_sampling(
-      model, params, images, jax.random.fold_in(base, 3), eval_k,
-      iwae_ks=iwae_ks, batch_size=batch_size, chunk_size=chunk_size, log=log)
+      model, params, images, jax.random.fold_in(base, 3), config.eval_k,
+      iwae_ks=iwae_ks, batch_size=config.eval_batch_size,
+      chunk_size=config.eval_chunk_size, log=log)
   wall, cpu = time.time() - wall, time.process_time() - cpu
-  log(f'importance sampling took {wall:.1f} s wall, {cpu:.1f} s CPU')
+  if log is not None:
+    log(f'importance sampling took {wall:.1f} s wall, {cpu:.1f} s CPU')
   latents = latent_statistics(model, params, images)
   n = len(images)
   summary = {
@@ -441,17 +416,14 @@ def evaluate(model: image_vae.VAE, params: Params, dataset: data.Dataset,
   for k in iwae_ks:
     summary[f'test_iwae_{k}'] = per_image[f'iwae_{k}'].mean()
   summary.update(test_kl=per_image['kl'].mean(),
-                 active_units=latents['active_units'], eval_k=eval_k,
+                 active_units=latents['active_units'], eval_k=config.eval_k,
                  num_eval=n, split=split)
   summary = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
              for k, v in summary.items()}
-  if output_dir is not None:
-    from vae import results  # pylint: disable=g-import-not-at-top
-    results.write_json(os.path.join(output_dir, 'latents.json'), {
-        'activity': latents['activity'], 'kl_per_dim': latents['kl_per_dim'],
-        'active_unit_threshold': ACTIVE_UNIT_THRESHOLD})
-    if pictures:
-      pixel_mean = np.asarray(dataset.train).mean(0)
-      save_pictures(output_dir, model, params, images, pixel_mean,
-                    jax.random.fold_in(base, 4))
-  return summary, {'eval_wall_s': wall, 'eval_cpu_s': cpu}
+  drawn = None
+  if config.pictures:
+    drawn = pictures(model, params, images,
+                     np.asarray(dataset.train).mean(0),
+                     jax.random.fold_in(base, 4))
+  return Evaluation(summary, latents, drawn, {'eval_wall_s': wall,
+                                              'eval_cpu_s': cpu})

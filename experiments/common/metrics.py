@@ -1,0 +1,98 @@
+"""Per-epoch metrics of a training run: metrics.csv and TensorBoard scalars.
+
+`MetricsLog(folder, columns, start_step)` keeps the rows of an earlier run
+up to `start_step` (a resumed run continues its own curve), then appends one
+row per `write`. metrics.csv is rewritten whole through a temporary file and
+an atomic rename, so a killed run never leaves a torn line; TensorBoard
+events (tensorboardX) go to `<folder>/tensorboard`, purged beyond
+`start_step` on resume.
+"""
+
+import csv
+import io
+import os
+from typing import Any, Mapping, Sequence
+
+import tensorboardX
+
+from experiments.common import outputs
+
+METRICS_CSV = 'metrics.csv'
+TENSORBOARD_DIR = 'tensorboard'
+
+
+def read_rows(path: str) -> list[dict[str, str]]:
+  """The rows of a metrics CSV (none if it does not exist)."""
+  if not os.path.exists(path):
+    return []
+  with open(path, newline='', encoding='utf-8') as f:
+    return list(csv.DictReader(f))
+
+
+class MetricsLog:
+  """metrics.csv and TensorBoard scalars of one run folder (see module)."""
+
+  def __init__(self, directory: str, columns: Sequence[str],
+               start_step: int = 0, tensorboard: bool = True):
+    self.path = os.path.join(directory, METRICS_CSV)
+    self.columns = tuple(columns)
+    self.rows = [r for r in read_rows(self.path)
+                 if r.get('step', '').isdigit() and
+                 0 < int(r['step']) <= start_step]
+    self._flush()
+    self.writer = None
+    if tensorboard:
+      self.writer = tensorboardX.SummaryWriter(
+          os.path.join(directory, TENSORBOARD_DIR),
+          purge_step=start_step or None)
+
+  def _flush(self) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, self.columns, lineterminator='\n',
+                            extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(self.rows)
+    outputs.write_text(self.path, text.getvalue())
+
+  def write(self, row: Mapping[str, Any]) -> None:
+    """Appends `row` (missing values empty) and its numbers as scalars."""
+    self.rows.append({k: '' if row.get(k) is None else row[k]
+                      for k in self.columns})
+    self._flush()
+    if self.writer is not None:
+      for key in self.columns:
+        if key not in ('step', 'epoch') and isinstance(row.get(key),
+                                                       (int, float)):
+          self.writer.add_scalar(key, row[key], row['step'])
+      self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def progress_line(row: Mapping[str, Any], epochs: int) -> str:
+  """One line per epoch: bounds, β, learning rate, speed, time."""
+  test = row.get('test_bound')
+  return (f'epoch {row["epoch"]}/{epochs}  step {row["step"]}  train_bound '
+          f'{row["train_bound"]:.2f}' +
+          ('' if test is None else f'  test_bound {test:.2f}') +
+          f'  beta {row["beta"]:.3g}  lr {row["learning_rate"]:.3g}  '
+          f'{row["examples_per_s"]:,.0f} ex/s  ({row["epoch_wall_s"]:.1f} s, '
+          f'cpu {row["epoch_cpu_s"]:.1f} s)')
+
+
+def summary_line(rows: Sequence[Mapping[str, Any]], compile_s: float) -> str:
+  """Epochs, wall and CPU time, compile time and examples/s of `rows`."""
+  wall = sum(r['epoch_wall_s'] for r in rows)
+  cpu = sum(r['epoch_cpu_s'] for r in rows)
+  examples = sum(r['examples_per_s'] * r['epoch_wall_s'] for r in rows)
+  return (f'trained {len(rows)} epochs in {wall:.1f} s wall, {cpu:.1f} s CPU '
+          f'(+{compile_s:.1f} s compiling): {examples / max(wall, 1e-9):,.0f}'
+          ' ex/s')

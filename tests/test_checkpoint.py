@@ -1,0 +1,141 @@
+"""Checkpoints: exact round trip, checksums, fallback past corrupt ones."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from vae import checkpoint
+
+
+def _tree(scale=1.0):
+  params = {'enc': {'w': scale * jnp.arange(600.0).reshape(20, 30),
+                    'b': jnp.ones(30)}}
+  return {'step': jnp.int32(7), 'params': params,
+          'opt_state': optax.adam(1e-3).init(params),
+          'baseline': jnp.float32(-3.5)}
+
+
+def _assert_trees_equal(a, b):
+  flat_a, tree_a = jax.tree.flatten(a)
+  flat_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _biggest_file(folder):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def test_checksum_sees_every_byte_path_and_dtype():
+  flat = checkpoint.flatten(_tree())
+  digest = checkpoint.checksum(flat)
+  assert digest.dtype == np.uint8 and digest.shape == (32,)
+  np.testing.assert_array_equal(checkpoint.checksum(dict(flat)), digest)
+  w = flat["['params']['enc']['w']"].copy()
+  w.view(np.uint32)[3, 4] ^= 1  # One flipped bit.
+  for changed in ({**flat, "['params']['enc']['w']": w},
+                  {**flat, "['baseline']": np.float64(-3.5)},
+                  {k + ' ': v for k, v in flat.items()}):
+    assert not np.array_equal(checkpoint.checksum(changed), digest)
+
+
+def test_round_trip_keep_and_partial_writes(tmp_path):
+  directory = str(tmp_path)
+  for step in (1, 2, 3):
+    checkpoint.save(directory, step, _tree(step), keep=2)
+  (tmp_path / 'step_9.orbax-checkpoint-tmp-123').mkdir()  # A killed write.
+  assert checkpoint.list_steps(directory) == [2, 3]
+  template = jax.tree.map(jnp.zeros_like, _tree())
+  _assert_trees_equal(checkpoint.restore(directory, 3, template), _tree(3))
+  tree, step = checkpoint.restore_latest(directory, template)
+  assert step == 3
+  _assert_trees_equal(tree, _tree(3))
+  only_params = checkpoint.restore(directory, 2, {'params': _tree()['params']})
+  _assert_trees_equal(only_params, {'params': _tree(2)['params']})
+  with pytest.raises(FileNotFoundError):
+    checkpoint.restore(directory, 1, template)
+  with pytest.raises(ValueError, match='other settings'):
+    checkpoint.restore(directory, 3, {'baseline': jnp.zeros(2)})
+  checkpoint.save(directory, 4, _tree())
+  assert not (tmp_path / 'step_9.orbax-checkpoint-tmp-123').exists()
+  assert checkpoint.restore_latest(str(tmp_path / 'none'), template) == (
+      None, None)
+
+
+def _corrupt(folder, how):
+  if how == 'flipped_bytes':  # Checksum mismatch or unreadable.
+    path = _biggest_file(folder)
+    data = bytearray(open(path, 'rb').read())
+    for i in range(len(data) // 3, len(data) // 3 + 400):
+      data[i % len(data)] ^= 0xFF
+    open(path, 'wb').write(bytes(data))
+  elif how == 'truncated':
+    path = _biggest_file(folder)
+    os.truncate(path, os.path.getsize(path) // 2)
+  elif how == 'garbage_metadata':
+    for root, _, files in os.walk(folder):
+      for f in files:
+        if 'METADATA' in f or f.endswith('.ocdbt'):
+          open(os.path.join(root, f), 'wb').write(b'\x00garbage' * 10)
+  elif how == 'other_contents':  # Readable, but not what was summed.
+    flat = checkpoint.flatten(_tree(5.0))
+    flat[checkpoint.CHECKSUM] = checkpoint.checksum(checkpoint.flatten(
+        _tree(3.0)))
+    with ocp.StandardCheckpointer() as writer:
+      writer.save(folder, flat, force=True)
+
+
+@pytest.mark.parametrize('how', ['flipped_bytes', 'truncated',
+                                 'garbage_metadata', 'other_contents'])
+def test_corrupt_latest_falls_back_to_the_intact_one(tmp_path, how):
+  directory = str(tmp_path)
+  for step in (2, 3):
+    checkpoint.save(directory, step, _tree(step))
+  _corrupt(checkpoint.step_dir(directory, 3), how)
+  template = jax.tree.map(jnp.zeros_like, _tree())
+  with pytest.raises(checkpoint.CorruptCheckpoint) as info:
+    checkpoint.restore(directory, 3, template)
+  assert '\n' not in str(info.value) and 'step_3' in str(info.value)
+  lines = []
+  tree, step = checkpoint.restore_latest(directory, template, lines.append)
+  assert step == 2
+  _assert_trees_equal(tree, _tree(2))
+  assert len(lines) == 1 and 'step_3' in lines[0]
+  assert checkpoint.list_steps(directory) == [2]
+  assert (tmp_path / 'step_3.corrupt').is_dir()
+
+
+def test_no_intact_checkpoint_is_one_error(tmp_path):
+  directory = str(tmp_path)
+  checkpoint.save(directory, 1, _tree())
+  _corrupt(checkpoint.step_dir(directory, 1), 'truncated')
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='no intact checkpoint') as info:
+    checkpoint.restore_latest(directory, _tree(), lambda _: None,
+                              move_aside=False)
+  assert '\n' not in str(info.value)
+  assert checkpoint.list_steps(directory) == [1]  # Left in place.
+
+
+def test_a_failed_write_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
+  directory = str(tmp_path)
+  checkpoint.save(directory, 1, _tree(), keep=1)
+
+  def disk_full(self, *args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(ocp.StandardCheckpointer, 'save', disk_full)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match='No space left on device') as info:
+    checkpoint.save(directory, 2, _tree(2.0), keep=1)
+  assert '\n' not in str(info.value) and 'step_2' in str(info.value)
+  monkeypatch.undo()
+  assert checkpoint.list_steps(directory) == [1]
+  _assert_trees_equal(checkpoint.restore(directory, 1, _tree()), _tree())

@@ -1,0 +1,223 @@
+"""Checkpoints of array pytrees that prove their contents (orbax).
+
+The checkpoint of `tree` at step s is the folder `<directory>/step_<s>/`,
+written by orbax's `StandardCheckpointer` (a temporary folder renamed into
+place when complete, so a killed writer leaves no `step_<s>`). Leaves are
+stored flat, keyed by their pytree path (`jax.tree_util.keystr`), beside
+
+    CHECKSUM = SHA-256( Σ_leaves path ‖ dtype ‖ shape ‖ bytes )   (path order)
+
+`restore` recomputes it and refuses a checkpoint whose contents differ
+(flipped bytes) or cannot be read (truncated, garbage): `CorruptCheckpoint`,
+one line naming the folder. `restore_latest` walks back from the newest step
+to the newest intact one, moving each corrupt folder aside
+(`step_<s>.corrupt`) and reporting it in one line.
+"""
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+CHECKSUM = '__sha256__'
+CORRUPT_SUFFIX = '.corrupt'
+_STEP_RE = re.compile(r'^step_(\d+)$')
+
+
+class CheckpointError(Exception):
+  """A checkpoint cannot be written or none can be read (one line)."""
+
+
+class CorruptCheckpoint(CheckpointError):
+  """A checkpoint's contents are unreadable or fail their checksum."""
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  """Raises absl's verbosity to WARNING (orbax logs every step at INFO)."""
+  old = logging.get_verbosity()
+  logging.set_verbosity(min(old, logging.WARNING))
+  try:
+    yield
+  finally:
+    logging.set_verbosity(old)
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+  """{keystr(path): numpy leaf} for every leaf of `tree`."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  flat = {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in leaves}
+  if len(flat) != len(leaves) or CHECKSUM in flat:
+    raise ValueError('two leaves of the tree have the same path string.')
+  return flat
+
+
+def checksum(flat: dict[str, np.ndarray]) -> np.ndarray:
+  """SHA-256 of (path, dtype, shape, bytes) of every leaf, uint8 [32]."""
+  digest = hashlib.sha256()
+  for name in sorted(flat):
+    value = np.ascontiguousarray(flat[name])
+    digest.update(f'{name}|{value.dtype.str}|{value.shape}|'.encode())
+    digest.update(value.tobytes())
+  return np.frombuffer(digest.digest(), np.uint8).copy()
+
+
+def _unflatten(target: Any, flat: dict[str, Any], where: str) -> Any:
+  """The leaves of `flat` in the structure of `target` (paths must match)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
+  out = []
+  for path, leaf in leaves:
+    name = jax.tree_util.keystr(path)
+    if name not in flat:
+      raise ValueError(f'{where} has no leaf {name}: it was written with '
+                       'other settings.')
+    value = np.asarray(flat[name])
+    if value.shape != np.shape(leaf):
+      raise ValueError(f'{where}: leaf {name} has shape {value.shape}, '
+                       f'expected {np.shape(leaf)}: it was written with '
+                       'other settings.')
+    out.append(value.astype(np.asarray(leaf).dtype, copy=False))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def list_steps(directory: str) -> list[int]:
+  """The steps of the complete checkpoints in `directory`, sorted."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(m.group(1)) for m in map(_STEP_RE.match,
+                                             os.listdir(directory)) if m)
+
+
+def latest_step(directory: str) -> int | None:
+  """The largest step with a complete checkpoint in `directory`, or None."""
+  steps = list_steps(directory)
+  return steps[-1] if steps else None
+
+
+def step_dir(directory: str, step: int) -> str:
+  """The folder of the checkpoint of `step`."""
+  return os.path.join(os.path.abspath(directory), f'step_{int(step)}')
+
+
+def save(directory: str, step: int, tree: Any, keep: int | None = 3) -> str:
+  """Writes `tree` and its checksum as the checkpoint of `step`.
+
+  Args:
+    directory: the checkpoint folder (created if needed).
+    step: the step number (an int >= 0).
+    tree: a pytree of arrays.
+    keep: how many checkpoints to keep (older ones are deleted after the
+      new one is complete); None: all.
+
+  Returns:
+    The folder written.
+
+  Raises:
+    CheckpointError: it could not be written (e.g. the disk is full); the
+      earlier checkpoints are untouched.
+  """
+  os.makedirs(directory, exist_ok=True)
+  _remove_partial_writes(directory)
+  flat = flatten(tree)
+  flat[CHECKSUM] = checksum(flat)
+  folder = step_dir(directory, step)
+  try:
+    with _quiet_absl(), contextlib.closing(
+        ocp.StandardCheckpointer()) as checkpointer:
+      checkpointer.save(folder, flat, force=True)
+      checkpointer.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    _remove_partial_writes(directory)
+    raise CheckpointError(f'cannot write checkpoint {folder}: '
+                          f'{_first_line(e)}') from None
+  if keep is not None:
+    for old in list_steps(directory)[:-keep]:
+      shutil.rmtree(step_dir(directory, old), ignore_errors=True)
+  return folder
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def _remove_partial_writes(directory: str) -> None:
+  """Deletes the temporary folders a killed orbax writer left."""
+  for name in os.listdir(directory):
+    if name.startswith('step_') and '.orbax-checkpoint-tmp' in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def restore(directory: str, step: int, target: Any) -> Any:
+  """The checkpoint of `step`, verified, in the structure of `target`.
+
+  Args:
+    directory: the checkpoint folder.
+    step: which checkpoint.
+    target: a pytree with the structure, shapes and dtypes to restore (its
+      values are not used). It may be a sub-tree of what was saved: for a
+      saved {'params': p, ...}, target {'params': p0} restores the params.
+
+  Returns:
+    A pytree like `target` holding the saved numpy arrays.
+
+  Raises:
+    FileNotFoundError: there is no such checkpoint.
+    CorruptCheckpoint: its contents cannot be read or fail the checksum.
+    ValueError: it holds other leaves or shapes (written with other
+      settings).
+  """
+  folder = step_dir(directory, step)
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f'no checkpoint of step {step} in {directory}.')
+  try:
+    with _quiet_absl(), contextlib.closing(
+        ocp.StandardCheckpointer()) as checkpointer:
+      flat = checkpointer.restore(folder)
+    flat = {k: np.asarray(v) for k, v in dict(flat).items()}
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpoint(f'checkpoint {folder} cannot be read '
+                            f'({_first_line(e)[:200]}).') from None
+  stored = flat.pop(CHECKSUM, None)
+  if stored is None:
+    raise CorruptCheckpoint(f'checkpoint {folder} has no checksum.')
+  if not np.array_equal(stored, checksum(flat)):
+    raise CorruptCheckpoint(f'checkpoint {folder} fails its checksum.')
+  return _unflatten(target, flat, f'checkpoint {folder}')
+
+
+def restore_latest(directory: str, target: Any,
+                   log: Callable[[str], None] = print,
+                   move_aside: bool = True) -> tuple[Any, int | None]:
+  """(tree, step) of the newest intact checkpoint; (None, None) if none.
+
+  A corrupt newer checkpoint is reported in one line through `log` and,
+  with `move_aside`, renamed `step_<s>.corrupt` (so training continues from
+  the intact one and writes step s again).
+
+  Raises:
+    CheckpointError: there are checkpoints, but none is intact.
+  """
+  steps = list_steps(directory)
+  for step in reversed(steps):
+    try:
+      return restore(directory, step, target), step
+    except CorruptCheckpoint as e:
+      folder, moved = step_dir(directory, step), ''
+      if move_aside:
+        shutil.rmtree(folder + CORRUPT_SUFFIX, ignore_errors=True)
+        os.replace(folder, folder + CORRUPT_SUFFIX)
+        moved = f' Moved to step_{step}{CORRUPT_SUFFIX};'
+      log(f'{e}{moved} using the previous checkpoint.')
+  if steps:
+    raise CheckpointError(f'no intact checkpoint in {directory}: all '
+                          f'{len(steps)} are corrupt; use another '
+                          '--output_dir.')
+  return None, None
