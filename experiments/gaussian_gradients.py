@@ -118,7 +118,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
       config.ks(c), config.mus, config.sigmas)) for c, f in fams.items()}
   points = gc.concatenate(grids)
   size = len(points['k']) * sum(config.num_samples)
-  chunk = moments.default_chunk(config.num_draws, 8 * size, 2**22, 10**7)
+  chunk = moments.default_chunk(config.num_draws, 8 * size, 2**22, 100)
   start, programs = time.time(), {}
   for est in config.estimators:
     program = gc.moment_program(registry.lookup(est), tuple(fams.values()),

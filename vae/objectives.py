@@ -9,8 +9,9 @@ approximate posterior q(z | x) and prior p(z):
 
 All return one scalar per example (vmap over a batch) and are Monte Carlo
 estimates with reparameterized samples. `surrogate_objective` pairs an
-objective with a gradient estimator of `vae.estimators.registry`: its value is the bound estimate, its gradient w.r.t.
-encoder outputs and decoder parameters is the chosen estimator.
+objective with a gradient estimator of `vae.estimators.registry`: its value
+is the bound estimate, its gradient w.r.t. encoder outputs and decoder
+parameters is the chosen estimator.
 """
 
 import jax.numpy as jnp
@@ -129,15 +130,16 @@ def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
     key: PRNG key.
     num_samples: samples per example (K for iwae).
     beta: weight on the KL term.
-    baseline: the moving-average baseline b of 'score_moving_average'
-      (required there, unused elsewhere).
+    baseline: the caller-kept baseline b of an estimator with state
+      (`score_moving_average`: a moving average of past costs; required
+      there, unused elsewhere).
     **options: the estimator's options (e.g. temperature).
 
   Returns:
     The scalar surrogate.
   """
   entry = registry.check(estimator, objective, num_samples, beta)
-  if entry.state == 'moving_average':
+  if entry.state is not None:
     if baseline is None:
       raise ValueError(f'estimator {estimator!r} needs a baseline value.')
     options = {**options, 'baseline': baseline}

@@ -1,13 +1,13 @@
 """Gradient estimators for discrete latents (Bernoulli, Categorical).
 
-Same signature as `vae.estimators`: `(function, params, dist_builder, key,
+Same signature as `vae.estimators.core`: `(function, params, dist_builder, key,
 num_samples, **options) -> grads`, each the gradient of a `*_surrogate`.
 `dist_builder(params)` must return a `Bernoulli` (for `disarm` and the
 Bernoulli relaxations) or a `Categorical`. For Categoricals the relaxed
 estimators call `function` on one-hot vectors (shape of the logits).
 
-The score-function estimators of `vae.estimators` (plain, baselines, RLOO)
-also apply to discrete q unchanged; VIMCO is in `vae.iwae_gradients`.
+The score-function estimators of `vae.estimators.core` (plain, baselines, RLOO)
+also apply to discrete q unchanged; VIMCO is in `vae.estimators.iwae`.
 """
 
 import jax

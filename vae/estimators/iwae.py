@@ -2,7 +2,7 @@
 
     IWAE_K = E[ log (1/K) Σ_k w_k ],  w_k = p(x, z_k) / q(z_k)^β,  z_k ~ q.
 
-Same argument list as `vae.estimators`: `(log_joint, params, dist_builder,
+Same argument list as `vae.estimators.core`: `(log_joint, params, dist_builder,
 key, num_samples=K)`, where `log_joint(z) = log p(x, z)` for one latent sample
 (it may close over decoder parameters, which receive their ordinary gradient),
 and the estimator returns a gradient of IWAE_K (not of E_q[f]). β (default 1)
