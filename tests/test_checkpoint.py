@@ -2,6 +2,7 @@
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,14 +19,6 @@ def _tree(scale=1.0):
   return {'step': jnp.int32(7), 'params': params,
           'opt_state': optax.adam(1e-3).init(params),
           'baseline': jnp.float32(-3.5)}
-
-
-def _assert_trees_equal(a, b):
-  flat_a, tree_a = jax.tree.flatten(a)
-  flat_b, tree_b = jax.tree.flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _biggest_file(folder):
@@ -53,12 +46,12 @@ def test_round_trip_keep_and_partial_writes(tmp_path):
   (tmp_path / 'step_9.orbax-checkpoint-tmp-123').mkdir()  # A killed write.
   assert checkpoint.list_steps(directory) == [2, 3]
   template = jax.tree.map(jnp.zeros_like, _tree())
-  _assert_trees_equal(checkpoint.restore(directory, 3, template), _tree(3))
+  chex.assert_trees_all_equal(checkpoint.restore(directory, 3, template), _tree(3))
   tree, step = checkpoint.restore_latest(directory, template)
   assert step == 3
-  _assert_trees_equal(tree, _tree(3))
+  chex.assert_trees_all_equal(tree, _tree(3))
   only_params = checkpoint.restore(directory, 2, {'params': _tree()['params']})
-  _assert_trees_equal(only_params, {'params': _tree(2)['params']})
+  chex.assert_trees_all_equal(only_params, {'params': _tree(2)['params']})
   with pytest.raises(FileNotFoundError):
     checkpoint.restore(directory, 1, template)
   with pytest.raises(ValueError, match='other settings'):
@@ -106,7 +99,7 @@ def test_corrupt_latest_falls_back_to_the_intact_one(tmp_path, how):
   lines = []
   tree, step = checkpoint.restore_latest(directory, template, lines.append)
   assert step == 2
-  _assert_trees_equal(tree, _tree(2))
+  chex.assert_trees_all_equal(tree, _tree(2))
   assert len(lines) == 1 and 'step_3' in lines[0]
   assert checkpoint.list_steps(directory) == [2]
   assert (tmp_path / 'step_3.corrupt').is_dir()
@@ -138,4 +131,4 @@ def test_a_failed_write_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
   assert '\n' not in str(info.value) and 'step_2' in str(info.value)
   monkeypatch.undo()
   assert checkpoint.list_steps(directory) == [1]
-  _assert_trees_equal(checkpoint.restore(directory, 1, _tree()), _tree())
+  chex.assert_trees_all_equal(checkpoint.restore(directory, 1, _tree()), _tree())

@@ -3,6 +3,7 @@ exact resume, NaN/divergence stops, interruption and checkpoint fallback."""
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,14 +45,6 @@ def _train(out, config=TINY, dataset=None, **kwargs):
   kwargs.setdefault('log', lambda _: None)
   return train.train(MODEL, dataset or _grey_dataset(), OPTIMIZER, config,
                      SEED, str(out), **kwargs)
-
-
-def _assert_trees_equal(a, b):
-  flat_a, tree_a = jax.tree.flatten(a)
-  flat_b, tree_b = jax.tree.flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_step_and_fit_are_sgd_with_a_moving_average_baseline():
@@ -178,11 +171,11 @@ def test_resume_reaches_the_same_parameters(full_run, tmp_path):
   second = _train(tmp_path, log=lines.append, on_epoch=second_rows.append)
   assert second.resumed_from == 4 and len(second.history) == 1
   assert any('resuming' in line and 'step 4' in line for line in lines)
-  _assert_trees_equal(second.state, full.state)
+  chex.assert_trees_all_equal(second.state, full.state)
   assert second_rows[0]['train_bound'] == rows[1]['train_bound']
   again = _train(tmp_path)  # Finished: the same state, no training.
   assert again.history == [] and int(again.state.step) == 8
-  _assert_trees_equal(again.state.params, full.state.params)
+  chex.assert_trees_all_equal(again.state.params, full.state.params)
 
 
 def test_interrupt_checkpoints_and_resumes_exactly(full_run, tmp_path):
@@ -199,7 +192,7 @@ def test_interrupt_checkpoints_and_resumes_exactly(full_run, tmp_path):
   assert checkpoint.list_steps(str(tmp_path)) == [4]
   assert 'interrupted' in lines[-1]
   resumed = _train(tmp_path, config)
-  _assert_trees_equal(resumed.state, full.state)
+  chex.assert_trees_all_equal(resumed.state, full.state)
 
 
 def test_corrupt_latest_checkpoint_falls_back(full_run, tmp_path):
@@ -216,7 +209,7 @@ def test_corrupt_latest_checkpoint_falls_back(full_run, tmp_path):
   assert resumed.resumed_from == 4
   assert sum('step_8' in line and 'cannot be read' in line
              for line in lines) == 1
-  _assert_trees_equal(resumed.state, full.state)
+  chex.assert_trees_all_equal(resumed.state, full.state)
   assert checkpoint.list_steps(str(out)) == [4, 8]
 
 
