@@ -54,8 +54,9 @@ def assert_mean_close(samples, expected, num_se: float = NUM_SE, axis=0,
                       max_band: float | None = None):
   """|mean(samples) - expected| ≤ num_se SE, elementwise.
 
-  With `max_band`, also asserts num_se·SE ≤ max_band·|expected|: the check
-  can tell a wrong answer (off by that fraction) from the right one.
+  With `max_band`, also asserts num_se·SE ≤ max_band·max|expected|: the
+  check can tell a wrong answer (off by that fraction of the gradient's
+  scale) from the right one.
   """
   samples = np.asarray(samples, np.float64)
   n = samples.shape[axis]
@@ -67,8 +68,9 @@ def assert_mean_close(samples, expected, num_se: float = NUM_SE, axis=0,
   assert np.all(err <= tol), (
       f'mean {mean} vs expected {expected}: error {err} > {num_se} SE {se}')
   if max_band is not None:
-    assert np.all(num_se * se <= max_band * np.abs(expected)), (
-        f'band {num_se * se} is wider than {max_band} x |{expected}|')
+    scale = np.max(np.abs(expected))
+    assert np.all(num_se * se <= max_band * scale), (
+        f'band {num_se * se} is wider than {max_band} x {scale}')
 
 
 def assert_variance_close(samples, expected_variance, expected_m4=None,

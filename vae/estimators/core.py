@@ -219,12 +219,18 @@ def sample_weibull(key: PRNGKey, shape, dtype=jnp.float32) -> Array:
 
 def sample_double_sided_maxwell(key: PRNGKey, shape,
                                 dtype=jnp.float32) -> Array:
-  """M ~ double-sided Maxwell(0, 1), density m² φ(m): ±‖(ε₁, ε₂, ε₃)‖.
+  """M ~ double-sided Maxwell(0, 1), density m² φ(m): sign(ε) √(ε² + 2E).
 
-  `jax.random.double_sided_maxwell` (a Rademacher sign times the norm of three
-  standard normals; no atom).
+  |M|² ~ χ²₃ = χ²₁ + χ²₂ with χ²₁ = ε², ε ~ N(0, 1), and χ²₂ = 2E,
+  E = -log(1 - U) ~ Exp(1); the sign of ε is independent of ε² and gives
+  the symmetric sign. Two random numbers per draw (four for the norm of
+  three normals and a sign, as in `jax.random.double_sided_maxwell`); no
+  atom (1 - U > 0).
   """
-  return jax.random.double_sided_maxwell(key, 0.0, 1.0, tuple(shape), dtype)
+  k_e, k_u = jax.random.split(key)
+  e = jax.random.normal(k_e, tuple(shape), dtype)
+  u = jax.random.uniform(k_u, tuple(shape), dtype)
+  return jnp.sign(e) * jnp.sqrt(e * e - 2.0 * jnp.log1p(-u))
 
 
 def measure_valued_gaussian_gradients(function: CostFn, loc: Array,
