@@ -22,11 +22,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vae import distributions as dists
 from vae import objectives
 from vae import train
 from vae import types
+from vae.estimators import registry
 from vae.models import gaussian_vae
 from vae.problems import linear_gaussian as lg
 
@@ -175,6 +177,47 @@ def summarize_gaps(terms: dict[str, Array]) -> dict[str, Array]:
   }
 
 
+def best_diagonal_check(model: lg.LinearGaussianModel,
+                        x: Array) -> dict[str, float | bool]:
+  """Mean log p(x), ELBO(q*) and their gap beside `approximation_gap`.
+
+  log p(x_n) - ELBO(q*_n) equals ½(Σ_j log Λ_jj - log det Λ) for every n;
+  disagrees: some point's difference exceeds `lg.tolerance`.
+  """
+  log_px = np.asarray(batch_log_marginal(model, x))
+  elbo = np.asarray(batch_elbo(model, x, optimal_diagonal_q(model, x)))
+  formula = float(approximation_gap(model))
+  err = np.abs(log_px - elbo - formula)
+  return {'log_px': float(np.mean(log_px)),
+          'elbo_best_diagonal_q': float(np.mean(elbo)),
+          'gap': float(np.mean(log_px - elbo)),
+          'max_abs_gap_minus_formula': float(np.max(err)),
+          'gap_formula': formula, 'disagrees': bool(np.any(
+              err > lg.tolerance(np.abs(log_px) + np.abs(elbo), x.dtype)))}
+
+
+def checked_gaps(model: lg.LinearGaussianModel, x: Array,
+                 encoder_params: Params) -> dict[str, float | bool]:
+  """`gaps` beside the closed-form approximation gap, checked.
+
+  disagrees: the mean log p(x) - ELBO(q*) differs from
+  `approximation_gap` or the amortization gap is negative (q* is the
+  optimum), beyond `lg.tolerance`.
+  """
+  g = {k: float(v) for k, v in gaps(model, x, encoder_params).items()}
+  formula = float(approximation_gap(model))
+  tol = lg.tolerance(abs(g['log_px']) + abs(g['elbo_amortized']), x.dtype)
+  return {**g, 'approximation_gap_closed_form': formula,
+          'disagrees': bool(abs(g['approximation_gap'] - formula) > tol or
+                            g['amortization_gap'] < -tol)}
+
+
+def log_likelihoods(model: lg.LinearGaussianModel,
+                    *data: Array) -> list[float]:
+  """The mean exact log p(x) of each data set [N_i, D]."""
+  return [float(jnp.mean(batch_log_marginal(model, x))) for x in data]
+
+
 def gaps(model: lg.LinearGaussianModel, x: Array,
          encoder_params: Params) -> dict[str, Array]:
   """Mean over x [N, D] of log p(x), ELBO(q*), ELBO(q_φ) and the two gaps."""
@@ -246,6 +289,13 @@ def init_model(key: PRNGKey, x: Array,
 
 
 INFERENCE = ('amortized', 'per_point')
+# Estimators of the ELBO's gradient that `fit_by_elbo` accepts.
+ESTIMATORS = registry.names('elbo_mc_kl', 'continuous', stateless=True)
+
+
+def objective_for(estimator: str) -> str:
+  """The ELBO form `fit_by_elbo` uses: 'elbo_mc_kl' for stl, else 'elbo'."""
+  return 'elbo_mc_kl' if estimator == 'stl' else 'elbo'
 
 
 def _variational(params: Params, x: Array, inference: str) -> dists.Normal:
@@ -273,7 +323,7 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
   Args:
     x: training data [N, D].
     latent_dim: d.
-    estimator: 'pathwise', 'score', 'score_rloo' or 'stl'.
+    estimator: one of ESTIMATORS.
     key: PRNG key.
     inference: 'amortized' (linear encoder) or 'per_point' (free μ_n, log σ_n
       for each training point).
@@ -287,7 +337,7 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
   if inference not in INFERENCE:
     raise ValueError(f"inference must be 'amortized' or 'per_point', got "
                      f'{inference!r}.')
-  objective = 'elbo_mc_kl' if estimator == 'stl' else 'elbo'
+  objective = objective_for(estimator)
   k_model, k_q, k_steps = jax.random.split(key, 3)
   model = init_model(k_model, x, latent_dim)
   if inference == 'amortized':
@@ -322,3 +372,44 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
   state, (_, history) = train.fit(step, train.init_state(params, opt), None,
                                   jax.random.split(k_steps, num_steps))
   return state.params['model'], state.params['q'], history
+
+
+def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
+                 runs: tuple[tuple[str, str], ...], key: PRNGKey,
+                 num_steps: int, optimizer: train.OptimizerConfig,
+                 num_samples: int) -> tuple[list[dict], dict[str, Array]]:
+  """The true model, the pPCA MLE and ELBO fits, by exact log-likelihood.
+
+  Fit i ((inference, estimator) = runs[i]) is `fit_by_elbo` with key
+  fold_in(key, i). Checks (`disagrees`, to `lg.tolerance`): no model's mean
+  train log p(x) exceeds the MLE's (its global maximum) and no final ELBO
+  exceeds its model's log p(x).
+
+  Returns:
+    ({method, train_ll, test_ll, train_elbo, approximation_gap_of_model,
+    disagrees} per model, {method: exact mean ELBO after each step}).
+  """
+  mle = lg.fit_ppca(x_train, latent_dim)
+  models = [('true model', true_model, None),
+            ('pPCA maximum likelihood (closed form)', mle, None)]
+  curves = {}
+  for i, (inference, estimator) in enumerate(runs):
+    model, _, history = fit_by_elbo(
+        x_train, latent_dim, estimator, jax.random.fold_in(key, i), inference,
+        num_steps, optimizer, num_samples)
+    name = f'ELBO, {estimator}, {inference} q'
+    curves[name] = history
+    models.append((name, model, float(history[-1])))
+  (best,) = log_likelihoods(mle, x_train)
+  records = []
+  for name, model, elbo in models:
+    train_ll, test_ll = log_likelihoods(model, x_train, x_test)
+    tol = lg.tolerance(train_ll, x_train.dtype)
+    records.append({
+        'method': name, 'train_ll': train_ll, 'test_ll': test_ll,
+        'train_elbo': elbo,
+        'approximation_gap_of_model': float(approximation_gap(model)),
+        **({} if model is mle else {'disagrees': bool(
+            train_ll > best + tol or (elbo is not None and
+                                      elbo > train_ll + tol))})})
+  return records, curves

@@ -201,6 +201,48 @@ def estimate_errors(model: lg.LinearGaussianModel, x: Array, q: Gaussian,
   return jax.vmap(one)(x, q, jax.random.split(key, x.shape[0]))
 
 
+def repeat_summary(errors) -> dict[str, np.ndarray]:
+  """Errors [P, R, K] of P points × R repeats summarized per K.
+
+  mean = mean over points and repeats; stderr = sd over repeats of the
+  point-averaged error / √R (the standard error of `mean`); std_per_draw =
+  mean over points of the sd over repeats.
+  """
+  e = np.asarray(errors, np.float64)
+  return {'mean': e.mean((0, 1)),
+          'stderr': e.mean(0).std(0) / math.sqrt(e.shape[1]),
+          'std_per_draw': e.std(1).mean(0)}
+
+
+def iwae_check(model: lg.LinearGaussianModel, x: Array, ks: tuple[int, ...],
+               repeats: int, key: PRNGKey) -> list[dict[str, float | bool]]:
+  """IWAE_k - log p(x) with q = q*(z|x) (`mean_field`), against exact bounds.
+
+  E[IWAE_1] = ELBO(q*) and ELBO(q*) ≤ E[IWAE_k] ≤ log p(x), so with
+  g = ELBO(q*) - log p(x) = -`amortization.approximation_gap`, the mean
+  error m_k is compared with g (k = 1) or the nearest point of [g, 0]:
+  z_k = (m_k - target) / stderr_k; disagrees: |z_k| beyond the Bonferroni
+  threshold for len(ks) checks (`vae.stats`).
+
+  Returns:
+    Per k: iwae_minus_log_px (m_k) and stderr, std_per_draw
+    (`repeat_summary` of `estimate_errors`), elbo_minus_log_px (g), z,
+    disagrees.
+  """
+  q = proposals(model, x, ('mean_field',))['mean_field']
+  s = repeat_summary(estimate_errors(model, x, q, key, repeats, ks)[0])
+  low = -float(am.approximation_gap(model))
+  target = np.where(np.asarray(ks) == 1, low, np.clip(s['mean'], low, 0.0))
+  z = stats.mean_z(s['mean'], target, s['stderr'] * math.sqrt(repeats),
+                   repeats)
+  return [{'iwae_minus_log_px': float(s['mean'][j]),
+           'stderr': float(s['stderr'][j]),
+           'std_per_draw': float(s['std_per_draw'][j]),
+           'elbo_minus_log_px': low, 'z': float(z[j]),
+           'disagrees': bool(abs(z[j]) > stats.z_threshold(len(ks)))}
+          for j in range(len(ks))]
+
+
 def summarize(errors: Array, log_rho1: Array, ks: tuple[int, ...],
               tolerance: float) -> dict[str, np.ndarray]:
   """Error of log p̂_K pooled over points and repeats, beside the delta method.
