@@ -165,9 +165,12 @@ LG_Q = (0.2, math.log(0.7))  # q = N(loc, exp(log_scale)²): not the posterior
 IWAE_K = 3
 
 
-def lg_log_joint(beta: float):
-  """z -> log p(x|z) + β log p(z) (the `log_joint` of the IWAE surrogates)."""
-  a, b, s, x = LG['a'], LG['b'], LG['s'], LG['x']
+def lg_log_joint(beta: float, a=LG['a']):
+  """z -> log p(x|z) + β log p(z) (the `log_joint` of the IWAE surrogates).
+
+  `a` (the decoder weight) may be traced, for decoder gradients.
+  """
+  b, s, x = LG['b'], LG['s'], LG['x']
   def log_joint(z):
     return (-0.5 * ((x - a * z - b) / s)**2 - math.log(s) -
             0.5 * math.log(2 * math.pi) +
@@ -176,13 +179,14 @@ def lg_log_joint(beta: float):
 
 
 def lg_expected_bound(loc: float, log_scale: float, beta: float,
-                      k: int = IWAE_K, nodes: int = 24) -> float:
+                      k: int = IWAE_K, nodes: int = 24,
+                      a: float = LG['a']) -> float:
   """E[log (1/K) Σ_k w_k], w = p(x|z)p(z)^β/q(z)^β, by K-dim Gauss-Hermite."""
   e, w = np.polynomial.hermite_e.hermegauss(nodes)
   w = w / math.sqrt(2 * math.pi)
   grids = np.meshgrid(*[e] * k, indexing='ij')
   weight = functools.reduce(np.multiply, np.meshgrid(*[w] * k, indexing='ij'))
-  log_joint = lg_log_joint(beta)
+  log_joint = lg_log_joint(beta, a)
   log_w = [log_joint(loc + math.exp(log_scale) * g) - beta * (
       -0.5 * g**2 - log_scale - 0.5 * math.log(2 * math.pi)) for g in grids]
   stacked = np.stack(log_w)
@@ -191,16 +195,27 @@ def lg_expected_bound(loc: float, log_scale: float, beta: float,
   return float(np.sum(weight * lme))
 
 
-def lg_exact_gradient(beta: float, h: float = 1e-4) -> np.ndarray:
-  """(∂/∂loc, ∂/∂log_scale) of `lg_expected_bound` by central differences."""
-  m, l = LG_Q
-  f = lambda dm, dl: lg_expected_bound(m + dm, l + dl, beta)
-  return np.array([(f(h, 0) - f(-h, 0)) / (2 * h),
-                   (f(0, h) - f(0, -h)) / (2 * h)])
+def lg_exact_gradient(beta: float, k: int = IWAE_K, q=LG_Q,
+                      h: float = 1e-4) -> np.ndarray:
+  """(∂/∂loc, ∂/∂log_scale, ∂/∂a) of `lg_expected_bound`, central differences."""
+  m, l = q
+  f = lambda dm, dl, da: lg_expected_bound(m + dm, l + dl, beta, k,
+                                           a=LG['a'] + da)
+  return np.array([(f(h, 0, 0) - f(-h, 0, 0)) / (2 * h),
+                   (f(0, h, 0) - f(0, -h, 0)) / (2 * h),
+                   (f(0, 0, h) - f(0, 0, -h)) / (2 * h)])
 
 
-def lg_q():
-  return dists.Normal(jnp.asarray(LG_Q[0]), jnp.asarray(LG_Q[1]))
+def lg_posterior():
+  """The exact posterior N(m, v) of z given x, as (loc, log_scale)."""
+  a, b, s, x = LG['a'], LG['b'], LG['s'], LG['x']
+  precision = 1 + a * a / (s * s)
+  return a * (x - b) / (s * s) / precision, -0.5 * math.log(precision)
+
+
+def lg_q(q=LG_Q):
+  """q = N(loc, exp(log_scale)²) as a `Normal` of scalars."""
+  return dists.Normal(jnp.asarray(q[0]), jnp.asarray(q[1]))
 
 
 # IWAE_K with discrete q: log p̃(z) = T[z] + β log prior(z), enumerated.
