@@ -33,6 +33,7 @@ from vae.models import image_vae
 
 @cfg.settings
 class Config:
+  """The run to evaluate, where its data is, and the evaluation."""
   checkpoint_dir: str | None = cfg.setting(
       None, 'Run folder of a train_vae run (holding checkpoints/); '
       'required.', text=True)
@@ -44,18 +45,32 @@ class Config:
   paths: data_lib.DataPaths = data_lib.DataPaths()
   evaluation: eval_lib.EvalConfig = eval_lib.EvalConfig()
 
+  def check(self):
+    if self.checkpoint_dir is not None:
+      _train_config(os.path.expanduser(self.checkpoint_dir))
+
+
+def _train_config(run_dir: str) -> dict:
+  """The config.json of a train_vae run folder; ValueError (one line) if
+  `run_dir` is none."""
+  saved = outputs.read_config(run_dir) if os.path.isdir(run_dir) else None
+  if saved is None or saved.get('experiment') != 'train_vae':
+    raise ValueError(f'checkpoint_dir: {run_dir} is not a train_vae run '
+                     'folder (no config.json of train_vae).')
+  return saved
+
 
 def load_run(run_dir: str, step: int | None, log=print):
   """(train_vae Config, its seed, model, params, step) of a run folder.
 
   Raises:
-    SystemExit: one line, when `run_dir` is no train_vae run or has no
-      intact checkpoint.
+    SystemExit: one line, when `run_dir` is no train_vae run folder or has
+      no intact checkpoint.
   """
-  saved = outputs.read_config(run_dir)
-  if saved is None or saved.get('experiment') != 'train_vae':
-    raise SystemExit(f'evaluate_vae: {run_dir} is not a train_vae run folder '
-                     f'(no config.json of train_vae).')
+  try:
+    saved = _train_config(run_dir)
+  except ValueError as e:
+    raise SystemExit(f'evaluate_vae: {e}') from None
   trained = cfg.from_dict(train_vae.Config, saved['settings'])
   model = image_vae.make(trained.model)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))

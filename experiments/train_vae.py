@@ -46,6 +46,7 @@ def physical_memory() -> int:
 
 @cfg.settings
 class Config:
+  """Data, model, optimizer (adam ε = 1e-4, as Burda et al.), training."""
   data: data_lib.DataConfig = data_lib.DataConfig()
   model: image_vae.ModelConfig = image_vae.ModelConfig()
   optimizer: train.OptimizerConfig = train.OptimizerConfig(adam_eps=1e-4)

@@ -46,7 +46,8 @@ def test_round_trip_keep_and_partial_writes(tmp_path):
   (tmp_path / 'step_9.orbax-checkpoint-tmp-123').mkdir()  # A killed write.
   assert checkpoint.list_steps(directory) == [2, 3]
   template = jax.tree.map(jnp.zeros_like, _tree())
-  chex.assert_trees_all_equal(checkpoint.restore(directory, 3, template), _tree(3))
+  chex.assert_trees_all_equal(checkpoint.restore(directory, 3, template),
+                              _tree(3))
   tree, step = checkpoint.restore_latest(directory, template)
   assert step == 3
   chex.assert_trees_all_equal(tree, _tree(3))
@@ -131,4 +132,5 @@ def test_a_failed_write_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
   assert '\n' not in str(info.value) and 'step_2' in str(info.value)
   monkeypatch.undo()
   assert checkpoint.list_steps(directory) == [1]
-  chex.assert_trees_all_equal(checkpoint.restore(directory, 1, _tree()), _tree())
+  chex.assert_trees_all_equal(checkpoint.restore(directory, 1, _tree()),
+                              _tree())

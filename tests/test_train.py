@@ -181,8 +181,8 @@ def test_resume_reaches_the_same_parameters(full_run, tmp_path):
 def test_interrupt_checkpoints_and_resumes_exactly(full_run, tmp_path):
   _, full, _ = full_run
 
-  def interrupt(row):
-    if row['epoch'] == 1:
+  def interrupt(row):  # While epoch 2 is reported: epoch 1 is the last.
+    if row['epoch'] == 2:
       raise KeyboardInterrupt('SIGTERM')
 
   lines = []

@@ -498,21 +498,24 @@ def train(model: image_vae.VAE, dataset: data.Dataset,
         raise Diverged(f'{problem} in epoch {epoch + 1} (steps '
                        f'{int(good.step)}..{int(state.step)}); the last good '
                        f'state (step {int(good.step)}) is in {checkpoint_dir}.')
-      good, previous, step = state, float(stats['bound']), int(state.step)
+      previous, step = float(stats['bound']), int(state.step)
       test_bound = None
       if config.test_every and ((epoch + 1) % config.test_every == 0 or
                                 epoch + 1 == end):
         test_bound = evaluate.mean_bound(
-            model, good.params, test_images, test_key, config.objective,
+            model, state.params, test_images, test_key, config.objective,
             config.num_samples)
       row = dict(step=step, epoch=epoch + 1, train_bound=previous,
                  test_bound=test_bound, beta=float(beta_at(config, step)),
                  learning_rate=float(schedule(step - 1)),
                  examples_per_s=steps_per_epoch * config.batch_size / wall,
                  epoch_wall_s=wall, epoch_cpu_s=cpu)
-      history.append(row)
       if on_epoch is not None:
         on_epoch(row)
+      # Reported: the state is the last good one (an interruption while
+      # reporting keeps the one before, whose row is on record).
+      good = state
+      history.append(row)
       if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end:
         save_good()
   except KeyboardInterrupt:

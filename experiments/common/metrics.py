@@ -67,6 +67,7 @@ class MetricsLog:
       self.writer.flush()
 
   def close(self) -> None:
+    """Flushes and closes the TensorBoard writer."""
     if self.writer is not None:
       self.writer.close()
 
