@@ -328,39 +328,74 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       'cannot be found (speed does not depend on pixels).')
 
 
+def burda_model(hidden: Sequence[int] = BURDA_HIDDEN,
+                latent: int = BURDA_LATENT, data_dim: int = BURDA_DATA_DIM):
+  """The Burda et al. (2015) VAE, tanh MLPs (default 784-200-200-50)."""
+  from vae.models import image_vae  # pylint: disable=g-import-not-at-top
+  return image_vae.burda_vae(latent_dim=latent, hidden_sizes=tuple(hidden),
+                             data_dim=data_dim)
+
+
 def model_from_args(args: argparse.Namespace):
   """The VAE of --hidden_sizes and --latent_dim (tanh MLPs, 784 pixels)."""
-  from vae.models import image_vae  # pylint: disable=g-import-not-at-top
   hidden = tuple(int(h) for h in str(args.hidden_sizes).split(',') if h)
-  return image_vae.burda_vae(latent_dim=args.latent_dim, hidden_sizes=hidden,
-                             data_dim=BURDA_DATA_DIM)
+  return burda_model(hidden, args.latent_dim)
+
+
+def arch(model) -> dict[str, Any]:
+  """The keyword arguments of the FLOP counts for `model`."""
+  return dict(data_dim=model.data_dim,
+              hidden=tuple(model.decoder.hidden_sizes),
+              latent=model.latent_dim)
 
 
 def load_images(args: argparse.Namespace, split: str,
                 num: int | None = None) -> tuple[np.ndarray, str]:
-  """The images of `split` (float32 [N, 784]) and where they came from.
+  """The first `num` images of `split` (float32 [N, 784]) and their source.
 
   Args:
     args: parsed flags (see `add_common_args`).
     split: 'train' or 'test'.
-    num: keep the first `num` images (None: all).
+    num: keep the first `num` images (None: all; synthetic: 10,000).
 
   Returns:
-    (images, source) with source 'binarized_mnist' or 'synthetic'.
+    (images, source) with source the dataset's name or 'synthetic'.
   """
   from vae import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  def synthetic():
+    return data_lib.synthetic_images(num or 10_000, seed=args.seed,
+                                     stream=data_lib.SPLITS.index(split))
+
   if args.dataset == 'synthetic':
-    return data_lib.load_split('synthetic', split, num_examples=num or 10_000,
-                               seed=args.seed), 'synthetic'
+    return synthetic(), 'synthetic'
   try:
-    images = data_lib.load_split(args.dataset, split,
-                                 data_dir=args.tfds_data_dir,
-                                 cache_dir=args.data_cache_dir,
-                                 num_examples=num)
-    return images, args.dataset
+    ds = data_lib.load_dataset(args.dataset, data_dir=args.tfds_data_dir,
+                               cache_dir=args.data_cache_dir)
+    return ds.split(split)[:num], args.dataset
   except data_lib.DataNotFoundError as e:
     if not args.allow_synthetic:
       raise
     print(f'# {e}\n# falling back to synthetic images', file=sys.stderr)
-    return data_lib.load_split('synthetic', split, num_examples=num or 10_000,
-                               seed=args.seed), 'synthetic'
+    return synthetic(), 'synthetic'
+
+
+def ratios(seconds: Timing, flops: float, peak: dict[str, float] | None
+           ) -> dict[str, float]:
+  """Time against the FLOP-bound time FLOPs / (measured matmul peak).
+
+  Returns:
+    {'gflops', 'flop_bound_s', 'ratio_to_bound' (median / median),
+    'ratio_to_bound_best' (best / best), 'ratio_to_bound_cpu' (CPU seconds
+    against the peak per CPU-second)}; only 'gflops' without a peak.
+  """
+  out = {'gflops': flops / seconds.median / 1e9}
+  if peak:
+    out['flop_bound_s'] = flops / (peak['gflops'] * 1e9)
+    out['ratio_to_bound'] = seconds.median / out['flop_bound_s']
+    out['ratio_to_bound_best'] = seconds.min / (flops /
+                                                (peak['gflops_best'] * 1e9))
+    if seconds.cpu_times and 'gflops_per_cpu_s' in peak:
+      out['ratio_to_bound_cpu'] = seconds.cpu_median / (
+          flops / (peak['gflops_per_cpu_s'] * 1e9))
+  return out
