@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import json
 import os
+import zipfile
 from typing import Literal
 
 import jax
@@ -431,6 +432,8 @@ def _load_raw(name: str, splits: tuple[str, ...], *, data_dir: str | None,
 def _read_cache(path: str, name: str) -> dict[str, np.ndarray]:
   """The splits in the cache `path`; DataCorruptError if it is unreadable."""
   try:
+    if not zipfile.is_zipfile(path):
+      raise ValueError('not an .npz (zip) file')
     with np.load(path, allow_pickle=False) as npz:
       meta = json.loads(str(npz['meta']))
       if meta.get('format') != _CACHE_FORMAT or meta.get('name') != name:
