@@ -302,8 +302,15 @@ def _json_default(value: Any) -> Any:
   return str(value)
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-  """--full, --output, --repeats, --seed, data location flags."""
+def make_parser(doc: str, cases: Sequence[str],
+                extra_cases: Sequence[str] = ()) -> argparse.ArgumentParser:
+  """A benchmark's flags: --cases (default `cases`), --peak_n, --full,
+  --output, --repeats, --seed, the data's location and the model's size."""
+  parser = argparse.ArgumentParser(description=doc.split('\n')[0])
+  every = ', '.join(tuple(cases) + tuple(extra_cases))
+  parser.add_argument('--cases', default=','.join(cases), help=f'Of {every}.')
+  parser.add_argument('--peak_n', type=int, default=2048,
+                      help='Size of the matmul measuring the peak (0: none).')
   parser.add_argument('--full', action='store_true',
                       help="The issue's full sizes (slow on CPU).")
   parser.add_argument('--output', default=None,
@@ -326,6 +333,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--allow_synthetic', action='store_true',
                       help='Fall back to synthetic images if the real data '
                       'cannot be found (speed does not depend on pixels).')
+  return parser
+
+
+def check_cases(cases: Sequence[str], known: Sequence[str]) -> None:
+  """ValueError naming the choices if a case is not in `known`."""
+  unknown = set(cases) - set(known)
+  if unknown:
+    raise ValueError(f'unknown cases {sorted(unknown)}; choose from '
+                     f'{", ".join(known)}')
 
 
 def burda_model(hidden: Sequence[int] = BURDA_HIDDEN,

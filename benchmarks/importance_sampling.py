@@ -24,7 +24,6 @@ them; the log-likelihoods printed are only a sanity check). Usage:
   python -m benchmarks.importance_sampling --full   # N = 10,000, K = 5,000
 """
 
-import argparse
 import functools
 import sys
 from typing import Any, Callable
@@ -183,8 +182,7 @@ def targets(out: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  common.add_common_args(parser)
+  parser = common.make_parser(__doc__, CASES)
   parser.add_argument('--num_images', type=int, default=500,
                       help='Test images (--full: all 10,000).')
   parser.add_argument('--num_samples', type=int, default=1000,
@@ -198,8 +196,6 @@ def main(argv=None) -> int:
                       'slower. On a GPU use larger steps (e.g. 100 × 500).')
   parser.add_argument('--plain_batch', type=int, default=10,
                       help='Images per call, plain case.')
-  parser.add_argument('--cases', default=','.join(CASES))
-  parser.add_argument('--peak_n', type=int, default=2048)
   args = parser.parse_args(argv)
   if args.full:
     args.num_images, args.num_samples = None, 5000

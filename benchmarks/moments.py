@@ -22,7 +22,6 @@ in ≤ 3 s. Usage:
   python -m benchmarks.moments --full     # D = 1000
 """
 
-import argparse
 import sys
 import time
 from typing import Any
@@ -96,9 +95,7 @@ def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
     one-call cases, vs_loop (its speedup over the loop) and the relative
     difference of its total variance from the loop's; plus 'matmul_peak'.
   """
-  unknown = set(cases) - set(CASES) - set(EXTRA_CASES)
-  if unknown:
-    raise ValueError(f'unknown cases {sorted(unknown)}; choose from {CASES}')
+  common.check_cases(cases, CASES + EXTRA_CASES)
   model = model or common.burda_model()
   reporter = reporter or common.Reporter('moments')
   chunk = min(chunk, num_draws)
@@ -167,21 +164,18 @@ def targets(out: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  common.add_common_args(parser)
+  parser = common.make_parser(__doc__, CASES, EXTRA_CASES)
   parser.add_argument('--num_draws', type=int, default=400,
                       help='Gradient draws D (--full: 1000).')
-  parser.add_argument('--batch_size', type=int, default=100)
   parser.add_argument('--chunk', type=int, default=100,
                       help='Draws vmapped together in `vmapped` (memory ~ '
                       'chunk × 1.7 MB of gradients for Burda).')
-  parser.add_argument('--cases', default=','.join(CASES),
-                      help=f'Of {CASES + EXTRA_CASES}.')
-  parser.add_argument('--peak_n', type=int, default=2048)
+  parser.add_argument('--batch_size', type=int, default=100,
+                      help='B, the images of the minibatch.')
   args = parser.parse_args(argv)
-  images, source = common.load_images(args, 'train', args.batch_size)
   reporter = common.Reporter('moments', args.output)
   reporter.info()
+  images, source = common.load_images(args, 'train', args.batch_size)
   out = benchmark(images, num_draws=1000 if args.full else args.num_draws,
                   chunk=args.chunk, rounds=args.repeats, seed=args.seed,
                   model=common.model_from_args(args),

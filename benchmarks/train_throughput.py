@@ -31,7 +31,6 @@ interleaved rounds. Issue 11's targets: `fused` ≥ 1.2× `numpyro_scan` and
   python -m benchmarks.train_throughput --full      # 1 epoch of 50,000
 """
 
-import argparse
 import sys
 from typing import Any, Callable
 
@@ -274,9 +273,7 @@ def benchmark(images: np.ndarray, *, batch_size: int = 100,
     other cases, fused_speedup(_best, _cpu) ('fused' over it); plus
     'matmul_peak' if measured.
   """
-  unknown = set(cases) - set(CASES) - set(EXTRA_CASES)
-  if unknown:
-    raise ValueError(f'unknown cases {sorted(unknown)}; choose from {CASES}')
+  common.check_cases(cases, CASES + EXTRA_CASES)
   model = model or common.burda_model()
   reporter = reporter or common.Reporter('train_throughput')
   n = (len(images) // batch_size) * batch_size
@@ -343,14 +340,10 @@ def targets(out: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  common.add_common_args(parser)
+  parser = common.make_parser(__doc__, CASES, EXTRA_CASES)
   parser.add_argument('--num_train', type=int, default=10_000,
                       help='Training images per epoch (--full: all 50,000).')
   parser.add_argument('--batch_size', type=int, default=100)
-  parser.add_argument('--cases', default=','.join(CASES),
-                      help=f'Of {CASES + EXTRA_CASES}.')
-  parser.add_argument('--peak_n', type=int, default=2048)
   args = parser.parse_args(argv)
   images, source = common.load_images(args, 'train',
                                       None if args.full else args.num_train)
