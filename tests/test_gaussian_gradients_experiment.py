@@ -1,42 +1,89 @@
-"""End-to-end: the default experiment's script, its files and determinism."""
+"""The main job: its files, its self-check, and a planted wrong estimator."""
 
+import dataclasses
 import json
-import os
-import subprocess
-import sys
+import math
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ['--costs=x^2,cos', '--estimators=pathwise,score,score_rloo',
-         '--mus=-1,0,1', '--num_samples=2', '--num_draws=200',
-         '--problems=gaussian_cost,linear_gaussian']
+import jax
+import pytest
 
+import launch
+from experiments import gaussian_gradients as gg
+from vae.estimators import registry
 
-def _run(args, out):
-  env = dict(os.environ, PYTHONPATH=REPO)
-  return subprocess.run(
-      [sys.executable, '-m', 'experiments.gaussian_gradients',
-       f'--output_dir={out}', *args], cwd=REPO, env=env, capture_output=True,
-      text=True, timeout=300)
+SMALL = ['--costs=square,cos', '--square_ks=-1,1,3', '--cos_ks=0.5,1,2',
+         '--estimators=pathwise,score_optimal_baseline,measure_valued',
+         '--num_draws=2000']
 
 
-def test_writes_files_and_is_deterministic(tmp_path):
-  a, b = tmp_path / 'a', tmp_path / 'b'
-  for out in (a, b):
-    proc = _run(SMALL, out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def _launch(tmp_path, name, *args):
+  out = tmp_path / name
+  code = launch.main(['launch.py', f'--output_dir={out}', *SMALL, *args])
+  return code, out
+
+
+def test_small_run_checks_itself_and_writes_its_files(tmp_path, capsys):
+  code, out = _launch(tmp_path, 'a', '--strict')
+  assert code == 0
+  printed = capsys.readouterr().out
+  assert '0 of 36 rows disagree with exact values' in printed
+  assert 'crossovers of the exact variance curves' in printed
+  assert 'compiled 3 programs in' in printed
   for name in ('results.json', 'results.csv', 'config.json',
-               'variance_vs_mu_N2.png'):
-    assert (a / name).exists(), name
-  assert (a / 'results.json').read_bytes() == (b / 'results.json').read_bytes()
-  records = json.loads((a / 'results.json').read_text())
-  assert {r['cost'] for r in records} == {'x^2', 'cos', 'linear_gaussian_elbo'}
-  config = json.loads((a / 'config.json').read_text())
-  assert config['seed'] == 0 and config['flags']['num_draws'] == 200
-  assert 'max|z|' in proc.stdout  # the summary table was printed
+               'variance_vs_k_N1.png', 'crossovers.json'):
+    assert (out / name).exists(), name
+  records = json.loads((out / 'results.json').read_text())
+  assert {(r['cost'], r['k']) for r in records} == {
+      (c, k) for c in ('square', 'cos') for k in
+      ((-1.0, 1.0, 3.0) if c == 'square' else (0.5, 1.0, 2.0))}
+  assert all(r['disagrees'] is False and r['exact_variance'] is not None
+             for r in records)
+  crossings = json.loads((out / 'crossovers.json').read_text())
+  # (x - k)²: the coupled MVD beats pathwise for ∂μ near k = μ only.
+  assert {(c['lower_below'], c['lower_above']) for c in crossings if (
+      c['cost'], c['param']) == ('square', 'mu')} == {
+          ('pathwise', 'measure_valued'), ('measure_valued', 'pathwise')}
 
 
-def test_bad_estimator_is_a_clear_error(tmp_path):
-  proc = _run(['--estimators=nope'], tmp_path / 'c')
-  assert proc.returncode != 0
-  assert "unknown or discrete-only estimator 'nope'" in proc.stderr
-  assert not (tmp_path / 'c' / 'results.json').exists()
+@pytest.mark.parametrize('planted', ['scaled', 'shifted'])
+def test_a_planted_wrong_estimator_fails_the_strict_run(tmp_path, monkeypatch,
+                                                        capsys, planted):
+  # pathwise's gradient scaled by 1.1, or its ∂μ shifted by 0.1: the run
+  # must mark rows as disagreeing and --strict must exit non-zero.
+  e = registry.ESTIMATORS['pathwise']
+
+  def wrong(f, params, *args, **kw):
+    value = e.expectation(f, params, *args, **kw)
+    if planted == 'scaled':
+      return 1.1 * value
+    return value + 0.1 * (params['mu'] - jax.lax.stop_gradient(params['mu']))
+  monkeypatch.setitem(registry.ESTIMATORS, 'pathwise',
+                      dataclasses.replace(e, expectation=wrong))
+  code, out = _launch(tmp_path, planted, '--strict',
+                      '--estimators=pathwise,score')
+  assert code == 1
+  assert 'rows disagree with exact values' in capsys.readouterr().out
+  records = json.loads((out / 'results.json').read_text())
+  assert any(r['disagrees'] for r in records if r['estimator'] == 'pathwise')
+  assert not any(r['disagrees'] for r in records
+                 if r['estimator'] != 'pathwise')
+
+
+@pytest.mark.parametrize('values,message', [
+    ({'mus': (math.nan,)}, 'not finite'),
+    ({'num_draws': 10**12}, '<= 10000000'),
+    ({'num_draws': 10**7, 'num_samples': (1000,)}, 'exceed 2e10'),
+    ({'costs': ('exp',), 'exp_ks': (3.0,), 'mus': (5.0,)}, 'overflow'),
+    ({'sigmas': (0.0,)}, '>= 0.05'),
+    ({'estimators': ('score_moving_average',)}, 'not one of'),
+])
+def test_bad_settings_are_refused_in_one_line(values, message):
+  with pytest.raises(ValueError, match=message) as err:
+    gg.Config(**values)
+  assert '\n' not in str(err.value)
+
+
+def test_launch_refuses_nan_before_anything_runs(tmp_path):
+  with pytest.raises(launch.UsageError, match='not finite'):
+    launch.main(['launch.py', f'--output_dir={tmp_path / "x"}', '--mus=nan'])
+  assert not (tmp_path / 'x').exists()
