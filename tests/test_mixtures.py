@@ -2,13 +2,14 @@
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.stats import multivariate_normal
 import numpy as np
 import pytest
 from scipy import stats
 
 from vae.problems import mixtures
 
-_fit_em = jax.jit(mixtures.fit_em, static_argnums=(1, 3))
+_fit_em = mixtures.fit_em
 _log_prob = jax.jit(mixtures.log_prob)
 _sample = jax.jit(mixtures.sample, static_argnums=2)
 
@@ -20,17 +21,11 @@ def x64():
 
 
 def _mixture_1d():
-  return mixtures.from_moments(jnp.array([0.3, 0.5, 0.2]),
-                               jnp.array([[-2.0], [1.0], [3.0]]),
-                               jnp.array([[[0.2]], [[0.5]], [[0.1]]]))
+  return mixtures.true_mixture(1)
 
 
 def _mixture_2d():
-  covs = jnp.array([[[0.3, 0.0], [0.0, 0.3]], [[0.5, 0.3], [0.3, 0.4]],
-                    [[0.2, -0.1], [-0.1, 0.15]]])
-  return mixtures.from_moments(jnp.array([0.3, 0.5, 0.2]),
-                               jnp.array([[-2.0, 0.0], [1.0, 1.0],
-                                          [2.0, -1.5]]), covs)
+  return mixtures.true_mixture(2)
 
 
 def test_log_prob_matches_scipy():
@@ -67,9 +62,9 @@ def test_sample_moments():
 def test_fit_gaussian_is_the_mle():
   x, _ = mixtures.sample(_mixture_2d(), jax.random.PRNGKey(2), 300)
   fit = mixtures.fit_gaussian(x)
-  mean_ll = lambda m, l: jnp.mean(mixtures.gaussian_log_prob(x, m, l))
+  mean_ll = lambda m, l: jnp.mean(multivariate_normal.logpdf(x, m, l @ l.T))
   g_mean, g_tril = jax.jit(jax.grad(mean_ll, argnums=(0, 1)))(
-      fit.means[0], fit.scale_trils[0])
+      fit.means[0], jnp.linalg.cholesky(fit.covariances[0]))
   np.testing.assert_allclose(g_mean, 0.0, atol=1e-10)
   np.testing.assert_allclose(jnp.tril(g_tril), 0.0, atol=1e-10)
 
@@ -121,7 +116,7 @@ def test_gaussian_cross_entropy_matches_monte_carlo():
   m, c = mixtures.mean_and_covariance(mix)
   mu, cov = jnp.array([0.5, -0.2]), jnp.array([[2.0, 0.4], [0.4, 1.0]])
   x, _ = _sample(mix, jax.random.PRNGKey(7), 400_000)
-  mc = -jnp.mean(mixtures.gaussian_log_prob(x, mu, jnp.linalg.cholesky(cov)))
+  mc = -jnp.mean(multivariate_normal.logpdf(x, mu, cov))
   assert abs(float(mixtures.gaussian_cross_entropy(mu, cov, m, c) - mc)) < 0.01
 
 
@@ -161,7 +156,7 @@ def test_min_kl_gaussian_is_moment_matching(kl_setup):
 
   @jax.jit
   def kl(mu, tril):
-    log_q = mixtures.gaussian_log_prob(points, mu, tril)
+    log_q = multivariate_normal.logpdf(points, mu, tril @ tril.T)
     return mixtures.kl_decomposition_quadrature(log_p, log_q, volume)['kl']
 
   tril = jnp.linalg.cholesky(c)
@@ -174,15 +169,46 @@ def test_min_kl_gaussian_is_moment_matching(kl_setup):
   assert kl(m, 1.1 * tril) > best + 1e-3
 
 
-def test_mc_decomposition_is_unbiased_for_the_entropy(kl_setup):
-  mix, _, volume, log_p = kl_setup
-  h_quad = mixtures.kl_decomposition_quadrature(log_p, log_p, volume)[
-      'entropy']
+def test_mc_decomposition_estimates_the_quadrature_one(kl_setup):
+  """Monte Carlo entropy and KL vs quadrature, within 4 standard errors."""
+  mix, points, volume, log_p = kl_setup
+  gauss = mixtures.from_moments(jnp.ones(1), jnp.array([[0.5, -0.2]]),
+                                jnp.array([[[2.0, 0.4], [0.4, 1.0]]]))
+  quad = mixtures.kl_decomposition_quadrature(
+      log_p, _log_prob(gauss, points), volume)
   x, _ = _sample(mix, jax.random.PRNGKey(8), 50_000)
-  log_p_x = _log_prob(mix, x)
-  gauss = mixtures.fit_gaussian(x)
-  mc = mixtures.kl_decomposition_mc(log_p_x, _log_prob(gauss, x))
-  np.testing.assert_allclose(mc['cross_entropy'] - mc['kl'], mc['entropy'],
-                             rtol=1e-12)
+  log_p_x, log_q_x = _log_prob(mix, x), _log_prob(gauss, x)
+  mc = mixtures.kl_decomposition_mc(log_p_x, log_q_x)
+  assert abs(float(mc['kl'] - quad['kl'])) < 4 * float(mc['kl_stderr'])
+  assert float(quad['kl']) > 10 * float(mc['kl_stderr'])
   stderr = jnp.std(log_p_x) / jnp.sqrt(x.shape[0])
-  assert abs(float(mc['entropy'] - h_quad)) < 4 * float(stderr)
+  assert abs(float(mc['entropy'] - quad['entropy'])) < 4 * float(stderr)
+
+
+def test_compare_checks_monte_carlo_against_quadrature():
+  """z of `compare` is small for an exact density, large for a wrong one."""
+  true = mixtures.true_mixture(1)
+  points, volume = mixtures.quadrature_grid(true, 2000)
+  x, _ = _sample(true, jax.random.PRNGKey(9), 20_000)
+  log_p = (_log_prob(true, x), _log_prob(true, points))
+  gauss = mixtures.fit_gaussian(x)
+  log_q = (log_p[0], _log_prob(gauss, x), _log_prob(gauss, points))
+  right = mixtures.compare(log_p, log_q, volume)
+  assert abs(right['z']) < 4 and right['kl_quadrature'] > 0.2
+  assert abs(right['model_mass_on_grid'] - 1.0) < 1e-3
+  # Off by 0.05 nats at the held-out points only: caught.
+  wrong = mixtures.compare(log_p, (log_q[0], log_q[1] + 0.05, log_q[2]),
+                           volume)
+  assert abs(wrong['z']) > 10
+
+
+def test_fit_models_and_num_params():
+  true = mixtures.true_mixture(2)
+  x, _ = _sample(true, jax.random.PRNGKey(10), 300)
+  models, histories = mixtures.fit_models(true, x, (2, 3), 20,
+                                          jax.random.PRNGKey(11))
+  assert list(models) == ['true p_data', 'gaussian (min KL, population)',
+                          'gaussian MLE', 'mixture EM K=2', 'mixture EM K=3']
+  assert [mixtures.num_params(m) for m in models.values()] == [
+      17, 5, 5, 11, 17]
+  assert set(histories) == {2, 3} and histories[3].shape == (21,)

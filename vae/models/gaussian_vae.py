@@ -88,6 +88,11 @@ def init(key: PRNGKey, data_dim: int, latent_dim: int,
   }
 
 
+def num_params(params: Params) -> int:
+  """The number of scalars in `params` (e.g. params['decoder']: the model)."""
+  return sum(int(a.size) for a in jax.tree_util.tree_leaves(params))
+
+
 def _normal_head(out: tuple[Array, Array],
                  min_log_scale: float) -> dists.Normal:
   loc, raw = out

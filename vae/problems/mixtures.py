@@ -2,22 +2,30 @@
 
 A mixture with K full-covariance components in D dimensions,
 
-    p(x) = Σ_k π_k N(x; μ_k, Σ_k),   π = softmax(logits),  Σ_k = L_k L_kᵀ,
+    p(x) = Σ_k π_k N(x; μ_k, Σ_k),   π = softmax(logits),
 
-is a `GaussianMixture` pytree. `fit_em` runs expectation-maximization
-(Dempster et al. 1977) in pure JAX under `lax.scan`, with responsibilities in
+is a `GaussianMixture` pytree (N: `jax.scipy.stats.multivariate_normal`).
+`fit_em` runs expectation-maximization (Dempster et al. 1977) in pure JAX
+under `lax.scan`, with responsibilities in
 log space, and returns the log-likelihood after every iteration (which EM
 never decreases). Also here: the decomposition of the expected negative
 log-likelihood into entropy + KL, E_p[-log q] = H(p) + KL(p ‖ q), by Monte
 Carlo over samples of p or by quadrature on a grid (D ≤ 2), which shows that
-maximum likelihood minimizes KL(p_data ‖ p_model).
+maximum likelihood minimizes KL(p_data ‖ p_model). `true_mixture` is the
+known p_data of `experiments/mixture_of_gaussians`, `fit_models` its
+closed-form and EM fits and `compare` its checked comparison of a model
+with p_data.
 """
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.stats import multivariate_normal
+import numpy as np
 
+from vae import stats
 from vae import types
 
 Array = types.Array
@@ -28,16 +36,16 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 @types.pytree_dataclass
 class GaussianMixture:
-  """p(x) = Σ_k softmax(logits)_k N(x; means_k, scale_trils_k scale_trils_kᵀ).
+  """p(x) = Σ_k softmax(logits)_k N(x; means_k, covariances_k).
 
   Attributes:
     logits: unnormalized log mixture weights, [K].
     means: component means μ_k, [K, D].
-    scale_trils: lower-triangular Cholesky factors L_k of Σ_k, [K, D, D].
+    covariances: component covariances Σ_k (positive definite), [K, D, D].
   """
   logits: Array
   means: Array
-  scale_trils: Array
+  covariances: Array
 
   @property
   def num_components(self) -> int:
@@ -52,11 +60,6 @@ class GaussianMixture:
     """π = softmax(logits)."""
     return jax.nn.softmax(self.logits)
 
-  @property
-  def covariances(self) -> Array:
-    """Σ_k = L_k L_kᵀ, [K, D, D]."""
-    return self.scale_trils @ jnp.swapaxes(self.scale_trils, -1, -2)
-
 
 def from_moments(weights: Array, means: Array,
                  covariances: Array) -> GaussianMixture:
@@ -65,32 +68,13 @@ def from_moments(weights: Array, means: Array,
   if means.ndim != 2:
     raise ValueError(f'means must be [K, D], got shape {means.shape}.')
   return GaussianMixture(logits=jnp.log(weights), means=means,
-                         scale_trils=jnp.linalg.cholesky(covariances))
-
-
-def gaussian_log_prob(x: Array, mean: Array, scale_tril: Array) -> Array:
-  """log N(x; μ, LLᵀ) = -½ ‖L⁻¹(x-μ)‖² - Σ_i log L_ii - (D/2) log 2π.
-
-  Args:
-    x: points [..., D].
-    mean: μ [D].
-    scale_tril: L [D, D], lower triangular with positive diagonal.
-
-  Returns:
-    Log-densities of shape x.shape[:-1].
-  """
-  dim = mean.shape[-1]
-  diff = jnp.reshape(x - mean, (-1, dim))
-  r = jax.scipy.linalg.solve_triangular(scale_tril, diff.T, lower=True)
-  log_det_half = jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
-  out = -0.5 * jnp.sum(r**2, axis=0) - log_det_half - 0.5 * dim * _LOG_2PI
-  return jnp.reshape(out, jnp.shape(x)[:-1])
+                         covariances=jnp.asarray(covariances))
 
 
 def component_log_probs(mixture: GaussianMixture, x: Array) -> Array:
   """log π_k + log N(x_n; μ_k, Σ_k) for points x [N, D]: returns [N, K]."""
-  log_n = jax.vmap(lambda m, l: gaussian_log_prob(x, m, l), out_axes=-1)(
-      mixture.means, mixture.scale_trils)
+  log_n = jax.vmap(lambda m, c: multivariate_normal.logpdf(x, m, c),
+                   out_axes=-1)(mixture.means, mixture.covariances)
   return jax.nn.log_softmax(mixture.logits) + log_n
 
 
@@ -107,13 +91,16 @@ def log_responsibilities(mixture: GaussianMixture, x: Array) -> Array:
 
 def sample(mixture: GaussianMixture, key: PRNGKey,
            num: int) -> tuple[Array, Array]:
-  """Draws k ~ Cat(π), x = μ_k + L_k ε; returns (x [num, D], k [num])."""
+  """Draws k ~ Cat(π), x = μ_k + L_k ε (Σ_k = L_k L_kᵀ); returns (x, k).
+
+  x [num, D], k [num].
+  """
   k_comp, k_eps = jax.random.split(key)
   comp = jax.random.categorical(k_comp, mixture.logits, shape=(num,))
   eps = jax.random.normal(k_eps, (num, mixture.dim),
                           dtype=mixture.means.dtype)
-  x = mixture.means[comp] + jnp.einsum('nij,nj->ni',
-                                       mixture.scale_trils[comp], eps)
+  scale_trils = jnp.linalg.cholesky(mixture.covariances)
+  x = mixture.means[comp] + jnp.einsum('nij,nj->ni', scale_trils[comp], eps)
   return x, comp
 
 
@@ -138,7 +125,7 @@ def fit_gaussian(x: Array) -> GaussianMixture:
   diff = x - mean
   cov = diff.T @ diff / x.shape[0]
   return GaussianMixture(logits=jnp.zeros((1,), x.dtype), means=mean[None],
-                         scale_trils=jnp.linalg.cholesky(cov)[None])
+                         covariances=cov[None])
 
 
 def gaussian_cross_entropy(mean: Array, covariance: Array, data_mean: Array,
@@ -192,7 +179,7 @@ def em_step(mixture: GaussianMixture, x: Array,
   covs = jnp.einsum('nk,kni,knj->kij', r, diff, diff)
   covs = covs + min_variance * jnp.eye(x.shape[1], dtype=x.dtype)
   new = GaussianMixture(logits=log_nk - jnp.log(x.shape[0]), means=means,
-                        scale_trils=jnp.linalg.cholesky(covs))
+                        covariances=covs)
   return new, jnp.mean(log_px)
 
 
@@ -214,10 +201,10 @@ def init_from_data(x: Array, num_components: int,
   cov = fit_gaussian(x).covariances[0]
   return GaussianMixture(
       logits=jnp.zeros((num_components,), x.dtype), means=means,
-      scale_trils=jnp.broadcast_to(jnp.linalg.cholesky(cov),
-                                   (num_components, dim, dim)))
+      covariances=jnp.broadcast_to(cov, (num_components, dim, dim)))
 
 
+@functools.partial(jax.jit, static_argnames=('num_components', 'num_iters'))
 def fit_em(x: Array, num_components: int, key: PRNGKey, num_iters: int = 100,
            min_variance: float = 0.0,
            init: GaussianMixture | None = None
@@ -317,3 +304,108 @@ def kl_decomposition_quadrature(log_p_data: Array, log_p_model: Array,
       'entropy': -jnp.sum(p * log_p_data) * cell_volume,
       'kl': jnp.sum(p * (log_p_data - log_p_model)) * cell_volume,
   }
+
+
+# --------------------------------------------------------------------------
+# The known p_data, reference fits and a checked comparison with p_data.
+
+DIMS = (1, 2)
+
+
+def true_mixture(dim: int) -> GaussianMixture:
+  """The known p_data: 3 components, well separated but overlapping.
+
+  π = (0.3, 0.5, 0.2); 1-D: μ = (-2, 1, 3), σ² = (0.2, 0.5, 0.1); 2-D: μ =
+  (-2, 0), (1, 1), (2, -1.5) with a round, a correlated and an
+  anti-correlated covariance.
+  """
+  weights = jnp.array([0.3, 0.5, 0.2])
+  if dim == 1:
+    return from_moments(weights, jnp.array([[-2.0], [1.0], [3.0]]),
+                        jnp.array([[[0.2]], [[0.5]], [[0.1]]]))
+  if dim == 2:
+    covs = jnp.array([[[0.3, 0.0], [0.0, 0.3]], [[0.5, 0.3], [0.3, 0.4]],
+                      [[0.2, -0.1], [-0.1, 0.15]]])
+    return from_moments(
+        weights, jnp.array([[-2.0, 0.0], [1.0, 1.0], [2.0, -1.5]]), covs)
+  raise ValueError(f'dims must be 1 or 2, got {dim}.')
+
+
+def quadrature_grid(mixture: GaussianMixture, num: int) -> tuple[Array,
+                                                                 Array]:
+  """`grid` of num**D points on min_k μ_k - 6s ... max_k μ_k + 6s per axis.
+
+  s = max_k √Σ_k,ii (per axis): the box holds all but ~1e-9 of the mass.
+  """
+  sd = jnp.sqrt(jnp.max(jnp.diagonal(mixture.covariances, axis1=1, axis2=2),
+                        0))
+  return grid(jnp.min(mixture.means, 0) - 6.0 * sd,
+              jnp.max(mixture.means, 0) + 6.0 * sd, num)
+
+
+def num_params(mixture: GaussianMixture) -> int:
+  """Free parameters of K components in D dims: (K - 1) + K D + K D(D+1)/2."""
+  k, dim = mixture.num_components, mixture.dim
+  return (k - 1) + k * dim + k * dim * (dim + 1) // 2
+
+
+def fit_models(true: GaussianMixture, x: Array,
+               em_components: tuple[int, ...], em_iters: int, key: PRNGKey
+               ) -> tuple[dict[str, GaussianMixture], dict[int, Array]]:
+  """p_data, the Gaussians of least KL (moments of p_data) and of maximum
+  likelihood (`fit_gaussian`), and EM fits (`fit_em`, key fold_in(key, K))
+  with K components to x [N, D].
+
+  Returns:
+    ({name: mixture}, {K: EM log-likelihood history}).
+  """
+  m, c = mean_and_covariance(true)
+  models = {'true p_data': true,
+            'gaussian (min KL, population)': from_moments(
+                jnp.ones(1), m[None], c[None]),
+            'gaussian MLE': fit_gaussian(x)}
+  histories = {}
+  for k in em_components:
+    models[f'mixture EM K={k}'], histories[k] = fit_em(
+        x, k, jax.random.fold_in(key, k), em_iters)
+  return models, histories
+
+
+_kl_mc = jax.jit(kl_decomposition_mc)
+_kl_quadrature = jax.jit(kl_decomposition_quadrature)
+
+
+def compare(log_p: tuple[Array, Array], log_q: tuple[Array, Array, Array],
+            cell_volume: Array) -> dict[str, float]:
+  """A model q against p_data: likelihoods and KL(p_data ‖ q) two ways.
+
+  With held-out x_n ~ p_data and grid points x_g (`quadrature_grid`),
+  kl_mc = (1/N) Σ_n [log p - log q](x_n) (`kl_decomposition_mc`, standard
+  error kl_mc_stderr) estimates the quadrature kl_quadrature
+  (`kl_decomposition_quadrature`) without bias when log q is exact, so
+  z = (kl_mc - kl_quadrature) / kl_mc_stderr is a self-check;
+  -test_ll - kl_mc = -(1/N) Σ_n log p(x_n) for every q, by construction.
+
+  Args:
+    log_p: log p_data at the (held-out, grid) points.
+    log_q: log q at the (train, held-out, grid) points.
+    cell_volume: the grid's cell volume.
+
+  Returns:
+    train_ll, test_ll, kl_quadrature, kl_mc, kl_mc_stderr,
+    minus_test_ll_minus_kl_quad, minus_test_ll_minus_kl_mc,
+    entropy_quadrature, model_mass_on_grid, z.
+  """
+  mc = _kl_mc(log_p[0], log_q[1])
+  quad = _kl_quadrature(log_p[1], log_q[2], cell_volume)
+  test_ll, kl_q, kl_mc = (float(jnp.mean(log_q[1])), float(quad['kl']),
+                          float(mc['kl']))
+  stderr, n = float(mc['kl_stderr']), log_p[0].shape[0]
+  return {'train_ll': float(jnp.mean(log_q[0])), 'test_ll': test_ll,
+          'kl_quadrature': kl_q, 'kl_mc': kl_mc, 'kl_mc_stderr': stderr,
+          'minus_test_ll_minus_kl_quad': -test_ll - kl_q,
+          'minus_test_ll_minus_kl_mc': -test_ll - kl_mc,
+          'entropy_quadrature': float(quad['entropy']),
+          'model_mass_on_grid': float(jnp.sum(jnp.exp(log_q[2])) *
+                                      cell_volume),
+          'z': float(stats.mean_z(kl_mc, kl_q, stderr * math.sqrt(n), n))}
