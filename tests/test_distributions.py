@@ -123,3 +123,16 @@ def test_relaxation_rejects_bad_temperature():
     dists.RelaxedBernoulli(jnp.zeros(2), -0.5)
   with pytest.raises(ValueError, match='temperature'):
     dists.RelaxedCategorical(jnp.zeros(2), 0.0)
+
+
+def test_relaxed_bernoulli_noise_has_logistic_tails_and_no_atom():
+  # L = log u - log(1 - u): P(L < -t) = σ(-t). Over 2^24 draws the count
+  # below -10 is Poisson(2^24 σ(-10)); nothing lies beyond the lattice's
+  # ±16.6 (a uniform floored at the smallest float put mass 2⁻²³ at -87).
+  with jax.enable_x64(False):
+    d = dists.RelaxedBernoulli(jnp.zeros((), jnp.float32), 1.0)
+    noise = d.sample_logits(jax.random.PRNGKey(0), (2**24,))
+    expected = 2**24 * float(jax.nn.sigmoid(-10.0))
+    count = int(jnp.sum(noise < -10))
+    assert abs(count - expected) < 5 * np.sqrt(expected), (count, expected)
+    assert float(jnp.min(noise)) > -17.0 and float(jnp.max(noise)) < 17.0
