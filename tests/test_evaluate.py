@@ -119,34 +119,39 @@ def test_test_images_binarizes_dynamic_datasets_once():
 
 def test_inpainting_keeps_the_top_half(model_params_images):
   model, params, images = model_params_images
-  x = jnp.asarray(images[:3])
+  x = jnp.asarray(images)  # All 7, as `evaluate.pictures`: one compile.
   pixel_mean = jnp.full((784,), 0.2)
   out = evaluate.inpaint(model, params, x, jax.random.PRNGKey(0),
-                           pixel_mean, 1000, 5)  # As save_pictures: 1 compile.
+                         pixel_mean, 1000, 5)
   top = slice(0, 392)
   np.testing.assert_array_equal(out['masked'][:, top], x[:, top])
   np.testing.assert_allclose(out['masked'][:, 392:], 0.2)
   np.testing.assert_array_equal(out['mean'][:, top], x[:, top])
-  assert out['draws'].shape == (3, 5, 784)
+  assert out['draws'].shape == (7, 5, 784)
   np.testing.assert_array_equal(out['draws'][:, :, top],
-                                jnp.broadcast_to(x[:, None, top], (3, 5, 392)))
+                                jnp.broadcast_to(x[:, None, top], (7, 5, 392)))
   assert np.all((out['mean'] >= 0) & (out['mean'] <= 1))
   assert np.all((out['ess'] >= 1 - 1e-4) & (out['ess'] <= 1000 + 1e-2))
 
 
-def test_evaluate_summarizes_importance_sampling(model_params_images):
+def test_evaluate_summarizes_importance_sampling(model_params_images,
+                                                 is_out):
   model, params, images = model_params_images
   ds = data.Dataset('synthetic', images, images, images, 'fixed')
-  config = evaluate.EvalConfig(eval_k=200, eval_chunk_size=100,
-                               eval_iwae_ks=(1, 5))
-  ev = evaluate.evaluate(model, params, ds, config, seed=4, train_k=2)
+  config = evaluate.EvalConfig(eval_k=20000, eval_chunk_size=1000,
+                               eval_batch_size=3, eval_iwae_ks=(1, 50))
+  ev = evaluate.evaluate(model, params, ds, config, seed=4, train_k=5)
+  assert config.iwae_ks(5) == (1, 5, 50)  # As `is_out`: compiled once.
   per_image = evaluate.importance_sampling(
       model, params, images, jax.random.fold_in(jax.random.PRNGKey(4), 3),
-      200, (1, 2, 5), chunk_size=100)
+      20000, (1, 5, 50), batch_size=3, chunk_size=1000)
   s = ev.summary
   assert s['test_nll'] == pytest.approx(-per_image['log_px'].mean())
-  assert s['test_iwae_2'] == pytest.approx(per_image['iwae_2'].mean())
-  assert (s['eval_k'], s['num_eval'], s['split']) == (200, 7, 'test')
+  assert s['test_iwae_5'] == pytest.approx(per_image['iwae_5'].mean())
+  assert s['test_nll_stderr'] == pytest.approx(
+      per_image['log_px'].std() / np.sqrt(7))
+  assert s['test_nll'] == pytest.approx(-is_out['log_px'].mean(), abs=0.05)
+  assert (s['eval_k'], s['num_eval'], s['split']) == (20000, 7, 'test')
   assert s['test_elbo'] <= s['test_iwae_5'] <= -s['test_nll'] + 1e-3
   assert s['active_units'] == ev.latents['active_units']
   assert set(ev.timing) == {'eval_wall_s', 'eval_cpu_s'}
