@@ -133,11 +133,11 @@ def plot(records: list[dict], curves: dict, out: outputs.Run) -> None:
               ylabel='amortization gap ELBO(q*) - ELBO(q_φ) (nats)',
               title='Amortization gap during encoder training')
   axes[0].legend(fontsize=8)
-  y = np.arange(len(final))
-  a = [r['approximation_gap'] for r in final]
-  axes[1].barh(y, a, color='tab:blue', label='approximation gap')
-  axes[1].barh(y, [r['amortization_gap'] for r in final], left=a,
-               color='tab:orange', label='amortization gap')
+  y, left = np.arange(len(final)), np.zeros(len(final))
+  for gap in ('approximation_gap', 'amortization_gap'):  # Stacked bars.
+    width = np.array([r[gap] for r in final])
+    axes[1].barh(y, width, left=left, label=gap.replace('_', ' '))
+    left = left + width
   axes[1].set_yticks(y, [f'{r["encoder"]}\n({r["split"]})' for r in final],
                      fontsize=7)
   axes[1].set(xlabel='log p(x) - ELBO(q_φ) (nats, mean over points)',

@@ -16,32 +16,32 @@ _TINY = dict(ppca_data_dim=6, ppca_latent_dim=2, train_size=100,
              per_point_estimators=('score_rloo',), fit_steps=600)
 
 
-def _rows(records, **where):
-  return [r for r in records if all(r.get(k) == v for k, v in where.items())]
-
-
 @pytest.fixture(scope='module')
 def records(tmp_path_factory):
+  """The strict run's records."""
   out = str(tmp_path_factory.mktemp('linear_gaussian'))
-  records = runner.run_point('linear_gaussian',
-                             linear_gaussian.Config(**_TINY), 0, out,
-                             strict=True)
+  config = linear_gaussian.Config(**_TINY)
+  yield runner.run_point('linear_gaussian', config, 0, out, strict=True)
   assert {'iwae_and_fits.png', 'elbo_training.png'} <= set(os.listdir(out))
-  return records
+
+
+def _rows(records, section, **where):
+  return [r for r in records if r['section'] == section and
+          all(r[k] == v for k, v in where.items())]
 
 
 def test_every_exact_check_passes_and_is_not_vacuous(records):
   checked = [r for r in records if 'disagrees' in r]
   assert len(checked) == 6 + 2 + 3 + 3  # identity, q*, IWAE_k, fits.
   assert not any(r['disagrees'] for r in checked)
-  mean = _rows(records, section='identity', point='mean over 50')[0]
+  mean = _rows(records, 'identity', point='mean over 50')[0]
   assert mean['kl_q_posterior'] > 1.0 and mean['max_abs_residual'] < 1e-10
-  ortho, general = _rows(records, section='best_diagonal_q')
+  ortho, general = _rows(records, 'best_diagonal_q')
   assert abs(ortho['gap']) < 1e-10 and general['gap'] > 1e-3
 
 
 def test_iwae_climbs_from_the_elbo_toward_log_px(records):
-  iwae = _rows(records, section='iwae')
+  iwae = _rows(records, 'iwae')
   gaps = [r['iwae_minus_log_px'] for r in iwae]
   assert iwae[0]['elbo_minus_log_px'] < -0.01
   assert gaps[0] < gaps[1] < gaps[2]
@@ -49,7 +49,7 @@ def test_iwae_climbs_from_the_elbo_toward_log_px(records):
 
 
 def test_elbo_fits_approach_the_maximum_likelihood(records):
-  fits = {r['method']: r for r in _rows(records, section='fit')}
+  fits = {r['method']: r for r in _rows(records, 'fit')}
   mle = fits['pPCA maximum likelihood (closed form)']['train_ll']
   fit = fits['ELBO, pathwise, amortized q']
   assert mle - 0.1 < fit['train_ll'] < mle

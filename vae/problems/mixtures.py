@@ -49,11 +49,13 @@ class GaussianMixture:
 
   @property
   def num_components(self) -> int:
-    return self.means.shape[0]
+    """K."""
+    return len(self.logits)
 
   @property
   def dim(self) -> int:
-    return self.means.shape[1]
+    """D."""
+    return self.means.shape[-1]
 
   @property
   def weights(self) -> Array:
