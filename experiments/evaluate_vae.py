@@ -46,6 +46,7 @@ class Config:
   evaluation: eval_lib.EvalConfig = eval_lib.EvalConfig()
 
   def check(self):
+    """checkpoint_dir, if given, is a train_vae run folder."""
     if self.checkpoint_dir is not None:
       _train_config(os.path.expanduser(self.checkpoint_dir))
 
@@ -91,6 +92,7 @@ def load_run(run_dir: str, step: int | None, log=print):
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """Loads the run's model and data, evaluates; one record."""
   if config.checkpoint_dir is None:
     raise SystemExit('evaluate_vae: --checkpoint_dir (a train_vae run '
                      'folder) is required.')

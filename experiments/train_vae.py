@@ -16,8 +16,6 @@ results.json; timings in timing.json.
       --output_dir=runs/vae_mnist --epochs=30
 """
 
-import os
-
 import numpy as np
 
 from experiments.common import metrics
@@ -39,11 +37,6 @@ TABLE = ('dataset', 'objective', 'estimator', 'k', 'epochs',
          'active_units', 'eval_k')
 
 
-def physical_memory() -> int:
-  """Bytes of RAM of this machine."""
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-
-
 @cfg.settings
 class Config:
   """Data, model, optimizer (adam ε = 1e-4, as Burda et al.), training."""
@@ -56,16 +49,12 @@ class Config:
   tensorboard: bool = cfg.setting(True, 'Write TensorBoard event files.')
 
   def check(self):
+    """batch_size ≤ training images; a step fits in half the memory."""
     size, batch = self.data.train_size, self.training.batch_size
     if batch > size:
       raise ValueError(f'batch_size: {batch} > the {size} training images '
                        f'of {self.data.dataset}.')
-    need = train.memory_estimate(self.model, self.training, data_lib.IMAGE_SIZE)
-    if need > physical_memory() // 2:
-      raise ValueError(f'a training step needs about {need / 2**30:.3g} GiB; '
-                       f'this machine has {physical_memory() / 2**30:.3g}: '
-                       'reduce hidden_sizes, latent_dim, batch_size or '
-                       'num_samples.')
+    train.check_memory(self.model, self.training, data_lib.IMAGE_SIZE)
 
 
 def record(config: Config, seed: int, steps: int, summary: dict) -> dict:
@@ -96,6 +85,7 @@ def write_evaluation(out: outputs.Run, ev: eval_lib.Evaluation) -> None:
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """Loads the data, trains (or resumes), evaluates; one record."""
   t = config.training
   dataset = data_lib.load(config.data, seed)
   if t.batch_size > len(dataset.train):

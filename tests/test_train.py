@@ -146,6 +146,11 @@ def test_memory_estimate_counts_parameters_and_activations():
   huge = image_vae.ModelConfig(hidden_sizes=(10_000,) * 3,
                                latent_dim=10_000)
   assert train.memory_estimate(huge, train.TrainConfig()) > 2**33
+  train.check_memory(model, train.TrainConfig())
+  with pytest.raises(ValueError, match='a training step needs about') as e:
+    train.check_memory(model, train.TrainConfig(batch_size=10**5,
+                                                num_samples=10**4))
+  assert '\n' not in str(e.value)
 
 
 @pytest.fixture(scope='module')

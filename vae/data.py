@@ -105,6 +105,7 @@ class DataConfig:
   paths: DataPaths = DataPaths()
 
   def check(self):
+    """num_train ≤ the images the dataset has."""
     most = MAX_SYNTHETIC if self.dataset == 'synthetic' else TRAIN_SIZES[
         self.dataset]
     if self.num_train is not None and self.num_train > most:

@@ -65,6 +65,7 @@ class EvalConfig:
       True, 'Write prior samples, reconstructions and inpainting PNGs.')
 
   def check(self):
+    """K = m·chunk; every k divides the chunk; rows per matmul bounded."""
     chunk = min(self.eval_chunk_size, self.eval_k)
     if self.eval_k % chunk:
       raise ValueError(f'eval_k: {self.eval_k} must be a multiple of '

@@ -36,6 +36,7 @@ only: per-epoch metrics go to the caller's `on_epoch`.
 import dataclasses
 import functools
 import math
+import os
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -241,6 +242,7 @@ class TrainConfig:
       max=100_000)
 
   def check(self):
+    """Refuses estimator/objective/sample-count combinations (registry)."""
     registry.check(self.estimator, self.objective, self.num_samples,
                    self.beta, 'continuous', 'normal')
 
@@ -257,6 +259,18 @@ def memory_estimate(model: image_vae.ModelConfig, config: TrainConfig,
            3 * data_dim)
   return 4 * (5 * model.num_params(data_dim) +
               8 * config.batch_size * config.num_samples * width)
+
+
+def check_memory(model: image_vae.ModelConfig, config: TrainConfig,
+                 data_dim: int = 784) -> None:
+  """Refuses (ValueError, one line) a step that needs more than half the
+  machine's RAM: `memory_estimate` > RAM / 2."""
+  need = memory_estimate(model, config, data_dim)
+  ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  if need > ram // 2:
+    raise ValueError(f'a training step needs about {need / 2**30:.3g} GiB; '
+                     f'this machine has {ram / 2**30:.3g}: reduce '
+                     'hidden_sizes, latent_dim, batch_size or num_samples.')
 
 
 def step_key(seed: int, step: Array) -> Array:

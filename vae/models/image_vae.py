@@ -77,6 +77,7 @@ class VAE:
     return dists.Normal(loc, log_scale)
 
   def prior(self) -> dists.Normal:
+    """p(z) = N(0, I)."""
     return dists.standard_normal((self.latent_dim,))
 
   def log_likelihood_fn(self, params: Params, x: Array):
