@@ -133,7 +133,7 @@ def _runner(epoch_fn, state, images, key=None) -> Callable[[], Any]:
         (key,) if key is not None else ())
     box['state'], aux = epoch_fn(*args)
     box['epoch'] += 1
-    return aux
+    return box['state'].params, aux  # Blocked on: the whole epoch ran.
 
   return one_epoch
 
