@@ -291,11 +291,15 @@ def mixed_cost(families) -> Callable:
 
   Every family is evaluated and one is selected (`jnp.where`), so a grid
   that mixes families is one vmap (one program) rather than one per family.
+  The families not selected are evaluated at k = 0 (finite everywhere):
+  exp(-k x²) at another family's k = -3 overflows, and the zero cotangent
+  of an unselected branch times an infinite derivative is NaN.
   """
   def fn(x, k, i):
-    out = families[0].fn(x, k)
+    at = lambda j: jnp.where(i == j, k, jnp.zeros_like(k))
+    out = families[0].fn(x, at(0))
     for j, fam in enumerate(families[1:], 1):
-      out = jnp.where(i == j, fam.fn(x, k), out)
+      out = jnp.where(i == j, fam.fn(x, at(j)), out)
     return out
   return fn
 
@@ -355,24 +359,45 @@ def concatenate(grids: dict[str, dict]) -> dict[str, np.ndarray]:
   return out
 
 
-def moment_program(estimator: registry.Estimator, families, num_samples,
-                   num_draws: int, chunk: int | None = None) -> Callable:
+def with_exact_gradients(family: CostFamily, points) -> dict[str, np.ndarray]:
+  """`points` plus 'g_mu', 'g_sigma': the exact gradients at each point."""
+  grid = list(zip(points['k'], points['mu'], points['sigma']))
+  return {**points, **{f'g_{p}': np.array([exact_gradient(family, p, *g)
+                                           for g in grid]) for p in PARAMS}}
+
+
+def moment_program(estimators, families, num_samples, num_draws: int,
+                   chunk: int | None = None) -> Callable:
   """(seed, points) -> moments of `num_draws` estimates on the whole grid.
 
-  Draw d (key split from fold_in(PRNGKey(seed), registry index)) is
-  {'N': grid_gradients(estimator, families, points, key_d, N)} for each N;
-  returns `vae.moments.moments` of the draws with order 4:
-  {'mean'|'variance'|'m4': {'N': {'mu'|'sigma': [P]}}}. Pure: jit it (one
-  program per estimator).
+  Draw d of estimator e is {'N': grid_gradients(e, families, points, key,
+  N) - g} for each N, key = fold_in(key_d, registry index of e), key_d
+  split from PRNGKey(seed): `vae.moments.moments` (order 4) of draws
+  centred on g = points['g_mu'], ['g_sigma'] (the exact gradients), so that
+  float32 sums over many draws lose nothing to a large mean; g is added
+  back. Pure: jit it (one program for every estimator).
+
+  Returns:
+    {'mean'|'variance'|'m4': {estimator: {'N': {'mu'|'sigma': [P]}}}}.
   """
-  index = list(registry.ESTIMATORS).index(estimator.name)
+  index = {e.name: list(registry.ESTIMATORS).index(e.name)
+           for e in estimators}
 
   def program(seed, points):
+    offset = {p: points[f'g_{p}'] for p in PARAMS}
+
     def estimate(key):
-      return {str(n): grid_gradients(estimator, families, points, key, n)
-              for n in num_samples if n >= estimator.min_samples}
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
-    return moments.moments(estimate, key, num_draws, chunk, order=4)
+      return {e.name: {str(n): jax.tree.map(jnp.subtract, grid_gradients(
+          e, families, points, jax.random.fold_in(key, index[e.name]), n),
+                                            offset)
+                       for n in num_samples if n >= e.min_samples}
+              for e in estimators}
+    out = moments.moments(estimate, jax.random.PRNGKey(seed), num_draws,
+                          chunk, order=4)
+    out['mean'] = {e: {n: jax.tree.map(jnp.add, m, offset)
+                       for n, m in by_n.items()}
+                   for e, by_n in out['mean'].items()}
+    return out
   return program
 
 
