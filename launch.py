@@ -47,20 +47,16 @@ def _launcher_flags(fv: flags.FlagValues) -> None:
                        'Slurm array parallelism.', lower_bound=1, **d)
   flags.DEFINE_string('slurm_partition', None, 'Slurm partition.', **d)
   flags.DEFINE_integer('slurm_gpus', 0, 'GPUs per point.', lower_bound=0, **d)
-  flags.DEFINE_integer('slurm_time', 60, 'Minutes per point.', lower_bound=1,
-                       **d)
-  flags.DEFINE_integer('slurm_mem_gb', 16, 'Memory per point (GB).',
-                       lower_bound=1, **d)
+  flags.DEFINE_integer('slurm_time', 60, 'Minutes per point.', 1, **d)
+  flags.DEFINE_integer('slurm_mem_gb', 16, 'GB of memory per point.', 1, **d)
   flags.DEFINE_bool('dry_run', False, 'Print the points; run nothing.', **d)
   flags.DEFINE_bool('overwrite', False, 'Replace a previous run in '
                     '--output_dir (otherwise only the same run may be there: '
                     'it resumes).', **d)
   flags.DEFINE_bool('compilation_cache', True, "JAX's persistent compilation "
-                    'cache (default folder ~/.cache/vae/jax).',
-                    **d)
-  flags.DEFINE_bool('strict', False, 'Exit non-zero when a measured value '
-                    'disagrees with its exact value beyond sampling error.',
-                    **d)
+                    'cache (default folder ~/.cache/vae/jax).', **d)
+  flags.DEFINE_bool('strict', False, 'Exit 1 when a measured value disagrees '
+                    'with its exact value beyond sampling error.', **d)
 
 
 class UsageError(Exception):
@@ -81,9 +77,12 @@ def _flag_values(module, argv):
 
 def _config(module, fv):
   try:
-    return config_flags.config_from_flags(module.Config, fv)
+    config = config_flags.config_from_flags(module.Config, fv)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  if cfg.missing(config):
+    raise UsageError(f'--{cfg.missing(config)[0]} is required.')
+  return config
 
 
 def _sweep_points(module, argv, sweeps):

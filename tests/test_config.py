@@ -107,6 +107,16 @@ def test_bad_flag_values_are_one_line_errors():
     _parse(['--count=9'])
 
 
+def test_required_settings_build_from_defaults_and_are_listed_missing():
+  @cfg.settings
+  class Needs:
+    path: str | None = cfg.setting(None, 'A path.', text=True, required=True)
+  assert cfg.missing(Needs()) == ['path']
+  assert cfg.missing(Needs(path='x')) == []
+  with pytest.raises(TypeError, match='defaults to None'):
+    cfg.setting('x', 'A path.', text=True, required=True)
+
+
 def test_two_settings_with_one_name_are_refused():
   @cfg.settings
   class Clash:

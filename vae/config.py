@@ -47,6 +47,8 @@ class Spec:
     gt: strict lower bound.
     lt: strict upper bound.
     text: free text (paths, names): no constraint beyond the type.
+    required: the command line must give a value (the default, None, lets
+      the class build from defaults; see `missing`).
   """
   help: str
   choices: tuple[str, ...] | None = None
@@ -55,6 +57,7 @@ class Spec:
   gt: float | None = None
   lt: float | None = None
   text: bool = False
+  required: bool = False
 
   def describe(self) -> str:
     """The constraint in words, e.g. 'one of: a, b' or '>= 1'."""
@@ -73,7 +76,8 @@ def _num(v: float) -> str:
 def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
             min: float | None = None, max: float | None = None,
             gt: float | None = None, lt: float | None = None,
-            text: bool = False) -> Any:  # pylint: disable=redefined-builtin
+            text: bool = False,
+            required: bool = False) -> Any:  # pylint: disable=redefined-builtin
   """A dataclass field declaring one setting (see the module docstring).
 
   Args:
@@ -85,12 +89,15 @@ def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
     gt: strict lower bound.
     lt: strict upper bound.
     text: free text (no constraint beyond the type).
+    required: a value must be given (default None; see `missing`).
 
   Returns:
     A `dataclasses.field`.
   """
   spec = Spec(help, tuple(choices) if choices is not None else None, min, max,
-              gt, lt, text)
+              gt, lt, text, required)
+  if required and default is not None:
+    raise TypeError(f'setting {help!r}: a required setting defaults to None.')
   if spec.choices is None and not text and all(
       v is None for v in (min, max, gt, lt)) and not isinstance(default, bool):
     raise TypeError(f'setting {help!r} declares no constraint.')
@@ -207,6 +214,12 @@ def _flatten(config: Any, prefix: str = '') -> dict[str, Any]:
       obj = getattr(obj, part)
     out[prefix + path] = obj
   return out
+
+
+def missing(config: Any) -> list[str]:
+  """The required settings (`setting(required=True)`) still at None."""
+  return [path.split('.')[-1] for path, _, field in leaves(type(config))
+          if spec(field).required and _flatten(config)[path] is None]
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -290,12 +290,12 @@ class Run:
   def write_json(self, name: str, obj: Any) -> str:
     return write_json(self.path(name), obj)
 
-  def save_figure(self, fig: Any, name: str) -> str:
+  def save_figure(self, fig: Any, name: str, dpi: int = 150) -> str:
     """Saves a matplotlib figure as PNG (Agg, no display) and closes it."""
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
     path = self.path(name if name.endswith('.png') else name + '.png')
     tmp = f'{path}.tmp{os.getpid()}.png'
-    fig.savefig(tmp, dpi=120, bbox_inches='tight', metadata={'Software': None})
+    fig.savefig(tmp, dpi=dpi, bbox_inches='tight', metadata={'Software': None})
     os.replace(tmp, path)
     plt.close(fig)
     return path
