@@ -35,8 +35,8 @@ from vae.models import image_vae
 class Config:
   """The run to evaluate, where its data is, and the evaluation."""
   checkpoint_dir: str | None = cfg.setting(
-      None, 'Run folder of a train_vae run (holding checkpoints/); '
-      'required.', text=True)
+      None, 'Run folder of a train_vae run (holding checkpoints/).',
+      text=True, required=True)
   step: int | None = cfg.setting(
       None, 'Checkpoint step to evaluate (default: the newest intact one).',
       min=0)
@@ -93,9 +93,6 @@ def load_run(run_dir: str, step: int | None, log=print):
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Loads the run's model and data, evaluates; one record."""
-  if config.checkpoint_dir is None:
-    raise SystemExit('evaluate_vae: --checkpoint_dir (a train_vae run '
-                     'folder) is required.')
   run_dir = os.path.abspath(os.path.expanduser(config.checkpoint_dir))
   trained, train_seed, model, params, step = load_run(run_dir, config.step,
                                                       out.log)
