@@ -105,6 +105,7 @@ def plot(out, rows, x_key: str, fixed: dict, name: str, title: str):
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """Trains, measures every (objective, estimator, N, step), plots."""
   ds = data_lib.load(config.data, seed=0)
   images = ds.train if ds.binarization == 'fixed' else np.asarray(
       data_lib.binarize(0, ds.train))
