@@ -1,4 +1,4 @@
-"""Gradient estimator variance on Gaussian costs vs k (Mohamed et al. 2020, Figs. 2-3).
+"""Estimator variance on Gaussian costs vs k (Mohamed et al. 2020, Figs. 2-3).
 
 q = N(μ, σ²) (default μ = σ = 1); costs (x-k)², exp(-kx²), cos(kx) over
 grids of k; ∂/∂μ and ∂/∂σ of E_q[f] by the score function, the score
@@ -75,39 +75,41 @@ class Config:
 
 
 def _plot(out, config, records, curves, n):
+  """Variance vs k (vs μ for a single k) per cost and parameter; f below."""
   plt = outputs.pyplot()
   fig, axes = plt.subplots(3, len(config.costs), squeeze=False,
                            figsize=(4 * len(config.costs), 9))
   m, s = config.mus[0], config.sigmas[0]
   for j, cost in enumerate(config.costs):
     fam, ks = gc.FAMILIES[cost], config.ks(cost)
-    ticks = (ks[0], ks[len(ks) // 2], ks[-1])
+    x = 'k' if len(ks) > 1 else 'mu'
+    at = {'cost': cost, 'sigma': s, 'num_samples': n,
+          **({'mu': m} if x == 'k' else {'k': ks[0]})}
+    rows = [r for r in records if all(r[a] == v for a, v in at.items())]
     for i, param in enumerate(gc.PARAMS):
       ax = axes[i, j]
       for c, est in enumerate(config.estimators):
-        pts = [(r['k'], r['variance']) for r in records if (
-            r['cost'], r['estimator'], r['param'], r['mu'], r['sigma'],
-            r['num_samples']) == (cost, est, param, m, s, n)]
-        ax.plot(*zip(*pts), 'o', ms=3, color=f'C{c}', label=est)
-        if est in curves[cost][param]:
-          ax.plot(curves[cost]['ks'], curves[cost][param][est] / n, '-',
-                  lw=1, color=f'C{c}')
-      low, top = min(v for r in records if (r['cost'], r['param']) == (
-          cost, param) for v in [r['variance']] if v > 0), ax.get_ylim()[1]
-      ax.set(yscale='log', xscale='log' if fam.log_k else 'linear',
-             xlabel='k', ylabel='variance',
-             ylim=(max(top * 1e-5, low / 3), top * 2),
+        pts = sorted((r[x], r['variance'], r['exact_variance']) for r in rows
+                     if (r['estimator'], r['param']) == (est, param))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o', ms=3,
+                color=f'C{c}', label=est)
+        line = (curves[cost]['ks'], curves[cost][param].get(est, []) / n) if (
+            cost in curves) else ([p[0] for p in pts], [p[2] for p in pts])
+        ax.plot(*line, '-', lw=1, color=f'C{c}')
+      low = min([r['variance'] for r in rows if r['variance'] > 0] + [1e-12])
+      ax.set(yscale='log', xlabel=x, ylabel='variance', xscale='log' if (
+          fam.log_k and x == 'k') else 'linear', ylim=(max(
+              ax.get_ylim()[1] * 1e-5, low / 3), None),
              title=f'{fam.label}: ∂/∂{"μ" if param == "mu" else "σ"}')
-      ax.set_xticks(ticks, [f'{k:g}' for k in ticks], minor=False)
       ax.minorticks_off()
-    x = np.linspace(-3, 3, 200)
-    for k in ticks:
-      axes[2, j].plot(x, fam.d0(x, k), label=f'k={k:g}')
+    for k in sorted({ks[0], ks[len(ks) // 2], ks[-1]}):
+      axes[2, j].plot(xs := np.linspace(-3, 3, 200), fam.d0(xs, k), label=k)
     axes[2, j].set(xlabel='x', title=f'f(x) = {fam.label}')
     axes[2, j].legend(fontsize=7)
   axes[0, 0].legend(fontsize=7)
-  fig.suptitle(f'Variance of {n}-sample estimates, q = N({m:g}, {s:g}²): '
-               'markers measured, lines exact (quadrature)')
+  fig.suptitle(f'Variance of {n}-sample estimates, σ = {s:g}' + (
+      f', μ = {m:g}' if len(config.mus) == 1 else '') +
+               ': markers measured, lines exact (quadrature)')
   fig.tight_layout()
   out.save_figure(fig, f'variance_vs_k_N{n}.png')
 
@@ -127,33 +129,18 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   compiled = time.time()
   measured = jax.tree.map(np.asarray, program(seed, points))
   sampled = time.time()
-  records = []
-  for est, n in ((e, n) for e in config.estimators for n in config.num_samples):
-    if n < registry.lookup(est).min_samples:
-      continue
-    for i, c in enumerate(fams):
-      at = points['family'] == i
-      st = {m: {p: measured[m][est][str(n)][p][at] for p in gc.PARAMS}
-            for m in ('mean', 'variance')}
-      records += gc.records(c, est, grids[c], st, gc.exact_rows(
-          fams[c], est, grids[c], n), n, config.num_draws)
-  records = stats.mark_disagreements(records)
+  records = stats.mark_disagreements(gc.records(
+      grids, measured, config.num_samples, config.num_draws))
   curves, crossings = {}, []
-  for c, fam in fams.items():
-    ks = config.ks(c)
-    fine = (np.geomspace if fam.log_k and min(ks) > 0 else np.linspace)(
-        min(ks), max(ks), 61) if len(ks) > 2 else np.asarray(ks)
-    m, s = config.mus[0], config.sigmas[0]
-    curves[c] = {'ks': fine, **gc.variance_curves(fam, config.estimators,
-                                                  fine, m, s, 1)}
-    for param in gc.PARAMS if len(ks) > 2 else ():
-      for x in gc.crossovers(fine, curves[c][param], fam.log_k):
-        crossings.append({'cost': c, 'param': param, 'mu': m, 'sigma': s,
-                          **x})
-  exact = time.time()
+  m, s = config.mus[0], config.sigmas[0]
+  for c in (c for c in config.costs if len(set(config.ks(c))) > 2):
+    curves[c], found = gc.exact_curves(fams[c], config.estimators,
+                                       config.ks(c), m, s)
+    crossings += [{'cost': c, 'mu': m, 'sigma': s, **x} for x in found]
   out.log(f'gaussian_gradients: compiled 1 program in {compiled - start:.2f}'
           f' s, sampled {config.num_draws} draws (chunks of {chunk}) in '
-          f'{sampled - compiled:.2f} s, exact values in {exact - sampled:.2f} s')
+          f'{sampled - compiled:.2f} s, exact values in '
+          f'{time.time() - sampled:.2f} s')
   for n in config.num_samples:
     _plot(out, config, records, curves, n)
   out.write_json('crossovers.json', crossings)

@@ -336,7 +336,7 @@ def grid_gradients(estimator: registry.Estimator, families, points,
 
 
 def grid_points(ks, mus, sigmas) -> dict[str, np.ndarray]:
-  """The cartesian grid (σ, μ, k), k fastest, as flat arrays 'k', 'mu', 'sigma'."""
+  """The grid σ × μ × k (k fastest) as flat arrays 'k', 'mu', 'sigma'."""
   s, m, k = np.meshgrid(np.asarray(sigmas, float), np.asarray(mus, float),
                         np.asarray(ks, float), indexing='ij')
   return {'k': k.ravel(), 'mu': m.ravel(), 'sigma': s.ravel()}
@@ -423,34 +423,44 @@ def exact_rows(family: CostFamily, estimator: str, points, num_samples: int):
   return out
 
 
-def records(name: str, estimator: str, points, stats, exact, num_samples: int,
+def records(grids: dict[str, dict], measured, num_samples,
             num_draws: int) -> list[dict]:
   """Flat records: measured mean and variance beside the exact values.
 
   Args:
-    name: the cost family.
-    estimator: the estimator.
-    points: the grid (`grid_points`).
-    stats: {'mean'|'variance': {'mu'|'sigma': [P]}} of the measured draws.
-    exact: `exact_rows` of the same grid.
-    num_samples: N.
+    grids: {family name: grid} (`grid_points` ...), in the order of the
+      'family' index of the measured points (`concatenate`).
+    measured: {'mean'|'variance': {estimator: {'N': {'mu'|'sigma': [P]}}}}
+      over all grids (`moment_program`).
+    num_samples: the N.
     num_draws: D.
 
   Returns:
-    One record per point and parameter: cost, k, mu, sigma, estimator,
-    param, num_samples, num_draws, mean, variance, exact_gradient,
-    exact_variance, exact_m4 (checked by `vae.stats.check_rows`).
+    One record per estimator, N, family, point and parameter: cost, k, mu,
+    sigma, estimator, param, num_samples, num_draws, mean, variance,
+    exact_gradient, exact_variance, exact_m4 (`exact_rows`).
   """
   out = []
-  for param in PARAMS:
-    for i, row in enumerate(exact[param]):
-      out.append({'cost': name, 'k': float(points['k'][i]),
-                  'mu': float(points['mu'][i]),
-                  'sigma': float(points['sigma'][i]),
-                  'estimator': estimator, 'param': param,
-                  'num_samples': num_samples, 'num_draws': num_draws,
-                  'mean': float(stats['mean'][param][i]),
-                  'variance': float(stats['variance'][param][i]), **row})
+  for est, by_n in measured['mean'].items():
+    for n in num_samples:
+      if str(n) not in by_n:
+        continue
+      start = 0
+      for name, grid in grids.items():
+        size = len(grid['k'])
+        exact = exact_rows(FAMILIES[name], est, grid, n)
+        for param in PARAMS:
+          got = {m: measured[m][est][str(n)][param][start:start + size]
+                 for m in ('mean', 'variance')}
+          for i, row in enumerate(exact[param]):
+            out.append({'cost': name, 'k': float(grid['k'][i]),
+                        'mu': float(grid['mu'][i]),
+                        'sigma': float(grid['sigma'][i]), 'estimator': est,
+                        'param': param, 'num_samples': n,
+                        'num_draws': num_draws,
+                        'mean': float(got['mean'][i]),
+                        'variance': float(got['variance'][i]), **row})
+        start += size
   return out
 
 
@@ -469,6 +479,26 @@ def variance_curves(family: CostFamily, estimators, ks, mu: float,
           family, est, p, k, mu, sigma)['variance'] / num_samples
                               for k in ks])
   return out
+
+
+def exact_curves(family: CostFamily, estimators, ks, mu: float,
+                 sigma: float, points: int = 61):
+  """Exact one-sample variance curves on a fine k grid, and their crossings.
+
+  The fine grid spans [min ks, max ks] (log-spaced for `family.log_k` and
+  k > 0) with `points` values; needs ≥ 3 distinct ks.
+
+  Returns:
+    ({'ks': fine grid, param: {estimator: [points]}},
+     [{'param', 'lower_below', 'lower_above', 'k'}] (`crossovers`)).
+  """
+  spaced = np.geomspace if family.log_k and min(ks) > 0 else np.linspace
+  fine = spaced(min(ks), max(ks), points)
+  curves = {'ks': fine, **variance_curves(family, estimators, fine, mu,
+                                          sigma, 1)}
+  found = [{'param': p, **c} for p in PARAMS
+           for c in crossovers(fine, curves[p], family.log_k)]
+  return curves, found
 
 
 def crossovers(ks, curves: dict[str, np.ndarray], log_k: bool) -> list[dict]:
