@@ -112,13 +112,20 @@ def score_cost(model: image_vae.VAE, params: Params, batch: Array,
   return jax.lax.stop_gradient(jnp.mean(jax.vmap(one)(batch, keys)))
 
 
+# Steps whose minibatches are made at once (and scanned in one `fit` call)
+# hold at most this many floats.
+_BLOCK_FLOATS = 2**25
+
+
 def _training_batches(images: np.ndarray, batch_size: int, seed: int,
-                      num_steps: int) -> Array:
-  """[T, B, ...]: the epochs of `data.epoch_batches`, back to back."""
+                      start: int, stop: int) -> Array:
+  """Minibatches t = start..stop-1 [T, B, ...] of the epochs of
+  `data.epoch_batches` back to back (epoch e holds steps e·S..(e+1)·S-1)."""
   per_epoch = len(images) // batch_size
-  epochs = max(1, -(-num_steps // per_epoch))
-  return jnp.concatenate([data_lib.epoch_batches(images, batch_size, seed, e)
-                          for e in range(epochs)])[:num_steps]
+  first, last = start // per_epoch, (stop - 1) // per_epoch
+  epochs = jnp.concatenate([data_lib.epoch_batches(images, batch_size, seed, e)
+                            for e in range(first, last + 1)])
+  return epochs[start - first * per_epoch:stop - first * per_epoch]
 
 
 def train_checkpoints(model: image_vae.VAE, images: np.ndarray,
@@ -137,7 +144,8 @@ def train_checkpoints(model: image_vae.VAE, images: np.ndarray,
       b_o ← decay·b_o + (1 - decay)·score_cost(x_t, o)
 
   with the pre-update params for every baseline objective o (b_o starts at
-  the first batch's cost).
+  the first batch's cost). Steps run in `fit` calls of at most 2^25 floats
+  of minibatches each.
 
   Args:
     model: the VAE.
@@ -181,19 +189,21 @@ def train_checkpoints(model: image_vae.VAE, images: np.ndarray,
     b = baseline_decay * state.baseline + (1.0 - baseline_decay) * aux['costs']
     return new._replace(baseline=b), aux
 
-  batches = _training_batches(images, batch_size, order_seed, steps[-1])
-  keys = jax.vmap(lambda t: jax.random.fold_in(step_key, t))(
-      jnp.arange(steps[-1]))
   params = model.init(init_key)
   state = train.init_state(params, optimizer, jax.jit(costs)(
-      params, _training_batches(images, batch_size, order_seed, 1)[0],
+      params, _training_batches(images, batch_size, order_seed, 0, 1)[0],
       cost_key))
   run = jax.jit(functools.partial(train.fit, step))
+  block = max(1, _BLOCK_FLOATS // (batch_size * images.shape[1]))
   checkpoints, done = [], 0
   for s in steps:
-    if s > done:
-      state, _ = run(state, batches[done:s], keys[done:s])
-      done = s
+    for start in range(done, s, block):
+      stop = min(s, start + block)
+      keys = jax.vmap(lambda t: jax.random.fold_in(step_key, t))(
+          jnp.arange(start, stop))
+      state, _ = run(state, _training_batches(images, batch_size, order_seed,
+                                              start, stop), keys)
+    done = s
     checkpoints.append(Checkpoint(s, state.params, dict(zip(
         objs, np.asarray(state.baseline).tolist()))))
   return checkpoints
