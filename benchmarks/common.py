@@ -154,6 +154,28 @@ def peak_record(n: int, timing: Timing) -> dict[str, float]:
   return out
 
 
+def time_with_peak(fns: dict[str, Callable[[], Any]], peak_n: int,
+                   rounds: int, reporter: 'Reporter', warmup: int = 1
+                   ) -> tuple[dict[str, Timing], dict[str, float] | None]:
+  """`time_interleaved` of the cases and an n x n matmul (`peak_record`).
+
+  Reports the 'matmul_peak' line; peak_n = 0 times the cases alone.
+
+  Returns:
+    ({case: Timing}, the peak record or None).
+  """
+  fns = dict(fns)
+  if peak_n:
+    fns['matmul_peak'] = matmul_fn(peak_n)
+    block(fns['matmul_peak']())  # Compiled before the timed rounds.
+  timings = time_interleaved(fns, rounds=rounds, warmup=warmup)
+  if not peak_n:
+    return timings, None
+  peak = peak_record(peak_n, timings['matmul_peak'])
+  reporter.result('matmul_peak', **peak)
+  return timings, peak
+
+
 def matmul_peak(n: int = 2048, repeats: int = 5,
                 dtype: Any = jnp.float32) -> dict[str, float]:
   """This device's achieved matmul rate: jitted [n, n] @ [n, n], float32.

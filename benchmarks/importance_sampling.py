@@ -147,16 +147,10 @@ def benchmark(images: np.ndarray, *, num_samples: int = 1000,
                           chunk, seed)
     compile_s[c] = common.time_fn(warm_up, repeats=0, warmup=1).compile_s
     fns[c] = _keeping_last(run, last, c)
-  if peak_n:
-    fns['matmul_peak'] = common.matmul_fn(peak_n)
-    common.block(fns['matmul_peak']())
   # Warmed up above on one batch; the first timed round is not a compile.
-  timings = common.time_interleaved(fns, rounds=rounds, warmup=0)
-  out, peak = {}, None
-  if peak_n:
-    peak = out['matmul_peak'] = common.peak_record(peak_n,
-                                                   timings['matmul_peak'])
-    reporter.result('matmul_peak', **peak)
+  timings, peak = common.time_with_peak(fns, peak_n, rounds, reporter,
+                                        warmup=0)
+  out = {'matmul_peak': peak} if peak else {}
   for case in cases:
     t = timings[case]
     ll = np.asarray(last[case], np.float64)

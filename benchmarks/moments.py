@@ -114,13 +114,7 @@ def benchmark(batch: np.ndarray, *, num_draws: int = 1000, chunk: int = 100,
         lambda k, c=c, m=mesh.get(case): moments.moments(
             estimate, k, num_draws, chunk=c, mesh=m), key)
     fns[case] = lambda fn=fn: fn(key)
-  if peak_n:
-    fns['matmul_peak'] = common.matmul_fn(peak_n)
-  timings = common.time_interleaved(fns, rounds=rounds)
-  peak = None
-  if peak_n:
-    peak = common.peak_record(peak_n, timings['matmul_peak'])
-    reporter.result('matmul_peak', **peak)
+  timings, peak = common.time_with_peak(fns, peak_n, rounds, reporter)
   flops = num_draws * batch.shape[0] * common.train_flops_per_example(
       **common.arch(model))
   total = {c: {g: float(np.sum(np.asarray(v, np.float64))) for g, v in

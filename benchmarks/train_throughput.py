@@ -281,14 +281,8 @@ def benchmark(images: np.ndarray, *, batch_size: int = 100,
   flops = n * common.train_flops_per_example(**common.arch(model))
   fns = {case: runner(case, model, images, batch_size, seed)
          for case in cases}
-  if peak_n:
-    fns['matmul_peak'] = common.matmul_fn(peak_n)
-  timings = common.time_interleaved(fns, rounds=rounds)
-  out, peak = {}, None
-  if peak_n:
-    peak = out['matmul_peak'] = common.peak_record(peak_n,
-                                                   timings['matmul_peak'])
-    reporter.result('matmul_peak', **peak)
+  timings, peak = common.time_with_peak(fns, peak_n, rounds, reporter)
+  out = {'matmul_peak': peak} if peak else {}
   for case in cases:
     t = timings[case]
     rec = dict(examples_per_s=n / t.median, examples_per_s_best=n / t.min,
