@@ -55,8 +55,8 @@ class Config:
 
 def _final(model, encoder, x_train, x_test, name, steps) -> list[dict]:
   return [{'kind': 'final', 'encoder': name, 'split': split, 'steps': steps,
-           **am.checked_gaps(model, x, encoder)}
-          for split, x in (('train', x_train), ('held-out', x_test))]
+           **g} for split, g in zip(('train', 'held-out'), am.checked_gaps(
+               model, (x_train, x_test), encoder))]
 
 
 def _checkpoints(num_steps: int) -> list[int]:

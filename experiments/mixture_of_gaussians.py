@@ -59,14 +59,13 @@ def _run_dim(config: Config, dim: int, key) -> tuple[list[dict], dict]:
   k_train, _, k_em, k_vae, k_eval = jax.random.split(key, 5)
   true = mixtures.true_mixture(dim)
   n, m = config.train_points, config.test_points
-  x, _ = jax.jit(mixtures.sample, static_argnums=2)(true, k_train, n + m)
+  x, _ = mixtures.sample(true, k_train, n + m)
   points, volume = mixtures.quadrature_grid(
       true, config.grid_points or (2000 if dim == 1 else 120))
   models, histories = mixtures.fit_models(true, x[:n], config.em_components,
                                           config.em_iters, k_em)
   everywhere = jnp.concatenate([x, points])  # One call per model.
-  log_prob = jax.jit(mixtures.log_prob)
-  log_q = {k: log_prob(q, everywhere) for k, q in models.items()}
+  log_q = {k: mixtures.log_prob(q, everywhere) for k, q in models.items()}
   sizes = {k: mixtures.num_params(q) for k, q in models.items()}
   if config.vae_steps > 0:
     params = gaussian_vae.init(jax.random.fold_in(k_vae, 0), dim, dim,
@@ -77,8 +76,8 @@ def _run_dim(config: Config, dim: int, key) -> tuple[list[dict], dict]:
     sizes[name] = gaussian_vae.num_params(params['decoder'])
     if dim == 1:  # Exact up to quadrature error: a grid over the 1-D z.
       z, dz = mixtures.grid(-7.0, 7.0, config.z_grid_points)
-      log_q[name] = jax.jit(gaussian_vae.log_marginal_quadrature)(
-          params, everywhere, z, dz)
+      log_q[name] = gaussian_vae.log_marginal_quadrature(params, everywhere,
+                                                         z, dz)
     else:
       log_q[name] = jnp.concatenate([gaussian_vae.log_marginal(
           params, pts, k_eval, k) for pts, k in (

@@ -218,6 +218,7 @@ def _batch_iwae(params, x, key, num_samples, common_noise):
   return batch_bound(iwae, params, x, key, num_samples, common_noise)
 
 
+@functools.partial(jax.jit, static_argnames='chunk')
 def log_marginal_quadrature(params: Params, x: Array, z_points: Array,
                             z_volume: Array, chunk: int = 512) -> Array:
   """log p_θ(x_n) by the midpoint rule over a latent grid (d ≤ 2): [N].

@@ -196,20 +196,26 @@ def best_diagonal_check(model: lg.LinearGaussianModel,
               err > lg.tolerance(np.abs(log_px) + np.abs(elbo), x.dtype)))}
 
 
-def checked_gaps(model: lg.LinearGaussianModel, x: Array,
-                 encoder_params: Params) -> dict[str, float | bool]:
-  """`gaps` beside the closed-form approximation gap, checked.
+def checked_gaps(model: lg.LinearGaussianModel, datasets: tuple[Array, ...],
+                 encoder_params: Params) -> list[dict[str, float | bool]]:
+  """`summarize_gaps` of each data set beside the closed form, checked.
 
-  disagrees: the mean log p(x) - ELBO(q*) differs from
-  `approximation_gap` or the amortization gap is negative (q* is the
-  optimum), beyond `lg.tolerance`.
+  One `gap_terms` call on the data sets concatenated. disagrees: the mean
+  log p(x) - ELBO(q*) differs from `approximation_gap` or the amortization
+  gap is negative (q* is the optimum), beyond `lg.tolerance`.
   """
-  g = {k: float(v) for k, v in gaps(model, x, encoder_params).items()}
+  terms = gap_terms(model, jnp.concatenate(datasets), encoder_params)
   formula = float(approximation_gap(model))
-  tol = lg.tolerance(abs(g['log_px']) + abs(g['elbo_amortized']), x.dtype)
-  return {**g, 'approximation_gap_closed_form': formula,
-          'disagrees': bool(abs(g['approximation_gap'] - formula) > tol or
-                            g['amortization_gap'] < -tol)}
+  out, start = [], 0
+  for x in datasets:
+    g = {k: float(v) for k, v in summarize_gaps(
+        {k: v[start:start + len(x)] for k, v in terms.items()}).items()}
+    start += len(x)
+    tol = lg.tolerance(abs(g['log_px']) + abs(g['elbo_amortized']), x.dtype)
+    out.append({**g, 'approximation_gap_closed_form': formula,
+                'disagrees': bool(abs(g['approximation_gap'] - formula) > tol
+                                  or g['amortization_gap'] < -tol)})
+  return out
 
 
 def log_likelihoods(model: lg.LinearGaussianModel,

@@ -80,17 +80,20 @@ def component_log_probs(mixture: GaussianMixture, x: Array) -> Array:
   return jax.nn.log_softmax(mixture.logits) + log_n
 
 
+@jax.jit
 def log_prob(mixture: GaussianMixture, x: Array) -> Array:
   """log p(x_n) = logsumexp_k (log π_k + log N(x_n; μ_k, Σ_k)), for x [N, D]."""
   return jax.nn.logsumexp(component_log_probs(mixture, x), axis=-1)
 
 
+@jax.jit
 def log_responsibilities(mixture: GaussianMixture, x: Array) -> Array:
   """log r_nk = log π_k N(x_n; μ_k, Σ_k) - log p(x_n), [N, K] (E step)."""
   joint = component_log_probs(mixture, x)
   return joint - jax.nn.logsumexp(joint, axis=-1, keepdims=True)
 
 
+@functools.partial(jax.jit, static_argnames='num')
 def sample(mixture: GaussianMixture, key: PRNGKey,
            num: int) -> tuple[Array, Array]:
   """Draws k ~ Cat(π), x = μ_k + L_k ε (Σ_k = L_k L_kᵀ); returns (x, k).
@@ -106,6 +109,7 @@ def sample(mixture: GaussianMixture, key: PRNGKey,
   return x, comp
 
 
+@jax.jit
 def mean_and_covariance(mixture: GaussianMixture) -> tuple[Array, Array]:
   """Moments of the mixture: m = Σ π_k μ_k, C = Σ π_k (Σ_k + μ_k μ_kᵀ) - m mᵀ.
 
@@ -118,6 +122,7 @@ def mean_and_covariance(mixture: GaussianMixture) -> tuple[Array, Array]:
   return mean, second - jnp.outer(mean, mean)
 
 
+@jax.jit
 def fit_gaussian(x: Array) -> GaussianMixture:
   """Closed-form maximum-likelihood Gaussian, as a one-component mixture.
 
@@ -130,6 +135,7 @@ def fit_gaussian(x: Array) -> GaussianMixture:
                          covariances=cov[None])
 
 
+@jax.jit
 def gaussian_cross_entropy(mean: Array, covariance: Array, data_mean: Array,
                            data_covariance: Array) -> Array:
   """E_{x~p}[-log N(x; μ, Σ)] for any p with mean m and covariance C.
@@ -154,6 +160,7 @@ def gaussian_cross_entropy(mean: Array, covariance: Array, data_mean: Array,
                 jnp.trace(solve(data_covariance)) + diff @ solve(diff))
 
 
+@jax.jit
 def em_step(mixture: GaussianMixture, x: Array,
             min_variance: float = 0.0) -> tuple[GaussianMixture, Array]:
   """One EM iteration; returns (new mixture, mean log-likelihood of the old).
@@ -185,6 +192,7 @@ def em_step(mixture: GaussianMixture, x: Array,
   return new, jnp.mean(log_px)
 
 
+@functools.partial(jax.jit, static_argnames='num_components')
 def init_from_data(x: Array, num_components: int,
                    key: PRNGKey) -> GaussianMixture:
   """Initial mixture: equal weights, means at k-means++-style seeds, Σ_k = Σ̂.
@@ -236,6 +244,7 @@ def fit_em(x: Array, num_components: int, key: PRNGKey, num_iters: int = 100,
   return final, jnp.concatenate([history, last[None]])
 
 
+@jax.jit
 def kl_decomposition_mc(log_p_data: Array,
                         log_p_model: Array) -> dict[str, Array]:
   """Monte Carlo estimates over samples x_n ~ p_data of
@@ -264,6 +273,7 @@ def kl_decomposition_mc(log_p_data: Array,
   }
 
 
+@functools.partial(jax.jit, static_argnames='num')
 def grid(lo: Array, hi: Array, num: int) -> tuple[Array, Array]:
   """Cell midpoints of a regular grid on the box [lo, hi] (D = len(lo) ≤ 2).
 
@@ -280,6 +290,7 @@ def grid(lo: Array, hi: Array, num: int) -> tuple[Array, Array]:
   return points, jnp.prod(step)
 
 
+@jax.jit
 def kl_decomposition_quadrature(log_p_data: Array, log_p_model: Array,
                                 cell_volume: Array) -> dict[str, Array]:
   """Midpoint-rule integrals of E_p[-log q] = H(p) + KL(p ‖ q) on a grid.
@@ -333,6 +344,7 @@ def true_mixture(dim: int) -> GaussianMixture:
   raise ValueError(f'dims must be 1 or 2, got {dim}.')
 
 
+@functools.partial(jax.jit, static_argnames='num')
 def quadrature_grid(mixture: GaussianMixture, num: int) -> tuple[Array,
                                                                  Array]:
   """`grid` of num**D points on min_k μ_k - 6s ... max_k μ_k + 6s per axis.
@@ -373,10 +385,6 @@ def fit_models(true: GaussianMixture, x: Array,
   return models, histories
 
 
-_kl_mc = jax.jit(kl_decomposition_mc)
-_kl_quadrature = jax.jit(kl_decomposition_quadrature)
-
-
 def compare(log_p: tuple[Array, Array], log_q: tuple[Array, Array, Array],
             cell_volume: Array) -> dict[str, float]:
   """A model q against p_data: likelihoods and KL(p_data ‖ q) two ways.
@@ -398,8 +406,8 @@ def compare(log_p: tuple[Array, Array], log_q: tuple[Array, Array, Array],
     minus_test_ll_minus_kl_quad, minus_test_ll_minus_kl_mc,
     entropy_quadrature, model_mass_on_grid, z.
   """
-  mc = _kl_mc(log_p[0], log_q[1])
-  quad = _kl_quadrature(log_p[1], log_q[2], cell_volume)
+  mc = kl_decomposition_mc(log_p[0], log_q[1])
+  quad = kl_decomposition_quadrature(log_p[1], log_q[2], cell_volume)
   test_ll, kl_q, kl_mc = (float(jnp.mean(log_q[1])), float(quad['kl']),
                           float(mc['kl']))
   stderr, n = float(mc['kl_stderr']), log_p[0].shape[0]
