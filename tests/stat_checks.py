@@ -197,7 +197,7 @@ def lg_expected_bound(loc: float, log_scale: float, beta: float,
 
 def lg_exact_gradient(beta: float, k: int = IWAE_K, q=LG_Q,
                       h: float = 1e-4) -> np.ndarray:
-  """(∂/∂loc, ∂/∂log_scale, ∂/∂a) of `lg_expected_bound`, central differences."""
+  """(∂/∂loc, ∂/∂log_scale, ∂/∂a) of `lg_expected_bound` (central diff.)."""
   m, l = q
   f = lambda dm, dl, da: lg_expected_bound(m + dm, l + dl, beta, k,
                                            a=LG['a'] + da)

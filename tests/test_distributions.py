@@ -1,4 +1,4 @@
-"""Tests for vae.distributions against scipy and change-of-variables identities."""
+"""vae.distributions against scipy and change-of-variables identities."""
 
 import jax
 import jax.numpy as jnp

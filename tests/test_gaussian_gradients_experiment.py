@@ -18,7 +18,8 @@ SMALL = ['--costs=square,cos', '--square_ks=-1,1,3', '--cos_ks=0.5,1,2',
 
 def _launch(tmp_path, name, *args):
   out = tmp_path / name
-  code = launch.main(['launch.py', f'--output_dir={out}', *SMALL, *args])
+  code = launch.main(['launch.py', f'--output_dir={out}',
+                      '--nocompilation_cache', *SMALL, *args])
   return code, out
 
 

@@ -59,7 +59,7 @@ def test_elbo_le_iwae_k_le_iwae_2k_le_log_px():
     model, x, log_lik, prior, q = setup()
     log_px = float(lg.log_marginal(model, x))
     means, ses = [float(lg.elbo(model, x, q))], [0.0]
-    for k in (2, 4, 8, 16):
+    for k in (2, 8):
       v = estimates(objectives.iwae_bound, log_lik, q, prior, k)
       means.append(v.mean())
       ses.append(v.std() / np.sqrt(v.size))
@@ -131,7 +131,7 @@ def test_beta_weights_the_kl():
 
 
 def test_invalid_combinations_raise():
-  _, _, log_lik, prior, q = setup()
+  _, _, log_lik, prior, q = _lg_1d()
   key = jax.random.PRNGKey(0)
   with pytest.raises(ValueError, match='choose from'):
     objectives.surrogate_objective('elbo', 'dreg', log_lik, q, prior, key, 2)

@@ -275,13 +275,8 @@ class RelaxedCategorical:
     _check_finite('RelaxedCategorical.logits', self.logits)
     _check_temperature(self.temperature)
 
-  @property
-  def num_classes(self) -> int:
-    return jnp.shape(self.logits)[-1]
-
-  @property
-  def shape(self) -> tuple[int, ...]:
-    return jnp.shape(self.logits)[:-1]
+  num_classes = Categorical.num_classes  # classes on the last axis
+  shape = Categorical.shape  # one simplex per categorical variable
 
   def sample(self, key: PRNGKey, sample_shape=()) -> Array:
     shape = _shape(sample_shape) + jnp.shape(self.logits)
@@ -305,7 +300,8 @@ class RelaxedCategorical:
 def check_same_shape(a: Array, b: Array, what: str) -> None:
   """Raises a ValueError naming `what` when two arrays differ in shape."""
   if jnp.shape(a) != jnp.shape(b):
-    raise ValueError(f'{what}: shapes {jnp.shape(a)} and {jnp.shape(b)} differ.')
+    raise ValueError(f'{what}: shapes {jnp.shape(a)} and {jnp.shape(b)} '
+                     'differ.')
 
 
 __all__ = [

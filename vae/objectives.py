@@ -53,24 +53,25 @@ def elbo(log_likelihood: CostFn, q, prior, key: PRNGKey, num_samples: int = 1,
     The scalar estimate.
   """
   recon = core.pathwise_surrogate(log_likelihood, q, _identity, key,
-                                        num_samples)
+                                  num_samples)
   return recon - beta * jnp.sum(kl_lib.kl_divergence(q, prior))
 
 
 def elbo_mc_kl(log_likelihood: CostFn, q, prior, key: PRNGKey,
                num_samples: int = 1, beta: float = 1.0) -> Array:
-  """ELBO with Monte Carlo KL: (1/N) Σ_n [log p(x|z_n) + β(log p(z_n) - log q(z_n))].
+  """ELBO with Monte Carlo KL: (1/N) Σ_n [log p(x|z_n) + β log p(z_n)/q(z_n)].
 
   Args:
-    log_likelihood: z -> log p(x|z) for one sample z.
-    q: q(z|x) (any distribution with sample/log_prob).
-    prior: p(z).
-    key: PRNG key.
+    log_likelihood: z -> log p(x|z), evaluated at each reparameterized z_n.
+    q: q(z|x): any distribution with `sample` and `log_prob` (no closed-form
+      KL needed).
+    prior: p(z), any distribution with `log_prob`.
+    key: PRNG key of the N draws.
     num_samples: N ≥ 1.
-    beta: weight on the KL term.
+    beta: weight on log p(z) - log q(z).
 
   Returns:
-    The scalar estimate.
+    The estimate (1/N) Σ_n of the integrand.
   """
   f = _elbo_integrand(log_likelihood, q, prior, beta)
   return core.pathwise_surrogate(f, q, _identity, key, num_samples)

@@ -14,11 +14,8 @@ from vae import distributions as dists
 from vae.estimators import core
 from vae import types
 
-Array = types.Array
-Params = types.Params
-PRNGKey = types.PRNGKey
-CostFn = types.CostFn
-DistBuilder = types.DistBuilder
+Array, Params, PRNGKey = types.Array, types.Params, types.PRNGKey
+CostFn, DistBuilder = types.CostFn, types.DistBuilder
 
 sg = jax.lax.stop_gradient
 
@@ -45,7 +42,7 @@ def moving_average_update(baseline: Array, costs: Array,
 
 
 def cost_at_mean_baseline(function: CostFn, dist) -> Array:
-  """b = f(E_q[z]): a baseline that uses no sample, so the estimator is unbiased.
+  """b = f(E_q[z]): a baseline that uses no sample (the estimator is unbiased).
 
   Defined where E_q[z] is a valid input of f: Normal and Bernoulli (f must
   accept the probabilities σ(logits)). A Categorical's samples are class

@@ -78,7 +78,8 @@ def inject_gradient(value: Array, params: Params, grads: Params) -> Array:
   return value + _tree_vdot(sg(grads), delta)
 
 
-def gradient_from_surrogate(surrogate: Callable[..., Array]) -> Callable[..., Params]:
+def gradient_from_surrogate(
+    surrogate: Callable[..., Array]) -> Callable[..., Params]:
   """Turns a surrogate objective into an estimator with the common signature."""
 
   @functools.wraps(surrogate)
@@ -292,14 +293,14 @@ def measure_valued_surrogate(function: CostFn, params: Params,
 
   Computes (∂/∂μ, ∂/∂σ) with `measure_valued_gaussian_gradients` and pulls
   them back to `params` through `dist_builder` (chain rule). The value is the
-  plain Monte Carlo mean of f over the N base samples. Requires
+  plain Monte Carlo mean of f over N independent samples. Requires
   `dist_builder(params)` to be a `Normal`; f need not be differentiable.
 
   Args:
-    function: f, maps one sample to a scalar.
-    params: θ.
-    dist_builder: θ -> Normal.
-    key: PRNG key.
+    function: f, maps one sample to a scalar (4·d evaluations per sample).
+    params: θ, pulled back from (μ, σ) by the chain rule.
+    dist_builder: θ -> Normal (diagonal).
+    key: PRNG key, split for the gradient and the value.
     num_samples: N ≥ 1.
 
   Returns:

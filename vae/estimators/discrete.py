@@ -17,11 +17,8 @@ from vae import distributions as dists
 from vae.estimators import core
 from vae import types
 
-Array = types.Array
-Params = types.Params
-PRNGKey = types.PRNGKey
-CostFn = types.CostFn
-DistBuilder = types.DistBuilder
+Array, Params, PRNGKey = types.Array, types.Params, types.PRNGKey
+CostFn, DistBuilder = types.CostFn, types.DistBuilder
 
 sg = jax.lax.stop_gradient
 
@@ -144,7 +141,8 @@ def disarm_surrogate(function: CostFn, params: Params,
   f_anti = jax.vmap(function)(b_anti)
   weight = jnp.where(b != b_anti, 1.0, 0.0) * (1.0 - 2.0 * b_anti)
   expand = lambda v: jnp.reshape(v, v.shape + (1,) * jnp.ndim(alpha))
-  per_pair = 0.5 * expand(sg(f_b - f_anti)) * weight * jax.nn.sigmoid(jnp.abs(alpha))
+  per_pair = 0.5 * expand(sg(f_b - f_anti)) * weight * jax.nn.sigmoid(
+      jnp.abs(alpha))
   grads, = pullback(jnp.mean(per_pair, axis=0))
   value = 0.5 * jnp.mean(f_b + f_anti)
   return core.inject_gradient(value, params, grads)

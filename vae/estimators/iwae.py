@@ -17,11 +17,8 @@ import jax.numpy as jnp
 from vae.estimators import core
 from vae import types
 
-Array = types.Array
-Params = types.Params
-PRNGKey = types.PRNGKey
-CostFn = types.CostFn
-DistBuilder = types.DistBuilder
+Array, Params, PRNGKey = types.Array, types.Params, types.PRNGKey
+CostFn, DistBuilder = types.CostFn, types.DistBuilder
 
 sg = jax.lax.stop_gradient
 
@@ -72,15 +69,15 @@ def stl_surrogate(log_joint: CostFn, params: Params, dist_builder: DistBuilder,
   (Tucker et al. 2019). Requires reparameterizable q, differentiable log p.
 
   Args:
-    log_joint: z -> log p(x, z).
-    params: φ.
-    dist_builder: φ -> q.
-    key: PRNG key.
-    num_samples: K ≥ 1.
-    beta: weight on log q.
+    log_joint: z -> log p(x, z), differentiable in z.
+    params: φ; enters log q only through the reparameterized z.
+    dist_builder: φ -> q (reparameterizable).
+    key: PRNG key of the K draws.
+    num_samples: K ≥ 1 (unbiased only at K = 1).
+    beta: weight on log q (stopped in φ).
 
   Returns:
-    log (1/K) Σ_k w_k.
+    The bound estimate log (1/K) Σ_k w_k; its gradient lacks the score term.
   """
   core.check_num_samples(num_samples, who='stl')
   q = dist_builder(params)
@@ -139,7 +136,8 @@ def iwae_score_surrogate(log_joint: CostFn, params: Params,
                          num_samples: int, beta: float = 1.0) -> Array:
   """Plain score-function gradient of IWAE_K (no baseline).
 
-  ∇_φ IWAE_K ≈ L̂ Σ_k ∇_φ log q(z_k) + Σ_k w̃_k ∇_φ log w_k,  L̂ = log (1/K) Σ w_k.
+  ∇_φ IWAE_K ≈ L̂ Σ_k ∇_φ log q(z_k) + Σ_k w̃_k ∇_φ log w_k,
+  L̂ = log (1/K) Σ_k w_k.
   Unbiased; high variance. Works for discrete q (no reparameterization).
 
   Args:
@@ -188,7 +186,8 @@ def vimco_surrogate(log_joint: CostFn, params: Params,
   lw = sg(log_w)
   mean_others = (jnp.sum(lw) - lw) / (k - 1)
   # Row k of `replaced` is log_w with entry k replaced by mean_others[k].
-  replaced = jnp.where(jnp.eye(k, dtype=bool), mean_others[:, None], lw[None, :])
+  replaced = jnp.where(jnp.eye(k, dtype=bool), mean_others[:, None],
+                       lw[None, :])
   loo_bound = log_mean_exp(replaced, axis=-1)
   signal = sg(bound) - loo_bound
   return bound + jnp.sum(sg(signal) * (log_q - sg(log_q)))

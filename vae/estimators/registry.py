@@ -235,8 +235,9 @@ def get(name: str, **options) -> types.GradientEstimator:
   """
   e = lookup(name)
   if e.expectation is None:
+    choices = ', '.join(names('expectation'))
     raise ValueError(f'estimator {name!r} estimates an IWAE gradient, not '
-                     f'∇E_q[f]; choose from: {", ".join(names("expectation"))}.')
+                     f'∇E_q[f]; choose from: {choices}.')
   unknown = set(options) - set(e.options) - (
       {'baseline'} if e.state else set())
   if unknown:
