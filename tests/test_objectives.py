@@ -131,7 +131,7 @@ def test_beta_weights_the_kl():
 
 
 def test_invalid_combinations_raise():
-  _, _, log_lik, prior, q = _lg_1d()
+  log_lik, prior, q = _lg_1d()
   key = jax.random.PRNGKey(0)
   with pytest.raises(ValueError, match='choose from'):
     objectives.surrogate_objective('elbo', 'dreg', log_lik, q, prior, key, 2)
