@@ -10,7 +10,6 @@ timings.json; variance/SNR plots vs step and vs N.
       --eval_steps=0,500 --iwae_estimators=pathwise,dreg
 """
 
-import jax
 import numpy as np
 
 from experiments.common import outputs
