@@ -1,13 +1,12 @@
 """pPCA: log p(x) - ELBO = KL(q ‖ p(z|x)), IWAE_k → log p(x), ELBO vs MLE fits.
 
-Model: z ~ N(0, I_d), x | z ~ N(Wz + b, σ² I_D), everything exact
-(`vae.problems`). Checked against exact values: 1. log p(x) - ELBO(q) =
-KL(q ‖ p(z|x)) for random diagonal q; 2. ELBO(q*) = log p(x) at the best
-diagonal q* iff WᵀW is diagonal, else the gap ½(Σ_j log Λ_jj - log det Λ);
-3. E[IWAE_1] = ELBO(q*) ≤ E[IWAE_k] ≤ log p(x) (q = q*, k up to 1000);
-4. fits by closed-form maximum likelihood (pPCA) and by the ELBO with each
-estimator (amortized linear encoder or per-point q): none beats the MLE on
-its training data, no ELBO exceeds its log-likelihood.
+z ~ N(0, I_d), x | z ~ N(Wz + b, σ² I_D), all exact (`vae.problems`). Checks:
+1. log p(x) - ELBO(q) = KL(q ‖ p(z|x)) for random diagonal q; 2. at the best
+diagonal q*, log p(x) - ELBO(q*) = ½(Σ_j log Λ_jj - log det Λ), 0 iff WᵀW is
+diagonal; 3. E[IWAE_1] = ELBO(q*) ≤ E[IWAE_k] ≤ log p(x) (q = q*); 4. fits
+by pPCA maximum likelihood and by the ELBO with each estimator (amortized
+linear encoder or per-point q): none beats the MLE on its training data, no
+ELBO exceeds its log-likelihood.
 """
 
 import jax
@@ -67,18 +66,20 @@ class Config:
       raise ValueError('iwae_points x iwae_repeats x max(iwae_ks) exceeds '
                        '1e8 (memory); lower one of them.')
     for e in self.amortized_estimators + self.per_point_estimators:
-      registry.check(e, am.objective_for(e), self.fit_samples)
+      try:
+        registry.check(e, am.objective_for(e), self.fit_samples)
+      except ValueError as error:
+        raise ValueError(f'fit_samples: {error}') from None
 
 
 def _identity(model, x, key) -> list[dict]:
   """Rows for the first 5 points and the mean; all points are checked."""
   c = lg.identity_check(model, x, key)
-  rows = [{'point': i, **{k: v[i] for k, v in c.items()}}
-          for i in range(min(5, len(x)))]
   mean = {k: np.mean(v) for k, v in c.items() if k != 'disagrees'}
-  return rows + [{'point': f'mean over {len(x)}', **mean,
-                  'max_abs_residual': np.max(np.abs(c['residual'])),
-                  'disagrees': c['disagrees'].any()}]
+  return [{'point': i, **{k: v[i] for k, v in c.items()}} for i in range(
+      min(5, len(x)))] + [{'point': f'mean over {len(x)}', **mean,
+                           'max_abs_residual': np.max(np.abs(c['residual'])),
+                           'disagrees': c['disagrees'].any()}]
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
@@ -98,10 +99,9 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
         'iwae': [{'k': k, **r} for k, r in zip(config.iwae_ks, isl.iwae_check(
             model, x_test[:config.iwae_points], config.iwae_ks,
             config.iwae_repeats, keys[7]))]}
-    runs = ([('amortized', e) for e in config.amortized_estimators] +
-            [('per_point', e) for e in config.per_point_estimators])
     sections['fit'], curves = am.compare_fits(
-        x_train, x_test, model, config.ppca_latent_dim, tuple(runs),
+        x_train, x_test, model, config.ppca_latent_dim,
+        config.amortized_estimators, config.per_point_estimators,
         jax.random.fold_in(key, 100), config.fit_steps,
         train.OptimizerConfig(learning_rate=config.fit_learning_rate),
         config.fit_samples)

@@ -381,13 +381,15 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
 
 
 def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
-                 runs: tuple[tuple[str, str], ...], key: PRNGKey,
-                 num_steps: int, optimizer: train.OptimizerConfig,
+                 amortized: tuple[str, ...], per_point: tuple[str, ...],
+                 key: PRNGKey, num_steps: int,
+                 optimizer: train.OptimizerConfig,
                  num_samples: int) -> tuple[list[dict], dict[str, Array]]:
   """The true model, the pPCA MLE and ELBO fits, by exact log-likelihood.
 
-  Fit i ((inference, estimator) = runs[i]) is `fit_by_elbo` with key
-  fold_in(key, i). Checks (`disagrees`, to `lg.tolerance`): no model's mean
+  The fits are `fit_by_elbo` with each estimator in `amortized` (inference
+  'amortized'), then each in `per_point`; fit i has key fold_in(key, i).
+  Checks (`disagrees`, to `lg.tolerance`): no model's mean
   train log p(x) exceeds the MLE's (its global maximum) and no final ELBO
   exceeds its model's log p(x).
 
@@ -399,6 +401,8 @@ def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
   models = [('true model', true_model, None),
             ('pPCA maximum likelihood (closed form)', mle, None)]
   curves = {}
+  runs = ([('amortized', e) for e in amortized] +
+          [('per_point', e) for e in per_point])
   for i, (inference, estimator) in enumerate(runs):
     model, _, history = fit_by_elbo(
         x_train, latent_dim, estimator, jax.random.fold_in(key, i), inference,
