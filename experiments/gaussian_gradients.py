@@ -60,10 +60,9 @@ class Config:
     return getattr(self, f'{cost}_ks')
 
   def check(self):
-    points = sum(len(self.ks(c)) for c in self.costs) * len(self.mus) * len(
-        self.sigmas)
-    work = self.num_draws * points * sum(self.num_samples) * len(
-        self.estimators)
+    points = sum(len(self.ks(c)) for c in self.costs) * len(self.mus)
+    work = (self.num_draws * points * len(self.sigmas) *
+            sum(self.num_samples) * len(self.estimators))
     if work > 2e10:
       raise ValueError(f'num_draws: {work:.2g} cost evaluations (draws x grid '
                        'points x samples x estimators) exceed 2e10.')
@@ -83,6 +82,7 @@ def _plot(out, config, records, curves, n):
   for j, cost in enumerate(config.costs):
     fam, ks = gc.FAMILIES[cost], config.ks(cost)
     x = 'k' if len(ks) > 1 else 'mu'
+    ticks = sorted(set(ks[::len(ks) // 2 or 1] if x == 'k' else config.mus))
     at = {'cost': cost, 'sigma': s, 'num_samples': n,
           **({'mu': m} if x == 'k' else {'k': ks[0]})}
     rows = [r for r in records if all(r[a] == v for a, v in at.items())]
@@ -99,17 +99,17 @@ def _plot(out, config, records, curves, n):
       low = min([r['variance'] for r in rows if r['variance'] > 0] + [1e-12])
       ax.set(yscale='log', xlabel=x, ylabel='variance', xscale='log' if (
           fam.log_k and x == 'k') else 'linear', ylim=(max(
-              ax.get_ylim()[1] * 1e-5, low / 3), None),
+              ax.get_ylim()[1] * 1e-5, low / 3), None), xticks=ticks,
+             xticklabels=[f'{t:g}' for t in ticks],
              title=f'{fam.label}: ∂/∂{"μ" if param == "mu" else "σ"}')
       ax.minorticks_off()
     for k in sorted({ks[0], ks[len(ks) // 2], ks[-1]}):
       axes[2, j].plot(xs := np.linspace(-3, 3, 200), fam.d0(xs, k), label=k)
     axes[2, j].set(xlabel='x', title=f'f(x) = {fam.label}')
-    axes[2, j].legend(fontsize=7)
+    axes[2, j].legend(fontsize=7, title='k')
   axes[0, 0].legend(fontsize=7)
-  fig.suptitle(f'Variance of {n}-sample estimates, σ = {s:g}' + (
-      f', μ = {m:g}' if len(config.mus) == 1 else '') +
-               ': markers measured, lines exact (quadrature)')
+  fig.suptitle(f'{n}-sample estimates, σ = {s:g} (μ = {m:g} against k): '
+               'markers measured variances, lines exact (quadrature)')
   fig.tight_layout()
   out.save_figure(fig, f'variance_vs_k_N{n}.png')
 
