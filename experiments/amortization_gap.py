@@ -129,7 +129,8 @@ def plot(records: list[dict], curves: dict, out: outputs.Run) -> None:
                  label=f'{kind}: held-out')
   axes[0].axhline(approx, color='k', ls=':',
                   label=f'approximation gap ({approx:.3f})')
-  axes[0].set(xscale='log', yscale='log', xlabel='encoder Adam step',
+  scale = 'log' if any(len(c['train']) for c in curves.values()) else 'linear'
+  axes[0].set(xscale=scale, yscale=scale, xlabel='encoder Adam step',
               ylabel='amortization gap ELBO(q*) - ELBO(q_φ) (nats)',
               title='Amortization gap during encoder training')
   axes[0].legend(fontsize=8)
