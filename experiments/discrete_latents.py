@@ -33,8 +33,8 @@ class Config:
       'point of the variance).', choices=sbn.ESTIMATORS)
   latents: int = cfg.setting(32, 'Bernoulli latents.', min=1, max=10**4)
   hidden: tuple[int, ...] = cfg.setting(
-      (0,), 'Hidden sizes of encoder and decoder (0: none, linear maps as '
-      'Dong et al. 2020).', min=0, max=10**4)
+      (), 'Hidden sizes of encoder and decoder (empty: linear maps as '
+      'Dong et al. 2020).', min=1, max=10**4, empty=True)
   train_steps: int = cfg.setting(1500, 'Training steps.', min=1, max=10**8)
   batch: int = cfg.setting(50, 'Examples per step.', min=1, max=10**5)
   optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=3e-3)
@@ -57,8 +57,6 @@ class Config:
                                     max=10**5)
 
   def check(self):
-    if 0 in self.hidden and self.hidden != (0,):
-      raise ValueError(f'hidden: 0 (linear) stands alone, got {self.hidden}.')
     if self.train_steps % self.eval_every:
       raise ValueError(f'train_steps={self.train_steps} must be a multiple '
                        f'of eval_every={self.eval_every}.')
@@ -117,7 +115,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                      for x in (ds.train, ds.test))
   key = jax.random.PRNGKey(seed)
   params0 = sbn.init(jax.random.fold_in(key, 0), train_x.shape[1],
-                     config.latents, tuple(h for h in config.hidden if h),
+                     config.latents, config.hidden,
                      data_mean=jnp.mean(train_x, 0))
   optimizer = train.make_optimizer(config.optimizer, config.train_steps)
   records, states = [], {}

@@ -117,6 +117,19 @@ def test_required_settings_build_from_defaults_and_are_listed_missing():
     cfg.setting('x', 'A path.', text=True, required=True)
 
 
+def test_empty_lists_only_where_declared():
+  @cfg.settings
+  class Layers:
+    hidden: tuple[int, ...] = cfg.setting((), 'Sizes.', min=1, empty=True)
+  assert Layers().hidden == ()
+  fv = flags.FlagValues()
+  config_flags.define_flags(Layers, fv, 'test')
+  fv(['prog', '--hidden=3,4'])
+  assert config_flags.config_from_flags(Layers, fv).hidden == (3, 4)
+  fv(['prog', '--hidden='])
+  assert config_flags.config_from_flags(Layers, fv).hidden == ()
+
+
 def test_two_settings_with_one_name_are_refused():
   @cfg.settings
   class Clash:

@@ -51,7 +51,7 @@ def test_tiny_run_writes_its_files_and_records(tmp_path, capsys):
      "'score_rloo' needs evals_per_example >= 2"),
     (dict(estimators_to_compare=('disarm',), evals_per_example=1),
      "'disarm' needs evals_per_example >= 2"),
-    (dict(hidden=(0, 10)), 'hidden: 0 .linear. stands alone'),
+    (dict(hidden=(0, 10)), 'hidden: must be >= 1, got 0.'),
     (dict(train_steps=100, eval_every=30), 'must be a multiple'),
     (dict(estimators_to_compare=('pathwise',)), 'not one of'),
 ])

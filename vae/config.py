@@ -19,8 +19,8 @@ values live in exactly one place.
 Constraints (every setting has one): `choices` (the library constant listing
 the allowed values), numeric bounds `min`/`max` (inclusive) and `gt`/`lt`
 (strict; floats must also be finite), `text=True` for free text such as
-paths. A tuple-valued setting must be non-empty, and the constraint applies
-to each element. A `None` default makes the setting optional.
+paths. A tuple-valued setting must be non-empty (unless declared with
+`empty=True`), and the constraint applies to each element. A `None` default makes the setting optional.
 """
 
 import dataclasses
@@ -49,6 +49,7 @@ class Spec:
     text: free text (paths, names): no constraint beyond the type.
     required: the command line must give a value (the default, None, lets
       the class build from defaults; see `missing`).
+    empty: a tuple-valued setting may be empty.
   """
   help: str
   choices: tuple[str, ...] | None = None
@@ -58,6 +59,7 @@ class Spec:
   lt: float | None = None
   text: bool = False
   required: bool = False
+  empty: bool = False
 
   def describe(self) -> str:
     """The constraint in words, e.g. 'one of: a, b' or '>= 1'."""
@@ -76,8 +78,8 @@ def _num(v: float) -> str:
 def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
             min: float | None = None, max: float | None = None,
             gt: float | None = None, lt: float | None = None,
-            text: bool = False,
-            required: bool = False) -> Any:  # pylint: disable=redefined-builtin
+            text: bool = False, required: bool = False,
+            empty: bool = False) -> Any:  # pylint: disable=redefined-builtin
   """A dataclass field declaring one setting (see the module docstring).
 
   Args:
@@ -90,12 +92,13 @@ def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
     lt: strict upper bound.
     text: free text (no constraint beyond the type).
     required: a value must be given (default None; see `missing`).
+    empty: a tuple-valued setting may be the empty tuple.
 
   Returns:
     A `dataclasses.field`.
   """
   spec = Spec(help, tuple(choices) if choices is not None else None, min, max,
-              gt, lt, text, required)
+              gt, lt, text, required, empty)
   if required and default is not None:
     raise TypeError(f'setting {help!r}: a required setting defaults to None.')
   if spec.choices is None and not text and all(
@@ -149,7 +152,7 @@ def _validate(field: dataclasses.Field, value: Any, cls: type) -> None:
       return
     raise ValueError(f'{name}: a value is required.')
   values = value if is_tuple else (value,)
-  if is_tuple and (not isinstance(value, tuple) or not value):
+  if is_tuple and (not isinstance(value, tuple) or not (value or s.empty)):
     raise ValueError(f'{name}: expected a non-empty list, got {value!r}.')
   for v in values:
     ok = isinstance(v, elem_type) and not (elem_type is not bool and

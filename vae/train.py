@@ -144,7 +144,7 @@ def init_state(params: Params, optimizer: optax.GradientTransformation,
                baseline: float | Array = 0.0) -> TrainState:
   """Step 0."""
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                    jnp.asarray(baseline, jnp.float32))
+                    jnp.asarray(baseline, jnp.result_type(float)))
 
 
 Loss = Callable[[Params, Any, PRNGKey, Array], tuple[Array, dict[str, Array]]]
