@@ -1,0 +1,149 @@
+"""Minibatch noise against Monte Carlo noise in VAE gradients (B x N grid).
+
+Var Ĝ = Var_I[E_z Ĝ] + E_I[Var_z Ĝ] of the ELBO gradient on B examples drawn
+with replacement, N samples each (`vae.minibatch_noise`): checked against
+closed forms on a linear-Gaussian VAE (rows marked `disagrees`), then per
+estimator and parameter group on an image VAE after each --eval_epochs; the
+best (B, N) at each budget B·N; variance_vs_budget.png, check.png.
+
+  python launch.py --experiment=minibatch_noise --dataset=binarized_mnist \\
+      --tfds_data_dir=/work/shared/data/tensorflow_datasets --epochs=30 \\
+      --eval_epochs=0,1,30
+"""
+
+import itertools
+import tempfile
+
+import jax
+import numpy as np
+
+from experiments.common import metrics
+from experiments.common import outputs
+from vae import config as cfg
+from vae import data as data_lib
+from vae import minibatch_noise as mn
+from vae import train
+from vae.estimators import registry
+from vae.models import image_vae
+
+S = cfg.setting
+MAX_PASSES = 2**14  # Decoder passes of one minibatch estimate, B·N.
+
+
+@cfg.settings
+class Config:
+  """Data, model, optimizer and training as train_vae; the (B, N) grid."""
+  data: data_lib.DataConfig = data_lib.DataConfig()
+  model: image_vae.ModelConfig = image_vae.ModelConfig()
+  optimizer: train.OptimizerConfig = train.OptimizerConfig(adam_eps=1e-4)
+  training: train.TrainConfig = train.TrainConfig(epochs=1, test_every=0)
+  eval_epochs: tuple[int, ...] = S((0, 1), 'Measure after these epochs (0: '
+                                   'at initialization).', min=0, max=10**5)
+  estimators: tuple[str, ...] = S(('pathwise', 'score_rloo'),
+                                  'ELBO gradient estimators.',
+                                  choices=mn.ESTIMATORS)
+  batch_sizes: tuple[int, ...] = S((1, 4), 'B: examples per minibatch '
+                                   '(with replacement).', min=1, max=10**4)
+  sample_counts: tuple[int, ...] = S((1, 4), 'N: z samples per example.',
+                                     min=1, max=10**4)
+  num_draws: int = S(16, 'Draws per (N, epoch), each 4 minibatch estimates.',
+                     min=2, max=10**6)
+  baseline_examples: int = S(100, 'score_moving_average: its baseline is the '
+                             'mean cost of this many images.', min=1,
+                             max=10**5)
+  linear_gaussian: mn.CheckConfig = mn.CheckConfig()
+
+  def check(self):
+    """Epochs, fixed binarization, estimators valid at some N, B·N."""
+    if max(self.eval_epochs) > self.training.epochs:
+      raise ValueError(f'eval_epochs: {max(self.eval_epochs)} > epochs.')
+    if self.data.dataset not in ('binarized_mnist', 'synthetic'):
+      raise ValueError(f'dataset: {self.data.dataset} is binarized '
+                       'dynamically; use binarized_mnist or synthetic.')
+    if self.training.batch_size > self.data.train_size:
+      raise ValueError(f'batch_size: > {self.data.train_size} images.')
+    for e in self.estimators:
+      registry.check(e, mn.OBJECTIVE, max(self.sample_counts))
+    if max(self.batch_sizes) * max(self.sample_counts) > MAX_PASSES:
+      raise ValueError(f'batch_sizes x sample_counts: at most {MAX_PASSES} '
+                       'decoder passes per minibatch estimate.')
+
+
+def trained(config: Config, dataset, model, seed: int, out: outputs.Run):
+  """(epoch, params) after each eval epoch (checkpoints in a temp folder)."""
+  with tempfile.TemporaryDirectory() as folder:
+    for epoch in sorted(set(config.eval_epochs)):
+      if epoch == 0:  # As vae.train.train initializes.
+        yield 0, image_vae.init_params(model, jax.random.fold_in(
+            jax.random.PRNGKey(seed), 0), dataset.train.mean(0))
+        continue
+      yield epoch, train.train(
+          model, dataset, config.optimizer, config.training, seed, folder,
+          on_epoch=lambda r: out.log(metrics.progress_line(
+              r, config.training.epochs)), log=out.log,
+          stop_after_epochs=epoch).state.params
+
+
+def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """Checks on the linear-Gaussian VAE, trains, measures, tabulates, plots."""
+  key, c = jax.random.PRNGKey(seed), config
+  with jax.enable_x64(True):  # Scoped: no global config change.
+    checked = mn.check_linear_gaussian(
+        jax.random.fold_in(key, 1), c.linear_gaussian, c.estimators,
+        c.batch_sizes, c.sample_counts)
+  out.log('\n== linear-Gaussian check: measured vs exact parts')
+  out.table(checked, ['estimator', 'group', 'B', 'N', 'between', 'exact_'
+                      'between', 'between_z', 'within', 'exact_within',
+                      'within_z', 'disagrees'])
+  dataset, model = data_lib.load(c.data, seed), image_vae.make(c.model)
+  steps_per_epoch, rows = len(dataset.train) // c.training.batch_size, []
+  for epoch, params in trained(c, dataset, model, seed, out):
+    rows += mn.measure_vae(
+        model, params, jax.numpy.asarray(dataset.train), jax.random.fold_in(
+            jax.random.fold_in(key, 2), epoch), c.estimators, c.batch_sizes,
+        c.sample_counts, c.num_draws, c.baseline_examples, section='vae',
+        epoch=epoch, step=epoch * steps_per_epoch)
+  out.log(f'\n== {dataset.name}: which part dominates (minibatch_share = '
+          'Var_I[E_z Ĝ]/Var Ĝ at the largest B)')
+  out.table(mn.dominance(rows))
+  best = mn.best_per_budget(rows, ('epoch', 'estimator', 'group'))
+  out.log('\n== the best (B, N) at each budget B·N')
+  out.table(best)
+  plot(rows, checked, out)
+  return checked + rows + [{'section': 'best', **r} for r in best]
+
+
+def plot(rows: list[dict], checked: list[dict], out: outputs.Run) -> None:
+  """Var Ĝ (solid) and Var_I[E_z Ĝ] (dotted) against B·N, one line per N;
+  the linear-Gaussian check: measured (±2 SE) against exact parts."""
+  plt = outputs.pyplot()
+  ests = list(dict.fromkeys(r['estimator'] for r in rows))
+  cols = list(dict.fromkeys((r['epoch'], g) for r in rows for g in mn.GROUPS))
+  fig, axes = plt.subplots(len(ests), len(cols), squeeze=False,
+                           figsize=(3.2 * len(cols), 2.8 * len(ests)))
+  for (i, est), (j, (epoch, group)) in itertools.product(enumerate(ests),
+                                                         enumerate(cols)):
+    for k, n in enumerate(sorted({r['N'] for r in rows})):
+      pts = sorted((r['budget'], r['total'], r['between']) for r in rows if (
+          r['estimator'], r['epoch'], r['group'], r['N']) == (
+              est, epoch, group, n))
+      if pts:
+        x, total, between = zip(*pts)
+        axes[i, j].plot(x, total, 'o-', ms=3, color=f'C{k}', label=f'N={n}')
+        axes[i, j].plot(x, np.maximum(between, 1e-30), ':', color=f'C{k}')
+    axes[i, j].set(xscale='log', yscale='log', xlabel='B·N decoder passes')
+    axes[i, j].set_title(f'{est} {group}, epoch {epoch}', fontsize=8)
+  axes[0, 0].legend(fontsize=7)
+  fig.suptitle('Var Ĝ (solid) and its minibatch part Var_I[E_z Ĝ] (dotted)')
+  out.save_figure(fig, 'variance_vs_budget.png')
+  fig, ax = plt.subplots(figsize=(5, 4.5))
+  for k, part in enumerate(('between', 'within')):
+    ax.errorbar([r['exact_' + part] for r in checked],
+                [r[part] for r in checked],
+                [2 * r[part + '_se'] for r in checked], fmt='o', ms=3,
+                color=f'C{k}', label=part)
+  ax.axline((1, 1), slope=1, color='k', ls='--', lw=0.8)
+  ax.set(xscale='log', yscale='log', xlabel='exact', ylabel='measured',
+         title='Linear-Gaussian VAE: both parts vs closed forms')
+  ax.legend(fontsize=8)
+  out.save_figure(fig, 'check.png')
