@@ -3,7 +3,9 @@
     p(b) = Π_j Bern(b_j; σ(a_j)),   p_θ(x|b) = Π_i Bern(x_i; σ(D_θ(b)_i)),
     q_φ(b|x) = Π_j Bern(b_j; σ(E_φ(x)_j)),
 
-with D_θ, E_φ linear maps (or tanh MLPs) as in Dong et al. (2020). The ELBO
+with D_θ, E_φ linear maps, or MLPs (`Network`: e.g. two hidden layers of 200
+LeakyReLU units with slope 0.3, the nonlinear model of Dong et al.'s code,
+google-research/disarm), as in Dong, Mnih & Tucker (2020). The ELBO
 E_q[log p(x|b)] - KL(q ‖ p) uses the analytic Bernoulli KL; only the
 reconstruction term needs a gradient estimator. `batch_surrogate` gives, for
 each registry estimator for discrete latents (`ESTIMATORS`), a loss whose
@@ -20,11 +22,13 @@ Monte Carlo gradient (decoder, prior):
   disarm                DisARM (Dong, Mnih & Tucker 2020), one antithetic
                         pair per 2 evaluations.
 
-Training goes through `vae.train` (`make_trainer`, `train_and_evaluate`);
-`encoder_gradient_moments` measures an estimator's variance with
-`vae.moments`.
+Training goes through `vae.train` (`make_trainer`, `train_and_evaluate`,
+which records the training ELBO and the held-out ELBO and IWAE_K bound
+against steps, wall and CPU time); `encoder_gradient_moments` measures an
+estimator's variance with `vae.moments`.
 """
 
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -43,34 +47,68 @@ from vae import types
 from vae.estimators import iwae as iwae_estimators
 from vae.estimators import registry
 from vae.models import gaussian_vae
+from vae.models import networks
 
 Array = types.Array
 PRNGKey = types.PRNGKey
 Params = dict[str, Any]
 
 ESTIMATORS = registry.names(latents='discrete')
+# Floats of the decoder logits of one evaluation chunk (`mean_bound`), and
+# of the gradient draws of one `vae.moments` chunk: bounds on memory.
+EVAL_FLOATS = 2**26
+MOMENT_FLOATS = 2**25
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=['layers'],
+                   meta_fields=['activation', 'negative_slope'])
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """Dense layers [{'w', 'b'}] and their activation a (static: a pytree).
+
+  h_0 = input, h_{l+1} = a(h_l W_l + b_l) below the last layer, output
+  h_{L-1} W_{L-1} + b_{L-1}; one layer is a linear map. `activation` names
+  one of `networks.ACTIVATIONS`; leaky_relu is a(h) = max(h, s·h) with
+  s = `negative_slope`.
+  """
+  layers: list[dict[str, Array]]
+  activation: str = 'tanh'
+  negative_slope: float = 0.3
+
+
+def apply(net: Network, x: Array) -> Array:
+  """h_{l+1} = a(h_l W_l + b_l) on hidden layers, the last one linear."""
+  act = networks.get_activation(net.activation)
+  if net.activation == 'leaky_relu':
+    act = functools.partial(act, negative_slope=net.negative_slope)
+  for layer in net.layers[:-1]:
+    x = act(x @ layer['w'] + layer['b'])
+  return x @ net.layers[-1]['w'] + net.layers[-1]['b']
 
 
 def init(key: PRNGKey, data_dim: int, latent_dim: int,
-         hidden: tuple[int, ...] = (), data_mean: Array | None = None
-         ) -> Params:
-  """Parameters; decoder output bias = logit of the data mean when given."""
+         hidden: tuple[int, ...] = (), data_mean: Array | None = None,
+         activation: str = 'tanh', negative_slope: float = 0.3) -> Params:
+  """Parameters: W_l ~ N(0, 1/fan_in), b_l = 0, prior logits a = 0.
+
+  The decoder's output bias is logit(clip(x̄, 10⁻³, 1 - 10⁻³)) when the
+  data mean x̄ is given; `hidden` gives the hidden sizes of both networks
+  (empty: linear maps) and `activation` their activation (`Network`).
+  """
   k_enc, k_dec = jax.random.split(key)
-  params = {
-      'encoder': gaussian_vae.init_mlp(k_enc, [data_dim, *hidden, latent_dim]),
-      'decoder': gaussian_vae.init_mlp(k_dec, [latent_dim, *hidden, data_dim]),
-      'prior_logits': jnp.zeros(latent_dim),
-  }
+  enc = gaussian_vae.init_mlp(k_enc, [data_dim, *hidden, latent_dim])
+  dec = gaussian_vae.init_mlp(k_dec, [latent_dim, *hidden, data_dim])
   if data_mean is not None:
     p = jnp.clip(data_mean, 1e-3, 1 - 1e-3)
-    params['decoder'][-1]['b'] = jnp.log(p) - jnp.log1p(-p)
-  return params
+    dec[-1]['b'] = jnp.log(p) - jnp.log1p(-p)
+  return {'encoder': Network(enc, activation, negative_slope),
+          'decoder': Network(dec, activation, negative_slope),
+          'prior_logits': jnp.zeros(latent_dim)}
 
 
 def encode(params: Params, x: Array) -> dists.Bernoulli:
   """q_φ(b|x) = Bern(σ(E_φ(2x - 1)))."""
-  return dists.Bernoulli(logits=gaussian_vae.mlp(params['encoder'],
-                                                 2.0 * x - 1.0))
+  return dists.Bernoulli(logits=apply(params['encoder'], 2.0 * x - 1.0))
 
 
 def prior(params: Params) -> dists.Bernoulli:
@@ -80,12 +118,8 @@ def prior(params: Params) -> dists.Bernoulli:
 
 def log_likelihood(params: Params, x: Array, b: Array) -> Array:
   """log p_θ(x|b) = Σ_i x_i l_i - softplus(l_i), l = D_θ(b), b ∈ [0,1]^d."""
-  logits = gaussian_vae.mlp(params['decoder'], b)
+  logits = apply(params['decoder'], b)
   return jnp.sum(dists.Bernoulli(logits).log_prob(x))
-
-
-def _identity(q):
-  return q
 
 
 def objective_of(estimator: str) -> str:
@@ -165,11 +199,19 @@ def mean_bound(bound, params: Params, x: Array, key: PRNGKey,
   """(1/N) Σ_n bound(x_n) over the rows of x [N, D] (bound: elbo or iwae).
 
   Jitted; `bound` and `num_samples` are static. Row n uses the n-th key of
-  split(key, N).
+  split(key, N). Rows are vmapped in chunks of ⌊EVAL_FLOATS / (S·D)⌋ (S:
+  num_samples), all at once when they fit.
   """
   keys = jax.random.split(key, x.shape[0])
-  return jnp.mean(jax.vmap(lambda xi, ki: bound(params, xi, ki,
-                                                num_samples))(x, keys))
+  rows = max(1, EVAL_FLOATS // (num_samples * x.shape[1]))
+  values = jax.lax.map(lambda a: bound(params, a[0], a[1], num_samples),
+                       (x, keys), batch_size=0 if rows >= x.shape[0] else rows)
+  return jnp.mean(values)
+
+
+def num_encoder_params(params: Params) -> int:
+  """P = Σ_l (m_l n_l + n_l): the encoder's weights and biases."""
+  return sum(leaf.size for leaf in jax.tree.leaves(params['encoder']))
 
 
 def encoder_gradient(params: Params, x: Array, key: PRNGKey, estimator: str,
@@ -192,11 +234,17 @@ def encoder_gradient_moments(params: Params, x: Array, key: PRNGKey,
 
       mean = (1/D) Σ_d ĝ_d,   variance = Σ_d (ĝ_d - mean)² / (D - 1),
 
-  the d-th draw with the d-th key of split(key, D), all D vmapped at once.
+  the d-th draw with the d-th key of split(key, D), all D vmapped at once
+  when D·P ≤ MOMENT_FLOATS (P: encoder parameters), else in chunks
+  (`moments.default_chunk`).
   """
+  size = num_encoder_params(params)
+  chunk = None if num_draws * size <= MOMENT_FLOATS else (
+      moments.default_chunk(num_draws, size))
   return moments.moments(
       lambda k: encoder_gradient(params, x, k, estimator, num_samples,
-                                 baseline, temperature), key, num_draws)
+                                 baseline, temperature), key, num_draws,
+      chunk)
 
 
 def initial_baseline(params: Params, train_x: Array) -> Array:
@@ -253,50 +301,94 @@ def make_trainer(train_x: Array, estimator: str,
   return init_state, run_steps
 
 
+def samples_per_estimator(estimators: tuple[str, ...], evals_per_example: int,
+                          vimco_samples: int | None = None
+                          ) -> dict[str, int]:
+  """Decoder evaluations per example and step of each estimator.
+
+  K_e = vimco_samples for 'vimco' when given (VIMCO's IWAE_K), else
+  evals_per_example (K samples; DisARM: K/2 antithetic pairs). ValueError
+  (one line) when K_e is below the estimator's minimum samples times its
+  evaluations per sample.
+  """
+  out = {e: vimco_samples if e == 'vimco' and vimco_samples else
+         evals_per_example for e in estimators}
+  for name, k in out.items():
+    e = registry.lookup(name)
+    if k < e.min_samples * e.evaluations_per_sample:
+      option = 'vimco_samples' if k != evals_per_example else (
+          'evals_per_example')
+      raise ValueError(f'estimator {name!r} needs {option} >= '
+                       f'{e.min_samples * e.evaluations_per_sample}.')
+  return out
+
+
+def evaluate(params: Params, train_x: Array, test_x: Array, key: PRNGKey,
+             eval_samples: int = 8, iwae_samples: int = 100
+             ) -> dict[str, float]:
+  """The training ELBO and the held-out ELBO and IWAE_K bounds (`mean_bound`).
+
+      train_elbo = (1/N) Σ_{x ∈ train_x} ELBO_S(x)   (key fold_in(key, 3)),
+      test_elbo  = (1/M) Σ_{x ∈ test_x} ELBO_S(x)    (key fold_in(key, 1)),
+      test_iwaeK = (1/M) Σ_{x ∈ test_x} IWAE_K(x)    (key fold_in(key, 1)),
+
+  S = eval_samples, K = iwae_samples.
+  """
+  held_out = jax.random.fold_in(key, 1)
+  return {'train_elbo': float(mean_bound(elbo, params, train_x,
+                                         jax.random.fold_in(key, 3),
+                                         eval_samples)),
+          'test_elbo': float(mean_bound(elbo, params, test_x, held_out,
+                                        eval_samples)),
+          f'test_iwae{iwae_samples}': float(mean_bound(
+              iwae, params, test_x, held_out, iwae_samples))}
+
+
 def train_and_evaluate(train_x: Array, test_x: Array, params: Params,
                        estimator: str, optimizer: optax.GradientTransformation,
                        key: PRNGKey, *, num_steps: int, eval_every: int,
                        num_samples: int = 2, batch_size: int = 50,
                        temperature: float = 0.5, ma_decay: float = 0.99,
-                       eval_samples: int = 8, iwae_samples: int = 100
+                       eval_samples: int = 8, iwae_samples: int = 100,
+                       train_eval_examples: int = 500
                        ) -> tuple[list[dict[str, Any]], train.TrainState]:
-  """Trains from `params` and evaluates the held-out ELBO every few steps.
+  """Trains from `params` and evaluates the bounds every few steps.
 
   Steps run in compiled blocks of `eval_every` (keys split from
-  fold_in(fold_in(key, 2), step)), timed alone; after each block the mean
-  ELBO over `test_x` (`eval_samples` samples, key fold_in(key, 1)); at the
-  end also the IWAE bound with `iwae_samples`.
+  fold_in(fold_in(key, 2), step)), timed alone (wall and process CPU
+  seconds); at step 0 and after each block `evaluate` on the first
+  `train_eval_examples` training images and on `test_x` (key `key`).
 
   Returns:
     (records, final state). Records: kind ('curve' | 'final'), estimator,
-    step, wall_time_s (training only, compilation excluded), test_elbo,
-    train_surrogate (mean over the block's steps) | test_iwae<K>.
+    step, wall_time_s and cpu_time_s (training only, compilation
+    excluded), train_elbo, test_elbo, test_iwae<K>, and for curves
+    train_surrogate (the mean training objective of the block's steps).
   """
   init_state, run_steps = make_trainer(train_x, estimator, optimizer,
                                        num_samples, batch_size, temperature,
                                        ma_decay)
   state = init_state(params)
-  eval_key, step_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+  step_key = jax.random.fold_in(key, 2)
   run = jax.jit(run_steps).lower(state, jax.random.split(key, eval_every)
                                  ).compile()
-  held_out = mean_bound(elbo, state.params, test_x, eval_key, eval_samples)
-  records = [{'kind': 'curve', 'estimator': estimator, 'step': 0,
-              'wall_time_s': 0.0, 'test_elbo': float(held_out),
+  bounds = functools.partial(evaluate, train_x=train_x[:train_eval_examples],
+                             test_x=test_x, key=key,
+                             eval_samples=eval_samples,
+                             iwae_samples=iwae_samples)
+  head = {'estimator': estimator, 'step': 0, 'wall_time_s': 0.0,
+          'cpu_time_s': 0.0}
+  records = [{'kind': 'curve', **head, **bounds(state.params),
               'train_surrogate': None}]
-  wall, step = 0.0, 0
-  while step < num_steps:
-    keys = jax.random.split(jax.random.fold_in(step_key, step), eval_every)
-    start = time.perf_counter()
+  while head['step'] < num_steps:
+    keys = jax.random.split(jax.random.fold_in(step_key, head['step']),
+                            eval_every)
+    wall, cpu = time.perf_counter(), time.process_time()
     state, values = jax.block_until_ready(run(state, keys))
-    wall += time.perf_counter() - start
-    step += eval_every
-    held_out = mean_bound(elbo, state.params, test_x, eval_key,
-                          eval_samples)
-    records.append({'kind': 'curve', 'estimator': estimator, 'step': step,
-                    'wall_time_s': wall, 'test_elbo': float(held_out),
+    head = {'estimator': estimator, 'step': head['step'] + eval_every,
+            'wall_time_s': head['wall_time_s'] + time.perf_counter() - wall,
+            'cpu_time_s': head['cpu_time_s'] + time.process_time() - cpu}
+    records.append({'kind': 'curve', **head, **bounds(state.params),
                     'train_surrogate': float(jnp.mean(values))})
-  records.append({'kind': 'final', 'estimator': estimator, 'step': step,
-                  'wall_time_s': wall, 'test_elbo': float(held_out),
-                  f'test_iwae{iwae_samples}': float(mean_bound(
-                      iwae, state.params, test_x, eval_key, iwae_samples))})
-  return records, state
+  last = {k: v for k, v in records[-1].items() if k != 'train_surrogate'}
+  return records + [{**last, 'kind': 'final'}], state
