@@ -76,13 +76,12 @@ def test_gaps_are_nonnegative_and_training_closes_the_amortization_gap(setup):
   init = am.init_encoder(jax.random.PRNGKey(4), 'linear', 6, 3)
   params, history, (evals,) = am.train_encoder(model, x, init, 1500,
                                                _adam(3e-2), (x,))
-  before, after = am.gaps(model, x, init), am.gaps(model, x, params)
+  before, after = am.checked_gaps(model, (x,), init)[0], am.checked_gaps(
+      model, (x,), params)[0]
+  # q* is linear in x with a constant variance, so a linear encoder can
+  # reach it: training drives the amortization gap (>= 0) toward 0.
   for g in (before, after):
-    assert g['approximation_gap'] > 0
-    assert g['amortization_gap'] > -1e-9
-    np.testing.assert_allclose(
-        g['log_px'] - g['elbo_amortized'],
-        g['approximation_gap'] + g['amortization_gap'], rtol=1e-10)
+    assert g['amortization_gap'] > -1e-9 and not g['disagrees']
   assert after['amortization_gap'] < 0.02 * before['amortization_gap']
   assert history[-1] > history[0]
   np.testing.assert_allclose(evals[-1], after['elbo_amortized'], rtol=1e-10)
@@ -96,16 +95,9 @@ def test_mlp_encoder_shapes():
     am.init_encoder(jax.random.PRNGKey(5), 'conv', 6, 3)
 
 
-def test_fit_by_elbo_approaches_but_never_beats_maximum_likelihood(setup):
-  model, _ = setup
-  x, _ = lg.sample_data(model, jax.random.PRNGKey(6), 200)
-  learned, _, history = am.fit_by_elbo(x, 3, 'pathwise',
-                                       jax.random.PRNGKey(7), 'amortized',
-                                       800, _adam(2e-2), 2)
-  mle = jnp.mean(am.batch_log_marginal(lg.fit_ppca(x, 3), x))
-  ll = jnp.mean(am.batch_log_marginal(learned, x))
-  assert ll <= mle + 1e-9
-  assert ll > mle - 0.1
-  assert history[-1] <= ll + 1e-9  # The ELBO is a lower bound.
+def test_fit_by_elbo_refuses_an_unknown_inference(setup):
+  # Its fits against the pPCA maximum likelihood: compare_fits, checked in
+  # tests/test_linear_gaussian_experiment.py.
+  _, x = setup
   with pytest.raises(ValueError, match='per_point'):
     am.fit_by_elbo(x, 3, 'pathwise', jax.random.PRNGKey(7), 'global', 2)

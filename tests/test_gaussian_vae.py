@@ -50,11 +50,14 @@ def test_quadrature_density_integrates_to_one(trained):
   assert abs(float(jnp.sum(density) * dx) - 1.0) < 1e-3
 
 
-def test_log_marginal_pads_the_last_chunk(trained):
+def test_log_marginal_pads_the_last_chunk_and_shares_noise(trained):
   _, params, _, x = trained
+  x = jnp.concatenate([x[:20], x[:20]])  # 40 rows: chunks of 32, padded.
+  z, dz = mixtures.grid(-7.0, 7.0, 4000)
+  exact = gv.log_marginal_quadrature(params, x, z, dz)
   key = jax.random.PRNGKey(5)
-  a = gv.log_marginal(params, x[:10], key, 50, chunk=4)
-  assert a.shape == (10,) and np.all(np.isfinite(a))
-  smooth = gv.log_marginal(params, x[:10], key, 50, chunk=4,
-                           common_noise=True)
-  assert smooth.shape == (10,)
+  independent = gv.log_marginal(params, x, key, 2000, chunk=32)
+  np.testing.assert_allclose(independent, exact, atol=0.2)
+  assert np.all(independent[:20] != independent[20:])
+  common = gv.log_marginal(params, x, key, 2000, chunk=32, common_noise=True)
+  np.testing.assert_array_equal(common[:20], common[20:])

@@ -68,7 +68,7 @@ def test_log_px_minus_elbo_is_kl_to_posterior_by_monte_carlo():
 
 def test_fit_ppca_is_the_maximum_likelihood_solution():
   true = lg.random_model(jax.random.PRNGKey(0), 5, 2, noise_scale=0.4)
-  x, _ = lg.sample_data(true, jax.random.PRNGKey(1), 2000)
+  x, _ = lg.sample_data(true, jax.random.PRNGKey(1), 500)
   fit = lg.fit_ppca(x, 2)
   mean_ll = jax.jit(lambda m: jnp.mean(lg.log_marginal(m, x)))
   best = mean_ll(fit)
