@@ -137,8 +137,7 @@ def _run_sweep(fv, points, root):
       job.cancel(check=False)
     sys.exit(128 + signum)
 
-  signal.signal(signal.SIGTERM, stop)
-  signal.signal(signal.SIGINT, stop)
+  handlers = [signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)]
   while pending or running:
     while pending and len(running) < limit:
       label, values, config = pending.pop(0)
@@ -154,6 +153,8 @@ def _run_sweep(fv, points, root):
       print(f'[{len(done)}/{len(points)}] {item[0]}: '
             f'{"FAILED, log " + str(item[2].paths.stderr) if failed else "ok"}',
             flush=True)
+  signal.signal(signal.SIGTERM, handlers[0])
+  signal.signal(signal.SIGINT, handlers[1])
   return done
 
 
@@ -190,11 +191,6 @@ def _help(argv) -> str:
   return '\n'.join(lines)
 
 
-def _interrupt(signum, frame):
-  del frame
-  raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv) -> int:
   if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
     print(_help(argv))
@@ -219,13 +215,15 @@ def main(argv) -> int:
     outputs.check_dir(os.path.join(root, label) if label else root,
                       fv.experiment, c, resumable, fv.overwrite)
   if points is None:
-    signal.signal(signal.SIGTERM, _interrupt)
+    handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
       runner.run_point(fv.experiment, config, fv.seed, root, fv.strict,
                        fv.overwrite, fv.compilation_cache)
     except runner.Disagreement as e:
       print(f'launch.py: --strict: {e}', file=sys.stderr)
       return 1
+    finally:
+      signal.signal(signal.SIGTERM, handler)
     return 0
   return _gather(_run_sweep(fv, points, root), root)
 
@@ -237,8 +235,8 @@ def cli(argv) -> int:
   except (UsageError, outputs.RunDirError) as e:
     print(f'launch.py: {e}', file=sys.stderr)
     return 2
-  except KeyboardInterrupt as e:
-    print(f'launch.py: stopped ({e or "SIGINT"})', file=sys.stderr)
+  except KeyboardInterrupt:
+    print('launch.py: stopped by SIGTERM/SIGINT', file=sys.stderr)
     return 130
   except OSError as e:
     print(f'launch.py: {e}', file=sys.stderr)

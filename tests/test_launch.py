@@ -133,10 +133,15 @@ def test_strict_fails_on_a_disagreement(tmp_path, capsys):
   assert _cli(capsys, f'--output_dir={tmp_path / "b"}', '--disagree')[0] == 0
 
 
-def test_sweep_runs_the_product_and_reports_a_failed_point(tmp_path, capsys):
+def test_sweep_runs_the_product_and_reports_a_failed_point(tmp_path):
+  # In a subprocess: submitit's local executor in the pytest-xdist worker
+  # would close the worker's stdio.
   out = str(tmp_path / 'sweep')
-  rc, stdout, _ = _cli(capsys, f'--output_dir={out}', '--parallel=2',
-                       '--sweep=value=1,2', '--sweep=fail=false,true')
+  proc = subprocess.run(
+      [sys.executable, 'launch.py', FAKE, f'--output_dir={out}',
+       '--parallel=2', '--sweep=value=1,2', '--sweep=fail=false,true'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  rc, stdout = proc.returncode, proc.stdout
   assert rc == 1
   assert '2 of 4 points ok' in stdout
   with open(os.path.join(out, 'sweep.json')) as f:
@@ -164,7 +169,7 @@ def test_sigterm_stops_a_single_run(tmp_path):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=30)
   assert proc.returncode == 130
-  assert err.strip() == 'launch.py: stopped (SIGTERM)'
+  assert err.strip() == 'launch.py: stopped by SIGTERM/SIGINT'
   assert not (tmp_path / 'run' / outputs.LOCK).exists()
 
 

@@ -135,7 +135,7 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_equal(tiny_run,
   rc, stdout, stderr = _signal_after_a_new_checkpoint(
       _launch(args, env), str(out / 'checkpoints'), signal.SIGTERM)
   assert rc == 130, stderr[-2000:]
-  assert stderr.strip().splitlines()[-1] == 'launch.py: stopped (SIGTERM)'
+  assert stderr.strip().splitlines()[-1] == 'launch.py: stopped by SIGTERM/SIGINT'
   assert 'interrupted: step' in stdout
   stopped_at = checkpoint.latest_step(str(out / 'checkpoints'))
   assert 0 < stopped_at < 100
