@@ -82,7 +82,7 @@ def plot(out: outputs.Run, records: list[dict], iwae: str) -> None:
   plt = outputs.pyplot()
   curves = [r for r in records if r['kind'] == 'curve']
   names = list(dict.fromkeys(r['estimator'] for r in curves))
-  fig, axes = plt.subplots(1, 5, figsize=(28, 4.5))
+  fig, axes = plt.subplots(1, 5, figsize=(22, 4))
   for j, (y, label) in enumerate((('train_elbo', 'training ELBO'),
                                   (iwae, f'held-out IWAE_{iwae[10:]}'))):
     last = [r[y] for r in curves if r['step'] > 0]
@@ -127,7 +127,10 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
       batch_size=config.batch, temperature=config.temperature,
       ma_decay=config.baseline_decay, eval_samples=config.eval_samples,
       iwae_samples=config.iwae_samples,
-      train_eval_examples=config.train_eval_examples)
+      train_eval_examples=config.train_eval_examples,
+      on_record=lambda r: out.log(', '.join(
+          f'{k} {v:.5g}' if isinstance(v, float) else f'{k} {v}'
+          for k, v in r.items() if v is not None)))
   first = states[names[0]]
   points = {'initialization': (params0, sbn.initial_baseline(params0,
                                                              train_x)),

@@ -10,9 +10,10 @@ from experiments.common import runner
 from vae import data
 
 TINY = dict(data=data.DataConfig(num_train=64),
-            test_examples=8, latents=3, train_steps=4,
+            test_examples=8, latents=3, vimco_samples=3,
+            train_steps=4,
             eval_every=2, batch=8, eval_samples=2, iwae_samples=4,
-            variance_keys=8, variance_batch=4, train_eval_examples=16,
+            variance_keys=8, variance_batch=4, train_eval_examples=8,
             estimators_to_compare=('disarm', 'vimco'))
 
 
@@ -25,7 +26,9 @@ def test_tiny_run_writes_its_files_and_records(tmp_path, capsys):
   assert json.loads((tmp_path / 'results.json').read_text()) == records
   assert all('wall_time_s' not in r for r in records)  # Deterministic.
   curves = json.loads((tmp_path / 'wall_time_curves.json').read_text())
-  assert all(r['wall_time_s'] >= 0 for r in curves)
+  assert all(r['wall_time_s'] >= 0 and r['cpu_time_s'] >= 0 for r in curves)
+  for r in records:  # Bounds at every evaluation: ELBO ≤ 0 for 0/1 pixels.
+    assert r['kind'] == 'variance' or r['train_elbo'] < r['test_iwae4'] + 50
   names = TINY['estimators_to_compare']
   steps = [r['step'] for r in records if r['kind'] == 'curve']
   assert steps == [0, 2, 4] * 2
@@ -37,6 +40,9 @@ def test_tiny_run_writes_its_files_and_records(tmp_path, capsys):
                                     ['trained with disarm'] * 2)
   for r in var:
     assert r['total_variance'] > 0
+    # The mean over P = 784·3 + 3 encoder parameters (W and b).
+    assert r['variance_per_parameter'] == pytest.approx(
+        r['total_variance'] / 2355, rel=1e-12)
     # VIMCO's target is ∇IWAE_K: no bias against the ELBO reference.
     assert (r['bias_sq'] is None) == (r['estimator'] == 'vimco')
     assert r['unbiased_for_elbo'] == (r['estimator'] == 'disarm')
@@ -52,6 +58,10 @@ def test_tiny_run_writes_its_files_and_records(tmp_path, capsys):
     (dict(estimators_to_compare=('disarm',), evals_per_example=1),
      "'disarm' needs evals_per_example >= 2"),
     (dict(hidden=(0, 10)), 'hidden: must be >= 1, got 0.'),
+    (dict(vimco_samples=1), 'vimco_samples: must be >= 2'),
+    (dict(activation='leaky'), 'activation: .*not one of'),
+    (dict(negative_slope=-0.1), 'negative_slope: must be >= 0'),
+    (dict(train_eval_examples=5000), 'train_eval_examples=5000 exceeds'),
     (dict(train_steps=100, eval_every=30), 'must be a multiple'),
     (dict(estimators_to_compare=('pathwise',)), 'not one of'),
 ])

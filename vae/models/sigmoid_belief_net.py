@@ -31,7 +31,7 @@ estimator's variance with `vae.moments`.
 import dataclasses
 import functools
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 from jax import flatten_util
@@ -350,14 +350,17 @@ def train_and_evaluate(train_x: Array, test_x: Array, params: Params,
                        num_samples: int = 2, batch_size: int = 50,
                        temperature: float = 0.5, ma_decay: float = 0.99,
                        eval_samples: int = 8, iwae_samples: int = 100,
-                       train_eval_examples: int = 500
+                       train_eval_examples: int = 500,
+                       on_record: Callable[[dict[str, Any]], None] = (
+                           lambda record: None)
                        ) -> tuple[list[dict[str, Any]], train.TrainState]:
   """Trains from `params` and evaluates the bounds every few steps.
 
   Steps run in compiled blocks of `eval_every` (keys split from
   fold_in(fold_in(key, 2), step)), timed alone (wall and process CPU
   seconds); at step 0 and after each block `evaluate` on the first
-  `train_eval_examples` training images and on `test_x` (key `key`).
+  `train_eval_examples` training images and on `test_x` (key `key`);
+  `on_record` gets each curve record as it is made (progress).
 
   Returns:
     (records, final state). Records: kind ('curve' | 'final'), estimator,
@@ -380,6 +383,7 @@ def train_and_evaluate(train_x: Array, test_x: Array, params: Params,
           'cpu_time_s': 0.0}
   records = [{'kind': 'curve', **head, **bounds(state.params),
               'train_surrogate': None}]
+  on_record(records[-1])
   while head['step'] < num_steps:
     keys = jax.random.split(jax.random.fold_in(step_key, head['step']),
                             eval_every)
@@ -390,5 +394,6 @@ def train_and_evaluate(train_x: Array, test_x: Array, params: Params,
             'cpu_time_s': head['cpu_time_s'] + time.process_time() - cpu}
     records.append({'kind': 'curve', **head, **bounds(state.params),
                     'train_surrogate': float(jnp.mean(values))})
+    on_record(records[-1])
   last = {k: v for k, v in records[-1].items() if k != 'train_surrogate'}
   return records + [{**last, 'kind': 'final'}], state
