@@ -270,9 +270,10 @@ def summarize(errors: Array, log_rho1: Array, ks: tuple[int, ...],
   out['predicted_bias'], out['predicted_std'] = predicted_bias_and_std(
       log_rho1, k)
   claimed = math.isfinite(rho) & (k >= DELTA_METHOD_MIN_K_OVER_RHO * rho)
-  z = stats.mean_z(out['bias'], out['predicted_bias'], out['std'],
-                   errors.shape[0])
-  out['z'] = np.where(claimed, z, np.nan)
+  out['z'] = np.full(len(ks), np.nan)
+  out['z'][claimed] = stats.mean_z(out['bias'][claimed],
+                                   out['predicted_bias'][claimed],
+                                   out['std'][claimed], errors.shape[0])
   below = [kk for kk, r in zip(ks, out['rmse']) if r < tolerance]
   out.update(log1p_chi2=log_rho1, K_needed_measured=below[0] if below else
              None, K_needed_predicted=max(1.0, float(samples_needed(
