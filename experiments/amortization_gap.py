@@ -105,6 +105,7 @@ def _run(config: Config, seed: int) -> tuple[list[dict], dict]:
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """Curve and final rows (float64), the figure and two tables."""
   with jax.enable_x64(True):  # Scoped: no global config change.
     records, curves = _run(config, seed)
   plot(records, curves, out)

@@ -1,12 +1,8 @@
 """Why log p(x) is hard: prior Monte Carlo vs importance sampling with q(z|x).
 
-As the number of samples K and the latent dimension d grow, on the
-linear-Gaussian model (z ~ N(0, I_d), x|z ~ N(Wz + b, σ²I_D)), where log p(x)
-is exact, each estimator
-
-    log p̂_K(x) = log (1/K) Σ_k p(x|z_k) p(z_k)/q(z_k),  z_k ~ q
-
-is scored by its bias, standard deviation and RMSE. Proposals: the prior
+On the linear-Gaussian model (z ~ N(0, I_d), x|z ~ N(Wz + b, σ²I_D)), with
+log p(x) exact, log p̂_K(x) = log (1/K) Σ_k p(x|z_k) p(z_k)/q(z_k), z_k ~ q,
+is scored by its bias, sd and RMSE as K and d grow. Proposals: the prior
 (naive Monte Carlo), the exact posterior (every weight equals p(x): zero
 error at K = 1), the best diagonal Gaussian q* (its tails are too light
 when the posterior is correlated, and then χ² = ∞) and a mismatched but
@@ -94,6 +90,7 @@ def _records(config: Config, seed: int) -> list[dict]:
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """Per-K and summary rows (float64), the two figures, two tables."""
   with jax.enable_x64(True):  # Scoped: no global config change.
     records = _records(config, seed)
   plot(records, config.tolerance, out)

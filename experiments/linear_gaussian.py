@@ -3,10 +3,9 @@
 z ~ N(0, I_d), x | z ~ N(Wz + b, σ² I_D), all exact (`vae.problems`). Checks:
 1. log p(x) - ELBO(q) = KL(q ‖ p(z|x)) for random diagonal q; 2. at the best
 diagonal q*, log p(x) - ELBO(q*) = ½(Σ_j log Λ_jj - log det Λ), 0 iff WᵀW is
-diagonal; 3. E[IWAE_1] = ELBO(q*) ≤ E[IWAE_k] ≤ log p(x) (q = q*); 4. fits
-by pPCA maximum likelihood and by the ELBO with each estimator (amortized
-linear encoder or per-point q): none beats the MLE on its training data, no
-ELBO exceeds its log-likelihood.
+diagonal; 3. E[IWAE_1] = ELBO(q*) ≤ E[IWAE_k] ≤ log p(x) (q = q*); 4. no fit
+(ELBO with each estimator, amortized linear encoder or per-point q) beats
+the pPCA MLE on its training data; no ELBO exceeds its log-likelihood.
 """
 
 import jax
@@ -83,6 +82,7 @@ def _identity(model, x, key) -> list[dict]:
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """The four sections' rows (float64 by default), tables and figures."""
   with jax.enable_x64(config.x64):  # Scoped: no global config change.
     key = jax.random.PRNGKey(seed)
     keys = jax.random.split(key, 8)

@@ -93,6 +93,7 @@ def _run_dim(config: Config, dim: int, key) -> tuple[list[dict], dict]:
 
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """One row per (dimension, model), checked; three figures; a table."""
   records, extras = [], {}
   for dim in config.dims:
     rows, extras[dim] = _run_dim(config, dim, jax.random.fold_in(
