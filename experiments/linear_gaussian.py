@@ -38,11 +38,11 @@ class Config:
   iwae_repeats: int = cfg.setting(100, 'IWAE_k draws per point.', min=2,
                                   max=10**5)
   amortized_estimators: tuple[str, ...] = cfg.setting(
-      ('pathwise', 'score', 'score_rloo', 'stl'), 'Estimators of the ELBO '
-      'fits with an amortized linear encoder.', choices=am.ESTIMATORS)
+      ('pathwise', 'score', 'score_rloo', 'stl'), 'Estimators of ELBO fits '
+      'with an amortized linear encoder.', choices=am.ESTIMATORS, empty=True)
   per_point_estimators: tuple[str, ...] = cfg.setting(
       ('pathwise', 'score'), 'Estimators of the ELBO fits with per-point q.',
-      choices=am.ESTIMATORS)
+      choices=am.ESTIMATORS, empty=True)
   fit_steps: int = cfg.setting(2000, 'Full-batch Adam steps per ELBO fit.',
                                min=1, max=10**6)
   fit_learning_rate: float = cfg.setting(1e-2, 'Adam step size of the fits.',
