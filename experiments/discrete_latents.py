@@ -84,7 +84,7 @@ def plot(out: outputs.Run, records: list[dict], iwae: str) -> None:
   names = list(dict.fromkeys(r['estimator'] for r in curves))
   fig, axes = plt.subplots(1, 5, figsize=(22, 4))
   for j, (y, label) in enumerate((('train_elbo', 'training ELBO'),
-                                  (iwae, f'held-out IWAE_{iwae[10:]}'))):
+                                  (iwae, f'held-out IWAE_{iwae[9:]}'))):
     last = [r[y] for r in curves if r['step'] > 0]
     for ax, x in zip(axes[2 * j:], ('step', 'wall_time_s')):
       for i, name in enumerate(names):
