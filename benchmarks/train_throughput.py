@@ -5,13 +5,16 @@ reparameterized sample per example, Adam(1e-3), batch 100. Cases, each timed
 over whole passes of len(images) // B minibatches after a warm-up pass:
 
 * `fused`: the project's epoch trainer, `vae.train.make_epoch`: one jitted
-  call per epoch, `train.fit` (a `lax.scan` of `train.make_step`) over
-  `data.epoch_batches` (shuffled on device, in the timed region), with its
-  finiteness checks and per-epoch statistics.
-* `fit`: the same scan with nothing else: `train.fit` of
-  `train.make_step` on -`image_vae.batch_surrogate` (`surrogate_loss`).
-* `batch_loss`: `fit` with `batch_elbo_loss`, the same estimator and random
-  numbers written with whole-batch arrays instead of a per-example vmap.
+  call per epoch, `train.fit` (a `lax.scan` of `train.make_step`), each
+  step gathering its shuffled batch on device (in the timed region), the
+  epoch's pathwise noise drawn before the scan, with its finiteness checks
+  and per-epoch statistics.
+* `fit`: a bare scan: `train.fit` of `train.make_step` on
+  -`image_vae.batch_surrogate` (`surrogate_loss`: whole-batch arrays, the
+  noise drawn in each step) over `data.epoch_batches` (a shuffled copy).
+* `per_example`: `fit` with `per_example_loss`, the same estimator and
+  random numbers as a vmap of `image_vae.example_surrogate` over the batch
+  (the library's general path, which the pathwise estimator used before).
 * `plain`: `jax.jit(train.make_step(surrogate_loss))` called once per numpy
   minibatch from a Python loop (asynchronous dispatch, one sync at the end).
 * `numpyro`: NumPyro SVI with `Trace_ELBO` on the same Flax MLPs
@@ -21,8 +24,8 @@ over whole passes of len(images) // B minibatches after a warm-up pass:
 * `fit_sharded` (extra): `fit` data-parallel over all devices
   (`sharded_fit_fn`: jit with in/out shardings, each batch split).
 
-Each line reports examples/s, GFLOP/s of the matmuls (forward + backward =
-3 x forward: `common.train_flops_per_example()` = 2.54 MFLOP per example)
+Each line reports examples/s, GFLOP/s of the matmuls (forward + backward:
+`common.train_flops_per_example()` = 2.228 MFLOP per example)
 and that as a share of the 2048² float32 matmul peak measured in the same
 interleaved rounds. Issue 11's targets: `fused` ≥ 1.2× `numpyro_scan` and
 ≥ 0.65 of the matmul peak. Usage:
@@ -41,13 +44,11 @@ import optax
 
 from benchmarks import common
 from vae import data as data_lib
-from vae import distributions as dists
-from vae import kl as kl_lib
 from vae import moments
 from vae import train
 from vae.models import image_vae
 
-CASES = ('fused', 'fit', 'batch_loss', 'plain', 'numpyro', 'numpyro_scan')
+CASES = ('fused', 'fit', 'per_example', 'plain', 'numpyro', 'numpyro_scan')
 EXTRA_CASES = ('fit_sharded',)
 PEERS = ('plain', 'numpyro', 'numpyro_scan')
 TARGET_VS_NUMPYRO_SCAN, TARGET_PEAK_FRACTION = 1.2, 0.65
@@ -61,23 +62,14 @@ def surrogate_loss(model: image_vae.VAE) -> train.Loss:
   return loss
 
 
-def batch_elbo_loss(model: image_vae.VAE) -> train.Loss:
-  """`surrogate_loss` with whole-batch arrays: the same value and gradient.
-
-  The same estimator and random numbers (ε_b ~ N(0, I) from the b-th key of
-  split(key, B), as the library draws them), written with [B, D] arrays
-  instead of the library's per-example vmap with a singleton sample axis.
-  """
+def per_example_loss(model: image_vae.VAE) -> train.Loss:
+  """`surrogate_loss` as a vmap of per-example surrogates: the same value
+  and gradient (up to float rounding) and the same random numbers."""
   def loss(params, batch, key, baseline):
     del baseline
-    q = model.posterior(params, batch)
     keys = jax.random.split(key, batch.shape[0])
-    eps = jax.vmap(lambda k: jax.random.normal(k, (1, model.latent_dim)))(
-        keys)[:, 0]
-    logits = model.decoder.apply(params['decoder'], q.loc + q.scale * eps)
-    log_lik = jnp.sum(dists.Bernoulli(logits).log_prob(batch), axis=-1)
-    kl = jnp.sum(kl_lib.kl_divergence(q, model.prior()), axis=-1)
-    return -jnp.mean(log_lik - kl), {}
+    return -jnp.mean(jax.vmap(lambda x, k: image_vae.example_surrogate(
+        model, params, x, k, 'elbo', 'pathwise', 1))(batch, keys)), {}
   return loss
 
 
@@ -91,7 +83,7 @@ def _epoch_inputs(images, batch_size: int, seed: int, epoch, key):
 def fit_fn(model, optimizer, batch_size: int, seed: int,
            loss: str = 'surrogate'):
   """Jitted epoch(state, images, epoch, key) -> (state, aux): `train.fit`."""
-  make = {'surrogate': surrogate_loss, 'batch': batch_elbo_loss}[loss]
+  make = {'surrogate': surrogate_loss, 'per_example': per_example_loss}[loss]
   step = train.make_step(make(model), optimizer)
 
   def epoch_fn(state, images, epoch, key):
@@ -171,9 +163,9 @@ def runner(case: str, model, images: np.ndarray, batch_size: int,
     epoch_fn = train.make_epoch(model, optimizer, train.TrainConfig(
         batch_size=batch_size), seed, dynamic_binarization=False)
     return _runner(epoch_fn, state, dev)
-  if case in ('fit', 'batch_loss'):
+  if case in ('fit', 'per_example'):
     return _runner(fit_fn(model, optimizer, batch_size, seed,
-                          'batch' if case == 'batch_loss' else 'surrogate'),
+                          'surrogate' if case == 'fit' else case),
                    state, dev, key)
   if case == 'fit_sharded':
     mesh = moments.make_mesh()

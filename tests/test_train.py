@@ -139,6 +139,30 @@ def test_divergence_floor_and_jump():
                                        'min_bound': -1.3e4}, -100.0, 10**4)
 
 
+@pytest.mark.parametrize('ahead', [True, False])
+def test_epoch_is_fit_of_image_loss_on_epoch_batches(monkeypatch, ahead):
+  """make_epoch (batches gathered per step, pathwise noise drawn before the
+  scan or in each step) = `fit` of `image_loss` over `epoch_batches`."""
+  monkeypatch.setattr(train, 'NOISE_AHEAD_STEPS', 1 if ahead else 10**9)
+  config = train.TrainConfig(num_samples=2, warmup_steps=3, batch_size=10)
+  images = jnp.asarray(_grey_dataset('fixed', num_train=45).train)
+  opt = optax.adam(1e-2)
+  state = train.init_state(MODEL.init(jax.random.PRNGKey(0)), opt)
+  epoch = train.make_epoch(MODEL, opt, config, SEED, False)
+  ours, stats = epoch(state, images, jnp.int32(1))
+  t = jnp.arange(4)
+  step = train.make_step(train.image_loss(MODEL, config, False), opt)
+  ref, aux = jax.jit(lambda s: train.fit(
+      step, s, (data.epoch_batches(images, 10, SEED, 1),
+                jax.vmap(lambda i: train.beta_at(config, i))(t)),
+      jax.vmap(lambda i: train.step_key(SEED, i))(t)))(state)
+  np.testing.assert_allclose(stats['bound'], jnp.mean(aux['bound']),
+                             rtol=1e-6)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5,
+                                                       atol=1e-7),
+               ours.params, ref.params)
+
+
 def test_memory_estimate_counts_parameters_and_activations():
   model = image_vae.ModelConfig()
   small = train.memory_estimate(model, train.TrainConfig(batch_size=1))

@@ -9,12 +9,14 @@ proposal (Burda et al., 2015),
 
 a stochastic lower bound (= IWAE_K) that is tight as K → ∞ (K = 5000 by
 default). `importance_sampling` computes it fast on CPU: a batch of B images
-and a chunk of C samples per image are decoded in ONE matmul per layer
-([C·B, d] rows), log-weights are accumulated with a running logsumexp in a
-`lax.scan` over the K / C chunks, and the same samples also give the ELBO
+and a chunk of C samples per image are drawn together and decoded in
+[c·B, d] matmuls (`image_vae.log_weights_blocked`: c·B ≈ 10^3 rows on CPU,
+all C·B elsewhere), log-weights are accumulated with a running logsumexp in
+a `lax.scan` over the K / C chunks, and the same samples also give the ELBO
 (analytic KL) and IWAE_k for smaller k (K/k disjoint groups of k samples).
 The Bernoulli log-likelihood is evaluated as
-x·l - max(l, 0) - log1p(exp(-|l|)), cheaper than `jax.nn.softplus`.
+x·l - max(l, 0) - log1p(exp(-|l|)), cheaper than `jax.nn.softplus`
+(`image_vae.bernoulli_log_likelihood`).
 """
 
 import functools
@@ -95,10 +97,8 @@ def test_images(dataset: data.Dataset, split: str = 'test') -> np.ndarray:
   return images
 
 
-def bernoulli_log_likelihood(x: Array, logits: Array) -> Array:
-  """log p(x|l) = Σ_j x_j l_j - max(l_j, 0) - log1p(exp(-|l_j|)) (last axis)."""
-  return jnp.sum(x * logits - jnp.maximum(logits, 0.0) -
-                 jnp.log1p(jnp.exp(-jnp.abs(logits))), axis=-1)
+# log p(x|l) = Σ_j x_j l_j - max(l_j, 0) - log1p(exp(-|l_j|)) (last axis).
+bernoulli_log_likelihood = image_vae.bernoulli_log_likelihood
 
 
 def _pad(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
@@ -113,9 +113,10 @@ def _pad(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def _batch_bounds(model, params, x, key, objective, num_samples):
-  keys = jax.random.split(key, x.shape[0])
-  return jax.vmap(lambda xi, k: image_vae.example_surrogate(
-      model, params, xi, k, objective, 'pathwise', num_samples))(x, keys)
+  # The bounds of example_surrogate(x_b, split(key, B)[b], 'pathwise').
+  noise = image_vae.batch_noise(key, x.shape[0], num_samples,
+                                model.latent_dim)
+  return image_vae.pathwise_bounds(model, params, x, noise, objective)
 
 
 def mean_bound(model: image_vae.VAE, params: Params, images: np.ndarray,
@@ -155,11 +156,7 @@ def _importance_batch(model: image_vae.VAE, params: Params, x: Array,
   def body(carry, chunk_key):
     log_sum, recon_sum, iwae_sums = carry
     z = q.sample(chunk_key, (chunk_size,))  # [C, B, D].
-    logits = model.decoder.apply(params['decoder'],
-                                 z.reshape(chunk_size * batch, -1))
-    log_px_z = bernoulli_log_likelihood(
-        x, logits.reshape(chunk_size, batch, -1))  # [C, B].
-    lw = log_px_z + jnp.sum(prior.log_prob(z) - q.log_prob(z), -1)
+    lw, log_px_z = image_vae.log_weights_blocked(model, params, x, q, z)
     log_sum = jnp.logaddexp(log_sum, jax.nn.logsumexp(lw, 0))
     iwae_sums = tuple(
         s + jnp.sum(jax.nn.logsumexp(lw.reshape(chunk_size // k, k, batch), 1)

@@ -40,6 +40,10 @@ def _sum_over_draws(x: Array) -> Array:
 
 def _chunk_stats(x: Array, order: int) -> dict[str, Array]:
   c = x.shape[0]
+  if c == 1:  # One draw: its mean is itself, its central sums are zero.
+    zero = jnp.zeros_like(x[0])
+    return {'n': jnp.asarray(1, x.dtype), 'mean': x[0], 'm2': zero,
+            **({'m3': zero, 'm4': zero} if order == 4 else {})}
   mean = _sum_over_draws(x) / c
   d = x - mean
   stats = {'n': jnp.asarray(c, x.dtype), 'mean': mean,
