@@ -1,0 +1,129 @@
+"""Amortization and approximation gaps of a trained image VAE (Cremer et al.).
+
+For the first --num_eval test images of a train_vae run (--checkpoint_dir),
+each image's q is fitted to its own ELBO, decoder fixed (`vae.image_inference
+.fit`), in each of --families in turn: the diagonal Gaussian from the
+encoder's output, the full-covariance one from that fit. From --eval_k
+samples of each q (`bounds`): log p̂(x) (importance sampling; the largest
+over the q's), IWAE_k, the ELBO, and per family the approximation gap
+log p̂(x) - ELBO(q*) and the amortization gap ELBO(q*) - ELBO(q_φ). Checks
+(`gap_records`): IWAE_K ≥ ELBO for each q; every gap and the full family's
+gain ≥ 0, up to Monte Carlo error. gaps.png, largest_gaps.png, timing.json.
+
+  python launch.py --experiment=mnist_gaps --checkpoint_dir=runs/vae_mnist \\
+      --tfds_data_dir=/work/shared/data/tensorflow_datasets
+"""
+
+import functools
+
+import jax
+import numpy as np
+
+from experiments import evaluate_vae
+from experiments import mnist_intractability as mi
+from experiments.common import outputs
+from experiments.common import pictures
+from vae import config as cfg
+from vae import evaluate as eval_lib
+from vae import image_inference as ii
+from vae import train
+
+
+@cfg.settings
+class Config:
+  """The trained VAE and its evaluation (evaluate_vae's settings); the fits."""
+  trained: evaluate_vae.Config = evaluate_vae.Config(
+      evaluation=eval_lib.EvalConfig(num_eval=1000, eval_iwae_ks=(1, 10, 100)))
+  families: tuple[str, ...] = cfg.setting(
+      ii.FAMILIES, 'Local q families, fitted in this order, each from the '
+      'last fit (the first from the encoder).', choices=ii.FAMILIES)
+  fit_steps: int = cfg.setting(1000, 'Optimizer steps per image and family.',
+                               min=1, max=10**6)
+  fit_samples: int = cfg.setting(10, 'z samples per image and step.', min=1,
+                                 max=10**4)
+  optimizer: train.OptimizerConfig = train.OptimizerConfig(
+      learning_rate=3e-3, lr_schedule='cosine')
+
+
+def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """Gap and per-q rows, optimization curves; the figures."""
+  model, params, images = mi.load(config.trained, out.log)
+  ev, key, timing = config.trained.evaluation, jax.random.PRNGKey(seed), {}
+  bounds = functools.partial(
+      ii.bounds, model, params, num_samples=ev.eval_k,
+      chunk_size=ev.eval_chunk_size, iwae_ks=ev.eval_iwae_ks)
+  fit = functools.partial(ii.fit, model, params, num_steps=config.fit_steps,
+                          num_samples=config.fit_samples,
+                          optimizer=config.optimizer)
+  q, per_q, fitted, curves = ii.encoder_q(model, params, images), {}, {}, {}
+  for i, name in enumerate(('amortized',) + config.families):
+    if i:
+      out.log(f'fitting {name} q: {config.fit_steps} steps x '
+              f'{config.fit_samples} samples per image')
+      q, elbo = mi.timed(timing, f'fit_{name}', ii.batched, fit,
+                         ev.eval_batch_size, jax.random.fold_in(key, 2 * i),
+                         images, ii.in_family(q, name))
+      fitted[name], curves[name] = q, elbo.mean(0)
+    per_q[name] = mi.timed(timing, f'bounds_{name}', ii.batched, bounds,
+                           ev.eval_batch_size,
+                           jax.random.fold_in(key, 2 * i + 1), images, q)
+    out.log(f'{name}: ELBO {per_q[name]["elbo"].mean():.3f}, log p̂ (K='
+            f'{ev.eval_k}) {per_q[name]["log_px"].mean():.3f}')
+  records = ii.gap_records(per_q, config.families)
+  steps = sorted({int(s) for s in np.geomspace(1, config.fit_steps, 20)})
+  records += [{'kind': 'curve', 'family': f, 'step': s,
+               'mean_elbo_estimate': float(c[s - 1])}
+              for f, c in curves.items() for s in steps]
+  out.write_json('timing.json', timing)
+  out.table([r for r in records if r['kind'] == 'q'])
+  out.table([r for r in records if r['kind'] == 'gap'])
+  plot(records, curves, out)
+  if ev.pictures:
+    _largest_gaps(model, params, images, per_q, fitted, out)
+  return records
+
+
+def plot(records: list[dict], curves: dict, out: outputs.Run) -> None:
+  """The fits' ELBO against step; the gaps of each family as bars."""
+  fig, axes = outputs.pyplot().subplots(1, 2, figsize=(12, 4.5),
+                                       layout='constrained')
+  gaps = [r for r in records if r['kind'] == 'gap']
+  for i, (f, c) in enumerate(curves.items()):
+    axes[0].plot(np.arange(1, len(c) + 1), c, color=f'C{i}', lw=0.8,
+                 label=f'{f} q (fit from the last)')
+  axes[0].axhline(gaps[0]['elbo_amortized'], color='k', ls=':',
+                  label='ELBO of the encoder q_φ')
+  axes[0].axhline(gaps[0]['log_px'], color='k', ls='--',
+                  label=f'log p̂(x) (IS, q = {gaps[0]["log_px_from"]})')
+  axes[0].set(xscale='log', xlabel='optimizer step',
+              ylabel='mean ELBO estimate (nats)',
+              title='Per-image optimization of q, decoder fixed')
+  axes[0].legend(fontsize=8)
+  y, left = np.arange(len(gaps)), np.zeros(len(gaps))
+  for gap in ('approximation_gap', 'amortization_gap'):  # Stacked bars.
+    width = np.array([r[gap] for r in gaps])
+    axes[1].barh(y, width, left=left, label=gap.replace('_', ' '))
+    left = left + width
+  axes[1].set_yticks(y, [r['family'] for r in gaps])
+  axes[1].set(xlabel='log p̂(x) - ELBO(q_φ) (nats, mean over images)',
+              title='Inference gap = approximation + amortization')
+  axes[1].legend(fontsize=8)
+  out.save_figure(fig, 'gaps.png')
+
+
+def _largest_gaps(model, params, images, per_q, fitted, out, n=8) -> None:
+  """The n images of largest amortization gap; σ(D(m)) of each q's mean."""
+  first = next(iter(fitted))
+  worst = np.argsort(per_q['amortized']['elbo'] - per_q[first]['elbo'])[:n]
+  means = [ii.encoder_q(model, params, images[worst])['loc']] + [
+      q['loc'][worst] for q in fitted.values()]
+  decoded = [jax.nn.sigmoid(model.decoder.apply(params['decoder'], m))
+             for m in means]
+  grid = pictures.image_grid(np.stack([images[worst]] + decoded, 1).reshape(
+      -1, images.shape[-1]), len(worst), 1 + len(means))
+  fig, ax = outputs.pyplot().subplots(figsize=(4, 7))
+  ax.imshow(grid, cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+  ax.set_xticks([14.5 + 29 * i for i in range(1 + len(means))],
+                ['x', 'q_φ'] + list(fitted), fontsize=6, rotation=90)
+  ax.set(yticks=[], title='largest amortization gaps: σ(D(mean of q))')
+  out.save_figure(fig, 'largest_gaps.png')
