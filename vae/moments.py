@@ -139,7 +139,10 @@ def moments(estimate: Callable[[PRNGKey], Any], key: PRNGKey, num_draws: int,
                          reference)
     return stats, cos
 
-  first, cos = chunk_stats(keys[0])
+  # The merge starts from no draws (n = 0, zero sums): `estimate` is traced
+  # and compiled once, inside the scan, not also for a first chunk.
+  empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       jax.eval_shape(chunk_stats, keys[0]))
   is_stats = lambda x: isinstance(x, dict) and 'm2' in x
 
   def body(carry, chunk_keys):
@@ -150,7 +153,7 @@ def moments(estimate: Callable[[PRNGKey], Any], key: PRNGKey, num_draws: int,
       cos_acc = jax.tree.map(jnp.add, cos_acc, c)
     return (acc, cos_acc), None
 
-  (acc, cos), _ = jax.lax.scan(body, (first, cos), keys[1:])
+  (acc, cos), _ = jax.lax.scan(body, empty, keys)
   get = lambda name: jax.tree.map(lambda s: s[name], acc, is_leaf=is_stats)
   out = {'mean': get('mean'),
          'variance': jax.tree.map(lambda m2: m2 / (num_draws - 1), get('m2'))}
