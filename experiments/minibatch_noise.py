@@ -119,8 +119,8 @@ def plot(rows: list[dict], checked: list[dict], out: outputs.Run) -> None:
   plt = outputs.pyplot()
   ests = list(dict.fromkeys(r['estimator'] for r in rows))
   cols = list(dict.fromkeys((r['epoch'], g) for r in rows for g in mn.GROUPS))
-  fig, axes = plt.subplots(len(ests), len(cols), squeeze=False,
-                           figsize=(3.2 * len(cols), 2.8 * len(ests)))
+  fig, axes = plt.subplots(len(ests), len(cols), squeeze=False, figsize=(
+      3.2 * len(cols), 2.8 * len(ests)), layout='constrained')
   for (i, est), (j, (epoch, group)) in itertools.product(enumerate(ests),
                                                          enumerate(cols)):
     for k, n in enumerate(sorted({r['N'] for r in rows})):
@@ -130,7 +130,8 @@ def plot(rows: list[dict], checked: list[dict], out: outputs.Run) -> None:
       if pts:
         x, total, between = zip(*pts)
         axes[i, j].plot(x, total, 'o-', ms=3, color=f'C{k}', label=f'N={n}')
-        axes[i, j].plot(x, np.maximum(between, 1e-30), ':', color=f'C{k}')
+        axes[i, j].plot(x, np.where(np.array(between) > 0, between, np.nan),
+                        ':', color=f'C{k}')
     axes[i, j].set(xscale='log', yscale='log', xlabel='B·N decoder passes')
     axes[i, j].set_title(f'{est} {group}, epoch {epoch}', fontsize=8)
   axes[0, 0].legend(fontsize=7)
