@@ -62,11 +62,12 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
               f'{config.fit_samples} samples per image')
       q, elbo = mi.timed(timing, f'fit_{name}', ii.batched, fit,
                          ev.eval_batch_size, jax.random.fold_in(key, 2 * i),
-                         images, ii.in_family(q, name))
+                         images, ii.in_family(q, name), out.log)
       fitted[name], curves[name] = q, elbo.mean(0)
     per_q[name] = mi.timed(timing, f'bounds_{name}', ii.batched, bounds,
                            ev.eval_batch_size,
-                           jax.random.fold_in(key, 2 * i + 1), images, q)
+                           jax.random.fold_in(key, 2 * i + 1), images, q,
+                           out.log)
     out.log(f'{name}: ELBO {per_q[name]["elbo"].mean():.3f}, log p̂ (K='
             f'{ev.eval_k}) {per_q[name]["log_px"].mean():.3f}')
   records = ii.gap_records(per_q, config.families)
@@ -77,14 +78,15 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   out.write_json('timing.json', timing)
   out.table([r for r in records if r['kind'] == 'q'])
   out.table([r for r in records if r['kind'] == 'gap'])
-  plot(records, curves, out)
+  plot(records, curves, per_q, out)
   if ev.pictures:
     _largest_gaps(model, params, images, per_q, fitted, out)
   return records
 
 
-def plot(records: list[dict], curves: dict, out: outputs.Run) -> None:
-  """The fits' ELBO against step; the gaps of each family as bars."""
+def plot(records: list[dict], curves: dict, per_q: dict,
+         out: outputs.Run) -> None:
+  """The fits' ELBO against step; histograms of the gaps per image."""
   fig, axes = outputs.pyplot().subplots(1, 2, figsize=(12, 4.5),
                                        layout='constrained')
   gaps = [r for r in records if r['kind'] == 'gap']
@@ -99,14 +101,14 @@ def plot(records: list[dict], curves: dict, out: outputs.Run) -> None:
               ylabel='mean ELBO estimate (nats)',
               title='Per-image optimization of q, decoder fixed')
   axes[0].legend(fontsize=8)
-  y, left = np.arange(len(gaps)), np.zeros(len(gaps))
-  for gap in ('approximation_gap', 'amortization_gap'):  # Stacked bars.
-    width = np.array([r[gap] for r in gaps])
-    axes[1].barh(y, width, left=left, label=gap.replace('_', ' '))
-    left = left + width
-  axes[1].set_yticks(y, [r['family'] for r in gaps])
-  axes[1].set(xlabel='log p̂(x) - ELBO(q_φ) (nats, mean over images)',
-              title='Inference gap = approximation + amortization')
+  px = per_q[gaps[0]['log_px_from']]['log_px']
+  for i, f in enumerate(curves):  # Per-image gaps: solid and dashed.
+    e = per_q[f]['elbo']
+    for gap, ls, v in (('approximation', '-', px - e),
+                       ('amortization', '--', e - per_q['amortized']['elbo'])):
+      axes[1].hist(v, 40, histtype='step', ls=ls, color=f'C{i}',
+                   label=f'{gap} gap, {f} q* (mean {v.mean():.2f})')
+  axes[1].set(xlabel='nats', ylabel='images', title='Gaps per image')
   axes[1].legend(fontsize=8)
   out.save_figure(fig, 'gaps.png')
 

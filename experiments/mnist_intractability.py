@@ -93,9 +93,11 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   for i, name in enumerate(PROPOSALS, 1):
     out.log(f'{name}: {config.streams} streams of 2^{config.max_log2_k} '
             f'samples for {len(images)} images')
-    streams = timed(timing, name, lambda: [ii.batched(
+    stream = lambda r, i=i, name=name: ii.batched(
         by_k, ev.eval_batch_size, jax.random.fold_in(jax.random.fold_in(
-            key, i), r), images, q[name]) for r in range(config.streams)])
+            key, i), r), images, q[name], out.log)
+    streams = timed(timing, name, lambda: [stream(r) for r in
+                                           range(config.streams)])
     estimates[name], rho[name] = (np.stack([s[j] for s in streams], 1)
                                   for j in (0, 1))
   records = ii.k_records(estimates, reference, ev.eval_k)
@@ -116,7 +118,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
 
 
 def plot(records: list[dict], out: outputs.Run) -> None:
-  """log p̂_K - log p̂_ref against K (linear), and its size (log axes)."""
+  """log p̂_K - log p̂_ref against K: mean ± sd; |mean| and sd (log axes)."""
   fig, axes = outputs.pyplot().subplots(1, 2, figsize=(12, 4.5),
                                        layout='constrained')
   for i, name in enumerate(PROPOSALS):
@@ -129,10 +131,9 @@ def plot(records: list[dict], out: outputs.Run) -> None:
              'encoder': 'encoder q(z|x) (IS)'}[name]
     axes[0].plot(k, mean, 'o-', ms=3, color=f'C{i}', label=label)
     axes[0].fill_between(k, mean - sd, mean + sd, color=f'C{i}', alpha=0.2)
-    axes[1].plot(k, np.maximum(-mean, 1e-3), 'o-', ms=3, color=f'C{i}',
-                 label=f'{label}: -mean')
-    axes[1].plot(k, [r['rmse'] for r in rows], ':', color=f'C{i}',
-                 label=f'{label}: RMSE')
+    axes[1].plot(k, np.abs(mean), 'o-', ms=3, color=f'C{i}',
+                 label=f'{label}: |mean|')
+    axes[1].plot(k, sd, ':', color=f'C{i}', label=f'{label}: sd')
   ref_k = next(r['K_reference'] for r in records if r['kind'] == 'summary')
   for ax in axes:
     ax.axvline(ref_k, color='k', lw=0.7, ls='--')
@@ -140,7 +141,8 @@ def plot(records: list[dict], out: outputs.Run) -> None:
     ax.set_xlabel('K (samples per estimate)')
   axes[0].set(ylabel='log p̂_K(x) - log p̂_ref(x) (nats; mean ± sd)',
               title=f'Estimates against IS with K_ref = {ref_k} (dashed)')
-  axes[1].set(yscale='log', ylabel='nats', title='Error size')
+  axes[1].set(yscale='log', ylabel='nats',
+              title='Size of the mean difference and its spread')
   axes[0].legend(fontsize=8)
   axes[1].legend(fontsize=7)
   out.save_figure(fig, 'error_vs_samples.png')

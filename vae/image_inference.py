@@ -20,6 +20,7 @@ summaries (Cremer, Li & Duvenaud 2018; `vae.stats` tolerances).
 
 import functools
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -232,19 +233,30 @@ def log_likelihood_by_k(model: image_vae.VAE, params: Params, x: Array,
 
 
 def batched(fn, batch_size: int, key: PRNGKey, x: np.ndarray, q: Local,
-            **kwargs):
+            log: Callable[[str], None] | None = None, **kwargs):
   """fn(x_i, q_i, fold_in(key, i), **kwargs) over batches i of the images.
+
+  Args:
+    fn: a function of x, q and key (keywords) and `kwargs`.
+    batch_size: images per call.
+    key: PRNG key.
+    x: images [N, d].
+    q: their local q's (leading axis N).
+    log: if given, called with a progress line about every tenth of the way.
+    **kwargs: passed to fn.
 
   Returns:
     The batches' outputs (numpy pytrees) concatenated along their first
     axis, the images'.
   """
-  outs = []
-  for i, start in enumerate(range(0, len(x), batch_size)):
+  outs, starts = [], range(0, len(x), batch_size)
+  for i, start in enumerate(starts):
     part = slice(start, start + batch_size)
     outs.append(jax.device_get(fn(
         x=jnp.asarray(x[part]), q=jax.tree.map(lambda a: a[part], q),
         key=jax.random.fold_in(key, i), **kwargs)))
+    if log is not None and (i + 1) % max(1, len(starts) // 10) == 0:
+      log(f'  {min(start + batch_size, len(x))}/{len(x)} images')
   return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
