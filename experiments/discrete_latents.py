@@ -82,7 +82,7 @@ def plot(out: outputs.Run, records: list[dict], iwae: str) -> None:
   plt = outputs.pyplot()
   curves = [r for r in records if r['kind'] == 'curve']
   names = list(dict.fromkeys(r['estimator'] for r in curves))
-  fig, axes = plt.subplots(1, 5, figsize=(22, 4))
+  fig, axes = plt.subplots(1, 5, figsize=(24, 4), layout='constrained')
   for j, (y, label) in enumerate((('train_elbo', 'training ELBO'),
                                   (iwae, f'held-out IWAE_{iwae[9:]}'))):
     last = [r[y] for r in curves if r['step'] > 0]
