@@ -65,17 +65,6 @@ def gaussian_mlp(params: Params, x: Array) -> tuple[Array, Array]:
   return networks.MLPEncoder(_hidden_sizes(params), out).apply(params, x)
 
 
-def mlp(layers: list[dict[str, Array]], x: Array) -> Array:
-  """h_{l+1} = tanh(h_l W_l + b_l) on hidden layers; the last is linear.
-
-  `networks.BernoulliEncoder` with the weights of `layers` (`init_mlp`).
-  """
-  params = variables(layers, ('logits',))
-  out = layers[-1]['w'].shape[-1]
-  return networks.BernoulliEncoder(_hidden_sizes(params), out).apply(params,
-                                                                     x)
-
-
 def init(key: PRNGKey, data_dim: int, latent_dim: int,
          hidden: tuple[int, ...] = (64,)) -> Params:
   """Encoder x -> (μ_φ, log σ_φ) and decoder z -> (μ_θ, log σ_θ) variables."""
