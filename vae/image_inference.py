@@ -82,8 +82,8 @@ def kl_to_prior(q: Local) -> Array:
   frob = jnp.sum(jnp.exp(2.0 * s), -1)
   if 'lower' in q:
     frob = frob + jnp.sum(jnp.tril(q['lower'], -1)**2, (-2, -1))
-  return 0.5 * (frob + jnp.sum(q['loc']**2, -1) - s.shape[-1]) - jnp.sum(s,
-                                                                          -1)
+  mean_sq = jnp.sum(q['loc']**2, -1)
+  return 0.5 * (frob + mean_sq - s.shape[-1]) - jnp.sum(s, -1)
 
 
 def log_weights(model: image_vae.VAE, params: Params, x: Array, q: Local,
