@@ -44,6 +44,13 @@ class Config:
   optimizer: train.OptimizerConfig = train.OptimizerConfig(
       learning_rate=3e-3, lr_schedule='cosine')
 
+  def check(self):
+    """families: each once, smaller first (a fit starts from the last)."""
+    if list(self.families) != sorted(set(self.families),
+                                     key=ii.FAMILIES.index):
+      raise ValueError(f'families: give each once, in the order '
+                       f'{",".join(ii.FAMILIES)}.')
+
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Gap and per-q rows, optimization curves; the figures."""

@@ -91,6 +91,8 @@ def test_log_q_and_kl_are_those_of_the_full_gaussian():
     np.testing.assert_allclose(kl[b], exact_kl, rtol=1e-5)
   with pytest.raises(ValueError, match='family'):
     ii.in_family(q, 'flow')
+  with pytest.raises(ValueError, match='not a diagonal'):
+    ii.in_family(q, 'diagonal')
 
 
 def test_bounds_agree_with_quadrature(setup):

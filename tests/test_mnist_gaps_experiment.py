@@ -106,3 +106,5 @@ def test_a_run_needs_the_trained_run(tmp_path, capsys):
   assert rc == 2 and 'not a train_vae run' in capsys.readouterr().err
   with pytest.raises(ValueError, match='fit_steps'):
     mnist_gaps.Config(fit_steps=0)
+  with pytest.raises(ValueError, match='families: give each once'):
+    mnist_gaps.Config(families=('full_covariance', 'diagonal'))

@@ -62,6 +62,8 @@ def in_family(q: Local, family: str) -> Local:
   """
   if family not in FAMILIES:
     raise ValueError(f'family must be one of {FAMILIES}, got {family!r}.')
+  if family == 'diagonal' and 'lower' in q:
+    raise ValueError('a full-covariance q is not a diagonal one.')
   if family == 'diagonal' or 'lower' in q:
     return q
   d = q['loc'].shape[-1]
