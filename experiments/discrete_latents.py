@@ -17,8 +17,9 @@ from experiments.common import outputs
 from vae import config as cfg
 from vae import data as data_lib
 from vae import discrete_latents
+from vae import evaluate
 from vae import train
-from vae.models import networks
+from vae.models import image_vae
 from vae.models import sigmoid_belief_net as sbn
 
 MAX = 10**5
@@ -36,8 +37,8 @@ class Config:
   hidden: tuple[int, ...] = cfg.setting(
       (), 'Hidden sizes of encoder and decoder (empty: linear maps as '
       'Dong et al. 2020).', min=1, max=10**4, empty=True)
-  activation: str = cfg.setting('leaky_relu', 'Activation of the hidden '
-                                'layers.', choices=tuple(networks.ACTIVATIONS))
+  activation: str = cfg.like(image_vae.ModelConfig, 'activation',
+                             'leaky_relu')
   negative_slope: float = cfg.setting(
       0.3, 'leaky_relu slope below 0 (0.3: the DisARM code).', min=0.0,
       max=1.0)
@@ -51,13 +52,12 @@ class Config:
       None, 'K of VIMCO (default: evals_per_example).', min=2, max=10**4)
   temperature: float = cfg.setting(0.5, 'Relaxation temperature.', gt=0.0,
                                    max=100.0)
-  baseline_decay: float = cfg.setting(0.99, 'Decay of the moving-average '
-                                      'baseline.', min=0.0, max=0.9999)
+  baseline_decay: float = cfg.like(train.TrainConfig, 'baseline_decay', 0.99)
   eval_every: int = cfg.setting(150, 'Steps between evaluations.', min=1,
                                 max=10**8)
   eval_samples: int = cfg.setting(8, 'Samples of the ELBOs.', min=1, max=MAX)
-  iwae_samples: int = cfg.setting(100, 'K of the held-out IWAE bound.', min=1,
-                                  max=MAX)
+  eval_k: int = cfg.like(evaluate.EvalConfig, 'eval_k', 100,
+                         max=MAX)  # K of the held-out IWAE_K bound.
   train_eval_examples: int = cfg.setting(
       500, 'Training images of the training ELBO.', min=1, max=MAX)
   variance_keys: int = cfg.setting(200, 'Gradient draws for the variance.',
@@ -126,7 +126,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
       num_steps=config.train_steps, eval_every=config.eval_every,
       batch_size=config.batch, temperature=config.temperature,
       ma_decay=config.baseline_decay, eval_samples=config.eval_samples,
-      iwae_samples=config.iwae_samples,
+      iwae_samples=config.eval_k,
       train_eval_examples=config.train_eval_examples,
       on_record=lambda r: out.log(', '.join(
           f'{k} {v:.5g}' if isinstance(v, float) else f'{k} {v}'
@@ -138,7 +138,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   records += discrete_latents.encoder_variance_records(
       points, train_x[:config.variance_batch], samples, config.temperature,
       jax.random.PRNGKey(seed + 7), config.variance_keys)
-  iwae = f'test_iwae{config.iwae_samples}'
+  iwae = f'test_iwae{config.eval_k}'
   plot(out, records, iwae)
   timed = ('wall_time_s', 'cpu_time_s')
   outputs.write_results(out.dir, [r for r in records if r['kind'] != (

@@ -8,7 +8,7 @@ estimator. Every row has the exact gradient, variance and 4th moment
 (quadrature) beside the measured ones and is checked (`disagrees`); the run
 states where variance curves cross and draws variance_vs_k_N*.png.
 The earlier μ-grid study: --costs=square,exp,cos,sigmoid --square_ks=0
---cos_ks=1 --mus=-3,-2,-1,0,1,2,3 --num_samples=1,10,100.
+--cos_ks=1 --mus=-3,-2,-1,0,1,2,3 --sample_counts=1,10,100.
 """
 
 import time
@@ -43,18 +43,17 @@ class Config:
                                           max=3.0)
   sigmoid_ks: tuple[float, ...] = cfg.setting((1.0,), 'k of sigmoid(kx).',
                                               min=-10.0, max=10.0)
-  estimators: tuple[str, ...] = cfg.setting(
+  estimators: tuple[str, ...] = cfg.like(
+      registry.Comparison, 'estimators',
       ('score', 'score_optimal_baseline', 'pathwise', 'measure_valued'),
-      'Gradient estimators.', choices=ESTIMATORS)
+      choices=ESTIMATORS)
   mus: tuple[float, ...] = cfg.setting((1.0,), 'Grid of μ.', min=-10.0,
                                        max=10.0)
   sigmas: tuple[float, ...] = cfg.setting((1.0,), 'Grid of σ.', min=0.05,
                                           max=3.0)
-  num_samples: tuple[int, ...] = cfg.setting((1,), 'Samples per estimate N.',
-                                             min=1, max=1000)
-  num_draws: int = cfg.setting(
-      100000, 'Independent estimates per point (their mean, variance and '
-      '4th moment are measured).', min=2, max=10**7)
+  sample_counts: tuple[int, ...] = cfg.like(moments.Draws, 'sample_counts',
+                                            max=1000)
+  num_draws: int = cfg.like(moments.Draws, 'num_draws', 100000)
 
   def ks(self, cost: str) -> tuple[float, ...]:
     return getattr(self, f'{cost}_ks')
@@ -62,7 +61,7 @@ class Config:
   def check(self):
     points = sum(len(self.ks(c)) for c in self.costs) * len(self.mus)
     work = (self.num_draws * points * len(self.sigmas) *
-            sum(self.num_samples) * len(self.estimators))
+            sum(self.sample_counts) * len(self.estimators))
     if work > 2e10:
       raise ValueError(f'num_draws: {work:.2g} cost evaluations (draws x grid '
                        'points x samples x estimators) exceed 2e10.')
@@ -119,18 +118,18 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   grids = {c: gc.with_exact_gradients(f, gc.with_baselines(f, gc.grid_points(
       config.ks(c), config.mus, config.sigmas))) for c, f in fams.items()}
   points = gc.concatenate(grids)
-  size = len(points['k']) * sum(config.num_samples) * len(config.estimators)
+  size = len(points['k']) * sum(config.sample_counts) * len(config.estimators)
   chunk = moments.default_chunk(config.num_draws, size, 2**24, 10**7)
   start = time.time()
   program = jax.jit(gc.moment_program(
       [registry.lookup(e) for e in config.estimators], tuple(fams.values()),
-      config.num_samples, config.num_draws, chunk)).lower(seed,
+      config.sample_counts, config.num_draws, chunk)).lower(seed,
                                                           points).compile()
   compiled = time.time()
   measured = jax.tree.map(np.asarray, program(seed, points))
   sampled = time.time()
   records = stats.mark_disagreements(gc.records(
-      grids, measured, config.num_samples, config.num_draws))
+      grids, measured, config.sample_counts, config.num_draws))
   curves, crossings = {}, []
   m, s = config.mus[0], config.sigmas[0]
   for c in (c for c in config.costs if len(set(config.ks(c))) > 2):
@@ -141,7 +140,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
           f' s, sampled {config.num_draws} draws (chunks of {chunk}) in '
           f'{sampled - compiled:.2f} s, exact values in '
           f'{time.time() - sampled:.2f} s')
-  for n in config.num_samples:
+  for n in config.sample_counts:
     _plot(out, config, records, curves, n)
   out.write_json('crossovers.json', crossings)
   out.table(crossings, float_fmt='.3g')

@@ -43,12 +43,10 @@ class Config:
   per_point_estimators: tuple[str, ...] = cfg.setting(
       ('pathwise', 'score'), 'Estimators of the ELBO fits with per-point q.',
       choices=am.ESTIMATORS, empty=True)
-  fit_steps: int = cfg.setting(2000, 'Full-batch Adam steps per ELBO fit.',
-                               min=1, max=10**6)
+  fit_steps: int = cfg.like(train.FitConfig, 'fit_steps', 2000)  # Full batch.
   fit_learning_rate: float = cfg.setting(1e-2, 'Adam step size of the fits.',
                                          gt=0.0, max=10.0)
-  fit_samples: int = cfg.setting(2, 'z samples per point and step (fits).',
-                                 min=1, max=10**4)
+  fit_samples: int = cfg.like(train.FitConfig, 'fit_samples', 2)
   x64: bool = cfg.setting(True, 'Compute in float64.')
 
   def check(self):

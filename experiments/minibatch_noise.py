@@ -22,6 +22,7 @@ from experiments.common import outputs
 from vae import config as cfg
 from vae import data as data_lib
 from vae import minibatch_noise as mn
+from vae import moments
 from vae import train
 from vae.estimators import registry
 from vae.models import image_vae
@@ -39,15 +40,15 @@ class Config:
   training: train.TrainConfig = train.TrainConfig(epochs=1, test_every=0)
   eval_epochs: tuple[int, ...] = S((0, 1), 'Measure after these epochs (0: '
                                    'at initialization).', min=0, max=10**5)
-  estimators: tuple[str, ...] = S(('pathwise', 'score_rloo'),
-                                  'ELBO gradient estimators.',
-                                  choices=mn.ESTIMATORS)
+  estimators: tuple[str, ...] = cfg.like(
+      registry.Comparison, 'estimators', ('pathwise', 'score_rloo'),
+      choices=mn.ESTIMATORS)  # ∇ELBO estimators with exact kernels.
   batch_sizes: tuple[int, ...] = S((1, 4), 'B: examples per minibatch '
                                    '(with replacement).', min=1, max=10**4)
-  sample_counts: tuple[int, ...] = S((1, 4), 'N: z samples per example.',
-                                     min=1, max=10**4)
-  num_draws: int = S(16, 'Draws per (N, epoch), each 4 minibatch estimates.',
-                     min=2, max=10**6)
+  sample_counts: tuple[int, ...] = cfg.like(moments.Draws, 'sample_counts',
+                                            (1, 4), max=10**4)
+  num_draws: int = cfg.like(moments.Draws, 'num_draws', 16,
+                            max=10**6)  # A draw: 4 minibatch estimates.
   baseline_examples: int = S(100, 'score_moving_average: its baseline is the '
                              'mean cost of this many images.', min=1,
                              max=10**5)

@@ -37,10 +37,8 @@ class Config:
   families: tuple[str, ...] = cfg.setting(
       ii.FAMILIES, 'Local q families, fitted in this order, each from the '
       'last fit (the first from the encoder).', choices=ii.FAMILIES)
-  fit_steps: int = cfg.setting(1000, 'Optimizer steps per image and family.',
-                               min=1, max=10**6)
-  fit_samples: int = cfg.setting(10, 'z samples per image and step.', min=1,
-                                 max=10**4)
+  fit_steps: int = cfg.like(train.FitConfig, 'fit_steps')  # Per image, family.
+  fit_samples: int = cfg.like(train.FitConfig, 'fit_samples')
   optimizer: train.OptimizerConfig = train.OptimizerConfig(
       learning_rate=3e-3, lr_schedule='cosine')
 

@@ -6,7 +6,7 @@ estimator of each bound and N (`vae.vae_gradients`, `vae.moments`): total
 variance, SNR and cosine to a reference gradient per parameter group;
 timings.json; variance/SNR plots vs step and vs N.
 
-  python launch.py --experiment=vae_gradients --num_samples=1,10 \\
+  python launch.py --experiment=vae_gradients --sample_counts=1,10 \\
       --eval_steps=0,500 --iwae_estimators=pathwise,dreg
 """
 
@@ -15,33 +15,33 @@ import numpy as np
 from experiments.common import outputs
 from vae import config as cfg
 from vae import data as data_lib
+from vae import moments
 from vae import train
 from vae import vae_gradients as vg
 from vae.estimators import registry
+from vae.models import image_vae
 
 
 S = cfg.setting
 _PASSED_ON = ('batch_size', 'train_objective', 'train_num_samples',
-              'baseline_decay', 'eval_batch_size', 'common_random_numbers')
+              'baseline_decay', 'common_random_numbers')
 
 
 @cfg.settings
 class Config:
   data: data_lib.DataConfig = data_lib.DataConfig()  # Grey: binarized once.
-  latent_dim: int = S(8, 'Latent dimension.', min=1, max=1000)
-  hidden_sizes: tuple[int, ...] = S((64,), 'Hidden widths.', min=1, max=10**4)
-  batch_size: int = S(32, 'Training batch size.', min=1, max=10**4)
+  latent_dim: int = cfg.like(image_vae.ModelConfig, 'latent_dim', 8)
+  hidden_sizes: tuple[int, ...] = cfg.like(image_vae.ModelConfig,
+                                           'hidden_sizes', (64,))
+  batch_size: int = cfg.like(train.TrainConfig, 'batch_size', 32)
   optimizer: train.OptimizerConfig = train.OptimizerConfig()
-  train_objective: str = S('elbo', 'Bound trained (pathwise).',
-                           choices=registry.OBJECTIVES)
-  train_num_samples: int = S(1, 'Training samples per example.', min=1,
-                             max=10**4)
-  baseline_decay: float = S(0.9, 'Decay of score_moving_average.', min=0.0,
-                            max=0.999)
+  train_objective: str = cfg.like(train.TrainConfig, 'objective')  # Pathwise.
+  train_num_samples: int = cfg.like(train.TrainConfig, 'num_samples')
+  baseline_decay: float = cfg.like(train.TrainConfig, 'baseline_decay')
   eval_steps: tuple[int, ...] = S((0, 100, 300), 'Steps at which to measure '
                                   '(max: steps trained).', min=0, max=10**6)
-  eval_batch_size: int = S(16, 'Fixed minibatch (first training images).',
-                           min=1, max=10**4)
+  fixed_batch_size: int = S(16, 'Minibatch of the measurements (the first '
+                            'training images).', min=1, max=10**4)
   objectives: tuple[str, ...] = S(('elbo', 'iwae'), 'Bounds.',
                                   choices=registry.OBJECTIVES)
   elbo_estimators: tuple[str, ...] = S(
@@ -51,9 +51,9 @@ class Config:
   iwae_estimators: tuple[str, ...] = S(
       ('pathwise', 'stl', 'dreg', 'vimco'), 'For iwae.',
       choices=registry.names('iwae'))
-  num_samples: tuple[int, ...] = S((1, 5, 20), 'N (K for iwae).', min=1,
-                                   max=10**4)
-  num_draws: int = S(200, 'Estimates per configuration.', min=2, max=10**6)
+  sample_counts: tuple[int, ...] = cfg.like(moments.Draws, 'sample_counts',
+                                            (1, 5, 20), max=10**4)
+  num_draws: int = cfg.like(moments.Draws, 'num_draws', 200, max=10**6)
   reference_draws: int = S(200, 'Draws of g_ref (a multiple of num_draws).',
                            min=1, max=10**7)
   common_random_numbers: bool = S(True, 'Estimators of a draw share samples.')
@@ -69,10 +69,10 @@ class Config:
   def check(self):
     for obj, ests in self.estimators_for().items():
       for e in ests:  # Refuses e.g. score_rloo when every N is 1.
-        registry.check(e, obj, max(self.num_samples))
+        registry.check(e, obj, max(self.sample_counts))
     n = self.data.train_size
-    if max(self.batch_size, self.eval_batch_size) > n:
-      raise ValueError(f'batch_size, eval_batch_size: more than {n} images.')
+    if max(self.batch_size, self.fixed_batch_size) > n:
+      raise ValueError(f'batch_size, fixed_batch_size: more than {n} images.')
 
 
 def plot(out, rows, x_key: str, fixed: dict, name: str, title: str):
@@ -108,7 +108,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   ds = data_lib.load(config.data, seed=0)
   images = ds.train if ds.binarization == 'fixed' else np.asarray(
       data_lib.binarize(0, ds.train))
-  steps, ns = sorted(set(config.eval_steps)), sorted(set(config.num_samples))
+  steps, ns = sorted(set(config.eval_steps)), sorted(set(config.sample_counts))
   model = vg.small_vae(config.latent_dim, config.hidden_sizes,
                        images.mean(axis=0))
   out.log(f'vae_gradients: {len(images)} {ds.name} images; at steps '
@@ -118,6 +118,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
           config.optimizer, steps[-1]), config.estimators_for(), ns,
       config.num_draws, config.reference_draws, config.time_estimators,
       workers=config.compile_threads or None,
+      eval_batch_size=config.fixed_batch_size,
       **{k: getattr(config, k) for k in _PASSED_ON})
   out.write_json('timings.json', timings)
   for x, fixed in (('step', {'num_samples': ns[-1]}),

@@ -137,3 +137,36 @@ def test_two_settings_with_one_name_are_refused():
     b: Inner = Inner()
   with pytest.raises(TypeError, match="two settings are named 'rate'"):
     config_flags.flag_paths(Clash)
+
+
+def test_like_reuses_a_declaration_and_only_narrows_it():
+  @cfg.settings
+  class Reuser:
+    name: str = cfg.like(Outer, 'name', 'b', choices=('b',))
+    count: int | None = cfg.like(Outer, 'count', 3, max=5)
+
+  (name, _, f_name), (_, _, f_count) = list(cfg.leaves(Reuser))
+  assert name == 'name' and cfg.spec(f_name).help == 'A name.'
+  assert cfg.declaration(Reuser, f_name) == f'{__name__}.Outer.name'
+  assert Reuser().name == 'b' and cfg.spec(f_count).min == 1
+  with pytest.raises(ValueError, match='name: .* not one of: b'):
+    Reuser(name='a')
+  with pytest.raises(ValueError, match='count: must be <= 5'):
+    Reuser(count=6)
+  with pytest.raises(TypeError, match='not a subset'):
+    cfg.like(Outer, 'name', choices=('c',))
+  with pytest.raises(TypeError, match='max 11 > 10'):
+    cfg.like(Outer, 'count', max=11)
+
+
+def test_no_setting_is_declared_in_two_places():
+  """Across every experiment, one flag name has one declaration."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from experiments.common import runner  # pylint: disable=import-outside-toplevel
+  where = {}
+  for name in runner.names():
+    config = importlib.import_module(f'experiments.{name}').Config
+    for _, owner, field in cfg.leaves(config):
+      where.setdefault(field.name, set()).add(cfg.declaration(owner, field))
+  twice = {k: sorted(v) for k, v in where.items() if len(v) > 1}
+  assert not twice, twice

@@ -12,7 +12,7 @@ from vae import data
 TINY = dict(data=data.DataConfig(num_train=64),
             test_examples=8, latents=3, vimco_samples=3,
             train_steps=4,
-            eval_every=2, batch=8, eval_samples=2, iwae_samples=4,
+            eval_every=2, batch=8, eval_samples=2, eval_k=4,
             variance_keys=8, variance_batch=4, train_eval_examples=8,
             estimators_to_compare=('disarm', 'vimco'))
 

@@ -73,7 +73,7 @@ def test_a_planted_wrong_estimator_fails_the_strict_run(tmp_path, monkeypatch,
 @pytest.mark.parametrize('values,message', [
     ({'mus': (math.nan,)}, 'not finite'),
     ({'num_draws': 10**12}, '<= 10000000'),
-    ({'num_draws': 10**7, 'num_samples': (1000,)}, 'exceed 2e10'),
+    ({'num_draws': 10**7, 'sample_counts': (1000,)}, 'exceed 2e10'),
     ({'costs': ('exp',), 'exp_ks': (3.0,), 'mus': (5.0,)}, 'overflow'),
     ({'sigmas': (0.0,)}, '>= 0.05'),
     ({'estimators': ('score_moving_average',)}, 'not one of'),

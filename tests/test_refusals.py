@@ -19,7 +19,7 @@ BIG = str(10**12)
 CASES = [
     ('gaussian_gradients', ['--mus=nan'], 'mus'),
     ('gaussian_gradients', [f'--num_draws={BIG}'], 'num_draws'),
-    ('gaussian_gradients', ['--num_samples=0'], 'num_samples'),
+    ('gaussian_gradients', ['--sample_counts=0'], 'sample_counts'),
     ('discrete_latents', ['--batch=0'], 'batch'),
     ('discrete_latents', ['--latents=-3'], 'latents'),
     ('discrete_latents', ['--learning_rate=-1'], 'learning_rate'),
@@ -39,7 +39,7 @@ CASES = [
     ('train_vae', [f'--latent_dim={10**8}'], 'latent_dim'),
     ('train_vae', ['--objective=elbo', '--estimator=dreg'], 'dreg'),
     ('evaluate_vae', [], 'checkpoint_dir'),
-    ('vae_gradients', ['--elbo_estimators=score_rloo', '--num_samples=1'],
+    ('vae_gradients', ['--elbo_estimators=score_rloo', '--sample_counts=1'],
      'score_rloo'),
     ('vae_gradients', ['--num_draws=1'], 'num_draws'),
     ('minibatch_noise', ['--num_draws=1'], 'num_draws'),

@@ -11,9 +11,9 @@ from vae import data
 
 TINY = dict(data=data.DataConfig(num_train=64),
             hidden_sizes=(8,), latent_dim=2, batch_size=8,
-            eval_batch_size=4, eval_steps=(2, 0), objectives=('elbo',),
+            fixed_batch_size=4, eval_steps=(2, 0), objectives=('elbo',),
             elbo_estimators=('pathwise', 'score_moving_average'),
-            num_samples=(2,), num_draws=10, reference_draws=10,
+            sample_counts=(2,), num_draws=10, reference_draws=10,
             compile_threads=1)
 
 
@@ -45,10 +45,10 @@ def test_tiny_run_writes_its_files_and_records(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('settings, message', [
-    (dict(num_samples=(1,), elbo_estimators=('score_rloo',)),
+    (dict(sample_counts=(1,), elbo_estimators=('score_rloo',)),
      "estimator 'score_rloo' needs num_samples >= 2, got 1"),
     (dict(objectives=('iwae',), iwae_estimators=('dreg', 'vimco'),
-          num_samples=(1,)),
+          sample_counts=(1,)),
      "estimator 'vimco' needs num_samples >= 2"),
     (dict(elbo_estimators=('stl',)), "'stl' does not apply to objective"),
     (dict(data=data.DataConfig(num_train=10), batch_size=32),
@@ -64,7 +64,7 @@ def test_bad_settings_are_refused(settings, message):
 def test_refusal_on_the_command_line_is_one_line(tmp_path, capsys):
   out = tmp_path / 'run'
   rc = launch.cli(['launch.py', '--experiment=vae_gradients',
-                   '--elbo_estimators=score_rloo', '--num_samples=1',
+                   '--elbo_estimators=score_rloo', '--sample_counts=1',
                    f'--output_dir={out}'])
   err = capsys.readouterr().err
   assert rc == 2 and len(err.strip().splitlines()) == 1, err

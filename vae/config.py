@@ -20,7 +20,12 @@ Constraints (every setting has one): `choices` (the library constant listing
 the allowed values), numeric bounds `min`/`max` (inclusive) and `gt`/`lt`
 (strict; floats must also be finite), `text=True` for free text such as
 paths. A tuple-valued setting must be non-empty (unless declared with
-`empty=True`), and the constraint applies to each element. A `None` default makes the setting optional.
+`empty=True`), and the constraint applies to each element. A `None` default
+makes the setting optional.
+
+A setting that another config also needs is not declared again:
+`like(TrainConfig, 'batch_size', 32)` reuses TrainConfig's declaration (help
+and constraint) with another default, and may only narrow the constraint.
 """
 
 import dataclasses
@@ -50,6 +55,7 @@ class Spec:
     required: the command line must give a value (the default, None, lets
       the class build from defaults; see `missing`).
     empty: a tuple-valued setting may be empty.
+    origin: 'module.Class.field' of the declaration this one reuses (`like`).
   """
   help: str
   choices: tuple[str, ...] | None = None
@@ -60,6 +66,7 @@ class Spec:
   text: bool = False
   required: bool = False
   empty: bool = False
+  origin: str | None = None
 
   def describe(self) -> str:
     """The constraint in words, e.g. 'one of: a, b' or '>= 1'."""
@@ -105,6 +112,50 @@ def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
       v is None for v in (min, max, gt, lt)) and not isinstance(default, bool):
     raise TypeError(f'setting {help!r} declares no constraint.')
   return dataclasses.field(default=default, metadata={_META: spec})
+
+
+def like(cls: type, name: str, default: Any = dataclasses.MISSING, *,
+         choices: Sequence[str] | None = None, min: float | None = None,
+         max: float | None = None) -> Any:  # pylint: disable=redefined-builtin
+  """A field reusing the declaration of setting `name` of config `cls`.
+
+  Args:
+    cls: the `settings` class that declares the setting.
+    name: its field name.
+    default: this field's default (default: the declared one).
+    choices: a subset of the declared choices.
+    min: a bound no looser than the declared lower bound.
+    max: a bound no looser than the declared upper bound.
+
+  Returns:
+    A `dataclasses.field` whose `Spec` has `origin` 'module.Class.name'.
+  """
+  field = {f.name: f for f in dataclasses.fields(cls)}[name]
+  base = spec(field)
+  narrowed = {}
+  if choices is not None:
+    if base.choices is None or not set(choices) <= set(base.choices):
+      raise TypeError(f'like({cls.__name__}.{name}): {choices} is not a '
+                      'subset of the declared choices.')
+    narrowed['choices'] = tuple(choices)
+  if min is not None:
+    if base.min is not None and min < base.min:
+      raise TypeError(f'like({cls.__name__}.{name}): min {min} < {base.min}.')
+    narrowed['min'] = min
+  if max is not None:
+    if base.max is not None and max > base.max:
+      raise TypeError(f'like({cls.__name__}.{name}): max {max} > {base.max}.')
+    narrowed['max'] = max
+  origin = base.origin or f'{cls.__module__}.{cls.__qualname__}.{name}'
+  return dataclasses.field(
+      default=field.default if default is dataclasses.MISSING else default,
+      metadata={_META: dataclasses.replace(base, origin=origin, **narrowed)})
+
+
+def declaration(owner: type, field: dataclasses.Field) -> str:
+  """'module.Class.field' where the setting of `field` is declared."""
+  return spec(field).origin or (
+      f'{owner.__module__}.{owner.__qualname__}.{field.name}')
 
 
 def settings(cls):

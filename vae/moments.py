@@ -22,11 +22,27 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from vae import config as cfg
 from vae import types
 
 Array = types.Array
 PRNGKey = types.PRNGKey
 DATA_AXIS = 'data'
+
+
+@cfg.settings
+class Draws:
+  """How many estimates a variance study draws, and from how many samples.
+
+  Experiments reuse these declarations (`vae.config.like`) with their own
+  defaults and bounds.
+  """
+  num_draws: int = cfg.setting(
+      1000, 'Independent estimates per configuration (their moments are '
+      'measured).', min=2, max=10**7)
+  sample_counts: tuple[int, ...] = cfg.setting(
+      (1,), 'Samples per estimate N (K for the IWAE bound).', min=1,
+      max=10**5)
 
 
 def _sum_over_draws(x: Array) -> Array:

@@ -82,6 +82,16 @@ class OptimizerConfig:
   adam_eps: float = cfg.setting(1e-8, 'Epsilon of adam.', gt=0.0, max=1.0)
 
 
+@cfg.settings
+class FitConfig:
+  """A variational fit by stochastic optimization (of q per data point or of
+  an encoder): its length and its Monte Carlo samples per step."""
+  fit_steps: int = cfg.setting(1000, 'Optimizer steps of a variational fit.',
+                               min=1, max=10**6)
+  fit_samples: int = cfg.setting(
+      10, 'z samples per data point and step of a fit.', min=1, max=10**4)
+
+
 def learning_rate_schedule(config: OptimizerConfig, total_steps: int,
                            steps_per_epoch: int = 1) -> optax.Schedule:
   """η(t) for step t.

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 from typing import Callable
 
+from vae import config as cfg
 from vae import types
 from vae.estimators import control_variates
 from vae.estimators import core
@@ -173,6 +174,15 @@ def names(objective: str | None = None, latents: str | None = None,
       continue
     out.append(e.name)
   return tuple(out)
+
+
+@cfg.settings
+class Comparison:
+  """The estimators a study compares (experiments narrow the choices with
+  `vae.config.like`)."""
+  estimators: tuple[str, ...] = cfg.setting(
+      ('pathwise',), 'Gradient estimators compared.',
+      choices=tuple(ESTIMATORS))
 
 
 def lookup(name: str) -> Estimator:
