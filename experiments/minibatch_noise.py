@@ -47,8 +47,7 @@ class Config:
                                    '(with replacement).', min=1, max=10**4)
   sample_counts: tuple[int, ...] = cfg.like(moments.Draws, 'sample_counts',
                                             (1, 4), max=10**4)
-  num_draws: int = cfg.like(moments.Draws, 'num_draws', 16,
-                            max=10**6)  # A draw: 4 minibatch estimates.
+  num_draws: int = cfg.like(moments.Draws, 'num_draws', 16, max=10**6)
   baseline_examples: int = S(100, 'score_moving_average: its baseline is the '
                              'mean cost of this many images.', min=1,
                              max=10**5)
