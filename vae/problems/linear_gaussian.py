@@ -154,9 +154,8 @@ def posterior(model: LinearGaussianModel, x: Array) -> tuple[Array, Array]:
 
 def log_likelihood(model: LinearGaussianModel, x: Array, z: Array) -> Array:
   """log p(x|z) = log N(x; Wz + b, σ²I)."""
-  r = x - model.weight @ z - model.bias
-  return -0.5 * (model.data_dim * (_LOG_2PI + 2.0 * model.log_noise_scale) +
-                 r @ r / model.noise_variance)
+  return jnp.sum(dists.Normal(model.weight @ z + model.bias,
+                             model.log_noise_scale).log_prob(x))
 
 
 def log_joint(model: LinearGaussianModel, x: Array, z: Array) -> Array:
