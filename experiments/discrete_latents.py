@@ -6,7 +6,7 @@ discrete-latent estimator: training ELBO, held-out ELBO and IWAE_K vs steps
 and wall/CPU time (wall_time_curves.json/.csv; results.json is
 deterministic); each encoder gradient's variance and bias at the
 initialization and after training with the first estimator
-(`vae.discrete_latents`). docs/discrete_latents.md.
+(`vae.analysis.discrete_latents`). docs/discrete_latents.md.
 """
 
 import jax
@@ -16,9 +16,9 @@ import numpy as np
 from experiments.common import outputs
 from vae import config as cfg
 from vae import data as data_lib
-from vae import discrete_latents
 from vae import evaluate
 from vae import train
+from vae.analysis import discrete_latents
 from vae.models import image_vae
 from vae.models import sigmoid_belief_net as sbn
 

@@ -1,7 +1,7 @@
 """Minibatch noise against Monte Carlo noise in VAE gradients (B x N grid).
 
 Var Ĝ = Var_I[E_z Ĝ] + E_I[Var_z Ĝ] of the ELBO gradient on B examples drawn
-with replacement, N samples each (`vae.minibatch_noise`): checked against
+with replacement, N samples each (`vae.analysis.minibatch_noise`): checked against
 closed forms on a linear-Gaussian VAE (rows marked `disagrees`), then per
 estimator and parameter group on an image VAE after each --eval_epochs; the
 best (B, N) at each budget B·N; variance_vs_budget.png, check.png.
@@ -21,9 +21,9 @@ from experiments.common import metrics
 from experiments.common import outputs
 from vae import config as cfg
 from vae import data as data_lib
-from vae import minibatch_noise as mn
 from vae import moments
 from vae import train
+from vae.analysis import minibatch_noise as mn
 from vae.estimators import registry
 from vae.models import image_vae
 

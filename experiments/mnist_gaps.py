@@ -1,7 +1,7 @@
 """Amortization and approximation gaps of a trained image VAE (Cremer et al.).
 
 For the first --num_eval test images of a train_vae run (--checkpoint_dir),
-each image's q is fitted to its own ELBO, decoder fixed (`vae.image_inference
+each image's q is fitted to its own ELBO, decoder fixed (`vae.analysis.image_inference
 .fit`), in each of --families in turn: the diagonal Gaussian from the
 encoder's output, the full-covariance one from that fit. From --eval_k
 samples of each q (`bounds`): log p̂(x) (importance sampling; the largest
@@ -25,8 +25,8 @@ from experiments.common import outputs
 from experiments.common import pictures
 from vae import config as cfg
 from vae import evaluate as eval_lib
-from vae import image_inference as ii
 from vae import train
+from vae.analysis import image_inference as ii
 
 
 @cfg.settings

@@ -5,7 +5,7 @@ For the first --num_eval test images of a train_vae run (--checkpoint_dir),
 log p̂_K(x) = log (1/K) Σ_k p(x, z_k)/π(z_k) with z_k ~ π, for π the prior
 (naive Monte Carlo: w = p(x|z)) and π = q_φ(z|x) (importance sampling), at
 K = 1, 2, 4, ..., 2^--max_log2_k, in --streams independent streams of
-nested samples (`vae.image_inference.log_likelihood_by_k`; chunks of the
+nested samples (`vae.analysis.image_inference.log_likelihood_by_k`; chunks of the
 largest power of 2 ≤ --eval_chunk_size), each against an independent
 reference: importance sampling from q_φ with K_ref = --eval_k (the test
 log-likelihood's estimator).
@@ -33,7 +33,7 @@ from experiments.common import outputs
 from vae import config as cfg
 from vae import data as data_lib
 from vae import evaluate as eval_lib
-from vae import image_inference as ii
+from vae.analysis import image_inference as ii
 
 PROPOSALS = ('prior', 'encoder')
 

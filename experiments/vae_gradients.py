@@ -2,7 +2,7 @@
 
 Trains a small VAE (784-64-8 tanh, `synthetic` images) and at `eval_steps`
 draws `num_draws` gradient estimates on one fixed minibatch with each
-estimator of each bound and N (`vae.vae_gradients`, `vae.moments`): total
+estimator of each bound and N (`vae.analysis.vae_gradients`, `vae.moments`): total
 variance, SNR and cosine to a reference gradient per parameter group;
 timings.json; variance/SNR plots vs step and vs N.
 
@@ -17,7 +17,7 @@ from vae import config as cfg
 from vae import data as data_lib
 from vae import moments
 from vae import train
-from vae import vae_gradients as vg
+from vae.analysis import vae_gradients as vg
 from vae.estimators import registry
 from vae.models import image_vae
 

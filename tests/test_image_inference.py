@@ -1,4 +1,4 @@
-"""vae.image_inference on a 2-D-latent VAE, against quadrature on a grid.
+"""vae.analysis.image_inference on a 2-D-latent VAE, against quadrature on a grid.
 
 With two latent dimensions, log p(x) = log ∫ p(x|z) p(z) dz and ELBO(q) =
 ∫ q(z) log p(x|z) dz - KL(q ‖ p(z)) are integrals over a plane: a fine grid
@@ -14,8 +14,8 @@ from scipy import optimize
 from scipy import special
 from scipy import stats as sp_stats
 
-from vae import image_inference as ii
 from vae import train
+from vae.analysis import image_inference as ii
 from vae.models import image_vae
 
 

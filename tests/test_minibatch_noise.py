@@ -1,4 +1,4 @@
-"""vae/minibatch_noise.py and experiments/minibatch_noise.py.
+"""vae/analysis/minibatch_noise.py and experiments/minibatch_noise.py.
 
 The closed forms are checked against independent answers (the variance of
 a sample variance, the gradient of the closed-form ELBO, the Jacobian and
@@ -17,8 +17,8 @@ import pytest
 from experiments import minibatch_noise as experiment
 from experiments.common import runner
 from vae import data
-from vae import minibatch_noise as mn
 from vae import stats
+from vae.analysis import minibatch_noise as mn
 from vae.models import image_vae
 from vae.problems import amortization as am
 from vae.problems import linear_gaussian as lg

@@ -1,4 +1,4 @@
-"""Tests of vae.vae_gradients: a tiny VAE (784-8-2), few draws, fixed seeds."""
+"""Tests of vae.analysis.vae_gradients: a tiny VAE (784-8-2), few draws, fixed seeds."""
 
 import jax
 from jax import flatten_util
@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from vae import data
-from vae import vae_gradients as vg
+from vae.analysis import vae_gradients as vg
 from vae.models import image_vae
 
 NUM_DRAWS = 100

@@ -53,7 +53,7 @@ from vae import moments
 from vae import objectives
 from vae import stats
 from vae import types
-from vae import vae_gradients as vg
+from vae.analysis import vae_gradients as vg
 from vae.estimators import registry
 from vae.models import image_vae
 from vae.problems import amortization as am

@@ -14,7 +14,7 @@ import optax
 
 from vae import data as data_lib
 from vae import types
-from vae import vae_gradients
+from vae.analysis import vae_gradients
 from vae.models import sigmoid_belief_net as sbn
 
 Array = types.Array
