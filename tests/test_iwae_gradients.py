@@ -111,3 +111,22 @@ def test_vimco_needs_two_samples():
   with pytest.raises(ValueError, match='num_samples must be >= 2'):
     iwae.vimco(sc.lg_log_joint(1.0), sc.lg_q(), lambda p: p,
                jax.random.PRNGKey(0), 1)
+
+
+def test_encoder_snr_grows_with_k_for_dreg_and_falls_for_pathwise():
+  """SNR = |E ĝ|/sd ĝ of the encoder gradient: O(√K) for DReG (Tucker et al.
+  2019) and O(1/√K) for the pathwise IWAE gradient (Rainforth et al. 2018).
+
+  From K = 4 to 64 the rates predict factors 4 and 1/4 (measured 4.5 and
+  0.2-0.3). An SNR estimated from D draws has standard error about
+  √((1 + SNR²/2)/D) ≤ 0.02 here (SNR ≤ 3.6), well inside the margins of the
+  bounds 3 and 1/2.
+  """
+  def snr(surrogate, k):
+    got = sc.draw_moments(_encoder_and_decoder(surrogate, 1.0, k), NUM_DRAWS)
+    return np.abs(got['mean'][:2]) / np.sqrt(got['variance'][:2])
+
+  dreg = snr(iwae.dreg_surrogate, 64) / snr(iwae.dreg_surrogate, 4)
+  pathwise = snr(iwae.iwae_surrogate, 64) / snr(iwae.iwae_surrogate, 4)
+  assert np.all(dreg > 3.0), dreg
+  assert np.all(pathwise < 0.5), pathwise
