@@ -91,9 +91,9 @@ def _sweep_points(module, argv, sweeps):
   axes = []
   for sweep in sweeps:
     name, sep, values = sweep.partition('=')
-    if not sep or name not in names:
+    if not sep or name not in {**names, 'seed': 'seed'}:
       raise UsageError(f'--sweep={sweep}: expected SETTING=V1,V2,... with '
-                       f'SETTING one of: {", ".join(names)}.')
+                       f'SETTING one of: seed, {", ".join(names)}.')
     split = [v.strip() for v in values.split(';' if ';' in values else ',')]
     if not all(split):
       raise UsageError(f'--sweep={sweep}: empty value.')
@@ -106,8 +106,9 @@ def _sweep_points(module, argv, sweeps):
     except UsageError as e:
       raise UsageError(f'sweep point {dict(combo)}: {e}') from None
     label = ','.join(f'{n}={v}' for n, v in combo).replace('/', '_')[:120]
-    settings = cfg.to_dict(config)
-    points.append((label, {n: settings[names[n]] for n, _ in combo}, config))
+    settings = {**cfg.to_dict(config), 'seed': fv.seed}
+    points.append((label, {n: settings[names.get(n, n)] for n, _ in combo},
+                   config))
   return points
 
 
@@ -141,7 +142,8 @@ def _run_sweep(fv, points, root):
   while pending or running:
     while pending and len(running) < limit:
       label, values, config = pending.pop(0)
-      job = executor.submit(runner.run_point, fv.experiment, config, fv.seed,
+      job = executor.submit(runner.run_point, fv.experiment, config,
+                            values.get('seed', fv.seed),
                             os.path.join(root, label), fv.strict,
                             fv.overwrite, fv.compilation_cache)
       running.append((label, values, job))

@@ -139,7 +139,8 @@ def test_sweep_runs_the_product_and_reports_a_failed_point(tmp_path):
   out = str(tmp_path / 'sweep')
   proc = subprocess.run(
       [sys.executable, 'launch.py', FAKE, f'--output_dir={out}',
-       '--parallel=2', '--sweep=value=1,2', '--sweep=fail=false,true'],
+       '--parallel=2', '--sweep=value=1,2', '--sweep=fail=false,true',
+       '--sweep=seed=7'],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   rc, stdout = proc.returncode, proc.stdout
   assert rc == 1
@@ -147,14 +148,15 @@ def test_sweep_runs_the_product_and_reports_a_failed_point(tmp_path):
   with open(os.path.join(out, 'sweep.json')) as f:
     points = {p['point']: p for p in json.load(f)}
   assert {k: p['status'] for k, p in points.items()} == {
-      'value=1,fail=false': 'ok', 'value=1,fail=true': 'failed',
-      'value=2,fail=false': 'ok', 'value=2,fail=true': 'failed'}
-  with open(points['value=1,fail=true']['log']) as f:
+      'value=1,fail=false,seed=7': 'ok', 'value=1,fail=true,seed=7': 'failed',
+      'value=2,fail=false,seed=7': 'ok', 'value=2,fail=true,seed=7': 'failed'}
+  with open(points['value=1,fail=true,seed=7']['log']) as f:
     assert 'fake failure' in f.read()
   with open(os.path.join(out, 'sweep_results.json')) as f:
     records = json.load(f)
   assert sorted((r['value'], r['fail'], r['i']) for r in records) == [
       (1.0, False, 0), (1.0, False, 1), (2.0, False, 0), (2.0, False, 1)]
+  assert {r['seed'] for r in records} == {7}  # The point's seed reached run.
 
 
 def test_sigterm_stops_a_single_run(tmp_path):
