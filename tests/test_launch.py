@@ -109,6 +109,20 @@ def test_run_folder_rules(tmp_path, capsys):
   assert (other / 'notes.txt').read_text() == 'keep me'
 
 
+def test_a_data_location_may_change_on_resume_and_other_data_may_not(
+    tmp_path):
+  from experiments import train_vae  # pylint: disable=import-outside-toplevel
+  from vae import data  # pylint: disable=import-outside-toplevel
+  out = str(tmp_path)
+  outputs.write_config(out, 'train_vae', train_vae.Config(), 0)
+  moved = train_vae.Config(data=data.DataConfig(paths=data.DataPaths(
+      tfds_data_dir='/elsewhere', data_cache_dir='/cache')))
+  outputs.check_dir(out, 'train_vae', moved)  # Accepted: the run resumes.
+  with pytest.raises(outputs.RunDirError, match='num_train'):
+    outputs.check_dir(out, 'train_vae', train_vae.Config(
+        data=data.DataConfig(num_train=100)))
+
+
 def test_a_locked_folder_is_refused_and_a_stale_lock_taken_over(tmp_path,
                                                                 capsys):
   out = tmp_path / 'run'

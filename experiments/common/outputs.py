@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vae import config as cfg
+from vae import data as data_lib
 
 CONFIG_JSON = 'config.json'
 RUNS_DIR = 'runs'
@@ -114,11 +115,16 @@ class RunDirError(Exception):
   """The run folder cannot be used (one line, naming the folder and the fix)."""
 
 
+# Where the data is read from, not what is computed: may change on resume.
+LOCATIONS = tuple(f.name for f in dataclasses.fields(data_lib.DataPaths))
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
                  resumable: Sequence[str]) -> list[str]:
   keys = sorted(set(old) | set(new))
   return [f'{k}={old.get(k)!r} now {new.get(k)!r}' for k in keys
-          if k.split('.')[-1] not in resumable and old.get(k) != new.get(k)]
+          if k.split('.')[-1] not in (*resumable, *LOCATIONS)
+          and old.get(k) != new.get(k)]
 
 
 def check_dir(directory: str, experiment: str, config: Any,
@@ -126,8 +132,9 @@ def check_dir(directory: str, experiment: str, config: Any,
   """Refuses a folder that holds something other than this run.
 
   An existing non-empty folder is accepted only when it holds a run of the
-  same experiment with the same settings (those named in `resumable` may
-  differ: the run resumes), or with `overwrite` when it is a run folder.
+  same experiment with the same settings (those named in `resumable` and
+  the data locations may differ: the run resumes), or with `overwrite` when
+  it is a run folder.
 
   Raises:
     RunDirError: one line naming the folder and the fix.
