@@ -18,6 +18,7 @@ import numpy as np
 
 from experiments.common import outputs
 from vae import config as cfg
+from vae import stats
 from vae import train
 from vae.problems import amortization as am
 from vae.problems import linear_gaussian as lg
@@ -88,7 +89,7 @@ def _run(config: Config, seed: int) -> tuple[list[dict], dict]:
                     for s, e in zip(('train', 'held-out'), evals)}
     records += _final(model, params, x_train, x_test, kind,
                       config.encoder_steps)
-    tol = lg.tolerance(max(abs(v) for v in optimal.values()), dtype)
+    tol = stats.rounding_tolerance(max(map(abs, optimal.values())), dtype)
     for step in _checkpoints(config.encoder_steps):
       gaps = [float(curves[kind][s][step - 1]) for s in ('train', 'held-out')]
       records.append({'kind': 'curve', 'encoder': kind, 'steps': step,

@@ -65,7 +65,7 @@ def _records(config: Config, seed: int) -> list[dict]:
       errors, log_rho1, log_px = isl.estimate_errors(
           model, x, proposals[name], jax.random.fold_in(k_est, i),
           config.repeats, ks)
-      tol = float(lg.tolerance(np.max(np.abs(log_px)), x.dtype))
+      tol = float(stats.rounding_tolerance(np.max(np.abs(log_px)), x.dtype))
       s = isl.summarize(errors, log_rho1, ks, config.tolerance)
       for j, k in enumerate(ks):
         r = {'kind': 'per_K', 'latent_dim': d, 'proposal': name, 'K': k,

@@ -23,6 +23,19 @@ from scipy import special
 # Relative float32 rounding allowed on top of the sampling error (estimators
 # with zero variance, e.g. the delta method on a quadratic).
 FLOAT_RTOL = 1e-5
+# Deterministic identities among closed forms hold to this many units of
+# rounding of the magnitudes involved (`rounding_tolerance`).
+ROUNDING_ULPS = 1000.0
+
+
+def rounding_tolerance(scale, dtype) -> np.ndarray:
+  """Allowed error of a deterministic identity: ROUNDING_ULPS·ε·(1 + |scale|).
+
+  ε is the machine epsilon of `dtype` (2.2e-16 in float64, 1.2e-7 in
+  float32) and `scale` the magnitude of the terms that cancel.
+  """
+  return ROUNDING_ULPS * np.finfo(dtype).eps * (1.0 + np.abs(
+      np.asarray(scale, np.float64)))
 
 
 def z_threshold(num_checks: int, alpha: float = 0.01) -> float:

@@ -26,6 +26,7 @@ import numpy as np
 
 from vae import distributions as dists
 from vae import objectives
+from vae import stats
 from vae import train
 from vae import types
 from vae.estimators import registry
@@ -182,7 +183,7 @@ def best_diagonal_check(model: lg.LinearGaussianModel,
   """Mean log p(x), ELBO(q*) and their gap beside `approximation_gap`.
 
   log p(x_n) - ELBO(q*_n) equals ½(Σ_j log Λ_jj - log det Λ) for every n;
-  disagrees: some point's difference exceeds `lg.tolerance`.
+  disagrees: some point's difference exceeds `stats.rounding_tolerance`.
   """
   log_px = np.asarray(batch_log_marginal(model, x))
   elbo = np.asarray(batch_elbo(model, x, optimal_diagonal_q(model, x)))
@@ -193,7 +194,8 @@ def best_diagonal_check(model: lg.LinearGaussianModel,
           'gap': float(np.mean(log_px - elbo)),
           'max_abs_gap_minus_formula': float(np.max(err)),
           'gap_formula': formula, 'disagrees': bool(np.any(
-              err > lg.tolerance(np.abs(log_px) + np.abs(elbo), x.dtype)))}
+              err > stats.rounding_tolerance(np.abs(log_px) + np.abs(elbo),
+                                             x.dtype)))}
 
 
 def checked_gaps(model: lg.LinearGaussianModel, datasets: tuple[Array, ...],
@@ -202,7 +204,7 @@ def checked_gaps(model: lg.LinearGaussianModel, datasets: tuple[Array, ...],
 
   One `gap_terms` call on the data sets concatenated. disagrees: the mean
   log p(x) - ELBO(q*) differs from `approximation_gap` or the amortization
-  gap is negative (q* is the optimum), beyond `lg.tolerance`.
+  gap is negative (q* is the optimum), beyond `stats.rounding_tolerance`.
   """
   terms = gap_terms(model, jnp.concatenate(datasets), encoder_params)
   formula = float(approximation_gap(model))
@@ -211,7 +213,8 @@ def checked_gaps(model: lg.LinearGaussianModel, datasets: tuple[Array, ...],
     g = {k: float(v) for k, v in summarize_gaps(
         {k: v[start:start + len(x)] for k, v in terms.items()}).items()}
     start += len(x)
-    tol = lg.tolerance(abs(g['log_px']) + abs(g['elbo_amortized']), x.dtype)
+    tol = stats.rounding_tolerance(
+        abs(g['log_px']) + abs(g['elbo_amortized']), x.dtype)
     out.append({**g, 'approximation_gap_closed_form': formula,
                 'disagrees': bool(abs(g['approximation_gap'] - formula) > tol
                                   or g['amortization_gap'] < -tol)})
@@ -389,7 +392,7 @@ def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
 
   The fits are `fit_by_elbo` with each estimator in `amortized` (inference
   'amortized'), then each in `per_point`; fit i has key fold_in(key, i).
-  Checks (`disagrees`, to `lg.tolerance`): no model's mean
+  Checks (`disagrees`, to `stats.rounding_tolerance`): no model's mean
   train log p(x) exceeds the MLE's (its global maximum) and no final ELBO
   exceeds its model's log p(x).
 
@@ -414,7 +417,7 @@ def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
   records = []
   for name, model, elbo in models:
     train_ll, test_ll = log_likelihoods(model, x_train, x_test)
-    tol = lg.tolerance(train_ll, x_train.dtype)
+    tol = stats.rounding_tolerance(train_ll, x_train.dtype)
     records.append({
         'method': name, 'train_ll': train_ll, 'test_ll': test_ll,
         'train_elbo': elbo,

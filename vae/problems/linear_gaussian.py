@@ -19,27 +19,13 @@ from jax.scipy.stats import multivariate_normal
 import numpy as np
 
 from vae import distributions as dists
+from vae import stats
 from vae import types
 
 Array = types.Array
 PRNGKey = types.PRNGKey
 
 _LOG_2PI = math.log(2 * math.pi)
-# Deterministic identities among closed forms hold to this many units of
-# rounding of the magnitudes involved (`tolerance`).
-ROUNDING_ULPS = 1000.0
-
-
-def tolerance(scale, dtype) -> np.ndarray:
-  """Allowed error of a deterministic identity: ROUNDING_ULPS·ε·(1 + |scale|).
-
-  ε is the machine epsilon of `dtype` (2.2e-16 in float64, 1.2e-7 in
-  float32) and `scale` the magnitude of the terms that cancel.
-  """
-  return ROUNDING_ULPS * np.finfo(dtype).eps * (1.0 + np.abs(
-      np.asarray(scale, np.float64)))
-
-
 @types.pytree_dataclass
 class LinearGaussianModel:
   """Parameters of the model.
@@ -235,7 +221,7 @@ def identity_check(model: LinearGaussianModel, x: Array,
   terms = [np.asarray(t, np.float64) for t in identity_terms(model, x, key)]
   out = dict(zip(('log_px', 'elbo', 'kl_q_posterior'), terms))
   out['residual'] = terms[0] - terms[1] - terms[2]
-  out['disagrees'] = np.abs(out['residual']) > tolerance(
+  out['disagrees'] = np.abs(out['residual']) > stats.rounding_tolerance(
       np.abs(terms).sum(0), x.dtype)
   return out
 
