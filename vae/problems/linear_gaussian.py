@@ -26,6 +26,8 @@ Array = types.Array
 PRNGKey = types.PRNGKey
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
 @types.pytree_dataclass
 class LinearGaussianModel:
   """Parameters of the model.
