@@ -179,16 +179,21 @@ def main(argv=None) -> int:
   parser.add_argument('--batch_size', type=int, default=100,
                       help='B, the images of the minibatch.')
   args = parser.parse_args(argv)
-  # compile_s is a target: a real compilation, never a persistent-cache hit.
-  jax.config.update('jax_enable_compilation_cache', False)
   reporter = common.Reporter('moments', args.output)
   reporter.info()
   images, source = common.load_images(args, 'train', args.batch_size)
-  out = benchmark(images, num_draws=1000 if args.full else args.num_draws,
-                  chunk=args.chunk, rounds=args.repeats, seed=args.seed,
-                  model=common.model_from_args(args),
-                  cases=args.cases.split(','), peak_n=args.peak_n,
-                  reporter=reporter, source=source)
+  # compile_s is a target: a real compilation, never a persistent-cache hit
+  # (restored after: main may run inside another program, e.g. the tests).
+  cached = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  try:
+    out = benchmark(images, num_draws=1000 if args.full else args.num_draws,
+                    chunk=args.chunk, rounds=args.repeats, seed=args.seed,
+                    model=common.model_from_args(args),
+                    cases=args.cases.split(','), peak_n=args.peak_n,
+                    reporter=reporter, source=source)
+  finally:
+    jax.config.update('jax_enable_compilation_cache', cached)
   if any(c not in ('loop', 'matmul_peak') for c in out):
     reporter.result('targets', **targets(out))
   reporter.save()

@@ -31,13 +31,6 @@ ESTIMATORS = ('pathwise', 'score_rloo', 'score_moving_average')
 SIZES, COUNTS = (2,), (3,)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache():
-  # As run_point (below) turns it on: shared with the other experiments'
-  # tests and with later runs.
-  runner.cache_compilations()
-
-
 @pytest.fixture(scope='module')
 def problem():
   with jax.enable_x64(True):  # The arrays stay float64 after the block.
@@ -167,7 +160,6 @@ def test_measured_parts_agree_with_closed_forms(checked):
   assert not [r for r in checked if r['disagrees']]
   for r in checked:
     assert r['exact_between'] > 0 and r['exact_within'] > 0
-    assert r['total'] == pytest.approx(r['between'] + r['within'])
 
 
 @pytest.mark.parametrize('part', ['between', 'within'])
@@ -224,7 +216,6 @@ def test_tiny_run_checks_itself_and_writes_its_files(tmp_path, capsys):
   assert len(vae_rows) == 2 * len(ESTIMATORS) * 2 * len(SIZES)
   assert {(r['epoch'], r['step']) for r in vae_rows} == {(0, 0), (1, 4)}
   for r in vae_rows:
-    assert r['total'] == pytest.approx(r['between'] + r['within'])
     assert r['within'] > 0 and r['budget'] == r['B'] * r['N']
   # Common random numbers: every estimator's decoder gradient is the same.
   dec = [r['within'] for r in vae_rows if r['group'] == 'decoder' and
