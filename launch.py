@@ -80,20 +80,20 @@ def _config(module, fv):
     config = config_flags.config_from_flags(module.Config, fv)
   except ValueError as e:
     raise UsageError(str(e)) from None
-  if cfg.missing(config):
-    raise UsageError(f'--{cfg.missing(config)[0]} is required.')
+  if missing := cfg.missing(config):
+    raise UsageError(f'--{missing[0]} is required.')
   return config
 
 
 def _sweep_points(module, argv, sweeps):
   """[(label, {setting: value}, config)] for the cartesian product."""
-  names = config_flags.flag_paths(module.Config)
+  names = {'seed': 'seed', **config_flags.flag_paths(module.Config)}
   axes = []
   for sweep in sweeps:
     name, sep, values = sweep.partition('=')
-    if not sep or name not in {**names, 'seed': 'seed'}:
+    if not sep or name not in names:
       raise UsageError(f'--sweep={sweep}: expected SETTING=V1,V2,... with '
-                       f'SETTING one of: seed, {", ".join(names)}.')
+                       f'SETTING one of: {", ".join(names)}.')
     split = [v.strip() for v in values.split(';' if ';' in values else ',')]
     if not all(split):
       raise UsageError(f'--sweep={sweep}: empty value.')
@@ -107,8 +107,7 @@ def _sweep_points(module, argv, sweeps):
       raise UsageError(f'sweep point {dict(combo)}: {e}') from None
     label = ','.join(f'{n}={v}' for n, v in combo).replace('/', '_')[:120]
     settings = {**cfg.to_dict(config), 'seed': fv.seed}
-    points.append((label, {n: settings[names.get(n, n)] for n, _ in combo},
-                   config))
+    points.append((label, {n: settings[names[n]] for n, _ in combo}, config))
   return points
 
 

@@ -17,6 +17,7 @@ import pytest
 from vae import kl as kl_lib
 from vae import stats
 from vae import train
+from vae.models import gaussian_vae
 from vae.models import sigmoid_belief_net as sbn
 
 D, LATENTS, DRAWS, BASELINE = 5, 3, 20000, -3.0
@@ -198,7 +199,7 @@ def test_leaky_relu_networks_equal_numpy():
   np.testing.assert_allclose(  # Σ_i x_i l_i - log(1 + e^{l_i}).
       log_lik, np.sum(x * logits - np.log1p(np.exp(logits))), rtol=1e-12)
   # P = Σ_l (m_l n_l + n_l) for the encoder 5 -> 4 -> 3.
-  assert sbn.num_encoder_params(params) == 5 * 4 + 4 + 4 * 3 + 3
+  assert gaussian_vae.num_params(params['encoder']) == 5 * 4 + 4 + 4 * 3 + 3
 
 
 @jax.jit

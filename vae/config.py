@@ -272,8 +272,9 @@ def _flatten(config: Any, prefix: str = '') -> dict[str, Any]:
 
 def missing(config: Any) -> list[str]:
   """The required settings (`setting(required=True)`) still at None."""
+  values = _flatten(config)
   return [path.split('.')[-1] for path, _, field in leaves(type(config))
-          if spec(field).required and _flatten(config)[path] is None]
+          if spec(field).required and values[path] is None]
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vae import config as cfg
-from vae import data as data_lib
 
 CONFIG_JSON = 'config.json'
 RUNS_DIR = 'runs'
@@ -115,15 +114,15 @@ class RunDirError(Exception):
   """The run folder cannot be used (one line, naming the folder and the fix)."""
 
 
-# Where the data is read from, not what is computed: may change on resume.
-LOCATIONS = tuple(f.name for f in dataclasses.fields(data_lib.DataPaths))
-
-
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
                  resumable: Sequence[str]) -> list[str]:
+  # Where the data is read from, not what is computed, may change on resume.
+  # (Imported here: vae.data imports jax, which launch.py loads late.)
+  from vae import data as data_lib  # pylint: disable=g-import-not-at-top
+  locations = [f.name for f in dataclasses.fields(data_lib.DataPaths)]
   keys = sorted(set(old) | set(new))
   return [f'{k}={old.get(k)!r} now {new.get(k)!r}' for k in keys
-          if k.split('.')[-1] not in (*resumable, *LOCATIONS)
+          if k.split('.')[-1] not in (*resumable, *locations)
           and old.get(k) != new.get(k)]
 
 

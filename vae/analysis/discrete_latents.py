@@ -15,6 +15,7 @@ import optax
 from vae import data as data_lib
 from vae import types
 from vae.analysis import vae_gradients
+from vae.models import gaussian_vae
 from vae.models import sigmoid_belief_net as sbn
 
 Array = types.Array
@@ -80,7 +81,7 @@ def encoder_variance_records(points: dict[str, tuple[sbn.Params, Array]],
         points, x, [n for n in names if samples[n] == k], k, temperature,
         key, num_draws)
   params = next(iter(points.values()))[0]
-  size = sbn.num_encoder_params(params)
+  size = gaussian_vae.num_params(params['encoder'])
   return sorted(({**r, 'variance_per_parameter': r['total_variance'] / size}
                  for r in records), key=lambda r: (
                      list(points).index(r['at']),

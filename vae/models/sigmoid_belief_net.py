@@ -210,11 +210,6 @@ def mean_bound(bound, params: Params, x: Array, key: PRNGKey,
   return jnp.mean(values)
 
 
-def num_encoder_params(params: Params) -> int:
-  """P = Σ_l (m_l n_l + n_l): the encoder's weights and biases."""
-  return sum(leaf.size for leaf in jax.tree.leaves(params['encoder']))
-
-
 def encoder_gradient(params: Params, x: Array, key: PRNGKey, estimator: str,
                      num_samples: int, baseline: Array = 0.0,
                      temperature: float = 0.5) -> Array:
@@ -239,7 +234,7 @@ def encoder_gradient_moments(params: Params, x: Array, key: PRNGKey,
   when D·P ≤ MOMENT_FLOATS (P: encoder parameters), else in chunks
   (`moments.default_chunk`).
   """
-  size = num_encoder_params(params)
+  size = gaussian_vae.num_params(params['encoder'])
   chunk = None if num_draws * size <= MOMENT_FLOATS else (
       moments.default_chunk(num_draws, size))
   return moments.moments(

@@ -227,12 +227,6 @@ def log_likelihoods(model: lg.LinearGaussianModel,
   return [float(jnp.mean(batch_log_marginal(model, x))) for x in data]
 
 
-def gaps(model: lg.LinearGaussianModel, x: Array,
-         encoder_params: Params) -> dict[str, Array]:
-  """Mean over x [N, D] of log p(x), ELBO(q*), ELBO(q_φ) and the two gaps."""
-  return summarize_gaps(gap_terms(model, x, encoder_params))
-
-
 def _with_evals(step, evaluate):
   """A `train.make_step` step that also returns evaluate(params after it)."""
   def stepped(state, batch, key):
