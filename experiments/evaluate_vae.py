@@ -91,19 +91,27 @@ def load_run(run_dir: str, step: int | None, log=print):
   return trained, saved['seed'], model, tree['params'], step
 
 
-def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
-  """Loads the run's model and data, evaluates; one record."""
+def load(config: Config, log):
+  """(run folder, its train_vae config, seed, model, params, step, dataset):
+  the checkpoint and the run's data, read from `config`'s data paths where
+  given, else from the run's."""
   run_dir = os.path.abspath(os.path.expanduser(config.checkpoint_dir))
   trained, train_seed, model, params, step = load_run(run_dir, config.step,
-                                                      out.log)
+                                                      log)
   paths = {f.name: getattr(config.paths, f.name) or
            getattr(trained.data.paths, f.name)
            for f in dataclasses.fields(data_lib.DataPaths)}
-  data_config = dataclasses.replace(trained.data,
-                                    paths=data_lib.DataPaths(**paths))
-  dataset = data_lib.load(data_config, train_seed)
+  dataset = data_lib.load(dataclasses.replace(
+      trained.data, paths=data_lib.DataPaths(**paths)), train_seed)
+  return run_dir, trained, train_seed, model, params, step, dataset
+
+
+def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
+  """Loads the run's model and data, evaluates; one record."""
+  run_dir, trained, train_seed, model, params, step, dataset = load(
+      config, out.log)
   t = trained.training
-  out.log(f'evaluate_vae: {run_dir} step {step} ({data_config.dataset}, '
+  out.log(f'evaluate_vae: {run_dir} step {step} ({trained.data.dataset}, '
           f'{t.objective}/{t.estimator} k={t.num_samples}); output in '
           f'{out.dir}')
   ev = eval_lib.evaluate(model, params, dataset, config.evaluation, seed,

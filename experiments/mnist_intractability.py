@@ -20,9 +20,7 @@ delta-method bias. error_vs_samples.png, timing.json.
       --tfds_data_dir=/work/shared/data/tensorflow_datasets
 """
 
-import dataclasses
 import functools
-import os
 import time
 
 import jax
@@ -31,7 +29,6 @@ import numpy as np
 from experiments import evaluate_vae
 from experiments.common import outputs
 from vae import config as cfg
-from vae import data as data_lib
 from vae import evaluate as eval_lib
 from vae.analysis import image_inference as ii
 
@@ -52,13 +49,8 @@ class Config:
 
 def load(config: evaluate_vae.Config, log):
   """(model, params, images) of a train_vae run folder's checkpoint."""
-  run_dir = os.path.abspath(os.path.expanduser(config.checkpoint_dir))
-  trained, seed, model, params, step = evaluate_vae.load_run(
-      run_dir, config.step, log)
-  paths = dataclasses.replace(trained.data.paths, **{
-      k: v for k, v in dataclasses.asdict(config.paths).items() if v})
-  dataset = data_lib.load(dataclasses.replace(trained.data, paths=paths),
-                          seed)
+  run_dir, _, _, model, params, step, dataset = evaluate_vae.load(config,
+                                                                 log)
   images = eval_lib.test_images(dataset, config.split)[
       :config.evaluation.num_eval]
   log(f'{run_dir} step {step}: {len(images)} {config.split} images')

@@ -78,11 +78,6 @@ ESTIMATORS = tuple(KERNELS)
 HERMITE_NODES = 5  # Exact for polynomials of degree ≤ 9 per dimension.
 
 
-def needs_baseline(estimator: str) -> bool:
-  """Whether ĝ = (1/N) Σ_n (f(z_n) - c) ∇ log q(z_n) takes a caller's c."""
-  return registry.lookup(estimator).state is not None
-
-
 def prefix_gradients(surrogate: Callable[[Params, Array, PRNGKey], Array],
                      params: Params, batch: Array, key: PRNGKey,
                      batch_sizes: Sequence[int]) -> dict[int, dict]:
@@ -212,7 +207,7 @@ def vae_study(model: image_vae.VAE, estimators: tuple[str, ...],
       return {e: prefix_gradients(
           lambda p, x, kx, e=e: image_vae.example_surrogate(
               model, p, x, kx, OBJECTIVE, e, num_samples,
-              baseline=baseline if needs_baseline(e) else None),
+              baseline=baseline),
           params, images[index], k, batch_sizes) for e in estimators}
     return decompose(estimate, key, images.shape[0], max(batch_sizes),
                      num_draws)
@@ -289,7 +284,7 @@ def linear_gaussian_surrogate(estimator: str, num_samples: int,
         OBJECTIVE, estimator, lambda z: lg.log_likelihood(
             params['decoder'], x, z), q,
         dists.standard_normal(q.loc.shape, x.dtype), key, num_samples,
-        baseline=baseline if needs_baseline(estimator) else None)
+        baseline=baseline)
   return surrogate
 
 

@@ -215,7 +215,7 @@ def _flat_grads(model, objective, estimator, num_samples):
     value, grads = jax.value_and_grad(
         lambda p: image_vae.batch_surrogate(
             model, p, batch, key, objective, estimator, num_samples,
-            baseline=baseline if registry.lookup(estimator).state else None))(
+            baseline=baseline))(
                 params)
     return {'bound': value, **{g: flatten_util.ravel_pytree(grads[g])[0]
                                for g in GROUPS}}
