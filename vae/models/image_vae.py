@@ -236,13 +236,11 @@ def pathwise_bounds(model: VAE, params: Params, batch: Array, noise: Array,
   q = model.posterior(params, batch)
   q = dists.Normal(q.loc[:, None], q.log_scale[:, None])  # [B, 1, D].
   z = q.loc + q.scale * noise
-  log_px = bernoulli_log_likelihood(
-      batch[:, None], model.decoder.apply(params['decoder'], z))  # [B, k].
+  log_w, log_px = log_weights_at(model, params, batch[:, None], q, z,
+                                 beta)  # [B, k] each.
   if objective == 'elbo':
     kl = jnp.sum(kl_lib.kl_divergence(q, model.prior()), axis=(-2, -1))
     return jnp.mean(log_px, -1) - beta * kl
-  log_w = log_px + beta * jnp.sum(model.prior().log_prob(z) - q.log_prob(z),
-                                  -1)
   if objective == 'iwae':
     return jax.nn.logsumexp(log_w, -1) - jnp.log(float(noise.shape[1]))
   return jnp.mean(log_w, -1)
