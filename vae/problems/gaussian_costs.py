@@ -402,8 +402,9 @@ def moment_program(estimators, families, num_samples, num_draws: int,
 
 
 def exact_rows(family: CostFamily, estimator: str, points, num_samples: int):
-  """Per grid point: the exact gradient and, where known, the moments of ONE
-  N-sample estimate (`average_moments`), for both parameters.
+  """Per grid point: the exact gradient (points['g_mu'], ['g_sigma'] from
+  `with_exact_gradients`) and, where known, the moments of ONE N-sample
+  estimate (`average_moments`), for both parameters.
 
   Returns:
     {param: [{'exact_gradient', 'exact_variance', 'exact_m4'}] per point}
@@ -412,11 +413,11 @@ def exact_rows(family: CostFamily, estimator: str, points, num_samples: int):
   out = {}
   for param in PARAMS:
     rows = []
-    for k, mu, sigma in zip(points['k'], points['mu'], points['sigma']):
+    for k, mu, sigma, g in zip(points['k'], points['mu'], points['sigma'],
+                               points[f'g_{param}']):
       one = single_sample_moments(family, estimator, param, k, mu, sigma)
       avg = average_moments(one, num_samples) if one else {}
-      rows.append({'exact_gradient': exact_gradient(family, param, k, mu,
-                                                    sigma),
+      rows.append({'exact_gradient': float(g),
                    'exact_variance': avg.get('variance'),
                    'exact_m4': avg.get('m4')})
     out[param] = rows
