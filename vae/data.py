@@ -273,6 +273,24 @@ def epoch_permutation(num_examples: int, seed: int | Array,
   return jax.random.permutation(key, num_examples)
 
 
+def epoch_indices(num_examples: int, batch_size: int, seed: int | Array,
+                  epoch: int | Array) -> Array:
+  """The example indices of epoch `epoch`'s batches, [N // B, B] (int32).
+
+  Batch t holds π[tB:(t+1)B] of π = `epoch_permutation(N, seed, epoch)`; the
+  last N mod B examples of the order are dropped.
+  """
+  num_batches = _num_batches(num_examples, batch_size)
+  return epoch_permutation(num_examples, seed, epoch)[
+      :num_batches * batch_size].reshape(num_batches, batch_size)
+
+
+def _num_batches(num_examples: int, batch_size: int) -> int:
+  if num_examples < batch_size:
+    raise ValueError(f'batch_size {batch_size} > {num_examples} examples')
+  return num_examples // batch_size
+
+
 @functools.partial(jax.jit, static_argnames=('batch_size', 'shuffle'))
 def epoch_batches(images: Array, batch_size: int, seed: int | Array,
                   epoch: int | Array, *, shuffle: bool = True) -> Array:
@@ -292,15 +310,12 @@ def epoch_batches(images: Array, batch_size: int, seed: int | Array,
     [N // batch_size, batch_size, ...] array.
   """
   images = jnp.asarray(images)
-  num_batches = images.shape[0] // batch_size
-  if num_batches == 0:
-    raise ValueError(f'batch_size {batch_size} > {images.shape[0]} examples')
   if shuffle:
-    order = epoch_permutation(images.shape[0], seed, epoch)
-    images = jnp.take(images, order[:num_batches * batch_size], axis=0)
+    images = jnp.take(images, epoch_indices(
+        images.shape[0], batch_size, seed, epoch).reshape(-1), axis=0)
   else:
-    images = images[:num_batches * batch_size]
-  return images.reshape((num_batches, batch_size) + images.shape[1:])
+    images = images[:_num_batches(images.shape[0], batch_size) * batch_size]
+  return images.reshape((-1, batch_size) + images.shape[1:])
 
 
 def synthetic_images(num_examples: int, seed: int = 0, *, stream: int = 0,

@@ -357,9 +357,9 @@ def make_epoch(model: image_vae.VAE, optimizer: optax.GradientTransformation,
   'max_bound' (their extremes) and 'finite' (False if a bound or a
   parameter is NaN/Inf).
 
-  Step t gathers its batch x_t = images[π_e[tB:(t+1)B]] itself (π_e =
-  `data.epoch_permutation(N, seed, e)`: the batches of `epoch_batches`,
-  without a shuffled copy of the data); for the pathwise estimator the
+  Step t gathers its batch x_t = images[π_e[tB:(t+1)B]] itself
+  (`data.epoch_indices`: the batches of `epoch_batches`, without a shuffled
+  copy of the data); for the pathwise estimator the
   noise ε_t = `image_vae.batch_noise` of step t's samples' key is drawn for
   the whole epoch before the scan (see NOISE_AHEAD_STEPS). The same numbers
   as `image_loss` on `epoch_batches`.
@@ -371,12 +371,8 @@ def make_epoch(model: image_vae.VAE, optimizer: optax.GradientTransformation,
 
   @jax.jit
   def epoch_fn(state: TrainState, images: Array, epoch: Array):
-    num_steps = images.shape[0] // batch_size
-    if num_steps == 0:
-      raise ValueError(f'batch_size {batch_size} > {images.shape[0]} '
-                       'examples')
-    order = data.epoch_permutation(images.shape[0], seed, epoch)[
-        :num_steps * batch_size].reshape(num_steps, batch_size)
+    order = data.epoch_indices(images.shape[0], batch_size, seed, epoch)
+    num_steps = order.shape[0]
     t = state.step + jnp.arange(num_steps)
     keys = jax.vmap(lambda s: step_key(seed, s))(t)
     betas = jax.vmap(lambda s: beta_at(config, s))(t)
