@@ -112,19 +112,21 @@ def score_cost(model: image_vae.VAE, params: Params, batch: Array,
   return jax.lax.stop_gradient(jnp.mean(jax.vmap(one)(batch, keys)))
 
 
-# Steps whose minibatches are made at once (and scanned in one `fit` call)
-# hold at most this many floats.
+# Steps per `fit` call: as many as minibatches of this many floats (the
+# steps' example indices are made per call; each step gathers its batch).
 _BLOCK_FLOATS = 2**25
 
 
-def _training_batches(images: np.ndarray, batch_size: int, seed: int,
+def _training_indices(num_examples: int, batch_size: int, seed: int,
                       start: int, stop: int) -> Array:
-  """Minibatches t = start..stop-1 [T, B, ...] of the epochs of
-  `data.epoch_batches` back to back (epoch e holds steps e·S..(e+1)·S-1)."""
-  per_epoch = len(images) // batch_size
+  """Example indices [T, B] of minibatches t = start..stop-1: the epochs of
+  `data.epoch_indices` (the batches of `data.epoch_batches`) back to back
+  (epoch e holds steps e·S..(e+1)·S-1)."""
+  per_epoch = num_examples // batch_size
   first, last = start // per_epoch, (stop - 1) // per_epoch
-  epochs = jnp.concatenate([data_lib.epoch_batches(images, batch_size, seed, e)
-                            for e in range(first, last + 1)])
+  epochs = jnp.concatenate([
+      data_lib.epoch_indices(num_examples, batch_size, seed, e)
+      for e in range(first, last + 1)])
   return epochs[start - first * per_epoch:stop - first * per_epoch]
 
 
@@ -189,11 +191,17 @@ def train_checkpoints(model: image_vae.VAE, images: np.ndarray,
     b = baseline_decay * state.baseline + (1.0 - baseline_decay) * aux['costs']
     return new._replace(baseline=b), aux
 
+  def run_block(state, images, indices, keys):  # Step t gathers batch t.
+    return train.fit(lambda st, idx, k: step(st, jnp.take(images, idx, 0), k),
+                     state, indices, keys)
+
+  images = jnp.asarray(images)
+  indices = functools.partial(_training_indices, len(images), batch_size,
+                              order_seed)
   params = model.init(init_key)
   state = train.init_state(params, optimizer, jax.jit(costs)(
-      params, _training_batches(images, batch_size, order_seed, 0, 1)[0],
-      cost_key))
-  run = jax.jit(functools.partial(train.fit, step))
+      params, images[indices(0, 1)[0]], cost_key))
+  run = jax.jit(run_block)
   block = max(1, _BLOCK_FLOATS // (batch_size * images.shape[1]))
   checkpoints, done = [], 0
   for s in steps:
@@ -201,8 +209,7 @@ def train_checkpoints(model: image_vae.VAE, images: np.ndarray,
       stop = min(s, start + block)
       keys = jax.vmap(lambda t: jax.random.fold_in(step_key, t))(
           jnp.arange(start, stop))
-      state, _ = run(state, _training_batches(images, batch_size, order_seed,
-                                              start, stop), keys)
+      state, _ = run(state, images, indices(start, stop), keys)
     done = s
     checkpoints.append(Checkpoint(s, state.params, dict(zip(
         objs, np.asarray(state.baseline).tolist()))))
