@@ -136,3 +136,122 @@ def test_relaxed_bernoulli_noise_has_logistic_tails_and_no_atom():
     count = int(jnp.sum(noise < -10))
     assert abs(count - expected) < 5 * np.sqrt(expected), (count, expected)
     assert float(jnp.min(noise)) > -17.0 and float(jnp.max(noise)) < 17.0
+
+
+def _random_mvn(key, batch=(), dim=3):
+  """A MultivariateNormal with random μ and a well-conditioned L."""
+  k1, k2, k3 = jax.random.split(key, 3)
+  loc = jax.random.normal(k1, batch + (dim,))
+  lower = 0.5 * jax.random.normal(k2, batch + (dim, dim))
+  log_diag = 0.3 * jax.random.normal(k3, batch + (dim,))
+  return dists.MultivariateNormal.from_unconstrained(loc, log_diag, lower)
+
+
+def test_mvn_log_prob_entropy_and_moments_match_scipy():
+  q = _random_mvn(jax.random.PRNGKey(0), (2,))
+  cov = np.asarray(q.scale_tril) @ np.swapaxes(np.asarray(q.scale_tril), 1, 2)
+  x = jax.random.normal(jax.random.PRNGKey(1), (5, 2, 3))
+  want = jax.scipy.stats.multivariate_normal.logpdf(x, q.loc, cov)
+  np.testing.assert_allclose(q.log_prob(x), want, rtol=1e-12)
+  np.testing.assert_allclose(q.event_log_prob(x), want, rtol=1e-12)
+  assert q.log_prob(x).shape == (5, 2) and q.shape == (2, 3)
+  np.testing.assert_allclose(
+      q.entropy(), [stats.multivariate_normal(np.asarray(m), c).entropy()
+                    for m, c in zip(q.loc, cov)], rtol=1e-12)
+  np.testing.assert_allclose(q.covariance(), cov, rtol=1e-12)
+  np.testing.assert_allclose(q.variance(), np.diagonal(cov, 0, 1, 2),
+                             rtol=1e-12)
+  np.testing.assert_allclose(q.log_det_covariance(),
+                             np.linalg.slogdet(cov)[1], rtol=1e-12)
+  np.testing.assert_array_equal(q.mean(), q.loc)
+  # One loc [D] against a batch of points, and a batch of loc against one L.
+  one = dists.MultivariateNormal(q.loc[0], q.scale_tril[0])
+  np.testing.assert_allclose(one.log_prob(x[:, 0]), want[:, 0], rtol=1e-12)
+  shared = dists.MultivariateNormal(q.loc, q.scale_tril[0])
+  np.testing.assert_allclose(
+      shared.log_prob(x), jax.scipy.stats.multivariate_normal.logpdf(
+          x, q.loc, cov[0]), rtol=1e-12)
+
+
+def test_mvn_samples_have_the_right_moments_and_are_reparameterized():
+  q = _random_mvn(jax.random.PRNGKey(2))
+  z = np.asarray(q.sample(jax.random.PRNGKey(3), (40000,)))
+  stat_checks.assert_mean_close(z, q.loc)
+  # E[(z_i - μ_i)(z_j - μ_j)] = Σ_ij, each within its standard error.
+  centered = z - np.asarray(q.loc)
+  products = centered[:, :, None] * centered[:, None, :]
+  stat_checks.assert_mean_close(products, q.covariance())
+  # d/dL E‖z - μ‖² = d/dL tr(L Lᵀ) = 2L (lower part), through the samples.
+  def spread(tril):
+    d = dists.MultivariateNormal(q.loc, tril)
+    return jnp.mean(jnp.sum((d.sample(jax.random.PRNGKey(4), (40000,)) -
+                             q.loc)**2, -1))
+  grad = jax.grad(spread)(q.scale_tril)
+  np.testing.assert_allclose(grad, 2.0 * q.scale_tril, atol=0.1)
+
+
+def test_mvn_samples_are_those_of_jax_random_multivariate_normal():
+  q = _random_mvn(jax.random.PRNGKey(5), (4,))
+  key = jax.random.PRNGKey(6)
+  want = jax.random.multivariate_normal(key, q.loc, q.covariance(), (7, 4),
+                                        q.loc.dtype)
+  np.testing.assert_allclose(q.sample(key, (7,)), want, rtol=1e-12,
+                             atol=1e-12)
+
+
+def test_mvn_with_a_diagonal_scale_is_the_normal():
+  n = dists.Normal(jnp.array([[0.3, -1.0, 2.0], [0.0, 1.0, -2.0]]),
+                   jnp.array([-0.5, 0.2, 1.0]))
+  q = dists.MultivariateNormal.from_normal(n)
+  assert q.shape == (2, 3) and q.scale_tril.shape == (2, 3, 3)
+  key = jax.random.PRNGKey(7)
+  np.testing.assert_array_equal(q.sample(key, (5,)), n.sample(key, (5,)))
+  np.testing.assert_array_equal(q.sample(key), n.sample(key))
+  x = jax.random.normal(key, (4, 2, 3))
+  np.testing.assert_allclose(q.log_prob(x), n.event_log_prob(x), rtol=1e-12)
+  np.testing.assert_allclose(n.event_log_prob(x),
+                             np.sum(n.log_prob(x), -1), rtol=1e-15)
+  np.testing.assert_allclose(q.entropy(), n.entropy().sum(-1), rtol=1e-12)
+  same = dists.MultivariateNormal.from_unconstrained(
+      n.loc, jnp.broadcast_to(n.log_scale, n.loc.shape))
+  np.testing.assert_allclose(same.scale_tril, q.scale_tril, rtol=1e-15)
+
+
+def test_mvn_from_unconstrained_ignores_the_upper_part_and_differentiates():
+  loc, log_diag = jnp.array([0.5, -0.5]), jnp.array([0.1, -0.2])
+  lower = jnp.array([[9.0, 9.0], [0.7, 9.0]])
+  q = dists.MultivariateNormal.from_unconstrained(loc, log_diag, lower)
+  want = np.array([[np.exp(0.1), 0.0], [0.7, np.exp(-0.2)]])
+  np.testing.assert_allclose(q.scale_tril, want, rtol=1e-15)
+  x = jnp.array([1.0, 2.0])
+  g = jax.grad(lambda a: dists.MultivariateNormal.from_unconstrained(
+      loc, log_diag, a).log_prob(x))(lower)
+  assert g[0, 0] == g[0, 1] == g[1, 1] == 0.0 and g[1, 0] != 0.0
+  # Batched per-image q's [B] under jit, vmap and grad.
+  qs = _random_mvn(jax.random.PRNGKey(8), (6,), 4)
+  z = jax.jit(lambda d, k: d.sample(k, (3,)))(qs, jax.random.PRNGKey(9))
+  assert z.shape == (3, 6, 4)
+  np.testing.assert_allclose(jax.vmap(lambda d, zi: d.log_prob(zi),
+                                      in_axes=(0, 1))(qs, z),
+                             qs.log_prob(z).T, rtol=1e-12)
+
+
+def test_mvn_rejects_bad_parameters():
+  with pytest.raises(ValueError, match=r'\[\.\.\., D, D\]'):
+    dists.MultivariateNormal(jnp.zeros(3), jnp.eye(2))
+  with pytest.raises(ValueError, match='do not broadcast'):
+    dists.MultivariateNormal(jnp.zeros((2, 3)), jnp.zeros((4, 3, 3)) +
+                             jnp.eye(3))
+  with pytest.raises(ValueError, match='diagonal'):
+    dists.MultivariateNormal(jnp.zeros(2), jnp.diag(jnp.array([1.0, 0.0])))
+  with pytest.raises(ValueError, match='finite'):
+    dists.MultivariateNormal.from_covariance(jnp.zeros(2),
+                                             -jnp.eye(2))
+
+
+def test_bernoulli_event_log_prob_sums_the_last_axis():
+  d = dists.Bernoulli(jnp.array([[1.0, -2.0, 0.5]]))
+  x = jnp.array([[1.0, 0.0, 1.0]])
+  np.testing.assert_allclose(d.event_log_prob(x), d.log_prob(x).sum(-1),
+                             rtol=1e-15)
+  assert d.event_log_prob(x).shape == (1,)

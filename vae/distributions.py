@@ -1,17 +1,23 @@
-"""Small distributions as pytrees: Normal, Bernoulli, Categorical, relaxations.
+"""Small distributions as pytrees: Normal, MultivariateNormal, Bernoulli,
+Categorical, relaxations.
 
 Every distribution is *elementwise* over its parameters' shape (its "batch
 shape"), except Categorical and RelaxedCategorical whose last parameter axis is
-the event (the classes). `log_prob` returns one value per element (per
-categorical variable); sum it yourself over the axes that form one sample.
+the event (the classes) and MultivariateNormal whose last axis is the event (a
+D-vector). `log_prob` returns one value per element (per categorical variable,
+per D-vector); sum it yourself over the axes that form one sample.
+`event_log_prob(x)` (Normal, Bernoulli, MultivariateNormal) is the log density
+of the last axis as one vector: one value per D-vector for every family.
 All computations are in logits / log-scales (log_sigmoid, softplus, logsumexp):
 no log(0), no 0 * inf.
 """
 
+import functools
 import math
 from typing import Sequence
 
 import jax
+from jax import custom_derivatives
 import jax.numpy as jnp
 import numpy as np
 
@@ -109,6 +115,10 @@ class Normal:
     z = (x - self.loc) * jnp.exp(-self.log_scale)
     return -0.5 * z**2 - self.log_scale - _HALF_LOG_TWO_PI
 
+  def event_log_prob(self, x: Array) -> Array:
+    """log N(x; μ, diag σ²) of the last axis as one vector: Σ_d log_prob."""
+    return jnp.sum(self.log_prob(x), axis=-1)
+
   def entropy(self) -> Array:
     """H = ½ log(2πe) + log σ, elementwise."""
     return jnp.broadcast_to(0.5 + _HALF_LOG_TWO_PI + self.log_scale,
@@ -119,6 +129,156 @@ def standard_normal(shape: Sequence[int], dtype=jnp.float32) -> Normal:
   """The prior N(0, I) with the given shape."""
   zeros = jnp.zeros(tuple(shape), dtype)
   return Normal(loc=zeros, log_scale=zeros)
+
+
+@types.pytree_dataclass
+class MultivariateNormal:
+  """Full-covariance Gaussian N(μ, Σ), Σ = L Lᵀ, over the last axis (D).
+
+  One distribution per index of the batch shape (loc's and scale_tril's
+  leading axes, broadcast); the event is a D-vector, so `log_prob`,
+  `entropy` and the KLs give one value per D-vector. With a diagonal L it is
+  `Normal(loc, log diag L)` read as one vector: the same density summed over
+  the last axis, and the same samples for the same key.
+
+  Attributes:
+    loc: μ, [..., D].
+    scale_tril: L, lower triangular with a positive diagonal, [..., D, D]
+      (the strictly upper part must be zero; it is not read by `log_prob`
+      and `entropy` but is by `sample`).
+  """
+  loc: Array
+  scale_tril: Array
+
+  def __post_init__(self):
+    _check_finite('MultivariateNormal.loc', self.loc)
+    _check_finite('MultivariateNormal.scale_tril', self.scale_tril)
+    if not (_is_concrete(self.loc) or isinstance(self.loc, jax.core.Tracer)):
+      return  # A pytree placeholder (e.g. inside tree_util), not values.
+    loc, tril = jnp.shape(self.loc), jnp.shape(self.scale_tril)
+    if (len(loc) < 1 or len(tril) < 2 or tril[-1] != tril[-2] or
+        tril[-1] != loc[-1]):
+      raise ValueError(f'MultivariateNormal: loc shape {loc} must be [..., D] '
+                       f'and scale_tril shape {tril} [..., D, D].')
+    try:
+      jnp.broadcast_shapes(loc[:-1], tril[:-2])
+    except ValueError as e:
+      raise ValueError(f'MultivariateNormal: batch shapes {loc[:-1]} (loc) '
+                       f'and {tril[:-2]} (scale_tril) do not broadcast.') from e
+    if _is_concrete(self.scale_tril):
+      _check_finite_positive('MultivariateNormal.scale_tril diagonal',
+                             np.diagonal(np.asarray(self.scale_tril), 0, -2,
+                                         -1))
+
+  @classmethod
+  def from_covariance(cls, loc: Array,
+                      covariance: Array) -> 'MultivariateNormal':
+    """N(loc, Σ) with L = cholesky(Σ); Σ [..., D, D] positive definite."""
+    return cls(loc=loc, scale_tril=jnp.linalg.cholesky(covariance))
+
+  @classmethod
+  def from_normal(cls, normal: Normal) -> 'MultivariateNormal':
+    """The diagonal Normal(μ, log σ) as one vector: L = diag(σ), last axis."""
+    scale = jnp.broadcast_to(normal.scale, normal.shape)
+    return cls(loc=normal.mean(), scale_tril=_diag_embed(scale))
+
+  @classmethod
+  def from_unconstrained(cls, loc: Array, log_diag: Array,
+                         lower: Array | None = None) -> 'MultivariateNormal':
+    """L = diag(exp(s)) + strictly-lower(A), from unconstrained parameters.
+
+    Every (μ, s, A) gives a valid L, so the three can be optimized freely;
+    the entries of `lower` on and above the diagonal are ignored (zero
+    gradient). `lower=None` is the diagonal family (A = 0).
+
+    Args:
+      loc: μ, [..., D].
+      log_diag: s = log diag L, [..., D].
+      lower: A, [..., D, D], or None.
+
+    Returns:
+      N(μ, L Lᵀ).
+    """
+    tril = _diag_embed(jnp.exp(log_diag))
+    if lower is not None:
+      tril = tril + jnp.tril(lower, -1)
+    return cls(loc=loc, scale_tril=tril)
+
+  @property
+  def dim(self) -> int:
+    """D, the event size."""
+    return jnp.shape(self.loc)[-1]
+
+  @property
+  def batch_shape(self) -> tuple[int, ...]:
+    return jnp.broadcast_shapes(jnp.shape(self.loc)[:-1],
+                                jnp.shape(self.scale_tril)[:-2])
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The shape of one sample: batch shape + (D,)."""
+    return self.batch_shape + (self.dim,)
+
+  def mean(self) -> Array:
+    return jnp.broadcast_to(self.loc, self.shape)
+
+  def covariance(self) -> Array:
+    """Σ = L Lᵀ, [..., D, D]."""
+    tril = jnp.broadcast_to(self.scale_tril, self.shape + (self.dim,))
+    return tril @ jnp.swapaxes(tril, -1, -2)
+
+  def variance(self) -> Array:
+    """diag Σ = Σ_j L_ij², [..., D]."""
+    tril = jnp.broadcast_to(self.scale_tril, self.shape + (self.dim,))
+    return jnp.sum(tril**2, axis=-1)
+
+  def log_det_covariance(self) -> Array:
+    """log det Σ = 2 Σ_i log L_ii, [...]."""
+    diag = jnp.diagonal(self.scale_tril, axis1=-2, axis2=-1)
+    return jnp.broadcast_to(2.0 * jnp.sum(jnp.log(diag), -1),
+                            self.batch_shape)
+
+  def whiten(self, x: Array) -> Array:
+    """L⁻¹ (x - μ) (a triangular solve), broadcast over leading axes."""
+    solve = jnp.vectorize(
+        functools.partial(jax.lax.linalg.triangular_solve, lower=True,
+                          transpose_a=True), signature='(n,n),(n)->(n)')
+    return solve(self.scale_tril, x - self.loc)
+
+  def sample(self, key: PRNGKey, sample_shape=()) -> Array:
+    """Reparameterized z = μ + L ε, ε ~ N(0, I) [sample_shape + shape].
+
+    ε is `jax.random.normal(key, sample_shape + batch_shape + (D,))`, as in
+    `Normal.sample` and `jax.random.multivariate_normal`, so a diagonal L
+    gives Normal's samples and a Cholesky factor the latter's.
+    """
+    eps = jax.random.normal(key, _shape(sample_shape) + self.shape,
+                            dtype=jnp.result_type(self.loc, float))
+    return self.loc + jnp.einsum('...ij,...j->...i', self.scale_tril, eps,
+                                 precision=jax.lax.Precision.HIGHEST)
+
+  def log_prob(self, x: Array) -> Array:
+    """log N(x; μ, Σ) = -½‖L⁻¹(x-μ)‖² - Σ_i log L_ii - (D/2) log 2π.
+
+    One value per D-vector: x [..., D] -> [...].
+    """
+    y = self.whiten(x)
+    diag = jnp.diagonal(self.scale_tril, axis1=-2, axis2=-1)
+    return (-0.5 * jnp.sum(y**2, -1) - self.dim * _HALF_LOG_TWO_PI -
+            jnp.sum(jnp.log(diag), -1))
+
+  def event_log_prob(self, x: Array) -> Array:
+    """= `log_prob` (the event already is the last axis)."""
+    return self.log_prob(x)
+
+  def entropy(self) -> Array:
+    """H = (D/2)(1 + log 2π) + Σ_i log L_ii, one value per D-vector."""
+    return self.dim * (0.5 + _HALF_LOG_TWO_PI) + 0.5 * self.log_det_covariance()
+
+
+def _diag_embed(diag: Array) -> Array:
+  """[..., D] -> [..., D, D] with `diag` on the diagonal, zeros elsewhere."""
+  return diag[..., :, None] * jnp.eye(diag.shape[-1], dtype=diag.dtype)
 
 
 @types.pytree_dataclass
@@ -152,6 +312,11 @@ class Bernoulli:
   def log_prob(self, x: Array) -> Array:
     """log p(x) = x log σ(l) + (1-x) log σ(-l) = x·l - softplus(l)."""
     return x * self.logits - jax.nn.softplus(self.logits)
+
+  def event_log_prob(self, x: Array) -> Array:
+    """log p(x) of the last axis as one binary vector: Σ_d log_prob
+    (`bernoulli_log_likelihood`: one exp and one log1p per element)."""
+    return bernoulli_log_likelihood(x, self.logits)
 
   def entropy(self) -> Array:
     """H = softplus(l) - σ(l)·l."""
@@ -305,6 +470,47 @@ def check_same_shape(a: Array, b: Array, what: str) -> None:
 
 
 __all__ = [
-    'Normal', 'standard_normal', 'Bernoulli', 'Categorical',
-    'RelaxedBernoulli', 'RelaxedCategorical', 'check_same_shape'
+    'Normal', 'standard_normal', 'MultivariateNormal', 'Bernoulli',
+    'Categorical', 'RelaxedBernoulli', 'RelaxedCategorical',
+    'check_same_shape', 'bernoulli_log_likelihood'
 ]
+
+
+@jax.custom_jvp
+def bernoulli_log_likelihood(x: Array, logits: Array) -> Array:
+  """log p(x|l) = Σ_j x_j l_j - max(l_j, 0) - log1p(exp(-|l_j|)) (last axis).
+
+  = Σ_j x_j l_j - softplus(l_j), for pixels x_j in [0, 1]. Its derivatives
+  are ∂/∂l_j = x_j - σ(l_j) and ∂/∂x_j = l_j (a custom JVP that reuses
+  exp(-|l_j|) for σ(l_j); forward and reverse mode, any order).
+  """
+  return _bernoulli_terms(x, logits)[0]
+
+
+def _bernoulli_terms(x, logits):
+  e = jnp.exp(-jnp.abs(logits))
+  value = jnp.sum(x * logits - jnp.maximum(logits, 0.0) - jnp.log1p(e),
+                  axis=-1)
+  sigmoid = jnp.where(logits >= 0, 1.0, e) / (1.0 + e)
+  return value, sigmoid
+
+
+def _bernoulli_log_likelihood_jvp(primals, tangents):
+  x, logits = primals
+  dx, dlogits = tangents
+  value, sigmoid = _bernoulli_terms(x, logits)
+  terms = []  # No work for a zero tangent (e.g. of the data x).
+  if not _is_zero(dlogits):
+    terms.append((x - sigmoid) * dlogits)
+  if not _is_zero(dx):
+    terms.append(logits * dx)
+  return value, (jnp.sum(sum(terms), axis=-1) if terms else
+                 jnp.zeros_like(value))
+
+
+def _is_zero(tangent) -> bool:
+  return isinstance(tangent, custom_derivatives.SymbolicZero)
+
+
+bernoulli_log_likelihood.defjvp(_bernoulli_log_likelihood_jvp,
+                                symbolic_zeros=True)

@@ -3,6 +3,8 @@ and a Monte Carlo estimator from samples.
 
 All analytic KLs are elementwise (one value per independent variable, per
 categorical variable for Categorical); sum over the latent axes yourself.
+A pair with a MultivariateNormal gives one value per D-vector (a Normal
+beside it is read as one vector over its last axis).
 """
 
 from typing import Any
@@ -75,8 +77,50 @@ def kl_categorical_categorical(q: dists.Categorical,
   return jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1)
 
 
+def kl_mvn_mvn(q: dists.MultivariateNormal,
+               p: dists.MultivariateNormal) -> Array:
+  """KL(N(μq, Σq) ‖ N(μp, Σp)), one value per D-vector.
+
+  KL = ½ [tr(Σp⁻¹Σq) + (μp - μq)ᵀ Σp⁻¹ (μp - μq) - D + log det Σp
+          - log det Σq], with tr(Σp⁻¹Σq) = ‖Lp⁻¹ Lq‖²_F and the quadratic
+  form ‖Lp⁻¹(μq - μp)‖² from triangular solves (Σ = L Lᵀ).
+
+  Args:
+    q: the first Gaussian.
+    p: the second (same D; batch shapes broadcast).
+
+  Returns:
+    The KL, shape of the broadcast batch shapes.
+  """
+  solve = jnp.vectorize(
+      lambda a, b: jax.scipy.linalg.solve_triangular(a, b, lower=True),
+      signature='(n,n),(n,m)->(n,m)')
+  trace = jnp.sum(solve(p.scale_tril, q.scale_tril)**2, (-2, -1))
+  maha = jnp.sum(p.whiten(q.loc)**2, -1)
+  return 0.5 * (trace + maha - q.dim + p.log_det_covariance() -
+                q.log_det_covariance())
+
+
+def _as_mvn(d: Any) -> dists.MultivariateNormal:
+  if isinstance(d, dists.Normal):
+    return dists.MultivariateNormal.from_normal(d)
+  return d
+
+
+def kl_mvn_normal(q: Any, p: Any) -> Array:
+  """KL between a MultivariateNormal and a diagonal Normal (either order).
+
+  The Normal is N(μ, diag σ²) over its last axis (`from_normal`); the KL is
+  `kl_mvn_mvn`'s, one value per D-vector.
+  """
+  return kl_mvn_mvn(_as_mvn(q), _as_mvn(p))
+
+
 _ANALYTIC = {
     (dists.Normal, dists.Normal): kl_normal_normal,
+    (dists.MultivariateNormal, dists.MultivariateNormal): kl_mvn_mvn,
+    (dists.MultivariateNormal, dists.Normal): kl_mvn_normal,
+    (dists.Normal, dists.MultivariateNormal): kl_mvn_normal,
     (dists.Bernoulli, dists.Bernoulli): kl_bernoulli_bernoulli,
     (dists.Categorical, dists.Categorical): kl_categorical_categorical,
 }
