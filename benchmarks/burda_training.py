@@ -32,6 +32,7 @@ import jax
 from benchmarks import common
 from vae import data as data_lib
 from vae import evaluate
+from vae import optim
 from vae import train
 from vae.models import image_vae
 
@@ -39,7 +40,7 @@ PASSES = 3280  # Σ_{i<8} 3^i.
 
 
 def train_for(budget_s: float, model: image_vae.VAE, dataset: data_lib.Dataset,
-              config: train.TrainConfig, optimizer: train.OptimizerConfig,
+              config: train.TrainConfig, optimizer: optim.OptimizerConfig,
               seed: int, checkpoint_dir: str) -> dict:
   """Trains `config.epochs` passes or until `budget_s` (wall) is spent.
 
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
       objective='elbo' if args.k == 1 else 'iwae', estimator='pathwise',
       num_samples=args.k, batch_size=args.batch_size, epochs=PASSES,
       checkpoint_every=PASSES, test_every=0)
-  optimizer = train.OptimizerConfig(learning_rate=1e-3, adam_eps=1e-4,
+  optimizer = optim.OptimizerConfig(learning_rate=1e-3, adam_eps=1e-4,
                                     lr_schedule='burda')
   with tempfile.TemporaryDirectory() as checkpoints:
     out = train_for(args.budget_s, model, dataset, config, optimizer,
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
       name, objective=config.objective, k=args.k,
       batch_size=args.batch_size, num_train=len(dataset.train),
       passes=out['passes'], passes_total=PASSES, steps=steps,
-      learning_rate_now=float(train.learning_rate_schedule(
+      learning_rate_now=float(optim.learning_rate_schedule(
           optimizer, 0, len(dataset.train) // args.batch_size)(steps - 1)),
       train_wall_s=out['train_wall_s'], compile_s=out['compile_s'],
       calls_wall_s=out['wall_s'], pass_s=out['pass_s'],

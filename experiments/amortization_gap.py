@@ -19,7 +19,7 @@ import numpy as np
 from experiments.common import outputs
 from vae import config as cfg
 from vae import stats
-from vae import train
+from vae import optim
 from vae.problems import amortization as am
 from vae.problems import linear_gaussian as lg
 
@@ -83,7 +83,7 @@ def _run(config: Config, seed: int) -> tuple[list[dict], dict]:
         config.model_latent_dim, config.mlp_hidden))
     params, _, evals = am.train_encoder(
         model, x_train, init, config.encoder_steps,
-        train.OptimizerConfig(learning_rate=config.encoder_learning_rate),
+        optim.OptimizerConfig(learning_rate=config.encoder_learning_rate),
         (x_train, x_test))
     curves[kind] = {s: optimal[s] - np.asarray(e)
                     for s, e in zip(('train', 'held-out'), evals)}
@@ -99,7 +99,7 @@ def _run(config: Config, seed: int) -> tuple[list[dict], dict]:
   if config.joint_steps > 0:
     learned, encoder, _ = am.fit_by_elbo(
         x_train, config.model_latent_dim, 'pathwise', k_joint, 'amortized',
-        config.joint_steps, train.OptimizerConfig(learning_rate=1e-2), 2)
+        config.joint_steps, optim.OptimizerConfig(learning_rate=1e-2), 2)
     records += _final(learned, encoder, x_train, x_test, JOINT,
                       config.joint_steps)
   return records, curves

@@ -17,6 +17,7 @@ from experiments.common import outputs
 from vae import config as cfg
 from vae import data as data_lib
 from vae import evaluate
+from vae import optim
 from vae import train
 from vae.analysis import discrete_latents
 from vae.models import image_vae
@@ -44,7 +45,7 @@ class Config:
       max=1.0)
   train_steps: int = cfg.setting(1500, 'Training steps.', min=1, max=10**8)
   batch: int = cfg.setting(50, 'Examples per step.', min=1, max=MAX)
-  optimizer: train.OptimizerConfig = train.OptimizerConfig(learning_rate=3e-3)
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig(learning_rate=3e-3)
   evals_per_example: int = cfg.setting(
       2, 'Decoder evaluations per example and step (K samples; DisARM: K/2 '
       'pairs).', min=1, max=10**4)
@@ -117,7 +118,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   params0 = sbn.init(jax.random.fold_in(key, 0), train_x.shape[1],
                      config.latents, config.hidden, jnp.mean(train_x, 0),
                      config.activation, config.negative_slope)
-  optimizer = train.make_optimizer(config.optimizer, config.train_steps)
+  optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
   names = config.estimators_to_compare
   samples = sbn.samples_per_estimator(names, config.evals_per_example,
                                       config.vimco_samples)

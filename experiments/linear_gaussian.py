@@ -13,7 +13,8 @@ import numpy as np
 
 from experiments.common import outputs
 from vae import config as cfg
-from vae import train
+from vae import stats
+from vae import optim
 from vae.estimators import registry
 from vae.problems import amortization as am
 from vae.problems import importance_sampling as isl
@@ -43,10 +44,10 @@ class Config:
   per_point_estimators: tuple[str, ...] = cfg.setting(
       ('pathwise', 'score'), 'Estimators of the ELBO fits with per-point q.',
       choices=am.ESTIMATORS, empty=True)
-  fit_steps: int = cfg.like(train.FitConfig, 'fit_steps', 2000)  # Full batch.
+  fit_steps: int = cfg.like(optim.FitConfig, 'fit_steps', 2000)  # Full batch.
   fit_learning_rate: float = cfg.setting(1e-2, 'Adam step size of the fits.',
                                          gt=0.0, max=10.0)
-  fit_samples: int = cfg.like(train.FitConfig, 'fit_samples', 2)
+  fit_samples: int = cfg.like(optim.FitConfig, 'fit_samples', 2)
   x64: bool = cfg.setting(True, 'Compute in float64.')
 
   def check(self):
@@ -101,14 +102,14 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
         x_train, x_test, model, config.ppca_latent_dim,
         config.amortized_estimators, config.per_point_estimators,
         jax.random.fold_in(key, 100), config.fit_steps,
-        train.OptimizerConfig(learning_rate=config.fit_learning_rate),
+        optim.OptimizerConfig(learning_rate=config.fit_learning_rate),
         config.fit_samples)
-  records = []
-  for section, rows in sections.items():
-    rows = outputs.to_jsonable([{'section': section, **r} for r in rows])
+  records = outputs.to_jsonable(stats.mark_disagreements(  # The run's checks.
+      [{'section': s, **r} for s, rows in sections.items() for r in rows]))
+  for section in sections:
     out.log(f'\n== {section}')
-    out.table(rows, float_fmt='.6g')
-    records += rows
+    out.table([r for r in records if r['section'] == section],
+              float_fmt='.6g')
   plot(records, curves, out)
   return records
 

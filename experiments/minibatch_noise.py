@@ -22,6 +22,8 @@ from experiments.common import outputs
 from vae import config as cfg
 from vae import data as data_lib
 from vae import moments
+from vae import stats
+from vae import optim
 from vae import train
 from vae.analysis import minibatch_noise as mn
 from vae.estimators import registry
@@ -36,12 +38,12 @@ class Config:
   """Data, model, optimizer and training as train_vae; the (B, N) grid."""
   data: data_lib.DataConfig = data_lib.DataConfig()
   model: image_vae.ModelConfig = image_vae.ModelConfig()
-  optimizer: train.OptimizerConfig = train.OptimizerConfig(adam_eps=1e-4)
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig(adam_eps=1e-4)
   training: train.TrainConfig = train.TrainConfig(epochs=1, test_every=0)
   eval_epochs: tuple[int, ...] = S((0, 1), 'Measure after these epochs (0: '
                                    'at initialization).', min=0, max=10**5)
   estimators: tuple[str, ...] = cfg.like(
-      registry.Comparison, 'estimators', ('pathwise', 'score_rloo'),
+      moments.Comparison, 'estimators', ('pathwise', 'score_rloo'),
       choices=mn.ESTIMATORS)  # ∇ELBO estimators with exact kernels.
   batch_sizes: tuple[int, ...] = S((1, 4), 'B: examples per minibatch '
                                    '(with replacement).', min=1, max=10**4)
@@ -74,8 +76,8 @@ def trained(config: Config, dataset, model, seed: int, out: outputs.Run):
   with tempfile.TemporaryDirectory() as folder:
     for epoch in sorted(set(config.eval_epochs)):
       if epoch == 0:  # As vae.train.train initializes.
-        yield 0, image_vae.init_params(model, jax.random.fold_in(
-            jax.random.PRNGKey(seed), 0), dataset.train.mean(0))
+        yield 0, model.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0),
+                            dataset.train.mean(0))
         continue
       yield epoch, train.train(
           model, dataset, config.optimizer, config.training, seed, folder,
@@ -88,9 +90,10 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Checks on the linear-Gaussian VAE, trains, measures, tabulates, plots."""
   key, c = jax.random.PRNGKey(seed), config
   with jax.enable_x64(True):  # Scoped: no global config change.
-    checked = mn.check_linear_gaussian(
-        jax.random.fold_in(key, 1), c.linear_gaussian, c.estimators,
-        c.batch_sizes, c.sample_counts)
+    checked = stats.mark_disagreements(  # The run's only checks.
+        mn.check_linear_gaussian(jax.random.fold_in(key, 1),
+                                 c.linear_gaussian, c.estimators,
+                                 c.batch_sizes, c.sample_counts))
   out.log('\n== linear-Gaussian check: measured vs exact parts')
   out.table(checked, ['estimator', 'group', 'B', 'N', 'between', 'exact_'
                       'between', 'between_z', 'within', 'exact_within',

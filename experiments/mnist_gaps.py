@@ -25,7 +25,8 @@ from experiments.common import outputs
 from experiments.common import pictures
 from vae import config as cfg
 from vae import evaluate as eval_lib
-from vae import train
+from vae import stats
+from vae import optim
 from vae.analysis import image_inference as ii
 
 
@@ -37,9 +38,9 @@ class Config:
   families: tuple[str, ...] = cfg.setting(
       ii.FAMILIES, 'Local q families, fitted in this order, each from the '
       'last fit (the first from the encoder).', choices=ii.FAMILIES)
-  fit_steps: int = cfg.like(train.FitConfig, 'fit_steps')  # Per image, family.
-  fit_samples: int = cfg.like(train.FitConfig, 'fit_samples')
-  optimizer: train.OptimizerConfig = train.OptimizerConfig(
+  fit_steps: int = cfg.like(optim.FitConfig, 'fit_steps')  # Per image, family.
+  fit_samples: int = cfg.like(optim.FitConfig, 'fit_samples')
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig(
       learning_rate=3e-3, lr_schedule='cosine')
 
   def check(self):
@@ -75,7 +76,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                            out.log)
     out.log(f'{name}: ELBO {per_q[name]["elbo"].mean():.3f}, log p̂ (K='
             f'{ev.eval_k}) {per_q[name]["log_px"].mean():.3f}')
-  records = ii.gap_records(per_q, config.families)
+  records = stats.mark_disagreements(ii.gap_records(per_q, config.families))
   steps = sorted({int(s) for s in np.geomspace(1, config.fit_steps, 20)})
   records += [{'kind': 'curve', 'family': f, 'step': s,
                'mean_elbo_estimate': float(c[s - 1])}
@@ -124,8 +125,7 @@ def _largest_gaps(model, params, images, per_q, fitted, out, n=8) -> None:
   worst = np.argsort(per_q['amortized']['elbo'] - per_q[first]['elbo'])[:n]
   means = [ii.encoder_q(model, params, images[worst])['loc']] + [
       q['loc'][worst] for q in fitted.values()]
-  decoded = [jax.nn.sigmoid(model.decoder.apply(params['decoder'], m))
-             for m in means]
+  decoded = [model.decoder(params, m).mean() for m in means]
   grid = pictures.image_grid(np.stack([images[worst]] + decoded, 1).reshape(
       -1, images.shape[-1]), len(worst), 1 + len(means))
   fig, ax = outputs.pyplot().subplots(figsize=(4, 7))

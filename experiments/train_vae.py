@@ -25,6 +25,7 @@ from vae import checkpoint
 from vae import config as cfg
 from vae import data as data_lib
 from vae import evaluate as eval_lib
+from vae import optim
 from vae import train
 from vae.models import image_vae
 
@@ -42,7 +43,7 @@ class Config:
   """Data, model, optimizer (adam ε = 1e-4, as Burda et al.), training."""
   data: data_lib.DataConfig = data_lib.DataConfig()
   model: image_vae.ModelConfig = image_vae.ModelConfig()
-  optimizer: train.OptimizerConfig = train.OptimizerConfig(adam_eps=1e-4)
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig(adam_eps=1e-4)
   training: train.TrainConfig = train.TrainConfig()
   evaluation: eval_lib.EvalConfig = eval_lib.EvalConfig()
   evaluate: bool = cfg.setting(True, 'Evaluate the model after training.')

@@ -16,6 +16,7 @@ from experiments.common import outputs
 from vae import config as cfg
 from vae import data as data_lib
 from vae import moments
+from vae import optim
 from vae import train
 from vae.analysis import vae_gradients as vg
 from vae.estimators import registry
@@ -34,7 +35,7 @@ class Config:
   hidden_sizes: tuple[int, ...] = cfg.like(image_vae.ModelConfig,
                                            'hidden_sizes', (64,))
   batch_size: int = cfg.like(train.TrainConfig, 'batch_size', 32)
-  optimizer: train.OptimizerConfig = train.OptimizerConfig()
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig()
   train_objective: str = cfg.like(train.TrainConfig, 'objective')  # Pathwise.
   train_num_samples: int = cfg.like(train.TrainConfig, 'num_samples')
   baseline_decay: float = cfg.like(train.TrainConfig, 'baseline_decay')
@@ -114,7 +115,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   out.log(f'vae_gradients: {len(images)} {ds.name} images; at steps '
           f'{steps}, {config.num_draws} draws per estimator and N in {ns}')
   records, timings = vg.measure(
-      model, images, steps, seed, train.make_optimizer(
+      model, images, steps, seed, optim.make_optimizer(
           config.optimizer, steps[-1]), config.estimators_for(), ns,
       config.num_draws, config.reference_draws, config.time_estimators,
       workers=config.compile_threads or None,

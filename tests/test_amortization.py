@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vae import distributions as dists
-from vae import train
+from vae import optim
 from vae.problems import amortization as am
 from vae.problems import linear_gaussian as lg
 
@@ -18,7 +18,7 @@ def x64():
 
 
 def _adam(learning_rate):
-  return train.OptimizerConfig(learning_rate=learning_rate)
+  return optim.OptimizerConfig(learning_rate=learning_rate)
 
 
 @pytest.fixture(scope='module')
@@ -38,7 +38,8 @@ def test_optimal_diagonal_q_is_the_elbo_maximizer(setup):
   np.testing.assert_allclose(grads[0], 0.0, atol=1e-10)
   np.testing.assert_allclose(grads[1], 0.0, atol=1e-10)
   # Its mean is the posterior mean; its precision the posterior's diagonal.
-  mean, cov = lg.posterior(model, x[0])
+  post = lg.posterior(model, x[0])
+  mean, cov = post.loc, post.covariance()
   np.testing.assert_allclose(q.loc[0], mean, rtol=1e-10)
   np.testing.assert_allclose(q.variance()[0],
                              1.0 / jnp.diag(jnp.linalg.inv(cov)), rtol=1e-10)

@@ -17,7 +17,7 @@ from benchmarks import importance_sampling
 from benchmarks import moments as moments_benchmark
 from benchmarks import train_throughput
 from vae import moments
-from vae import train
+from vae import optim
 from vae.models import image_vae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +91,7 @@ def test_per_example_loss_equals_the_library_loss(tiny):
 
 
 def test_fit_sharded_fit_and_plain_loops_train_the_same(tiny):
-  """One epoch: `train.fit`, its data-parallel form, per-batch steps.
+  """One epoch: `optim.fit`, its data-parallel form, per-batch steps.
 
   The mesh has one device here, so this checks the sharded program's
   arithmetic, not a split across devices (vae.moments' 4-device test does
@@ -99,7 +99,7 @@ def test_fit_sharded_fit_and_plain_loops_train_the_same(tiny):
   """
   model, x = tiny
   opt = optax.adam(1e-2)
-  state = lambda: train.init_state(model.init(jax.random.PRNGKey(0)), opt)
+  state = lambda: optim.init_state(model.init(jax.random.PRNGKey(0)), opt)
   key = jax.random.PRNGKey(1)
   fused, _ = train_throughput.fit_fn(model, opt, 8, 0)(state(), x, 0, key)
   mesh = moments.make_mesh(jax.devices()[:1])

@@ -16,6 +16,7 @@ from experiments.common import runner
 from tests import test_image_inference as quad
 from vae import data
 from vae import evaluate
+from vae import optim
 from vae import train
 from vae.models import image_vae
 
@@ -53,7 +54,7 @@ def test_gaps_are_nonnegative_and_log_p_is_the_quadrature(trained,
   config = mnist_gaps.Config(
       trained=_trained(run_dir, eval_k=1000, eval_chunk_size=500,
                        eval_iwae_ks=(1, 10)), fit_steps=100, fit_samples=8,
-      optimizer=train.OptimizerConfig(learning_rate=3e-2,
+      optimizer=optim.OptimizerConfig(learning_rate=3e-2,
                                       lr_schedule='cosine'))
   records = runner.run_point('mnist_gaps', config, 0, str(tmp_path),
                              strict=True)

@@ -12,6 +12,7 @@ import pytest
 
 from vae import checkpoint
 from vae import data
+from vae import optim
 from vae import train
 from vae.estimators import registry
 from vae.models import image_vae
@@ -21,7 +22,7 @@ from vae.models import image_vae
 # score-function estimator with its moving-average baseline, KL warm-up
 # and dynamic binarization, 4 steps per epoch.
 MODEL = image_vae.make(image_vae.ModelConfig(hidden_sizes=(8,), latent_dim=2))
-OPTIMIZER = train.OptimizerConfig(adam_eps=1e-4)
+OPTIMIZER = optim.OptimizerConfig(adam_eps=1e-4)
 TINY = train.TrainConfig(objective='elbo', estimator='score_moving_average',
                          num_samples=2, warmup_steps=5, batch_size=10,
                          epochs=2)
@@ -53,9 +54,9 @@ def test_step_and_fit_are_sgd_with_a_moving_average_baseline():
     del key, baseline
     return 0.5 * jnp.sum((theta - x)**2), {'cost': x}
   optimizer = optax.sgd(0.1)
-  step = train.make_step(loss, optimizer, baseline_decay=0.5)
+  step = optim.make_step(loss, optimizer, baseline_decay=0.5)
   xs = jnp.array([1.0, 2.0, 4.0])
-  state, aux = train.fit(step, train.init_state(jnp.float32(0.0), optimizer),
+  state, aux = optim.fit(step, optim.init_state(jnp.float32(0.0), optimizer),
                          xs, jax.random.split(jax.random.PRNGKey(0), 3))
   theta, b = 0.0, 0.0
   for x in (1.0, 2.0, 4.0):
@@ -68,8 +69,8 @@ def test_step_and_fit_are_sgd_with_a_moving_average_baseline():
 
 def test_learning_rate_schedules():
   def lrs(schedule, **kw):
-    config = train.OptimizerConfig(lr_schedule=schedule, **kw)
-    fn = train.learning_rate_schedule(config, 1000, steps_per_epoch=100)
+    config = optim.OptimizerConfig(lr_schedule=schedule, **kw)
+    fn = optim.learning_rate_schedule(config, 1000, steps_per_epoch=100)
     return np.array([float(fn(t)) for t in (0, 500, 1000)])
   np.testing.assert_allclose(lrs('constant'), 1e-3)
   np.testing.assert_allclose(lrs('cosine', lr_decay_rate=0.1),
@@ -77,14 +78,14 @@ def test_learning_rate_schedules():
   np.testing.assert_allclose(lrs('exponential', lr_decay_rate=0.01),
                              [1e-3, 1e-4, 1e-5], rtol=1e-5)
   # Burda et al.: 1 epoch at 1e-3, 3 at 1e-3·10^(-1/7), then 9 at 10^(-2/7).
-  fn = train.learning_rate_schedule(
-      train.OptimizerConfig(lr_schedule='burda'), 10**6, steps_per_epoch=10)
+  fn = optim.learning_rate_schedule(
+      optim.OptimizerConfig(lr_schedule='burda'), 10**6, steps_per_epoch=10)
   np.testing.assert_allclose(
       [float(fn(t)) for t in (9, 10, 39, 40, 129, 130)],
       1e-3 * 10**(-np.array([0, 1, 1, 2, 2, 3]) / 7), rtol=1e-5)
   params = {'w': jnp.ones(3)}
-  for name in train.OPTIMIZERS:
-    opt = train.make_optimizer(train.OptimizerConfig(optimizer=name), 10)
+  for name in optim.OPTIMIZERS:
+    opt = optim.make_optimizer(optim.OptimizerConfig(optimizer=name), 10)
     updates, _ = opt.update({'w': jnp.ones(3)}, opt.init(params), params)
     assert np.all(np.asarray(optax.apply_updates(params, updates)['w']) < 1)
 
@@ -147,12 +148,12 @@ def test_epoch_is_fit_of_image_loss_on_epoch_batches(monkeypatch):
   config = train.TrainConfig(num_samples=2, warmup_steps=3, batch_size=10)
   images = jnp.asarray(_grey_dataset('fixed', num_train=45).train)
   opt = optax.adam(1e-2)
-  state = train.init_state(MODEL.init(jax.random.PRNGKey(0)), opt)
+  state = optim.init_state(MODEL.init(jax.random.PRNGKey(0)), opt)
   epoch = train.make_epoch(MODEL, opt, config, SEED, False)
   ours, stats = epoch(state, images, jnp.int32(1))
   t = jnp.arange(4)
-  step = train.make_step(train.image_loss(MODEL, config, False), opt)
-  ref, aux = jax.jit(lambda s: train.fit(
+  step = optim.make_step(train.image_loss(MODEL, config, False), opt)
+  ref, aux = jax.jit(lambda s: optim.fit(
       step, s, (data.epoch_batches(images, 10, SEED, 1),
                 jax.vmap(lambda i: train.beta_at(config, i))(t)),
       jax.vmap(lambda i: train.step_key(SEED, i))(t)))(state)

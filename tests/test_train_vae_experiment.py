@@ -20,6 +20,7 @@ from experiments.common import runner
 from vae import checkpoint
 from vae import data
 from vae import evaluate
+from vae import optim
 from vae import train
 from vae.models import image_vae
 
@@ -97,7 +98,7 @@ def test_refused_before_any_work(changes, message):
 
 
 def test_nan_stops_the_run_in_one_line(tmp_path):
-  config = dataclasses.replace(TINY, optimizer=train.OptimizerConfig(
+  config = dataclasses.replace(TINY, optimizer=optim.OptimizerConfig(
       optimizer='sgd', learning_rate=10.0))
   with pytest.raises(SystemExit) as info:
     _run('train_vae', config, tmp_path)

@@ -1,6 +1,5 @@
-"""Evaluating a trained VAE: test log-likelihood, bounds, active units.
-
-Returns numbers (and the arrays of pictures); writes no files.
+"""Evaluating a trained model (any `vae.model.Model`): test log-likelihood,
+bounds, active units, pictures. Returns numbers and arrays; writes no files.
 
 The test log-likelihood is the importance-sampling estimate with q(z|x) as
 proposal (Burda et al., 2015),
@@ -8,15 +7,9 @@ proposal (Burda et al., 2015),
     log p(x) ≈ log (1/K) Σ_k w_k,   w_k = p(x|z_k) p(z_k) / q(z_k|x),  z_k ~ q,
 
 a stochastic lower bound (= IWAE_K) that is tight as K → ∞ (K = 5000 by
-default). `importance_sampling` computes it fast on CPU: a batch of B images
-and a chunk of C samples per image are drawn together and decoded in
-[c·B, d] matmuls (`image_vae.log_weights_blocked`: c·B ≈ 10^3 rows on CPU,
-all C·B elsewhere), log-weights are accumulated with a running logsumexp in
-a `lax.scan` over the K / C chunks, and the same samples also give the ELBO
-(analytic KL) and IWAE_k for smaller k (K/k disjoint groups of k samples).
-The Bernoulli log-likelihood is evaluated as
-x·l - max(l, 0) - log1p(exp(-|l|)), cheaper than `jax.nn.softplus`
-(`image_vae.bernoulli_log_likelihood`).
+default), from the one importance-sampling engine (`vae.importance`: chunks
+of C samples for B images decoded together in a `lax.scan`); the same
+samples give the ELBO and IWAE_k for smaller k (K/k disjoint groups).
 """
 
 import functools
@@ -29,9 +22,9 @@ import numpy as np
 
 from vae import config as cfg
 from vae import data
-from vae import kl as kl_lib
+from vae import importance
+from vae import model as model_lib
 from vae import types
-from vae.models import image_vae
 
 Array = types.Array
 Params = types.Params
@@ -97,37 +90,22 @@ def test_images(dataset: data.Dataset, split: str = 'test') -> np.ndarray:
   return images
 
 
-# log p(x|l) = Σ_j x_j l_j - max(l_j, 0) - log1p(exp(-|l_j|)) (last axis).
-bernoulli_log_likelihood = image_vae.bernoulli_log_likelihood
-
-
-def _pad(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
-  """Images padded with zeros to whole batches, [num_batches, B, d]; n."""
-  n = len(images)
-  padded = -(-n // batch_size) * batch_size
-  images = np.concatenate(
-      [np.asarray(images, np.float32),
-       np.zeros((padded - n,) + images.shape[1:], np.float32)])
-  return images.reshape((-1, batch_size) + images.shape[1:]), n
-
-
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def _batch_bounds(model, params, x, key, objective, num_samples):
   # The bounds of example_surrogate(x_b, split(key, B)[b], 'pathwise').
-  noise = image_vae.batch_noise(key, x.shape[0], num_samples,
-                                model.latent_dim)
-  return image_vae.pathwise_bounds(model, params, x, noise, objective)
+  return model_lib.pathwise_bounds(model, params, x, key, objective, 1.0,
+                                   num_samples)
 
 
-def mean_bound(model: image_vae.VAE, params: Params, images: np.ndarray,
+def mean_bound(model: model_lib.Model, params: Params, images: np.ndarray,
                key: PRNGKey, objective: str = 'elbo', num_samples: int = 1,
                batch_size: int = 500) -> float:
   """(1/N) Σ_n L_k(x_n): the mean ELBO or IWAE_k bound (β = 1) of `images`.
 
   Args:
-    model: the VAE.
+    model: the model.
     params: its parameters.
-    images: [N, d] binary images.
+    images: [N, d] data.
     key: PRNG key (batch b uses fold_in(key, b)).
     objective: 'elbo', 'elbo_mc_kl' or 'iwae'.
     num_samples: k.
@@ -136,113 +114,28 @@ def mean_bound(model: image_vae.VAE, params: Params, images: np.ndarray,
   Returns:
     The mean bound in nats.
   """
-  batches, n = _pad(images, min(batch_size, len(images)))
+  batches, n = importance.pad(images, min(batch_size, len(images)))
   values = [_batch_bounds(model, params, b, jax.random.fold_in(key, i),
                           objective, num_samples)
             for i, b in enumerate(batches)]
   return float(np.concatenate([np.asarray(v) for v in values])[:n].mean())
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _importance_batch(model: image_vae.VAE, params: Params, x: Array,
-                      key: PRNGKey, num_samples: int, chunk_size: int,
-                      iwae_ks: tuple[int, ...]) -> dict[str, Array]:
-  """Per-image log p(x), ELBO and IWAE_k for a batch x [B, d] (see module)."""
-  q = model.posterior(params, x)  # Batch shape [B, D].
-  prior = model.prior()
-  num_chunks = num_samples // chunk_size
-  batch = x.shape[0]
-
-  def body(carry, chunk_key):
-    log_sum, recon_sum, iwae_sums = carry
-    z = q.sample(chunk_key, (chunk_size,))  # [C, B, D].
-    lw, log_px_z = image_vae.log_weights_blocked(model, params, x, q, z)
-    log_sum = jnp.logaddexp(log_sum, jax.nn.logsumexp(lw, 0))
-    iwae_sums = tuple(
-        s + jnp.sum(jax.nn.logsumexp(lw.reshape(chunk_size // k, k, batch), 1)
-                    - jnp.log(float(k)), 0)
-        for s, k in zip(iwae_sums, iwae_ks))
-    return (log_sum, recon_sum + jnp.sum(log_px_z, 0), iwae_sums), None
-
-  zeros = jnp.zeros((batch,), jnp.float32)
-  init = (jnp.full((batch,), -jnp.inf, jnp.float32), zeros,
-          tuple(zeros for _ in iwae_ks))
-  (log_sum, recon_sum, iwae_sums), _ = jax.lax.scan(
-      body, init, jax.random.split(key, num_chunks))
-  kl = jnp.sum(kl_lib.kl_divergence(q, prior), -1)
-  out = {'log_px': log_sum - jnp.log(float(num_samples)),
-         'elbo': recon_sum / num_samples - kl, 'kl': kl}
-  for k, s in zip(iwae_ks, iwae_sums):
-    out[f'iwae_{k}'] = s / (num_samples // k)
-  return out
-
-
-def importance_sampling(model: image_vae.VAE, params: Params,
-                        images: np.ndarray, key: PRNGKey,
-                        num_samples: int = 5000,
-                        iwae_ks: Sequence[int] = (),
-                        batch_size: int = 100, chunk_size: int = 100,
-                        log: Callable[[str], None] | None = None
-                        ) -> dict[str, np.ndarray]:
-  """Per-image importance-sampled log p(x), ELBO and IWAE_k bounds.
-
-    log_px   = log (1/K) Σ_{k≤K} w_k                       (IS estimate, K)
-    elbo     = (1/K) Σ_k log p(x|z_k) - KL(q(z|x) ‖ p(z))
-    iwae_k   = (k/K) Σ_{groups g} log (1/k) Σ_{j∈g} w_j     (K/k groups)
-
-  all from the same K samples z ~ q(z|x).
-
-  Args:
-    model: the VAE.
-    params: its parameters.
-    images: [N, d] binary images.
-    key: PRNG key (batch b uses fold_in(key, b)).
-    num_samples: K; a multiple of chunk_size (or smaller).
-    iwae_ks: the k of the IWAE_k bounds to report; each must divide the
-      chunk size.
-    batch_size: images decoded together.
-    chunk_size: samples per image decoded together (batch_size·chunk_size
-      rows per matmul; about 10^4 is fast on CPU).
-    log: if given, called with a progress line about every tenth of the way.
-
-  Returns:
-    {'log_px', 'elbo', 'kl', 'iwae_<k>'...}: float64 arrays [N].
-  """
-  chunk = min(chunk_size, num_samples)
-  if num_samples % chunk:
-    raise ValueError(f'num_samples={num_samples} must be a multiple of '
-                     f'chunk_size={chunk}.')
-  iwae_ks = tuple(int(k) for k in iwae_ks)
-  for k in iwae_ks:
-    if k < 1 or chunk % k:
-      raise ValueError(f'IWAE k={k} must divide the chunk size {chunk}.')
-  batch_size = min(batch_size, len(images))
-  batches, n = _pad(images, batch_size)
-  outs = []
-  for i, b in enumerate(batches):
-    outs.append(_importance_batch(model, params, b, jax.random.fold_in(key, i),
-                                  num_samples, chunk, iwae_ks))
-    if log is not None and (i + 1) % max(1, len(batches) // 10) == 0:
-      jax.block_until_ready(outs[-1])
-      log(f'  importance sampling: {min((i + 1) * batch_size, n)}/{n} images')
-  return {name: np.concatenate([np.asarray(o[name], np.float64)
-                                for o in outs])[:n] for name in outs[0]}
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _encoder_stats(model, params, x):
-  q = model.posterior(params, x)
-  return q.loc, kl_lib.kl_divergence(q, model.prior())
+  q = model.encoder(params, x)
+  return q.mean(), model_lib.elementwise_kl(q, model.prior(params))
 
 
-def latent_statistics(model: image_vae.VAE, params: Params,
+def latent_statistics(model: model_lib.Model, params: Params,
                       images: np.ndarray, batch_size: int = 1000,
                       threshold: float = ACTIVE_UNIT_THRESHOLD
                       ) -> dict[str, np.ndarray | int]:
   """Activity A_u = Cov_x(E_q[z_u|x]), active units, mean KL per dimension.
 
     A_u = Var_x(μ_u(x)),  active = #{u: A_u > threshold},
-    KL_u = (1/N) Σ_n KL(q(z_u|x_n) ‖ N(0, 1)).
+    KL_u = (1/N) Σ_n KL(q(z_u|x_n) ‖ p(z_u))   (NaN without a closed form
+    per dimension).
 
   Args:
     model: the VAE.
@@ -254,7 +147,7 @@ def latent_statistics(model: image_vae.VAE, params: Params,
   Returns:
     {'activity': [D], 'active_units': int, 'kl_per_dim': [D]}.
   """
-  batches, n = _pad(images, min(batch_size, len(images)))
+  batches, n = importance.pad(images, min(batch_size, len(images)))
   locs, kls = zip(*[_encoder_stats(model, params, b) for b in batches])
   loc = np.concatenate([np.asarray(v) for v in locs])[:n].astype(np.float64)
   kl = np.concatenate([np.asarray(v) for v in kls])[:n].astype(np.float64)
@@ -268,23 +161,23 @@ def latent_statistics(model: image_vae.VAE, params: Params,
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def prior_samples(model: image_vae.VAE, params: Params, key: PRNGKey,
+def prior_samples(model: model_lib.Model, params: Params, key: PRNGKey,
                   ) -> Array:
-  """σ(D(z)), z ~ N(0, I): pixel probabilities of 100 prior samples."""
-  z = jax.random.normal(key, (100, model.latent_dim))
-  return jax.nn.sigmoid(model.decoder.apply(params['decoder'], z))
+  """E[x|z], z ~ p(z): e.g. pixel probabilities of 100 prior samples."""
+  z = model.prior(params).sample(key, (100,))
+  return model.decoder(params, z).mean()
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def reconstructions(model: image_vae.VAE, params: Params, x: Array,
+def reconstructions(model: model_lib.Model, params: Params, x: Array,
                     key: PRNGKey) -> Array:
-  """σ(D(z)), z ~ q(z|x): pixel probabilities of one reconstruction each."""
-  z = model.posterior(params, x).sample(key)
-  return jax.nn.sigmoid(model.decoder.apply(params['decoder'], z))
+  """E[x|z], z ~ q(z|x): e.g. pixel probabilities, one reconstruction each."""
+  z = model.encoder(params, x).sample(key)
+  return model.decoder(params, z).mean()
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def inpaint(model: image_vae.VAE, params: Params, x: Array, key: PRNGKey,
+def inpaint(model: model_lib.Model, params: Params, x: Array, key: PRNGKey,
             pixel_mean: Array, num_samples: int = 1000, num_draws: int = 5
             ) -> dict[str, Array]:
   """Fills the bottom half of images from their top half by importance sampling.
@@ -292,13 +185,13 @@ def inpaint(model: image_vae.VAE, params: Params, x: Array, key: PRNGKey,
   The encoder sees x̃ = (top half of x, pixel mean below); with z_k ~ q(z|x̃),
 
     w_k ∝ p(x_top | z_k) p(z_k) / q(z_k | x̃),
-    E[x_bottom | x_top] ≈ Σ_k w̄_k σ(D(z_k))_bottom   (w̄: normalized w),
+    E[x_bottom | x_top] ≈ Σ_k w̄_k E[x|z_k]_bottom   (w̄: normalized w),
 
   and `num_draws` z's resampled with probabilities w̄ show single
   completions.
 
   Args:
-    model: the VAE.
+    model: the model (its decoder factorizes over pixels).
     params: its parameters.
     x: [B, 784] images (the bottom half is only used for display).
     key: PRNG key.
@@ -315,13 +208,14 @@ def inpaint(model: image_vae.VAE, params: Params, x: Array, key: PRNGKey,
   sample_key, draw_key = jax.random.split(key)
 
   def one(xi, mi, k1, k2):
-    q = model.posterior(params, mi)
+    q = model.encoder(params, mi)
     z = q.sample(k1, (num_samples,))
-    logits = model.decoder.apply(params['decoder'], z)
-    log_top = bernoulli_log_likelihood(xi * top, logits * top)
-    lw = log_top + jnp.sum(model.prior().log_prob(z) - q.log_prob(z), -1)
+    decoded = model.decoder(params, z)
+    log_top = jnp.sum(top * decoded.log_prob(xi), -1)
+    lw = log_top + (model_lib.event_log_prob(model.prior(params), z) -
+                    model_lib.event_log_prob(q, z))
     w = jax.nn.softmax(lw)
-    probs = jax.nn.sigmoid(logits)
+    probs = decoded.mean()
     idx = jax.random.categorical(k2, lw, shape=(num_draws,))
     fill = lambda p: top * xi + (1 - top) * p
     return (fill(w @ probs), jax.vmap(fill)(probs[idx]),
@@ -334,14 +228,14 @@ def inpaint(model: image_vae.VAE, params: Params, x: Array, key: PRNGKey,
   return {'masked': masked, 'mean': mean, 'draws': draws, 'ess': ess}
 
 
-def pictures(model: image_vae.VAE, params: Params, images: np.ndarray,
+def pictures(model: model_lib.Model, params: Params, images: np.ndarray,
              pixel_mean: np.ndarray, key: PRNGKey, num_images: int = 10
              ) -> dict[str, np.ndarray]:
   """Pixel probabilities to look at: prior samples, reconstructions, inpainting.
 
   With k1, k2, k3 = split(key, 3) and x the first `num_images` images:
-  'prior_samples' σ(D(z)), z ~ N(0, I) (100, k1); 'images' x;
-  'reconstructions' σ(D(z)), z ~ q(z|x) (k2); and `inpaint(x, k3)`'s
+  'prior_samples' E[x|z], z ~ p(z) (100, k1); 'images' x;
+  'reconstructions' E[x|z], z ~ q(z|x) (k2); and `inpaint(x, k3)`'s
   'masked', 'mean', 'draws' and 'ess'.
   """
   k1, k2, k3 = jax.random.split(key, 3)
@@ -368,14 +262,14 @@ class Evaluation(NamedTuple):
   timing: dict[str, float]
 
 
-def evaluate(model: image_vae.VAE, params: Params, dataset: data.Dataset,
+def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
              config: EvalConfig, seed: int = 0, train_k: int | None = None,
              split: str = 'test',
              log: Callable[[str], None] | None = None) -> Evaluation:
   """Test NLL = -(1/N) Σ_n log p̂(x_n) (IS, K = eval_k), bounds, active units.
 
   Args:
-    model: the VAE.
+    model: the model.
     params: its parameters.
     dataset: the data (`test_images` gives the evaluation images; the mean
       training image fills the inpainting).
@@ -397,7 +291,7 @@ def evaluate(model: image_vae.VAE, params: Params, dataset: data.Dataset,
         f'images x {min(config.eval_chunk_size, config.eval_k)} samples per '
         'matmul)')
   wall, cpu = time.time(), time.process_time()
-  per_image = importance_sampling(
+  per_image = importance.importance_sampling(
       model, params, images, jax.random.fold_in(base, 3), config.eval_k,
       iwae_ks=iwae_ks, batch_size=config.eval_batch_size,
       chunk_size=config.eval_chunk_size, log=log)

@@ -1,23 +1,10 @@
-"""The one training loop: an optax step on a surrogate, under `lax.scan`.
+"""The epoch trainer of any model (`vae.model.Model`), on `vae.optim`'s step.
 
-Every model trains with the same step,
-
-    (L, aux), g = value_and_grad(loss)(θ, batch, key, b)
-    θ ← θ + optax_update(g),    b ← decay·b + (1 - decay)·aux['cost']
-
-where `loss` is the negated surrogate objective of a model (its value the
-bound, its gradient the chosen estimator) and b is the moving-average
-baseline of the `score_moving_average` estimator: state kept beside the
-parameters, updated after the step so that the baseline a step uses never
-depends on that step's samples (the estimator stays unbiased). `fit` scans
-the step over a sequence of (batch, key) inputs; callers choose how batches
-and keys are derived, so each experiment keeps its own random streams.
-
-The image-VAE epoch trainer (`TrainConfig`, `make_epoch`, `train`) is built
-on that step. A whole epoch is one jitted call: `fit` over
-`data.epoch_batches`, maximizing the mean surrogate bound of
-`image_vae.batch_surrogate` with β_t = β·min(1, t / T_warm). Everything
-random is derived from the seed:
+A whole epoch is one jitted call: `optim.fit` over `data.epoch_batches`,
+maximizing the mean surrogate bound `model.batch_surrogate` of the chosen
+(objective, estimator) with β_t = β·min(1, t / T_warm) (and the
+moving-average baseline of estimators with state). Everything random is
+derived from the seed:
 
 * parameters from fold_in(PRNGKey(seed), 0);
 * the samples of step t (and its dynamic binarization) from
@@ -38,7 +25,7 @@ import functools
 import math
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,167 +35,16 @@ import optax
 from vae import checkpoint
 from vae import config as cfg
 from vae import data
+from vae import distributions as dists
 from vae import evaluate
+from vae import model as model_lib
+from vae import optim
 from vae import types
-from vae.estimators import control_variates
 from vae.estimators import registry
-from vae.models import image_vae
 
 Array = types.Array
 Params = types.Params
 PRNGKey = types.PRNGKey
-
-OPTIMIZERS = ('adam', 'sgd', 'momentum', 'rmsprop', 'adagrad')
-LR_SCHEDULES = ('constant', 'cosine', 'exponential', 'burda')
-# Burda et al. (2015): lr 1e-3·10^(-i/7) for 3^i epochs, i = 0..7.
-BURDA_STAGES = 8
-
-
-@cfg.settings
-class OptimizerConfig:
-  """The optimizer and its learning-rate schedule."""
-  optimizer: str = cfg.setting('adam', 'Optimizer.', choices=OPTIMIZERS)
-  learning_rate: float = cfg.setting(1e-3, 'Initial learning rate.', gt=0.0,
-                                     max=10.0)
-  lr_schedule: str = cfg.setting(
-      'constant', 'Learning-rate schedule (burda: 1e-3·10^(-i/7) for 3^i '
-      'epochs).', choices=LR_SCHEDULES)
-  lr_decay_rate: float = cfg.setting(
-      0.1, 'cosine/exponential: the final lr is lr·lr_decay_rate.', gt=0.0,
-      max=1.0)
-  lr_decay_steps: int = cfg.setting(
-      0, 'exponential: multiply by lr_decay_rate every this many steps (0: '
-      'once over the run).', min=0)
-  adam_eps: float = cfg.setting(1e-8, 'Epsilon of adam.', gt=0.0, max=1.0)
-
-
-@cfg.settings
-class FitConfig:
-  """A variational fit by stochastic optimization (of q per data point or of
-  an encoder): its length and its Monte Carlo samples per step."""
-  fit_steps: int = cfg.setting(1000, 'Optimizer steps of a variational fit.',
-                               min=1, max=10**6)
-  fit_samples: int = cfg.setting(
-      10, 'z samples per data point and step of a fit.', min=1, max=10**4)
-
-
-def learning_rate_schedule(config: OptimizerConfig, total_steps: int,
-                           steps_per_epoch: int = 1) -> optax.Schedule:
-  """η(t) for step t.
-
-  constant: η; cosine: η·(a + (1-a)(1 + cos(π t/T))/2), a = lr_decay_rate,
-  T = total_steps; exponential: η·r^(t/S), r = lr_decay_rate, S =
-  lr_decay_steps (or T); burda: η·10^(-i/7) during the i-th stage of 3^i
-  epochs (i = 0..7; Burda et al., 2015).
-
-  Args:
-    config: the optimizer settings.
-    total_steps: steps of the whole run.
-    steps_per_epoch: steps per pass over the data (for 'burda').
-
-  Returns:
-    An optax schedule.
-  """
-  lr, total = config.learning_rate, max(1, total_steps)
-  if config.lr_schedule == 'constant':
-    return optax.constant_schedule(lr)
-  if config.lr_schedule == 'cosine':
-    return optax.cosine_decay_schedule(lr, total, alpha=config.lr_decay_rate)
-  if config.lr_schedule == 'exponential':
-    return optax.exponential_decay(lr, config.lr_decay_steps or total,
-                                   config.lr_decay_rate)
-  boundaries = np.cumsum([3**i for i in range(BURDA_STAGES - 1)])
-  return optax.piecewise_constant_schedule(
-      lr, {int(b * steps_per_epoch): 10**(-1 / 7) for b in boundaries})
-
-
-def make_optimizer(config: OptimizerConfig, total_steps: int,
-                   steps_per_epoch: int = 1) -> optax.GradientTransformation:
-  """The optax optimizer of `config` with its learning-rate schedule."""
-  lr = learning_rate_schedule(config, total_steps, steps_per_epoch)
-  return {
-      'adam': lambda: optax.adam(lr, eps=config.adam_eps),
-      'sgd': lambda: optax.sgd(lr),
-      'momentum': lambda: optax.sgd(lr, momentum=0.9),
-      'rmsprop': lambda: optax.rmsprop(lr),
-      'adagrad': lambda: optax.adagrad(lr),
-  }[config.optimizer]()
-
-
-class TrainState(NamedTuple):
-  """What a step changes.
-
-  Attributes:
-    step: steps done (int32 scalar).
-    params: the parameters.
-    opt_state: the optimizer's state.
-    baseline: the moving-average baseline b (score_moving_average).
-  """
-  step: Array
-  params: Params
-  opt_state: Any
-  baseline: Array
-
-
-def init_state(params: Params, optimizer: optax.GradientTransformation,
-               baseline: float | Array = 0.0) -> TrainState:
-  """Step 0."""
-  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params),
-                    jnp.asarray(baseline, jnp.result_type(float)))
-
-
-Loss = Callable[[Params, Any, PRNGKey, Array], tuple[Array, dict[str, Array]]]
-
-
-def make_step(loss: Loss, optimizer: optax.GradientTransformation,
-              baseline_decay: float | None = None
-              ) -> Callable[[TrainState, Any, PRNGKey],
-                            tuple[TrainState, dict[str, Array]]]:
-  """(state, batch, key) -> (state after one step, aux).
-
-  Args:
-    loss: (params, batch, key, baseline) -> (value to minimize, aux dict);
-      with `baseline_decay`, aux['cost'] is the step's mean score-function
-      cost f̄ (`vae.objectives.score_cost`).
-    optimizer: the optax optimizer.
-    baseline_decay: decay of the moving-average baseline, or None to keep
-      it fixed.
-
-  Returns:
-    The step function (pure; jit or scan it).
-  """
-  def step(state: TrainState, batch: Any, key: PRNGKey):
-    (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(
-        state.params, batch, key, state.baseline)
-    updates, opt_state = optimizer.update(grads, state.opt_state,
-                                          state.params)
-    params = optax.apply_updates(state.params, updates)
-    baseline = state.baseline
-    if baseline_decay is not None:
-      baseline = control_variates.moving_average_update(
-          baseline, aux['cost'], baseline_decay)
-    return TrainState(state.step + 1, params, opt_state, baseline), aux
-
-  return step
-
-
-def fit(step: Callable, state: TrainState, batches: Any, keys: Array
-        ) -> tuple[TrainState, dict[str, Array]]:
-  """Runs `step` over (batches[t], keys[t]) under `lax.scan`.
-
-  Args:
-    step: from `make_step`.
-    state: the starting state.
-    batches: a pytree with a leading axis of length T (None: no batches).
-    keys: [T] PRNG keys.
-
-  Returns:
-    (final state, aux of every step stacked along a leading axis T).
-  """
-  return jax.lax.scan(lambda s, x: step(s, *x), state, (batches, keys))
-
-
-# The image-VAE epoch trainer.
 
 MAX_BATCH = 100_000
 # The estimators of an image VAE's bounds (Gaussian q).
@@ -257,9 +93,12 @@ class TrainConfig:
                    self.beta, 'continuous', 'normal')
 
 
-def memory_estimate(model: image_vae.ModelConfig, config: TrainConfig,
+def memory_estimate(model: Any, config: TrainConfig,
                     data_dim: int = 784) -> int:
   """Bytes a training step needs, roughly: 4·(5 P + 8 B k W).
+
+  `model` is an MLP architecture with hidden_sizes, latent_dim and
+  num_params(data_dim) (e.g. `image_vae.ModelConfig`).
 
   P parameters (with gradients, two Adam moments and a spare copy), and
   activations of the B·k samples of a batch kept for the backward pass, W =
@@ -271,7 +110,7 @@ def memory_estimate(model: image_vae.ModelConfig, config: TrainConfig,
               8 * config.batch_size * config.num_samples * width)
 
 
-def check_memory(model: image_vae.ModelConfig, config: TrainConfig,
+def check_memory(model: Any, config: TrainConfig,
                  data_dim: int = 784) -> None:
   """Refuses (ValueError, one line) a step that needs more than half the
   machine's RAM: `memory_estimate` > RAM / 2."""
@@ -301,16 +140,16 @@ def _uses_baseline(config: TrainConfig) -> bool:
   return registry.lookup(config.estimator).state == 'moving_average'
 
 
-def image_loss(model: image_vae.VAE, config: TrainConfig,
-               dynamic_binarization: bool) -> Loss:
+def model_loss(model: model_lib.Model, config: TrainConfig,
+               dynamic_binarization: bool) -> optim.Loss:
   """(θ, (x, β_t), key, b) -> (-S̄, {'bound': S̄[, 'cost': f̄]}) for make_step.
 
   key splits into the binarization key (x ~ Bernoulli(x) when
   `dynamic_binarization`) and the samples' key; S̄ is
-  `image_vae.batch_surrogate` with β_t (and baseline b for
-  score_moving_average, whose cost f̄ is `image_vae.batch_objective`'s).
+  `model.batch_surrogate` with β_t (and baseline b for
+  score_moving_average, whose cost f̄ is `model.batch_objective`'s).
   A batch (x, β_t, ε) also carries the pathwise estimator's noise ε =
-  `image_vae.batch_noise(samples' key, ...)`, drawn ahead (`make_epoch`).
+  `model.batch_noise(samples' key, ...)`, drawn ahead (`make_epoch`).
   """
   objective, estimator, k = (config.objective, config.estimator,
                              config.num_samples)
@@ -324,15 +163,15 @@ def image_loss(model: image_vae.VAE, config: TrainConfig,
     if dynamic_binarization:
       images = data.binarize(bin_key, images)
     if uses_baseline:
-      bound, cost = image_vae.batch_objective(
+      bound, cost = model_lib.batch_objective(
           model, params, images, loss_key, objective, estimator, k, beta,
           baseline)
       return -bound, {'bound': bound, 'cost': cost}
     if noise:
-      bound = jnp.mean(image_vae.pathwise_bounds(model, params, images,
-                                                 noise[0], objective, beta))
+      bound = jnp.mean(model_lib.pathwise_bounds(
+          model, params, images, None, objective, beta, k, noise=noise[0]))
     else:
-      bound = image_vae.batch_surrogate(model, params, images, loss_key,
+      bound = model_lib.batch_surrogate(model, params, images, loss_key,
                                         objective, estimator, k, beta)
     return -bound, {'bound': bound}
 
@@ -347,11 +186,12 @@ NOISE_AHEAD_STEPS = 100
 NOISE_AHEAD_FLOATS = 2**23
 
 
-def make_epoch(model: image_vae.VAE, optimizer: optax.GradientTransformation,
+def make_epoch(model: model_lib.Model,
+               optimizer: optax.GradientTransformation,
                config: TrainConfig, seed: int, dynamic_binarization: bool):
   """A jitted (state, images, epoch) -> (state, stats): one pass over the data.
 
-  Runs `fit` over the batches of `data.epoch_batches(images, B, seed,
+  Runs `optim.fit` over the batches of `data.epoch_batches(images, B, seed,
   epoch)`, step t with key `step_key(seed, t)` and β_t = `beta_at(t)`.
   stats: 'bound' (the mean of the steps' bounds S̄_t), 'min_bound' and
   'max_bound' (their extremes) and 'finite' (False if a bound or a
@@ -359,27 +199,29 @@ def make_epoch(model: image_vae.VAE, optimizer: optax.GradientTransformation,
 
   Step t gathers its batch x_t = images[π_e[tB:(t+1)B]] itself
   (`data.epoch_indices`: the batches of `epoch_batches`, without a shuffled
-  copy of the data); for the pathwise estimator the
-  noise ε_t = `image_vae.batch_noise` of step t's samples' key is drawn for
+  copy of the data); for the pathwise estimator and a diagonal Gaussian q
+  the noise ε_t = `model.batch_noise` of step t's samples' key is drawn for
   the whole epoch before the scan (see NOISE_AHEAD_STEPS). The same numbers
-  as `image_loss` on `epoch_batches`.
+  as `model_loss` on `epoch_batches`.
   """
-  loss = image_loss(model, config, dynamic_binarization)
+  loss = model_loss(model, config, dynamic_binarization)
   batch_size, k = config.batch_size, config.num_samples
   ahead = config.estimator == 'pathwise' and not _uses_baseline(config)
   decay = config.baseline_decay if _uses_baseline(config) else None
 
   @jax.jit
-  def epoch_fn(state: TrainState, images: Array, epoch: Array):
+  def epoch_fn(state: optim.TrainState, images: Array, epoch: Array):
     order = data.epoch_indices(images.shape[0], batch_size, seed, epoch)
     num_steps = order.shape[0]
     t = state.step + jnp.arange(num_steps)
     keys = jax.vmap(lambda s: step_key(seed, s))(t)
     betas = jax.vmap(lambda s: beta_at(config, s))(t)
     inputs = (order, betas)
-    if ahead and num_steps >= NOISE_AHEAD_STEPS and (
+    gaussian = isinstance(jax.eval_shape(model.encoder, state.params,
+                                         images[:1]), dists.Normal)
+    if ahead and gaussian and num_steps >= NOISE_AHEAD_STEPS and (
         num_steps * batch_size * k * model.latent_dim <= NOISE_AHEAD_FLOATS):
-      inputs += (jax.vmap(lambda key: image_vae.batch_noise(
+      inputs += (jax.vmap(lambda key: model_lib.batch_noise(
           jax.random.split(key)[1], batch_size, k, model.latent_dim))(keys),)
 
     def gathered(params, batch, key, baseline):  # Batch t from its indices.
@@ -387,8 +229,8 @@ def make_epoch(model: image_vae.VAE, optimizer: optax.GradientTransformation,
       return loss(params, (jnp.take(images, indices, axis=0, mode='clip'),
                            *rest), key, baseline)
 
-    state, aux = fit(make_step(gathered, optimizer, decay), state, inputs,
-                     keys)
+    state, aux = optim.fit(optim.make_step(gathered, optimizer, decay),
+                           state, inputs, keys)
     bounds = aux['bound']
     finite = jnp.all(jnp.isfinite(bounds))
     for leaf in jax.tree.leaves(state.params):
@@ -400,27 +242,34 @@ def make_epoch(model: image_vae.VAE, optimizer: optax.GradientTransformation,
 
 
 def divergence(stats: dict[str, Any], previous: float | None, data_dim: int,
-               beta: float = 1.0) -> str | None:
+               beta: float = 1.0, binary: bool = True) -> str | None:
   """Why an epoch's bounds are implausible, or None if they are plausible.
 
-  For D pixels in [0, 1], log p(x|z) = Σ_j x_j l_j - softplus(l_j) ≤ 0, so
-  a bound is ≤ 0 up to Monte Carlo noise in its KL part. Implausible:
-  NaN/Inf; a step's bound below -10·D·log 2·max(1, β) (ten times what a
-  model predicting every pixel at 1/2 pays) or above D·log 2; or the
-  epoch's mean bound L_e < 100·L_{e-1} < 0 (two orders of magnitude).
+  Implausible for any model: NaN/Inf, or the epoch's mean bound
+  L_e < 100·L_{e-1} < 0 (two orders of magnitude). For D Bernoulli pixels
+  (`binary`) in [0, 1], log p(x|z) = Σ_j x_j l_j - softplus(l_j) ≤ 0, so a
+  bound is ≤ 0 up to Monte Carlo noise in its KL part; implausible too: a
+  step's bound below -10·D·log 2·max(1, β) (ten times what a model
+  predicting every pixel at 1/2 pays) or above D·log 2.
   """
   if not bool(stats['finite']):
     return 'the training bound or the parameters became NaN/Inf'
+  bound = float(stats['bound'])
+  if not binary:
+    return _jumped(previous, bound)
   ceiling = data_dim * math.log(2)
   floor = -DIVERGENCE_FACTOR * ceiling * max(1.0, beta)
   low, high = float(stats['min_bound']), float(stats['max_bound'])
-  bound = float(stats['bound'])
   if low < floor:
     return (f'the training bound diverged to {low:.4g} nats (below '
             f'{floor:.4g}, a plausible floor for {data_dim} binary pixels)')
   if high > ceiling:
     return (f'the training bound rose to {high:.4g} nats (a bound on '
             f'{data_dim} pixels in [0, 1] is at most about 0)')
+  return _jumped(previous, bound)
+
+
+def _jumped(previous: float | None, bound: float) -> str | None:
   if previous is not None and previous < 0 and bound < JUMP_FACTOR * previous:
     return (f'the training bound jumped from {previous:.4g} to {bound:.4g} '
             'nats')
@@ -432,15 +281,17 @@ class Diverged(FloatingPointError):
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(model: image_vae.VAE, optimizer_config: OptimizerConfig,
+def _compiled(model: model_lib.Model,
+              optimizer_config: optim.OptimizerConfig,
               config: TrainConfig, seed: int, total_steps: int,
               steps_per_epoch: int, images_shape: tuple[int, ...],
               dynamic_binarization: bool):
   """(jitted init_state(params), compiled epoch) for these settings (cached,
   so that training again in one process, e.g. resuming, does not compile)."""
-  optimizer = make_optimizer(optimizer_config, total_steps, steps_per_epoch)
-  init = jax.jit(lambda params: init_state(params, optimizer))
-  state = jax.eval_shape(lambda: init_state(
+  optimizer = optim.make_optimizer(optimizer_config, total_steps,
+                                   steps_per_epoch)
+  init = jax.jit(lambda params: optim.init_state(params, optimizer))
+  state = jax.eval_shape(lambda: optim.init_state(
       model.init(jax.random.PRNGKey(0)), optimizer))
   epoch = make_epoch(model, optimizer, config, seed, dynamic_binarization)
   return init, epoch.lower(state, jax.ShapeDtypeStruct(images_shape,
@@ -460,7 +311,7 @@ class TrainResult:
     cpu_s: process CPU seconds of those epochs.
     compile_s: seconds spent compiling the epoch function.
   """
-  state: TrainState
+  state: optim.TrainState
   history: list[dict[str, Any]]
   resumed_from: int | None
   wall_s: float
@@ -468,17 +319,17 @@ class TrainResult:
   compile_s: float
 
 
-def train(model: image_vae.VAE, dataset: data.Dataset,
-          optimizer_config: OptimizerConfig, config: TrainConfig, seed: int,
-          checkpoint_dir: str, *,
+def train(model: model_lib.Model, dataset: data.Dataset,
+          optimizer_config: optim.OptimizerConfig, config: TrainConfig,
+          seed: int, checkpoint_dir: str, *,
           on_epoch: Callable[[dict[str, Any]], None] | None = None,
           log: Callable[[str], None] = print,
           stop_after_epochs: int | None = None) -> TrainResult:
-  """Trains (or resumes) the image VAE, checkpointing into `checkpoint_dir`.
+  """Trains (or resumes) a model, checkpointing into `checkpoint_dir`.
 
   Maximizes (1/T) Σ_t S̄_t (see `make_epoch`) from θ₀ =
-  `image_vae.init_params(model, fold_in(PRNGKey(seed), 0), x̄)`, x̄ the mean
-  training image, or from the newest intact checkpoint. After each epoch
+  `model.init(fold_in(PRNGKey(seed), 0), x̄)`, x̄ the mean training
+  example, or from the newest intact checkpoint. After each epoch
   `on_epoch` gets the row {step, epoch, train_bound, test_bound (the
   objective with k samples and β = 1 on `evaluate.test_images`, every
   `test_every` epochs and at the end), beta, learning_rate, examples_per_s,
@@ -486,7 +337,7 @@ def train(model: image_vae.VAE, dataset: data.Dataset,
   epochs and at the end.
 
   Args:
-    model: the VAE.
+    model: the model (`vae.model.Model`).
     dataset: the data; its `binarization` picks dynamic binarization.
     optimizer_config: the optimizer and its schedule.
     config: what to optimize, and for how long.
@@ -512,7 +363,7 @@ def train(model: image_vae.VAE, dataset: data.Dataset,
     raise ValueError(f'batch_size: {config.batch_size} > {images.shape[0]} '
                      'training images.')
   total = config.epochs * steps_per_epoch
-  schedule = learning_rate_schedule(optimizer_config, total, steps_per_epoch)
+  schedule = optim.learning_rate_schedule(optimizer_config, total, steps_per_epoch)
   start = time.time()
   init, epoch_fn = _compiled(  # Keyed on what the step computes.
       model, optimizer_config, dataclasses.replace(
@@ -521,14 +372,16 @@ def train(model: image_vae.VAE, dataset: data.Dataset,
       else 0, steps_per_epoch, tuple(images.shape),
       dataset.binarization == 'dynamic')
   compile_s = time.time() - start
-  params = image_vae.init_params(
-      model, jax.random.fold_in(jax.random.PRNGKey(seed), 0),
-      np.asarray(dataset.train).mean(0))
+  params = model.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0),
+                      np.asarray(dataset.train).mean(0))
+  binary = isinstance(jax.eval_shape(
+      model.decoder, params, jnp.zeros((1, model.latent_dim))),
+                      dists.Bernoulli)
   good = init(params)
   restored, resumed_from = checkpoint.restore_latest(
       checkpoint_dir, good._asdict(), log)
   if restored is not None:
-    good = TrainState(**jax.tree.map(jnp.asarray, restored))
+    good = optim.TrainState(**jax.tree.map(jnp.asarray, restored))
     if resumed_from % steps_per_epoch:
       raise ValueError(f'checkpoint step {resumed_from} is not at the end of '
                        f'an epoch of {steps_per_epoch} steps.')
@@ -552,7 +405,8 @@ def train(model: image_vae.VAE, dataset: data.Dataset,
       state, stats = epoch_fn(good, images, jnp.int32(epoch))
       stats = jax.device_get(stats)
       wall, cpu = time.time() - wall, time.process_time() - cpu
-      problem = divergence(stats, previous, model.data_dim, config.beta)
+      problem = divergence(stats, previous, model.data_dim, config.beta,
+                           binary)
       if problem:
         save_good()
         raise Diverged(f'{problem} in epoch {epoch + 1} (steps '

@@ -41,8 +41,9 @@ import numpy as np
 import optax
 
 from vae import data as data_lib
+from vae import model as model_lib
 from vae import moments
-from vae import train
+from vae import optim
 from vae import types
 from vae.estimators import registry
 from vae.models import image_vae
@@ -80,7 +81,7 @@ def small_vae(latent_dim: int = 8, hidden_sizes: Sequence[int] = (64,),
                              output_bias_init=init)
 
 
-def score_cost(model: image_vae.VAE, params: Params, batch: Array,
+def score_cost(model: model_lib.Model, params: Params, batch: Array,
                key: PRNGKey, objective: str) -> Array:
   """Batch mean of the score-function cost f(z), one z ~ q(z|x) per example.
 
@@ -101,12 +102,10 @@ def score_cost(model: image_vae.VAE, params: Params, batch: Array,
     raise ValueError(f'no score-function cost for objective {objective!r}.')
 
   def one(x, k):
-    q = model.posterior(params, x)
+    q = model.encoder(params, x)
     z = q.sample(k)
-    f = model.log_likelihood_fn(params, x)(z)
-    if objective == 'elbo_mc_kl':
-      f += jnp.sum(model.prior().log_prob(z)) - jnp.sum(q.log_prob(z))
-    return f
+    log_w, log_px = model_lib.log_weights(model, params, x, z, q)
+    return log_w if objective == 'elbo_mc_kl' else log_px
 
   keys = jax.random.split(key, batch.shape[0])
   return jax.lax.stop_gradient(jnp.mean(jax.vmap(one)(batch, keys)))
@@ -130,7 +129,7 @@ def _training_indices(num_examples: int, batch_size: int, seed: int,
   return epochs[start - first * per_epoch:stop - first * per_epoch]
 
 
-def train_checkpoints(model: image_vae.VAE, images: np.ndarray,
+def train_checkpoints(model: model_lib.Model, images: np.ndarray,
                       steps: Sequence[int], key: PRNGKey,
                       optimizer: optax.GradientTransformation,
                       batch_size: int = 32, objective: str = 'elbo',
@@ -180,11 +179,11 @@ def train_checkpoints(model: image_vae.VAE, images: np.ndarray,
   def loss(params, batch, k, baseline):
     del baseline
     loss_key, c_key = jax.random.split(k)
-    value = image_vae.batch_surrogate(model, params, batch, loss_key,
+    value = model_lib.batch_surrogate(model, params, batch, loss_key,
                                       objective, 'pathwise', num_samples)
     return -value, {'costs': costs(params, batch, c_key)}
 
-  inner = train.make_step(loss, optimizer)
+  inner = optim.make_step(loss, optimizer)
 
   def step(state, batch, k):
     new, aux = inner(state, batch, k)
@@ -192,14 +191,14 @@ def train_checkpoints(model: image_vae.VAE, images: np.ndarray,
     return new._replace(baseline=b), aux
 
   def run_block(state, images, indices, keys):  # Step t gathers batch t.
-    return train.fit(lambda st, idx, k: step(st, jnp.take(images, idx, 0), k),
+    return optim.fit(lambda st, idx, k: step(st, jnp.take(images, idx, 0), k),
                      state, indices, keys)
 
   images = jnp.asarray(images)
   indices = functools.partial(_training_indices, len(images), batch_size,
                               order_seed)
   params = model.init(init_key)
-  state = train.init_state(params, optimizer, jax.jit(costs)(
+  state = optim.init_state(params, optimizer, jax.jit(costs)(
       params, images[indices(0, 1)[0]], cost_key))
   run = jax.jit(run_block)
   block = max(1, _BLOCK_FLOATS // (batch_size * images.shape[1]))
@@ -220,7 +219,7 @@ def _flat_grads(model, objective, estimator, num_samples):
   """(params, batch, key, baseline) -> {'bound', group: flat gradient}."""
   def fn(params, batch, key, baseline):
     value, grads = jax.value_and_grad(
-        lambda p: image_vae.batch_surrogate(
+        lambda p: model_lib.batch_surrogate(
             model, p, batch, key, objective, estimator, num_samples,
             baseline=baseline))(
                 params)
@@ -230,7 +229,7 @@ def _flat_grads(model, objective, estimator, num_samples):
 
 
 @functools.lru_cache(maxsize=None)
-def draw_fn(model: image_vae.VAE, objective: str, estimators: tuple[str, ...],
+def draw_fn(model: model_lib.Model, objective: str, estimators: tuple[str, ...],
             num_samples: int, num_draws: int, batch_size: int,
             common_random_numbers: bool = True):
   """The jitted study of (objective, N): D draws of every estimator at once.
@@ -243,7 +242,7 @@ def draw_fn(model: image_vae.VAE, objective: str, estimators: tuple[str, ...],
   With common random numbers every estimator of a draw uses the same key,
   hence the same z samples (paired comparisons; XLA shares the sampling
   and forward passes); otherwise estimator e uses fold_in(key_d,
-  registry.index(e)).
+  registry.name_id(e)).
   """
   grads = {e: _flat_grads(model, objective, e, num_samples)
            for e in estimators}
@@ -253,7 +252,7 @@ def draw_fn(model: image_vae.VAE, objective: str, estimators: tuple[str, ...],
   def fn(params, batch, key, baseline, reference):
     def estimate(k):
       return {e: grads[e](params, batch, k if common_random_numbers else
-                          jax.random.fold_in(k, registry.index(e)), baseline)
+                          jax.random.fold_in(k, registry.name_id(e)), baseline)
               for e in estimators}
     ref = {e: {'bound': jnp.zeros(()), **reference} for e in estimators}
     return moments.moments(estimate, key, num_draws, chunk=chunk,
@@ -310,7 +309,7 @@ def summarize(mean: Array, variance: Array, cosine: Array,
   }
 
 
-def compile_draw_fns(model: image_vae.VAE,
+def compile_draw_fns(model: model_lib.Model,
                      specs: Sequence[tuple[str, tuple[str, ...], int]],
                      example_args: tuple, num_draws: int, batch_size: int,
                      common_random_numbers: bool = True,
@@ -383,7 +382,7 @@ def _zeros(params: Params) -> dict[str, Array]:
           for g in GROUPS}
 
 
-def study(model: image_vae.VAE, checkpoints: Sequence[Checkpoint],
+def study(model: model_lib.Model, checkpoints: Sequence[Checkpoint],
           batch: Array, estimators_for: dict[str, Sequence[str]],
           num_samples: Sequence[int], num_draws: int, reference_draws: int,
           seed: int, common_random_numbers: bool = True,
@@ -475,7 +474,7 @@ def study(model: image_vae.VAE, checkpoints: Sequence[Checkpoint],
   return records, {'draws': draw_times, 'compile': compile_records}
 
 
-def time_estimators(model: image_vae.VAE, checkpoint: Checkpoint,
+def time_estimators(model: model_lib.Model, checkpoint: Checkpoint,
                     batch: Array, estimators_for: dict[str, Sequence[str]],
                     num_samples: Sequence[int], num_draws: int, seed: int,
                     workers: int | None = None) -> list[Record]:
@@ -505,7 +504,7 @@ def time_estimators(model: image_vae.VAE, checkpoint: Checkpoint,
   return records
 
 
-def measure(model: image_vae.VAE, images: np.ndarray, steps: Sequence[int],
+def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
             seed: int, optimizer: optax.GradientTransformation,
             estimators_for: dict[str, Sequence[str]],
             num_samples: Sequence[int], num_draws: int, reference_draws: int,
