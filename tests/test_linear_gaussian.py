@@ -39,7 +39,8 @@ def test_posterior_matches_joint_gaussian_conditioning():
   posterior = jax.jit(lg.posterior)
   for xi in np.asarray(x):
     # Joint of (z, x): Cov(z, x) = Wᵀ; p(z|x) = N(Wᵀ C⁻¹ (x - b), I - Wᵀ C⁻¹ W).
-    mean, cov = posterior(model, jnp.asarray(xi))
+    post = posterior(model, jnp.asarray(xi))
+    mean, cov = post.loc, post.covariance()
     np.testing.assert_allclose(mean, w.T @ np.linalg.solve(c, xi - b),
                                rtol=1e-9)
     np.testing.assert_allclose(cov, np.eye(2) - w.T @ np.linalg.solve(c, w),
@@ -54,8 +55,9 @@ def test_log_px_minus_elbo_is_kl_to_posterior_by_monte_carlo():
   @jax.jit
   def terms(model, x):
     q = dists.Normal(jnp.asarray(loc), jnp.log(scale))
+    post = lg.posterior(model, x)
     return (lg.log_marginal(model, x) - lg.elbo(model, x, q),
-            lg.kl_to_posterior(model, x, q), *lg.posterior(model, x))
+            lg.kl_to_posterior(model, x, q), post.loc, post.covariance())
 
   gap, kl, mean, cov = terms(model, x[0])
   z = loc + scale * np.random.default_rng(7).normal(size=(200_000, 2))

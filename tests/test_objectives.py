@@ -34,8 +34,8 @@ def setup(seed=0):
   x = lg.sample_data(model, jax.random.PRNGKey(seed + 1), 1)[0][0]
   log_lik = lambda z: lg.log_likelihood(model, x, z)
   prior = dists.standard_normal((3,), jnp.float64)
-  mean, cov = lg.posterior(model, x)
-  q = dists.Normal(mean + 0.2, 0.5 * jnp.log(jnp.diag(cov)))
+  post = lg.posterior(model, x)
+  q = dists.Normal(post.loc + 0.2, 0.5 * jnp.log(post.variance()))
   return model, x, log_lik, prior, q
 
 
@@ -76,8 +76,8 @@ def test_elbo_equals_log_px_at_the_exact_posterior():
     model = lg.LinearGaussianModel(w, jnp.arange(4.0) / 4,
                                    jnp.log(jnp.asarray(0.3)))
     x = jnp.array([0.4, -1.0, 0.2, 0.9])
-    mean, cov = lg.posterior(model, x)
-    q = dists.Normal(mean, 0.5 * jnp.log(jnp.diag(cov)))
+    post = lg.posterior(model, x)
+    q = dists.Normal(post.loc, 0.5 * jnp.log(post.variance()))
     prior = dists.standard_normal((2,), jnp.float64)
     log_lik = lambda z: lg.log_likelihood(model, x, z)
     log_px = lg.log_marginal(model, x)

@@ -13,21 +13,20 @@ gives, for K ≫ ρ,
 
 so about ρ/(2ε) samples are needed for a bias below ε. For Gaussian p(z|x)
 and q, log(1 + ρ) has a closed form (`log_chi2_plus_one`); it is +∞ when q's
-tails are too light (2Σ_p⁻¹ - Σ_q⁻¹ not positive definite). Proposals are
-`Gaussian(mean, cov)`; their density is `jax.scipy.stats.multivariate_normal`.
+tails are too light (2Σ_p⁻¹ - Σ_q⁻¹ not positive definite). Proposals and
+p(z|x) are `distributions.MultivariateNormal`s.
 On the linear-Gaussian model (`vae.problems.linear_gaussian`) log p(x) and
 p(z|x) are exact, so `estimate_errors` scores every estimate.
 """
 
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.stats import multivariate_normal
 import numpy as np
 
+from vae import distributions as dists
 from vae import stats
 from vae import types
 from vae.problems import amortization as am
@@ -41,18 +40,7 @@ PROPOSALS = ('prior', 'posterior', 'mean_field', 'mismatched')
 DELTA_METHOD_MIN_K_OVER_RHO = 10.0
 
 
-class Gaussian(NamedTuple):
-  """N(mean, cov) over vectors: mean [d], cov [d, d] (a pytree)."""
-  mean: Array
-  cov: Array
-
-
-def diagonal(mean: Array, scale: Array) -> Gaussian:
-  """N(mean, diag(scale²))."""
-  return Gaussian(mean, jnp.diag(scale**2))
-
-
-def log_weights(log_joint, proposal: Gaussian, key: PRNGKey,
+def log_weights(log_joint, proposal: dists.MultivariateNormal, key: PRNGKey,
                 num_samples: int) -> Array:
   """log w_k = log p(x, z_k) - log q(z_k), z_k ~ q, k = 1..K: [K].
 
@@ -65,10 +53,8 @@ def log_weights(log_joint, proposal: Gaussian, key: PRNGKey,
   Returns:
     The log-weights.
   """
-  mean, cov = proposal
-  z = jax.random.multivariate_normal(key, mean, cov, (num_samples,),
-                                     mean.dtype)
-  return jax.vmap(log_joint)(z) - multivariate_normal.logpdf(z, mean, cov)
+  z = proposal.sample(key, (num_samples,))
+  return jax.vmap(log_joint)(z) - proposal.log_prob(z)
 
 
 def running_log_mean_exp(log_w: Array) -> Array:
@@ -85,7 +71,8 @@ def running_log_mean_exp(log_w: Array) -> Array:
   return jnp.moveaxis(out, 0, -1) - jnp.log(k)
 
 
-def log_chi2_plus_one(p: Gaussian, q: Gaussian) -> Array:
+def log_chi2_plus_one(p: dists.MultivariateNormal,
+                      q: dists.MultivariateNormal) -> Array:
   """log ∫ p(z)²/q(z) dz = log(1 + χ²(p ‖ q)) for Gaussians; +∞ if it diverges.
 
   With P = Σ_p⁻¹, Q = Σ_q⁻¹, A = 2P - Q (must be positive definite) and
@@ -94,15 +81,17 @@ def log_chi2_plus_one(p: Gaussian, q: Gaussian) -> Array:
                 - μ_pᵀ P μ_p + ½ μ_qᵀ Q μ_q.
   For p = p(z|x) and the proposal q this is log E_q[w²]/p(x)² = log(1 + ρ).
   """
-  p_prec, q_prec = jnp.linalg.inv(p.cov), jnp.linalg.inv(q.cov)
+  eye = jnp.eye(p.dim, dtype=p.loc.dtype)
+  p_prec, q_prec = (jax.scipy.linalg.cho_solve((g.scale_tril, True), eye)
+                    for g in (p, q))
   a = 2.0 * p_prec - q_prec
-  b = 2.0 * p_prec @ p.mean - q_prec @ q.mean
+  b = 2.0 * p_prec @ p.loc - q_prec @ q.loc
   eig_min = jnp.min(jnp.linalg.eigvalsh(a))
   sign, log_det_a = jnp.linalg.slogdet(a)
-  a_safe = jnp.where(eig_min > 0, a, jnp.eye(a.shape[0], dtype=a.dtype))
-  value = (-jnp.linalg.slogdet(p.cov)[1] + 0.5 * jnp.linalg.slogdet(q.cov)[1]
+  a_safe = jnp.where(eig_min > 0, a, eye)
+  value = (-p.log_det_covariance() + 0.5 * q.log_det_covariance()
            - 0.5 * log_det_a + 0.5 * b @ jnp.linalg.solve(a_safe, b) -
-           p.mean @ p_prec @ p.mean + 0.5 * q.mean @ q_prec @ q.mean)
+           p.loc @ p_prec @ p.loc + 0.5 * q.loc @ q_prec @ q.loc)
   return jnp.where((eig_min > 0) & (sign > 0), value, jnp.inf)
 
 
@@ -137,7 +126,8 @@ def error_summary(estimates, exact) -> dict[str, np.ndarray]:
           'rmse': np.sqrt(np.mean(err**2, 0))}
 
 
-def proposal(name: str, model: lg.LinearGaussianModel, x: Array) -> Gaussian:
+def proposal(name: str, model: lg.LinearGaussianModel,
+             x: Array) -> dists.MultivariateNormal:
   """The proposal q(z) called `name` (see PROPOSALS) for one x [D].
 
   prior: N(0, I); posterior: p(z|x) (zero-variance weights); mean_field: the
@@ -146,30 +136,31 @@ def proposal(name: str, model: lg.LinearGaussianModel, x: Array) -> Gaussian:
   """
   d = model.latent_dim
   if name == 'prior':
-    return Gaussian(jnp.zeros(d, x.dtype), jnp.eye(d, dtype=x.dtype))
-  mean, cov = lg.posterior(model, x)
+    return dists.MultivariateNormal(jnp.zeros(d, x.dtype),
+                                    jnp.eye(d, dtype=x.dtype))
+  post = lg.posterior(model, x)
   if name == 'posterior':
-    return Gaussian(mean, cov)
+    return post
   q = am.optimal_diagonal_q(model, x)
   if name == 'mean_field':
-    return diagonal(q.loc, q.scale)
+    return dists.MultivariateNormal.from_normal(q)
   if name == 'mismatched':
-    sd = jnp.sqrt(jnp.diagonal(cov))
-    return diagonal(q.loc + sd, 2.0 * sd)
+    sd = jnp.sqrt(post.variance())
+    return dists.MultivariateNormal(q.loc + sd, jnp.diag(2.0 * sd))
   raise ValueError(f'unknown proposal {name!r}; choose from {PROPOSALS}.')
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def proposals(model: lg.LinearGaussianModel, x: Array,
-              names: tuple[str, ...]) -> dict[str, Gaussian]:
+def proposals(model: lg.LinearGaussianModel, x: Array, names: tuple[str, ...]
+              ) -> dict[str, dists.MultivariateNormal]:
   """{name: q batched over the rows of x [P, D]} in one compiled call."""
   return {n: jax.vmap(lambda xi, n=n: proposal(n, model, xi))(x)
           for n in names}
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
-def estimate_errors(model: lg.LinearGaussianModel, x: Array, q: Gaussian,
-                    key: PRNGKey, repeats: int,
+def estimate_errors(model: lg.LinearGaussianModel, x: Array,
+                    q: dists.MultivariateNormal, key: PRNGKey, repeats: int,
                     ks: tuple[int, ...]) -> tuple[Array, Array, Array]:
   """log p̂_K(x_p) - log p(x_p) [P, R, len(ks)], log(1 + ρ_p), log p(x_p).
 
@@ -181,7 +172,8 @@ def estimate_errors(model: lg.LinearGaussianModel, x: Array, q: Gaussian,
   Args:
     model: the linear-Gaussian model (exact log p(x) and p(z|x)).
     x: points [P, D].
-    q: proposals batched over the points (mean [P, d], cov [P, d, d]).
+    q: proposals batched over the points (loc [P, d], scale_tril
+      [P, d, d]).
     key: PRNG key.
     repeats: R independent estimates per point.
     ks: sample counts K (each ≥ 1).
@@ -194,7 +186,7 @@ def estimate_errors(model: lg.LinearGaussianModel, x: Array, q: Gaussian,
     log_w = jax.vmap(lambda k: log_weights(
         lambda z: lg.log_joint(model, xi, z), qi, k, max(ks)))(keys)
     running = running_log_mean_exp(log_w)[:, jnp.asarray(ks) - 1]
-    log_rho1 = log_chi2_plus_one(Gaussian(*lg.posterior(model, xi)), qi)
+    log_rho1 = log_chi2_plus_one(lg.posterior(model, xi), qi)
     log_px = lg.log_marginal(model, xi)
     return running - log_px, log_rho1, log_px
 

@@ -15,10 +15,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.stats import multivariate_normal
 import numpy as np
 
 from vae import distributions as dists
+from vae import kl
 from vae import stats
 from vae import types
 
@@ -126,18 +126,25 @@ def marginal_covariance(model: LinearGaussianModel) -> Array:
           model.noise_variance * jnp.eye(model.data_dim))
 
 
+def marginal(model: LinearGaussianModel) -> dists.MultivariateNormal:
+  """p(x) = N(b, WWᵀ + σ²I)."""
+  return dists.MultivariateNormal.from_covariance(model.bias,
+                                                  marginal_covariance(model))
+
+
 def log_marginal(model: LinearGaussianModel, x: Array) -> Array:
   """log p(x) = log N(x; b, WWᵀ + σ²I), for x [D] (or a batch [N, D])."""
-  return multivariate_normal.logpdf(x, model.bias, marginal_covariance(model))
+  return marginal(model).log_prob(x)
 
 
-def posterior(model: LinearGaussianModel, x: Array) -> tuple[Array, Array]:
-  """p(z|x) = N(m, S): returns (m [d], S [d, d]) for one x."""
+def posterior(model: LinearGaussianModel,
+              x: Array) -> dists.MultivariateNormal:
+  """p(z|x) = N(m, S), S = (I + WᵀW/σ²)⁻¹, m = S Wᵀ(x - b)/σ², for one x."""
   w, s2 = model.weight, model.noise_variance
   precision = jnp.eye(model.latent_dim) + w.T @ w / s2
   cov = jnp.linalg.inv(precision)
   mean = cov @ w.T @ (x - model.bias) / s2
-  return mean, cov
+  return dists.MultivariateNormal.from_covariance(mean, cov)
 
 
 def log_likelihood(model: LinearGaussianModel, x: Array, z: Array) -> Array:
@@ -171,16 +178,10 @@ def kl_to_posterior(model: LinearGaussianModel, x: Array,
                     q: dists.Normal) -> Array:
   """KL(q ‖ p(z|x)) for diagonal q against the full-covariance posterior.
 
-  KL = ½ [tr(S⁻¹Σq) + (m - μ)ᵀ S⁻¹ (m - μ) - d + log det S - log det Σq].
+  KL = ½ [tr(S⁻¹Σq) + (m - μ)ᵀ S⁻¹ (m - μ) - d + log det S - log det Σq]
+  (`kl.kl_divergence` of q, read as one vector, and `posterior`).
   """
-  m, s = posterior(model, x)
-  w = model.weight
-  s_inv = jnp.eye(model.latent_dim) + w.T @ w / model.noise_variance
-  var = q.variance()
-  diff = m - q.mean()
-  _, log_det_s = jnp.linalg.slogdet(s)
-  return 0.5 * (jnp.sum(jnp.diag(s_inv) * var) + diff @ s_inv @ diff -
-                model.latent_dim + log_det_s - 2.0 * jnp.sum(q.log_scale))
+  return kl.kl_divergence(q, posterior(model, x))
 
 
 @jax.jit

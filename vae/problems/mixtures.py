@@ -4,7 +4,7 @@ A mixture with K full-covariance components in D dimensions,
 
     p(x) = Σ_k π_k N(x; μ_k, Σ_k),   π = softmax(logits),
 
-is a `GaussianMixture` pytree (N: `jax.scipy.stats.multivariate_normal`).
+is a `GaussianMixture` pytree (N: `distributions.MultivariateNormal`).
 `fit_em` runs expectation-maximization (Dempster et al. 1977) in pure JAX
 under `lax.scan`, with responsibilities in
 log space, and returns the log-likelihood after every iteration (which EM
@@ -22,16 +22,14 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.stats import multivariate_normal
 import numpy as np
 
+from vae import distributions as dists
 from vae import stats
 from vae import types
 
 Array = types.Array
 PRNGKey = types.PRNGKey
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 @types.pytree_dataclass
@@ -73,10 +71,15 @@ def from_moments(weights: Array, means: Array,
                          covariances=jnp.asarray(covariances))
 
 
+def components(mixture: GaussianMixture) -> dists.MultivariateNormal:
+  """The components N(μ_k, Σ_k) as one MultivariateNormal of batch shape [K]."""
+  return dists.MultivariateNormal.from_covariance(mixture.means,
+                                                  mixture.covariances)
+
+
 def component_log_probs(mixture: GaussianMixture, x: Array) -> Array:
   """log π_k + log N(x_n; μ_k, Σ_k) for points x [N, D]: returns [N, K]."""
-  log_n = jax.vmap(lambda m, c: multivariate_normal.logpdf(x, m, c),
-                   out_axes=-1)(mixture.means, mixture.covariances)
+  log_n = components(mixture).log_prob(x[:, None, :])
   return jax.nn.log_softmax(mixture.logits) + log_n
 
 
@@ -102,11 +105,8 @@ def sample(mixture: GaussianMixture, key: PRNGKey,
   """
   k_comp, k_eps = jax.random.split(key)
   comp = jax.random.categorical(k_comp, mixture.logits, shape=(num,))
-  eps = jax.random.normal(k_eps, (num, mixture.dim),
-                          dtype=mixture.means.dtype)
-  scale_trils = jnp.linalg.cholesky(mixture.covariances)
-  x = mixture.means[comp] + jnp.einsum('nij,nj->ni', scale_trils[comp], eps)
-  return x, comp
+  chosen = jax.tree.map(lambda a: a[comp], components(mixture))  # Batch [num].
+  return chosen.sample(k_eps), comp
 
 
 @jax.jit
@@ -152,12 +152,10 @@ def gaussian_cross_entropy(mean: Array, covariance: Array, data_mean: Array,
   Returns:
     The cross-entropy (a scalar, in nats).
   """
-  chol = jnp.linalg.cholesky(covariance)
-  log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
-  diff = data_mean - mean
-  solve = lambda b: jax.scipy.linalg.cho_solve((chol, True), b)
-  return 0.5 * (mean.shape[0] * _LOG_2PI + log_det +
-                jnp.trace(solve(data_covariance)) + diff @ solve(diff))
+  q = dists.MultivariateNormal.from_covariance(mean, covariance)
+  # -log N(m; μ, Σ) holds all but the trace term.
+  return 0.5 * jnp.trace(jax.scipy.linalg.cho_solve(
+      (q.scale_tril, True), data_covariance)) - q.log_prob(data_mean)
 
 
 @jax.jit
