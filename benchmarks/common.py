@@ -395,7 +395,7 @@ def model_from_args(args: argparse.Namespace):
 def arch(model) -> dict[str, Any]:
   """The keyword arguments of the FLOP counts for `model`."""
   return dict(data_dim=model.data_dim,
-              hidden=tuple(model.decoder.hidden_sizes),
+              hidden=tuple(model.decoder_net.hidden_sizes),
               latent=model.latent_dim)
 
 

@@ -10,15 +10,16 @@ encoder once per image, so the matmul work is
 FLOPs / (the matmul peak measured in the same run, 2048² float32); issue 11
 asks for the measured time to be within 1.5× of it. Cases:
 
-* `chunked`: `image_vae.importance_log_likelihood` (jitted: a `lax.scan`
-  over chunks of `--chunk` samples of every image with a running
-  logsumexp), called on batches of `--batch` images from a Python loop
-  (asynchronous dispatch; one sync at the end).
-* `evaluate`: `vae.evaluate.importance_sampling`, what `train_vae` and
-  `evaluate_vae` run: log p(x), the ELBO and IWAE_k (k = 1, 5, 50) from the
-  same samples, at `EvalConfig`'s defaults (`--eval_batch` = 100 images ×
-  `--eval_chunk` = 100 samples per scan step, decoded in blocks of about
-  10^3 rows on CPU).
+* `chunked`: the one importance-sampling engine, `vae.importance.
+  importance_batch` (jitted: a `lax.scan` over chunks of `--chunk` samples
+  of every image with a running logsumexp, plus the SEs and the ELBO it
+  always returns), called on batches of `--batch` images from a Python
+  loop (asynchronous dispatch; one sync at the end).
+* `evaluate`: the same engine as `vae.evaluate` runs it for `train_vae` and
+  `evaluate_vae` (`vae.importance.importance_sampling`): log p(x), the ELBO
+  and IWAE_k (k = 1, 5, 50) from the same samples, at `EvalConfig`'s
+  defaults (`--eval_batch` = 100 images × `--eval_chunk` = 100 samples per
+  scan step, decoded in blocks of about 10^3 rows on CPU).
 * `plain` (peer): a per-batch jitted function that decodes all K samples
   of each image at once (no chunking: memory B · K · 784 floats), same loop.
 
@@ -39,6 +40,8 @@ import numpy as np
 
 from benchmarks import common
 from vae import evaluate
+from vae import importance
+from vae import model as model_lib
 from vae.models import image_vae
 
 CASES = ('chunked', 'evaluate', 'plain')
@@ -51,17 +54,13 @@ def plain_log_likelihood(model: image_vae.VAE, params, batch, key,
                          num_samples: int):
   """log (1/K) Σ_k w_k per image, all K samples decoded in one go.
 
-  With K ≤ the chunk size, the same keys as `importance_log_likelihood`
-  (one chunk per image), hence the same values.
+  With K ≤ the chunk size, the same keys as `importance.importance_batch`
+  (one chunk), hence the same values.
   """
-  keys = jax.random.split(key, batch.shape[0])
-
-  def one(x, k):
-    lw = image_vae.log_weights(model, params, x, jax.random.split(k, 1)[0],
-                               num_samples)
-    return jax.nn.logsumexp(lw) - jnp.log(float(num_samples))
-
-  return jax.vmap(one)(batch, keys)
+  q = model.encoder(params, batch)
+  z = q.sample(jax.random.split(key, 1)[0], (num_samples,))  # [K, B, D].
+  lw = model_lib.log_weights(model, params, batch, z, q)[0]
+  return jax.nn.logsumexp(lw, 0) - jnp.log(float(num_samples))
 
 
 def runner(case: str, model: image_vae.VAE, params, images: np.ndarray,
@@ -77,7 +76,7 @@ def runner(case: str, model: image_vae.VAE, params, images: np.ndarray,
   key = jax.random.PRNGKey(seed)
   if case == 'evaluate':  # Batches (padded) and keys of its own.
     ks = tuple(k for k in IWAE_KS if min(chunk, num_samples) % k == 0)
-    run_on = lambda x: evaluate.importance_sampling(
+    run_on = lambda x: importance.importance_sampling(
         model, params, x, key, num_samples, iwae_ks=ks, batch_size=batch,
         chunk_size=chunk)['log_px']
     return lambda: run_on(images), lambda: run_on(images[:batch])
@@ -86,8 +85,8 @@ def runner(case: str, model: image_vae.VAE, params, images: np.ndarray,
   batches = [jax.device_put(images[i:i + batch])
              for i in range(0, len(images), batch)]
   if case == 'chunked':
-    fn = functools.partial(image_vae.importance_log_likelihood,
-                           num_samples=num_samples, chunk_size=chunk)
+    fn = lambda *a: importance.importance_batch(
+        *a, num_samples=num_samples, chunk_size=chunk)['log_px']
   elif case == 'plain':
     fn = functools.partial(plain_log_likelihood, num_samples=num_samples)
   else:

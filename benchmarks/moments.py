@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from vae import model as model_lib
 from vae import moments
 from vae.models import image_vae
 
@@ -45,7 +46,7 @@ def gradient_fn(model: image_vae.VAE, params, batch):
   Per-coordinate moments need no flat vector (flattening each draw would
   copy it: ~10% of a draw's time on CPU); `group_totals` sums per group.
   """
-  return lambda key: jax.grad(lambda p: image_vae.batch_surrogate(
+  return lambda key: jax.grad(lambda p: model_lib.batch_surrogate(
       model, p, batch, key))(params)
 
 

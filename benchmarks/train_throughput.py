@@ -5,17 +5,17 @@ reparameterized sample per example, Adam(1e-3), batch 100. Cases, each timed
 over whole passes of len(images) // B minibatches after a warm-up pass:
 
 * `fused`: the project's epoch trainer, `vae.train.make_epoch`: one jitted
-  call per epoch, `train.fit` (a `lax.scan` of `train.make_step`), each
+  call per epoch, `optim.fit` (a `lax.scan` of `optim.make_step`), each
   step gathering its shuffled batch on device (in the timed region), the
   epoch's pathwise noise drawn before the scan, with its finiteness checks
   and per-epoch statistics.
-* `fit`: a bare scan: `train.fit` of `train.make_step` on
-  -`image_vae.batch_surrogate` (`surrogate_loss`: whole-batch arrays, the
+* `fit`: a bare scan: `optim.fit` of `optim.make_step` on
+  -`model.batch_surrogate` (`surrogate_loss`: whole-batch arrays, the
   noise drawn in each step) over `data.epoch_batches` (a shuffled copy).
 * `per_example`: `fit` with `per_example_loss`, the same estimator and
-  random numbers as a vmap of `image_vae.example_surrogate` over the batch
+  random numbers as a vmap of `model.example_surrogate` over the batch
   (the library's general path, which the pathwise estimator used before).
-* `plain`: `jax.jit(train.make_step(surrogate_loss))` called once per numpy
+* `plain`: `jax.jit(optim.make_step(surrogate_loss))` called once per numpy
   minibatch from a Python loop (asynchronous dispatch, one sync at the end).
 * `numpyro`: NumPyro SVI with `Trace_ELBO` on the same Flax MLPs
   (`numpyro.contrib.module.flax_module`), `numpyro.optim.Adam`,
@@ -44,7 +44,9 @@ import optax
 
 from benchmarks import common
 from vae import data as data_lib
+from vae import model as model_lib
 from vae import moments
+from vae import optim
 from vae import train
 from vae.models import image_vae
 
@@ -54,21 +56,21 @@ PEERS = ('plain', 'numpyro', 'numpyro_scan')
 TARGET_VS_NUMPYRO_SCAN, TARGET_PEAK_FRACTION = 1.2, 0.65
 
 
-def surrogate_loss(model: image_vae.VAE) -> train.Loss:
+def surrogate_loss(model: image_vae.VAE) -> optim.Loss:
   """(θ, x, key, b) -> (-batch_surrogate(θ, x, key), {}): the ELBO step."""
   def loss(params, batch, key, baseline):
     del baseline
-    return -image_vae.batch_surrogate(model, params, batch, key), {}
+    return -model_lib.batch_surrogate(model, params, batch, key), {}
   return loss
 
 
-def per_example_loss(model: image_vae.VAE) -> train.Loss:
+def per_example_loss(model: image_vae.VAE) -> optim.Loss:
   """`surrogate_loss` as a vmap of per-example surrogates: the same value
   and gradient (up to float rounding) and the same random numbers."""
   def loss(params, batch, key, baseline):
     del baseline
     keys = jax.random.split(key, batch.shape[0])
-    return -jnp.mean(jax.vmap(lambda x, k: image_vae.example_surrogate(
+    return -jnp.mean(jax.vmap(lambda x, k: model_lib.example_surrogate(
         model, params, x, k, 'elbo', 'pathwise', 1))(batch, keys)), {}
   return loss
 
@@ -82,13 +84,13 @@ def _epoch_inputs(images, batch_size: int, seed: int, epoch, key):
 
 def fit_fn(model, optimizer, batch_size: int, seed: int,
            loss: str = 'surrogate'):
-  """Jitted epoch(state, images, epoch, key) -> (state, aux): `train.fit`."""
+  """Jitted epoch(state, images, epoch, key) -> (state, aux): `optim.fit`."""
   make = {'surrogate': surrogate_loss, 'per_example': per_example_loss}[loss]
-  step = train.make_step(make(model), optimizer)
+  step = optim.make_step(make(model), optimizer)
 
   def epoch_fn(state, images, epoch, key):
     batches, keys = _epoch_inputs(images, batch_size, seed, epoch, key)
-    return train.fit(step, state, batches, keys)
+    return optim.fit(step, state, batches, keys)
 
   return jax.jit(epoch_fn, donate_argnums=0)
 
@@ -102,7 +104,7 @@ def sharded_fit_fn(model, optimizer, batch_size: int, seed: int, mesh):
   splits the per-example work and all-reduces the gradients. The program
   equals the one-device one up to the order of float reductions.
   """
-  step = train.make_step(surrogate_loss(model), optimizer)
+  step = optim.make_step(surrogate_loss(model), optimizer)
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   split = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec(None, moments.DATA_AXIS))
@@ -110,7 +112,7 @@ def sharded_fit_fn(model, optimizer, batch_size: int, seed: int, mesh):
   def epoch_fn(state, images, epoch, key):
     batches, keys = _epoch_inputs(images, batch_size, seed, epoch, key)
     batches = jax.lax.with_sharding_constraint(batches, split)
-    return train.fit(step, state, batches, keys)
+    return optim.fit(step, state, batches, keys)
 
   return jax.jit(epoch_fn, in_shardings=(rep, rep, None, None),
                  out_shardings=rep)
@@ -133,10 +135,10 @@ def _runner(epoch_fn, state, images, key=None) -> Callable[[], Any]:
 def plain_runner(model, optimizer, images: np.ndarray, batch_size: int,
                  seed: int = 0) -> Callable[[], Any]:
   """A closure: one epoch of jit(make_step) calls on numpy minibatches."""
-  step = jax.jit(train.make_step(surrogate_loss(model), optimizer),
+  step = jax.jit(optim.make_step(surrogate_loss(model), optimizer),
                  donate_argnums=0)
   key = jax.random.PRNGKey(seed + 1)
-  box = {'state': train.init_state(model.init(jax.random.PRNGKey(seed)),
+  box = {'state': optim.init_state(model.init(jax.random.PRNGKey(seed)),
                                    optimizer), 'epoch': 0}
 
   def one_epoch():
@@ -156,7 +158,7 @@ def runner(case: str, model, images: np.ndarray, batch_size: int,
            seed: int = 0) -> Callable[[], Any]:
   """A closure that trains one more epoch of `case` (images on device)."""
   optimizer = optax.adam(1e-3)
-  state = train.init_state(model.init(jax.random.PRNGKey(seed)), optimizer)
+  state = optim.init_state(model.init(jax.random.PRNGKey(seed)), optimizer)
   dev = jnp.asarray(images)
   key = jax.random.PRNGKey(seed + 1)
   if case == 'fused':
@@ -197,14 +199,14 @@ def numpyro_svi(model: image_vae.VAE, learning_rate: float = 1e-3):
   latent, data_dim = model.latent_dim, model.data_dim
 
   def np_model(x):
-    decoder = flax_module('decoder', model.decoder, input_shape=(1, latent))
+    decoder = flax_module('decoder', model.decoder_net, input_shape=(1, latent))
     with numpyro.plate('data', x.shape[0]):
       z = numpyro.sample('z', npd.Normal(0.0, 1.0).expand([latent])
                          .to_event(1))
       numpyro.sample('x', npd.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
 
   def np_guide(x):
-    encoder = flax_module('encoder', model.encoder,
+    encoder = flax_module('encoder', model.encoder_net,
                           input_shape=(1, data_dim))
     loc, log_scale = encoder(x)
     with numpyro.plate('data', x.shape[0]):

@@ -16,6 +16,7 @@ from benchmarks import common
 from benchmarks import importance_sampling
 from benchmarks import moments as moments_benchmark
 from benchmarks import train_throughput
+from vae import importance
 from vae import moments
 from vae import optim
 from vae.models import image_vae
@@ -160,7 +161,8 @@ def test_importance_sampling_plain_equals_chunked_with_one_chunk(tiny):
   params = model.init(jax.random.PRNGKey(0))
   key = jax.random.PRNGKey(3)
   a = importance_sampling.plain_log_likelihood(model, params, x[:4], key, 16)
-  b = image_vae.importance_log_likelihood(model, params, x[:4], key, 16, 16)
+  b = importance.importance_batch(model, params, x[:4], key, num_samples=16,
+                                 chunk_size=16)['log_px']
   np.testing.assert_allclose(a, b, rtol=1e-5)
 
 

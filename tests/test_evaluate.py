@@ -9,6 +9,7 @@ import pytest
 from vae import data
 from vae import distributions as dists
 from vae import evaluate
+from vae import importance
 from vae import kl as kl_lib
 from vae.models import image_vae
 
@@ -25,7 +26,7 @@ def model_params_images():
 @pytest.fixture(scope='module')
 def is_out(model_params_images):
   model, params, images = model_params_images
-  return evaluate.importance_sampling(
+  return importance.importance_sampling(
       model, params, images, jax.random.PRNGKey(1), num_samples=20000,
       iwae_ks=(1, 5, 50), batch_size=3, chunk_size=1000)  # Pads 7 to 9.
 
@@ -33,7 +34,7 @@ def is_out(model_params_images):
 def _exact_log_px(model, params, images):
   """log ∫ p(x|z) N(z; 0, 1) dz by the trapezoid rule on [-10, 10]."""
   z = jnp.linspace(-10.0, 10.0, 4001)[:, None]
-  logits = model.decoder.apply(params['decoder'], z)  # [Z, 784].
+  logits = model.decoder_net.apply(params['decoder'], z)  # [Z, 784].
   log_joint = (jax.vmap(lambda x: jnp.sum(
       dists.Bernoulli(logits).log_prob(x), -1))(jnp.asarray(images))
                + jax.scipy.stats.norm.logpdf(z[:, 0]))  # [N, Z].
@@ -45,7 +46,7 @@ def test_bernoulli_log_likelihood_matches_distribution():
   logits = jnp.array([[-100.0, -3.0, 0.0, 2.5, 100.0]] * 3)
   x = jnp.array([[0, 1, 1, 0, 1], [1, 0, 0, 1, 0], [0.2, 0.5, 1, 0, 0.7]])
   np.testing.assert_allclose(
-      evaluate.bernoulli_log_likelihood(x, logits),
+      dists.bernoulli_log_likelihood(x, logits),
       jnp.sum(dists.Bernoulli(logits).log_prob(x), -1), rtol=1e-6)
 
 
@@ -54,7 +55,8 @@ def test_importance_sampling_converges_to_exact_log_px(model_params_images,
   model, params, images = model_params_images
   exact = _exact_log_px(model, params, images)
   out = is_out
-  assert set(out) == {'log_px', 'elbo', 'kl', 'iwae_1', 'iwae_5', 'iwae_50'}
+  assert set(out) == {'log_px', 'log_px_se', 'elbo', 'elbo_se', 'kl',
+                      'iwae_1', 'iwae_5', 'iwae_50'}
   assert all(v.shape == (7,) for v in out.values())
   # The IS error at K = 20000 is about ±0.03 nats here (±0.1 at K = 2000).
   np.testing.assert_allclose(out['log_px'], exact, atol=0.1)
@@ -64,9 +66,9 @@ def test_importance_sampling_converges_to_exact_log_px(model_params_images,
   assert np.all(out['iwae_5'] <= out['iwae_50'] + 1e-3)
   assert np.all(out['iwae_50'] <= exact + 0.02)
   np.testing.assert_allclose(out['iwae_1'], out['elbo'], atol=0.1)
-  q = model.posterior(params, jnp.asarray(images))
+  q = model.encoder(params, jnp.asarray(images))
   np.testing.assert_allclose(
-      out['kl'], jnp.sum(kl_lib.kl_divergence(q, model.prior()), -1),
+      out['kl'], jnp.sum(kl_lib.kl_divergence(q, model.prior(params)), -1),
       rtol=1e-5)
 
 
@@ -97,13 +99,13 @@ def test_settings_are_checked_in_one_line():
 def test_latent_statistics(model_params_images):
   model, params, images = model_params_images
   stats = evaluate.latent_statistics(model, params, images, batch_size=3)
-  q = model.posterior(params, jnp.asarray(images))
+  q = model.encoder(params, jnp.asarray(images))
   np.testing.assert_allclose(stats['activity'], np.var(np.asarray(q.loc), 0),
                              rtol=1e-4)
   assert stats['active_units'] == int(np.sum(stats['activity'] > 1e-2))
   np.testing.assert_allclose(
       stats['kl_per_dim'],
-      np.mean(np.asarray(kl_lib.kl_divergence(q, model.prior())), 0),
+      np.mean(np.asarray(kl_lib.kl_divergence(q, model.prior(params))), 0),
       rtol=1e-5)
 
 
@@ -142,7 +144,7 @@ def test_evaluate_summarizes_importance_sampling(model_params_images,
                                eval_batch_size=3, eval_iwae_ks=(1, 50))
   ev = evaluate.evaluate(model, params, ds, config, seed=4, train_k=5)
   assert config.iwae_ks(5) == (1, 5, 50)  # As `is_out`: compiled once.
-  per_image = evaluate.importance_sampling(
+  per_image = importance.importance_sampling(
       model, params, images, jax.random.fold_in(jax.random.PRNGKey(4), 3),
       20000, (1, 5, 50), batch_size=3, chunk_size=1000)
   s = ev.summary

@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
   images = mnist_intractability.load(config, print)[2][:IMAGES]
   exact = []
   for x in images:  # Around the encoder's mean, ±10 encoder sds.
-    q = model.posterior(params, x)
+    q = model.encoder(params, x)
     exact.append(quad.log_marginal(*quad.quadrature(
         model, params, x, q.loc, 10 * float(np.max(q.scale)), 101)))
   return out, np.array(exact)

@@ -140,9 +140,9 @@ def test_divergence_floor_and_jump():
                                        'min_bound': -1.3e4}, -100.0, 10**4)
 
 
-def test_epoch_is_fit_of_image_loss_on_epoch_batches(monkeypatch):
+def test_epoch_is_fit_of_model_loss_on_epoch_batches(monkeypatch):
   """make_epoch (batches gathered per step, the pathwise noise drawn before
-  the scan) = `fit` of `image_loss` over `epoch_batches` (noise drawn in
+  the scan) = `fit` of `model_loss` over `epoch_batches` (noise drawn in
   each step by `batch_surrogate`)."""
   monkeypatch.setattr(train, 'NOISE_AHEAD_STEPS', 1)
   config = train.TrainConfig(num_samples=2, warmup_steps=3, batch_size=10)
@@ -152,7 +152,7 @@ def test_epoch_is_fit_of_image_loss_on_epoch_batches(monkeypatch):
   epoch = train.make_epoch(MODEL, opt, config, SEED, False)
   ours, stats = epoch(state, images, jnp.int32(1))
   t = jnp.arange(4)
-  step = optim.make_step(train.image_loss(MODEL, config, False), opt)
+  step = optim.make_step(train.model_loss(MODEL, config, False), opt)
   ref, aux = jax.jit(lambda s: optim.fit(
       step, s, (data.epoch_batches(images, 10, SEED, 1),
                 jax.vmap(lambda i: train.beta_at(config, i))(t)),

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from vae import data
+from vae import model as model_lib
 from vae.analysis import vae_gradients as vg
 from vae.models import image_vae
 
@@ -115,7 +116,7 @@ def test_train_checkpoints_equal_a_python_loop(setup, monkeypatch):
   @jax.jit
   def step(params, opt_state, b, x, t):
     loss_key, c_key = jax.random.split(jax.random.fold_in(step_key, t))
-    grads = jax.grad(lambda p: -image_vae.batch_surrogate(
+    grads = jax.grad(lambda p: -model_lib.batch_surrogate(
         model, p, x, loss_key, 'elbo', 'pathwise', 1))(params)
     b = decay * b + (1 - decay) * cost(params, x, c_key)
     updates, opt_state = opt.update(grads, opt_state)
