@@ -128,8 +128,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   compiled = time.time()
   measured = jax.tree.map(np.asarray, program(seed, points))
   sampled = time.time()
-  records = stats.mark_disagreements(gc.records(
-      grids, measured, config.sample_counts, config.num_draws))
+  records = stats.mark_disagreements(stats.moment_checks(gc.records(
+      grids, measured, config.sample_counts, config.num_draws)))
   curves, crossings = {}, []
   m, s = config.mus[0], config.sigmas[0]
   for c in (c for c in config.costs if len(set(config.ks(c))) > 2):

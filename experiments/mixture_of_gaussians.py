@@ -99,9 +99,9 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
     rows, extras[dim] = _run_dim(config, dim, jax.random.fold_in(
         jax.random.PRNGKey(seed), dim))
     records += rows
-  exact = [r for r in records if 'IWAE' not in r['model']]
-  for r in exact:  # Bonferroni over the rows with an exact density.
-    r['disagrees'] = abs(r['z']) > stats.z_threshold(len(exact))
+  records = stats.mark_disagreements(  # Checked: rows with an exact density.
+      [r if 'IWAE' in r['model'] else
+       {**r, stats.CHECKS: [(r['z'], 'two-sided')]} for r in records])
   plot(records, extras, out)
   out.table(records)
   return records

@@ -30,6 +30,7 @@ from experiments import evaluate_vae
 from experiments.common import outputs
 from vae import config as cfg
 from vae import evaluate as eval_lib
+from vae import stats
 from vae.analysis import image_inference as ii
 
 PROPOSALS = ('prior', 'encoder')
@@ -92,7 +93,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                                            range(config.streams)])
     estimates[name], rho[name] = (np.stack([s[j] for s in streams], 1)
                                   for j in (0, 1))
-  records = ii.k_records(estimates, reference, ev.eval_k)
+  records = stats.mark_disagreements(ii.k_records(estimates, reference,
+                                                  ev.eval_k))
   for name in PROPOSALS:
     records.append({
         'kind': 'summary', 'proposal': name, 'K': 2**config.max_log2_k,

@@ -150,8 +150,8 @@ def test_decompose_on_data_plus_noise():
 @pytest.fixture(scope='module')
 def checked():
   with jax.enable_x64(True):
-    return mn.check_linear_gaussian(jax.random.PRNGKey(0), CHECK, ESTIMATORS,
-                                    SIZES, COUNTS)
+    return stats.mark_disagreements(mn.check_linear_gaussian(
+        jax.random.PRNGKey(0), CHECK, ESTIMATORS, SIZES, COUNTS))
 
 
 def test_measured_parts_agree_with_closed_forms(checked):
@@ -173,7 +173,8 @@ def test_a_wrong_exact_part_is_flagged(checked, part):
     cell[r['B'], r['N'], r['group']] = {
         p: r['exact_' + p] * (1.5 if p == part else 1.0)
         for p in ('between', 'within')}
-  resolved = [r for r in mn.mark_disagreements(checked, exact)
+  marked = stats.mark_disagreements(mn.compare_exact(checked, exact))
+  resolved = [r for r in marked
               if r['estimator'] == 'pathwise' or r['group'] == 'decoder']
   assert len(resolved) == 4 * len(SIZES)
   assert all(r['disagrees'] for r in resolved)

@@ -44,10 +44,11 @@ def test_mark_disagreements_flags_planted_errors_only():
   rows.append(_row(0.0, 1.5))        # variance off by 11 SE
   rows.append(_row(float('nan'), 1.0))
   rows.append(_row(0.0, 1.0, exact_variance=None, m4=None))  # mean only
-  out = stats.mark_disagreements(rows)
+  out = stats.mark_disagreements(stats.moment_checks(rows))
   assert [r['disagrees'] for r in out[40:]] == [True, True, True, False]
   assert not any(r['disagrees'] for r in out[:40])
   assert out[-1]['variance_z'] is None and 'disagrees' not in rows[0]
+  assert not any(stats.CHECKS in r for r in out)
 
 
 def test_a_correct_run_raises_a_false_alarm_rarely():
@@ -58,5 +59,81 @@ def test_a_correct_run_raises_a_false_alarm_rarely():
   for _ in range(300):
     x = rng.normal(size=(30, 400))
     rows = [_row(r.mean(), r.var(ddof=1), n=400) for r in x]
-    alarms += any(r['disagrees'] for r in stats.mark_disagreements(rows))
+    alarms += any(r['disagrees'] for r in stats.mark_disagreements(
+        stats.moment_checks(rows)))
   assert alarms <= 9, alarms
+
+
+def test_one_sided_threshold_is_the_bonferroni_normal_quantile():
+  # P(Z > t) = α/k one-sided, P(|Z| > t) = α/k two-sided.
+  for side in ('lower', 'upper'):
+    assert abs(stats.z_threshold(1, 0.05, side) - 1.644854) < 1e-6
+    assert abs(stats.z_threshold(10, 0.02, side) - 2.878162) < 1e-6
+  assert stats.z_threshold(7, 0.01) == stats.z_threshold(7, 0.01,
+                                                         'two-sided')
+  with pytest.raises(ValueError):
+    stats.z_threshold(1, 0.01, 'left')
+
+
+def _checked(*checks, **fields):
+  return {**fields, stats.CHECKS: list(checks)}
+
+
+@pytest.mark.parametrize('side', stats.SIDES)
+def test_null_z_family_wise_false_alarm_rate_is_alpha(side):
+  # Runs of k = 30 checks, z ~ N(0, 1) (every exact value right): some row
+  # disagrees with probability 1 - (1 - α/k)^k ≤ α (independent checks,
+  # one-sided or two-sided alike); measured over 4000 runs, it lies within
+  # 3 binomial standard errors of that rate (so also ≤ α + 3 SE). Half the
+  # rows hold one check, half two.
+  runs, alpha, rows = 4000, 0.05, 20
+  sizes = [2] * (rows // 2) + [1] * (rows // 2)  # Checks per row.
+  k = sum(sizes)
+  rng = np.random.default_rng(3)
+  alarms = 0
+  for zs in rng.normal(size=(runs, k)):
+    run = [_checked(*[(float(v), side) for v in row])
+           for row in np.split(zs, np.cumsum(sizes)[:-1])]
+    alarms += any(r['disagrees'] for r in stats.mark_disagreements(
+        run, alpha))
+  rate, exact = alarms / runs, 1 - (1 - alpha / k)**k
+  se = math.sqrt(exact * (1 - exact) / runs)
+  assert exact <= alpha
+  assert abs(rate - exact) < 3 * se, (rate, exact, se)
+
+
+def test_non_finite_z_disagrees_on_every_side():
+  for side in stats.SIDES:
+    for z in (float('nan'), float('inf'), -float('inf')):
+      assert stats.mark_disagreements([_checked((z, side))])[0]['disagrees']
+
+
+def test_one_sided_checks_ignore_the_other_tail():
+  rows = [_checked((-10.0, 'lower')), _checked((10.0, 'lower')),
+          _checked((10.0, 'upper')), _checked((-10.0, 'upper')),
+          _checked((10.0, 'two-sided')), _checked((-10.0, 'two-sided'))]
+  assert [r['disagrees'] for r in stats.mark_disagreements(rows)] == [
+      True, False, True, False, True, True]
+
+
+def test_bonferroni_count_is_over_all_rows_of_the_call():
+  # z = 3 fails one check alone (t = 2.58 at α = 0.01) but not among 100
+  # (t = Φ⁻¹(1 - 0.01/202) = 3.89): the count is every check of the run.
+  alone = stats.mark_disagreements([_checked((3.0, 'two-sided'))])
+  assert alone[0]['disagrees']
+  run = [_checked((3.0, 'two-sided'))] + [
+      _checked((0.0, 'two-sided'), (0.0, 'lower')) for _ in range(50)]
+  assert not any(r['disagrees'] for r in stats.mark_disagreements(run))
+
+
+def test_rows_without_checks_and_tolerance_verdicts_are_kept():
+  rows = [{'a': 1}, {'disagrees': True}, _checked((0.0, 'upper'),
+                                                  disagrees=True),
+          _checked(), _checked((0.0, 'upper'), disagrees=False)]
+  out = stats.mark_disagreements(rows)
+  assert out[:2] == rows[:2] and out[0] is not rows[0]
+  assert out[2]['disagrees'] and not out[4]['disagrees']
+  assert 'disagrees' not in out[3] and stats.CHECKS not in out[3]
+  assert stats.CHECKS in rows[2]  # Inputs unchanged.
+  with pytest.raises(ValueError):
+    stats.mark_disagreements([_checked((0.0, 'left'))])

@@ -10,9 +10,15 @@ Score-function estimators are heavy-tailed: a variance's SE computed from
 the draws themselves is itself badly estimated (at f = x², μ = -2, N = 1 the
 sample variance of 2000 draws is 210 against an exact 346 while its
 sample-based SE is 31), so pass the exact μ₄ (e.g. by quadrature) where it
-is known. A run that makes k such checks flags a disagreement beyond
-z = Φ⁻¹(1 - α/(2k)) standard errors (Bonferroni), so that a correct run
-raises a false alarm with probability at most α.
+is known.
+
+Library code returns rows that carry their z-scores as checks (`CHECKS`:
+(z, side) pairs); `mark_disagreements`, called once on all the rows of a
+run, turns them into each row's `disagrees`. With k checks in the run, a
+check fails beyond the Bonferroni threshold (two-sided |z| > Φ⁻¹(1 -
+α/(2k)), one-sided z < -Φ⁻¹(1 - α/k) or z > Φ⁻¹(1 - α/k)), or when z is not
+finite, so that a correct run raises a false alarm with probability at most
+α.
 """
 
 import math
@@ -38,12 +44,26 @@ def rounding_tolerance(scale, dtype) -> np.ndarray:
       np.asarray(scale, np.float64)))
 
 
-def z_threshold(num_checks: int, alpha: float = 0.01) -> float:
-  """z = Φ⁻¹(1 - α/(2k)): the two-sided Bonferroni threshold, k checks."""
-  if num_checks < 1 or not 0 < alpha < 1:
-    raise ValueError(f'need num_checks >= 1 and alpha in (0, 1), got '
-                     f'{num_checks}, {alpha}.')
-  return float(-special.ndtri(alpha / (2 * num_checks)))
+# How a check's z fails: 'two-sided' |z| > t, 'lower' z < -t, 'upper' z > t.
+SIDES = ('two-sided', 'lower', 'upper')
+# The row field holding a row's pending checks, a list of (z, side) pairs;
+# `mark_disagreements` replaces it by `disagrees`.
+CHECKS = 'z_checks'
+
+
+def z_threshold(num_checks: int, alpha: float = 0.01,
+                side: str = 'two-sided') -> float:
+  """The Bonferroni threshold t of k checks at family-wise level α.
+
+  t = Φ⁻¹(1 - α/(2k)) for two-sided checks (|z| > t), t = Φ⁻¹(1 - α/k) for
+  one-sided ones (z < -t or z > t): each check of a correct run fails with
+  probability α/k, so some check fails with probability at most α.
+  """
+  if num_checks < 1 or not 0 < alpha < 1 or side not in SIDES:
+    raise ValueError(f'need num_checks >= 1, alpha in (0, 1) and side in '
+                     f'{SIDES}, got {num_checks}, {alpha}, {side!r}.')
+  tails = 2 if side == 'two-sided' else 1
+  return float(-special.ndtri(alpha / (tails * num_checks)))
 
 
 def mean_z(mean, exact, std, n: int):
@@ -72,16 +92,15 @@ def variance_z(variance, exact_variance, exact_m4, n: int, mean=0.0):
       se, floor)
 
 
-def mark_disagreements(records, exact_key: str = 'exact_gradient',
-                       alpha: float = 0.01) -> list[dict]:
-  """Records with `mean_z`, `variance_z` and `disagrees` added.
+def moment_checks(records, exact_key: str = 'exact_gradient') -> list[dict]:
+  """Records with `mean_z`, `variance_z` and their two-sided checks added.
 
   Each record holds `mean`, `variance` (over `num_draws` draws), the exact
   mean under `exact_key` and, where known, `exact_variance` and `exact_m4`
   (the draws' exact 4th central moment). The mean is checked with
-  SE = √(σ²/n) (σ² exact where known, else measured), the variance with
-  `variance_z`; a record disagrees when a |z| exceeds the Bonferroni
-  threshold z_threshold(k, alpha) over the k checks in `records`.
+  z = (m - μ)/√(σ²/n) (σ² exact where known, else measured), the variance
+  with z = (s² - σ²)/SE(s²) (`variance_z`, only where σ² is known); both go
+  to `CHECKS` for `mark_disagreements`.
 
   Returns:
     New dicts (the inputs are not modified).
@@ -95,11 +114,51 @@ def mark_disagreements(records, exact_key: str = 'exact_gradient',
     z['variance_z'] = float(variance_z(
         r['variance'], r['exact_variance'], r['exact_m4'], r['num_draws'],
         r[exact_key])) if known else None
-    out.append({**r, **z})
-  num_checks = sum(1 + (r['variance_z'] is not None) for r in out)
-  threshold = z_threshold(max(num_checks, 1), alpha)
-  for r in out:
-    zs = [abs(r['mean_z'])] + ([abs(r['variance_z'])]
-                               if r['variance_z'] is not None else [])
-    r['disagrees'] = bool(not all(np.isfinite(zs)) or max(zs) > threshold)
+    zs = [z['mean_z']] + ([z['variance_z']] if known else [])
+    out.append({**r, **z, CHECKS: [(v, 'two-sided') for v in zs]})
+  return out
+
+
+def _fails(z: float, side: str, threshold: float) -> bool:
+  """Non-finite z, or z beyond `threshold` on the checked side(s)."""
+  if not math.isfinite(z):
+    return True
+  return {'two-sided': abs(z) > threshold, 'lower': z < -threshold,
+          'upper': z > threshold}[side]
+
+
+def mark_disagreements(records, alpha: float = 0.01) -> list[dict]:
+  """The one disagreement marker: rows' checks (`CHECKS`) -> `disagrees`.
+
+  Call it once on all the rows of a run. With k = the number of (z, side)
+  checks over all `records`, a check fails when z is not finite or
+
+    two-sided: |z| > Φ⁻¹(1 - α/(2k)),
+    lower:      z  < -Φ⁻¹(1 - α/k),
+    upper:      z  >  Φ⁻¹(1 - α/k)
+
+  (`z_threshold`), so that a run whose every exact value is right flags a
+  row with probability at most α (Bonferroni). A row with checks gets
+  `disagrees` = some check fails, or'd with a `disagrees` it already holds
+  (a deterministic tolerance check); its `CHECKS` field is removed. A row
+  with an empty check list gets no `disagrees` of its own; rows without
+  `CHECKS` are copied as they are.
+
+  Returns:
+    New dicts (the inputs are not modified).
+  """
+  checks = [c for r in records for c in r.get(CHECKS, ())]
+  for _, side in checks:
+    if side not in SIDES:
+      raise ValueError(f'check side {side!r} is not one of {SIDES}.')
+  k = max(len(checks), 1)
+  thresholds = {s: z_threshold(k, alpha, s) for s in SIDES}
+  out = []
+  for r in records:
+    r = dict(r)
+    zs = r.pop(CHECKS, ())
+    if zs:
+      r['disagrees'] = bool(r.get('disagrees', False)) or any(
+          _fails(float(z), s, thresholds[s]) for z, s in zs)
+    out.append(r)
   return out

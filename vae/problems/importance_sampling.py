@@ -213,13 +213,13 @@ def iwae_check(model: lg.LinearGaussianModel, x: Array, ks: tuple[int, ...],
   E[IWAE_1] = ELBO(q*) and ELBO(q*) ≤ E[IWAE_k] ≤ log p(x), so with
   g = ELBO(q*) - log p(x) = -`amortization.approximation_gap`, the mean
   error m_k is compared with g (k = 1) or the nearest point of [g, 0]:
-  z_k = (m_k - target) / stderr_k; disagrees: |z_k| beyond the Bonferroni
-  threshold for len(ks) checks (`vae.stats`).
+  z_k = (m_k - target) / stderr_k, a two-sided check (`stats.CHECKS`,
+  marked with the run's other checks by `stats.mark_disagreements`).
 
   Returns:
     Per k: iwae_minus_log_px (m_k) and stderr, std_per_draw
-    (`repeat_summary` of `estimate_errors`), elbo_minus_log_px (g), z,
-    disagrees.
+    (`repeat_summary` of `estimate_errors`), elbo_minus_log_px (g), z and
+    its check.
   """
   q = proposals(model, x, ('mean_field',))['mean_field']
   s = repeat_summary(estimate_errors(model, x, q, key, repeats, ks)[0])
@@ -231,7 +231,7 @@ def iwae_check(model: lg.LinearGaussianModel, x: Array, ks: tuple[int, ...],
            'stderr': float(s['stderr'][j]),
            'std_per_draw': float(s['std_per_draw'][j]),
            'elbo_minus_log_px': low, 'z': float(z[j]),
-           'disagrees': bool(abs(z[j]) > stats.z_threshold(len(ks)))}
+           stats.CHECKS: [(float(z[j]), 'two-sided')]}
           for j in range(len(ks))]
 
 
@@ -242,7 +242,8 @@ def summarize(errors: Array, log_rho1: Array, ks: tuple[int, ...],
   Pooled over points, E_x[ρ_x] sets the mean squared error, so the
   prediction uses log(1 + ρ̄), ρ̄ = mean_p ρ_p. `z` is the measured bias
   minus -ρ̄/(2K) in standard errors (std/√n), where the delta method is
-  claimed (ρ̄ finite, K ≥ DELTA_METHOD_MIN_K_OVER_RHO·ρ̄; NaN elsewhere).
+  claimed (ρ̄ finite, K ≥ DELTA_METHOD_MIN_K_OVER_RHO·ρ̄: `claimed`; NaN
+  elsewhere).
 
   Args:
     errors: log p̂_K - log p(x) [P, R, len(ks)] (`estimate_errors`).
@@ -251,8 +252,9 @@ def summarize(errors: Array, log_rho1: Array, ks: tuple[int, ...],
     tolerance: target RMSE (nats) for the samples needed.
 
   Returns:
-    bias, std, rmse, predicted_bias, predicted_std, z (each [len(ks)]) and
-    log1p_chi2, K_needed_predicted, K_needed_measured (None: not reached).
+    bias, std, rmse, predicted_bias, predicted_std, z, claimed (each
+    [len(ks)]) and log1p_chi2, K_needed_predicted, K_needed_measured (None:
+    not reached).
   """
   errors = np.asarray(errors, np.float64).reshape(-1, len(ks))
   rho = max(0.0, float(np.mean(np.expm1(np.asarray(log_rho1, np.float64)))))
@@ -262,7 +264,7 @@ def summarize(errors: Array, log_rho1: Array, ks: tuple[int, ...],
   out['predicted_bias'], out['predicted_std'] = predicted_bias_and_std(
       log_rho1, k)
   claimed = math.isfinite(rho) & (k >= DELTA_METHOD_MIN_K_OVER_RHO * rho)
-  out['z'] = np.full(len(ks), np.nan)
+  out['z'], out['claimed'] = np.full(len(ks), np.nan), claimed
   out['z'][claimed] = stats.mean_z(out['bias'][claimed],
                                    out['predicted_bias'][claimed],
                                    out['std'][claimed], errors.shape[0])

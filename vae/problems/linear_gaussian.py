@@ -217,15 +217,16 @@ def identity_check(model: LinearGaussianModel, x: Array,
                    key: PRNGKey) -> dict[str, np.ndarray]:
   """`identity_terms` with residual = log p(x) - ELBO(q) - KL(q ‖ p(z|x)).
 
-  disagrees[n]: |residual_n| beyond `tolerance` of |log p| + |ELBO| + |KL|.
+  disagrees[n]: |residual_n| beyond `stats.rounding_tolerance` of |log p| +
+  |ELBO| + |KL|, or not finite (a deterministic identity: no Bonferroni).
   Returns numpy arrays [N]: log_px, elbo, kl_q_posterior, residual,
   disagrees.
   """
   terms = [np.asarray(t, np.float64) for t in identity_terms(model, x, key)]
   out = dict(zip(('log_px', 'elbo', 'kl_q_posterior'), terms))
   out['residual'] = terms[0] - terms[1] - terms[2]
-  out['disagrees'] = np.abs(out['residual']) > stats.rounding_tolerance(
-      np.abs(terms).sum(0), x.dtype)
+  out['disagrees'] = ~(np.abs(out['residual']) <= stats.rounding_tolerance(
+      np.abs(terms).sum(0), x.dtype))
   return out
 
 
