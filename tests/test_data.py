@@ -257,7 +257,7 @@ def test_missing_data_error_names_the_flags(tmp_path, no_env):
   message = str(info.value)
   assert '\n' not in message
   assert message.startswith('binarized_mnist not found')
-  for hint in ('--tfds_data_dir', 'VAE_TFDS_DATA_DIR', '--manual_dir',
+  for hint in ('tfds_data_dir=DIR', 'VAE_TFDS_DATA_DIR', 'manual_dir=DIR',
                'VAE_MANUAL_DIR', '.amat'):
     assert hint in message
   assert not (tmp_path / 'empty').exists()  # Nothing downloaded or created.
@@ -298,4 +298,4 @@ def test_truncated_tfrecord_names_the_file(tmp_path, monkeypatch):
     data.load_dataset('binarized_mnist', data_dir=str(tmp_path))
   message = str(info.value)
   assert '\n' not in message and str(shard) in message
-  assert '--manual_dir' in message
+  assert 'manual_dir=DIR' in message

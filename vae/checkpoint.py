@@ -219,5 +219,5 @@ def restore_latest(directory: str, target: Any,
   if steps:
     raise CheckpointError(f'no intact checkpoint in {directory}: all '
                           f'{len(steps)} are corrupt; use another '
-                          '--output_dir.')
+                          'folder.')
   return None, None

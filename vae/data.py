@@ -481,10 +481,10 @@ def _write_cache(path: str, name: str, raw: dict[str, np.ndarray]) -> None:
 def _not_found(name: str, detail: str) -> str:
   files = ('the .amat files' if name == 'binarized_mnist'
            else ', '.join(_TFDS[name].manual_files))
-  return (f'{name} not found ({detail}): pass --tfds_data_dir=DIR (or set '
+  return (f'{name} not found ({detail}): set tfds_data_dir=DIR (or '
           f'{ENV_TFDS_DATA_DIR}) where DIR/{name} is prepared, or '
-          f'--manual_dir=DIR (or set {ENV_MANUAL_DIR}) with {files} and a '
-          f'writable --tfds_data_dir, or --data_cache_dir=DIR (or set '
+          f'manual_dir=DIR (or {ENV_MANUAL_DIR}) with {files} and a '
+          f'writable tfds_data_dir, or data_cache_dir=DIR (or '
           f'{ENV_CACHE_DIR}) holding {name}.npz')
 
 
@@ -541,8 +541,8 @@ def _read_tfds(name: str, splits: tuple[str, ...], *, data_dir: str | None,
                         builder.info.splits[split].filenames)
       raise DataCorruptError(
           f'{name}: cannot read {files} ({e.message.splitlines()[0]}); '
-          f'prepare it again: delete {builder.data_path} and pass '
-          f'--manual_dir=DIR with {", ".join(_TFDS[name].manual_files)}.'
+          f'prepare it again: delete {builder.data_path} and set '
+          f'manual_dir=DIR with {", ".join(_TFDS[name].manual_files)}.'
       ) from None
     out[split] = (np.concatenate(batches) if batches
                   else np.zeros((0, IMAGE_SIZE), np.uint8))

@@ -52,7 +52,7 @@ class EvalConfig:
       100, 'Samples per image decoded together.', min=1, max=10_000)
   eval_iwae_ks: tuple[int, ...] = cfg.setting(
       (1, 5, 50), 'k of the test IWAE_k bounds to report (the training k is '
-      'added when it divides --eval_chunk_size).', min=1, max=10_000)
+      'added when it divides eval_chunk_size).', min=1, max=10_000)
   num_eval: int | None = cfg.setting(
       None, 'Evaluate on the first num_eval test images (default: all).',
       min=1, max=10**6)

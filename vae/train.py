@@ -435,7 +435,7 @@ def train(model: model_lib.Model, dataset: data.Dataset,
   except KeyboardInterrupt:
     save_good()
     log(f'interrupted: step {int(good.step)} is checkpointed in '
-        f'{checkpoint_dir}; rerun with the same --output_dir to resume.')
+        f'{checkpoint_dir}; rerun into the same folder to resume.')
     raise
   return TrainResult(state=good, history=history, resumed_from=resumed_from,
                      wall_s=sum(r['epoch_wall_s'] for r in history),
