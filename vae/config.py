@@ -158,6 +158,7 @@ def declaration(owner: type, field: dataclasses.Field) -> str:
       f'{owner.__module__}.{owner.__qualname__}.{field.name}')
 
 
+@typing.dataclass_transform(frozen_default=True)
 def settings(cls):
   """Class decorator: a frozen dataclass whose constructor validates fields."""
   user_check = cls.__dict__.get('check')

@@ -1,14 +1,13 @@
 """Type aliases and the frozen-dataclass-as-pytree helper used across `vae`."""
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol, TypeVar
+from typing import Any, Callable, Protocol, TypeAlias, TypeVar, dataclass_transform
 
 import chex
 import jax
 
-Array = chex.Array
-Numeric = chex.Numeric
-PRNGKey = chex.PRNGKey
+Array: TypeAlias = jax.Array
+PRNGKey: TypeAlias = jax.Array
 Params = Any  # A pytree of arrays.
 Shape = tuple[int, ...]
 
@@ -35,6 +34,7 @@ class GradientEstimator(Protocol):
 _T = TypeVar('_T')
 
 
+@dataclass_transform(frozen_default=True)
 def pytree_dataclass(cls: type[_T]) -> type[_T]:
   """Makes `cls` a frozen dataclass registered as a JAX pytree.
 
@@ -53,5 +53,3 @@ def static_field(**kwargs: Any) -> Any:
   """A dataclass field that is static (not a pytree leaf)."""
   return dataclasses.field(metadata={'static': True}, **kwargs)
 
-
-ConfigDict = Mapping[str, Any]
