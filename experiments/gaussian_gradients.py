@@ -44,7 +44,7 @@ class Config:
   sigmoid_ks: tuple[float, ...] = cfg.setting((1.0,), 'k of sigmoid(kx).',
                                               min=-10.0, max=10.0)
   estimators: tuple[str, ...] = cfg.like(
-      registry.Comparison, 'estimators',
+      moments.Comparison, 'estimators',
       ('score', 'score_optimal_baseline', 'pathwise', 'measure_valued'),
       choices=ESTIMATORS)
   mus: tuple[float, ...] = cfg.setting((1.0,), 'Grid of μ.', min=-10.0,

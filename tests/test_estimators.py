@@ -15,6 +15,7 @@ from tests import stat_checks as sc
 from vae import distributions as dists
 from vae import stats
 from vae.estimators import core
+from vae.estimators import registry
 from vae.problems import gaussian_costs as gc
 
 TAIL_DRAWS = 2**25  # 4 x 2^23: the old floored-uniform atom appears ~4 times.
@@ -109,7 +110,7 @@ def test_score_with_per_parameter_optimal_baselines():
   fam, c = gc.FAMILIES['square'], mu - k
   b = {'mu': c**2 + 3 * sigma**2, 'sigma': c**2 + 5 * sigma**2}
   params = {'mu': jnp.asarray(mu), 'sigma': jnp.asarray(sigma)}
-  g = draws(lambda *a: core.score_function(*a, baseline=b),
+  g = draws(registry.get('score_optimal_baseline', baseline=b),
             lambda x: fam.fn(x, k), params, gaussian_builder, 2, seed=3)
   for p in params:
     one = gc.single_sample_moments(fam, 'score_optimal_baseline', p, k, mu,

@@ -5,9 +5,11 @@ moments derived by hand."""
 import dataclasses
 import math
 
+import jax
 import numpy as np
 import pytest
 
+from vae.estimators import registry
 from vae.problems import gaussian_costs as gc
 
 SQRT_2PI = math.sqrt(2 * math.pi)
@@ -106,3 +108,32 @@ def test_crossovers_are_located_where_curves_cross():
 def test_unknown_estimator_has_no_exact_moments():
   assert gc.single_sample_moments(gc.FAMILIES['cos'], 'score_rloo', 'mu', 1.0,
                                   0.0, 1.0) is None
+
+
+def test_reordering_the_estimators_changes_no_estimators_draws(monkeypatch):
+  # Keys derive from names (registry.name_id): the estimators compared, their
+  # order and the registry's order change no estimator's result.
+  fam = gc.FAMILIES['cos']
+  points = gc.concatenate({'cos': gc.with_exact_gradients(
+      fam, gc.with_baselines(fam, gc.grid_points((0.5, 2.0), (1.0,),
+                                                 (1.0,))))})
+
+  def measured(names):
+    program = gc.moment_program([registry.lookup(e) for e in names], (fam,),
+                                (1, 3), 64)
+    return jax.tree.map(np.asarray, jax.jit(program)(0, points))
+
+  names = ('score', 'score_optimal_baseline', 'pathwise', 'measure_valued',
+           'score_delta')
+  before = measured(names)
+  monkeypatch.setattr(registry, 'ESTIMATORS',
+                      dict(reversed(registry.ESTIMATORS.items())))
+  after = {**measured(names[::-1]), 'alone': measured(names[1:2])}
+  for e in names:
+    for m in before:
+      for n, got in after[m][e].items():
+        for p, x in got.items():
+          np.testing.assert_allclose(x, before[m][e][n][p], rtol=1e-6,
+                                     err_msg=f'{m} {e} {n} {p}')
+  np.testing.assert_allclose(after['alone']['mean'][names[1]]['3']['mu'],
+                             before['mean'][names[1]]['3']['mu'], rtol=1e-6)

@@ -13,6 +13,10 @@ somewhere. Flipping any `unbiased` flag makes its test fail.
 
 import dataclasses
 import functools
+import pathlib
+import subprocess
+import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -96,7 +100,7 @@ def z_scores(name: str) -> dict[tuple, np.ndarray]:
   built = {c: _case(e, *c) for c in cases(e)}
   stats_ = sc.draw_moments(lambda key: {str(c): est(key) for c, (est, _) in
                                         built.items()}, NUM_DRAWS,
-                           seed=registry.index(name))
+                           seed=registry.name_id(name))
   return {c: sc.z_scores(stats_['mean'][str(c)], stats_['variance'][str(c)],
                          NUM_DRAWS, exact) for c, (_, exact) in built.items()}
 
@@ -156,3 +160,24 @@ def test_names_list_what_a_model_can_train_with():
   for name, e in registry.ESTIMATORS.items():
     assert set(e.families) <= set(registry.FAMILIES), name
     assert ('normal' in e.families) == ('continuous' in e.latents), name
+
+
+def test_the_core_imports_no_settings_model_trainer_or_experiment():
+  # The maths core (distributions, kl, objectives, estimators/) in a fresh
+  # interpreter: none of vae.config, models, trainers, moments, analyses or
+  # experiments gets imported.
+  code = ('import sys; import vae.distributions, vae.kl, vae.objectives, '
+          'vae.estimators.registry; print(sorted(m for m in sys.modules if '
+          'm.startswith(("vae.config", "vae.models", "vae.train", "vae.optim",'
+          ' "vae.moments", "vae.evaluate", "vae.analysis", "experiments"))))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, check=True, cwd=pathlib.Path(
+                           __file__).parents[1]).stdout
+  assert out.strip() == '[]', out
+
+
+def test_name_ids_are_stable_and_distinct():
+  # crc32 of the name: the same in every process and for every order.
+  assert registry.name_id('score') == zlib.crc32(b'score') & 0x7fffffff
+  ids = [registry.name_id(n) for n in registry.ESTIMATORS]
+  assert len(set(ids)) == len(ids)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from vae import config as cfg
 from vae import types
+from vae.estimators import registry
 
 Array = types.Array
 PRNGKey = types.PRNGKey
@@ -43,6 +44,15 @@ class Draws:
   sample_counts: tuple[int, ...] = cfg.setting(
       (1,), 'Samples per estimate N (K for the IWAE bound).', min=1,
       max=10**5)
+
+
+@cfg.settings
+class Comparison:
+  """The estimators a study compares (experiments narrow the choices with
+  `vae.config.like`)."""
+  estimators: tuple[str, ...] = cfg.setting(
+      ('pathwise',), 'Gradient estimators compared.',
+      choices=tuple(registry.ESTIMATORS))
 
 
 def _sum_over_draws(x: Array) -> Array:

@@ -128,22 +128,21 @@ def pathwise_surrogate(function: CostFn, params: Params,
 
 
 # --------------------------------------------------------------------------
-# Score function (REINFORCE), optionally with a baseline.
+# Score function (REINFORCE); baselines and other control variates compose
+# with it (`control_variates.with_control_variate`).
 
 
 def score_function_surrogate(function: CostFn, params: Params,
                              dist_builder: DistBuilder, key: PRNGKey,
-                             num_samples: int,
-                             baseline: Array | Params | None = None) -> Array:
+                             num_samples: int) -> Array:
   """Score-function (REINFORCE / likelihood-ratio) estimator, as a surrogate.
 
-  ∇_θ E_q[f(z)] ≈ (1/N) Σ_n (f(z_n) - b_θ) ∇_θ log q_θ(z_n),  z_n ~ q_θ.
+  ∇_θ E_q[f(z)] ≈ (1/N) Σ_n f(z_n) ∇_θ log q_θ(z_n),  z_n ~ q_θ.
 
-  Unbiased for any baseline b that does not depend on the samples z_n (a
-  moving average of past costs; the variance-optimal constant
-  b*_θ = E[f s_θ²]/E[s_θ²], s_θ = ∂ log q/∂θ, elementwise per parameter).
-  Requires only that log q_θ(z) be differentiable in θ; f may be
-  non-differentiable and z discrete.
+  Unbiased. Requires only that log q_θ(z) be differentiable in θ; f may be
+  non-differentiable and z discrete. A baseline b (f - b in place of f) or
+  another control variate is applied by
+  `control_variates.with_control_variate`.
 
   Args:
     function: f, maps one sample to a scalar.
@@ -151,8 +150,6 @@ def score_function_surrogate(function: CostFn, params: Params,
     dist_builder: θ -> distribution.
     key: PRNG key.
     num_samples: N ≥ 1.
-    baseline: b (gradients stopped): a scalar shared by every parameter, or
-      a tree like `params` with one constant per parameter element.
 
   Returns:
     A scalar with value (1/N) Σ f(z_n) and the estimator as its gradient.
@@ -161,18 +158,7 @@ def score_function_surrogate(function: CostFn, params: Params,
   dist = dist_builder(params)
   z = sg(dist.sample(key, (num_samples,)))
   fz, log_q = _values_and_log_probs(function, dist, z)
-  if baseline is None or jax.tree_util.tree_structure(baseline) != (
-      jax.tree_util.tree_structure(params)):
-    b = 0.0 if baseline is None else sg(baseline)
-    return jnp.mean(fz + sg(fz - b) * (log_q - sg(log_q)))
-  # One baseline per parameter: ∇ mean(f·log q) - b ⊙ ∇ mean(log q).
-  _, pullback = jax.vjp(lambda p: jax.vmap(functools.partial(
-      sample_log_prob, dist_builder(p)))(z), params)
-  weighted, = pullback(sg(fz) / num_samples)
-  plain, = pullback(jnp.full_like(fz, 1.0 / num_samples))
-  grads = jax.tree_util.tree_map(lambda w, s, b: w - sg(b) * s, weighted,
-                                 plain, baseline)
-  return inject_gradient(jnp.mean(fz), params, grads)
+  return jnp.mean(fz + sg(fz) * (log_q - sg(log_q)))
 
 
 def leave_one_out_surrogate(function: CostFn, params: Params,

@@ -16,15 +16,23 @@ combinations (an estimator on a family it does not support, too few
 samples) with a one-line error, and `surrogate_objective`
 (`vae.objectives`) dispatches through `get`.
 
-Adding an estimator is one surrogate function plus one entry here; the
-registry-walking tests then check its mean against exact values.
+Control variates compose with score-type estimators
+(`control_variates.with_control_variate`): the entry '<estimator>_<cv>'
+is the estimator's E_q[f] surrogate with the control variate
+CONTROL_VARIATES[cv] applied (`composed`), so "score + moving average" is
+the score function and one control variate, not a surrogate of its own.
+
+Adding an estimator is one surrogate function plus one entry here (adding a
+control variate: one `ControlVariate` and one `composed` entry); the
+registry-walking tests then check its mean against exact values. PRNG keys
+derive from an estimator's name (`name_id`), not its position here.
 """
 
 import dataclasses
 import functools
 from typing import Callable
+import zlib
 
-from vae import config as cfg
 from vae import types
 from vae.estimators import control_variates
 from vae.estimators import core
@@ -39,6 +47,15 @@ FAMILIES = ('normal', 'bernoulli', 'categorical')
 # b*_θ = E_q[f s_θ²] / E_q[s_θ²], s_θ = ∂ log q/∂θ (known only where E_q can
 # be computed, e.g. by quadrature: `gaussian_costs.optimal_baseline`).
 STATES = ('moving_average', 'optimal_baseline')
+# The control variates, by name: the entry '<estimator>_<name>' composes one
+# with a score-type estimator (`composed`). A state's name is the name of
+# the control variate that keeps it.
+CONTROL_VARIATES = {
+    'mean_baseline': control_variates.cost_at_mean(),
+    'delta': control_variates.delta_method(),
+    'moving_average': control_variates.moving_average(),
+    'optimal_baseline': control_variates.optimal_baseline(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +80,8 @@ class Estimator:
       `baseline=`: a scalar, or a tree like params), else None.
     options: keyword options it accepts (e.g. 'temperature').
     note: what else to know (exceptions to `unbiased`, references).
+    control_variate: the name (in CONTROL_VARIATES) of the control variate
+      this entry applies to another entry's surrogate (`composed`), or None.
   """
   name: str
   expectation: Callable | None
@@ -77,6 +96,7 @@ class Estimator:
   state: str | None = None
   options: tuple[str, ...] = ()
   note: str = ''
+  control_variate: str | None = None
 
   def objectives(self) -> tuple[str, ...]:
     """The objectives this estimator has a surrogate for.
@@ -98,22 +118,41 @@ _REPARAM = dict(needs_differentiable_f=True, needs_reparameterization=True)
 _RELAXED = dict(needs_differentiable_f=True, needs_reparameterization=False,
                 options=('temperature',))
 
-# The order is part of the key derivation of experiments (`index`): append.
+
+def composed(base: Estimator, control_variate: str, **changes) -> Estimator:
+  """The entry '<base>_<control_variate>': base's E_q[f] surrogate with the
+  control variate CONTROL_VARIATES[control_variate] applied
+  (`control_variates.with_control_variate`: ĝ[f] - c ⊙ (ĝ[h] - ∇E_q[h])).
+
+  It keeps base's properties but its IWAE surrogate (none); `changes`
+  narrow them (families, requirements, state) and add a note.
+  """
+  if base.expectation is None:
+    raise ValueError(f'{base.name!r} has no E_q[f] surrogate to compose.')
+  return dataclasses.replace(
+      base, name=f'{base.name}_{control_variate}',
+      expectation=control_variates.with_control_variate(
+          base.expectation, CONTROL_VARIATES[control_variate]),
+      iwae=None, control_variate=control_variate, **changes)
+
+
+_SCORE_ENTRY = Estimator('score', core.score_function_surrogate,
+                         iwae.iwae_score_surrogate, True, _ANY, FAMILIES,
+                         **_SCORE)
+
+# Keys derive from names (`name_id`), not from this order.
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator('pathwise', core.pathwise_surrogate, iwae.iwae_surrogate, True,
               _CONT, _N, **_REPARAM),
-    Estimator('score', core.score_function_surrogate,
-              iwae.iwae_score_surrogate, True, _ANY, FAMILIES, **_SCORE),
-    Estimator('score_mean_baseline', control_variates.cost_at_mean_surrogate,
-              None, True, _ANY, _N + _B, **_SCORE,
-              note='baseline b = f(E_q[z]); not for Categorical q (its '
-              'samples are indices, E_q[z] is none)'),
+    _SCORE_ENTRY,
+    composed(_SCORE_ENTRY, 'mean_baseline', families=_N + _B,
+             note='baseline b = f(E_q[z]); not for Categorical q (its '
+             'samples are indices, E_q[z] is none)'),
     Estimator('score_rloo', core.leave_one_out_surrogate, None, True, _ANY,
               FAMILIES, min_samples=2, **_SCORE),
-    Estimator('score_delta', control_variates.delta_method_surrogate, None,
-              True, _CONT, _N, needs_differentiable_f=True,
-              needs_reparameterization=False,
-              note='Normal q; f twice differentiable'),
+    composed(_SCORE_ENTRY, 'delta', latents=_CONT, families=_N,
+             needs_differentiable_f=True,
+             note='Normal q; f twice differentiable'),
     Estimator('measure_valued', core.measure_valued_surrogate, None, True,
               _CONT, _N, evaluations_per_sample=4, **_SCORE,
               note='Normal q; coupled (common random numbers); 4 '
@@ -127,21 +166,19 @@ ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
     Estimator('disarm', discrete.disarm_surrogate, None, True, _DISC, _B,
               evaluations_per_sample=2, **_SCORE,
               note='Bernoulli q; num_samples antithetic pairs'),
-    Estimator('score_moving_average', core.score_function_surrogate, None,
-              True, _ANY, FAMILIES, state='moving_average', **_SCORE,
-              note='baseline: a moving average of past costs, kept by the '
-              'caller (unbiased: it does not depend on this step\'s samples)'),
+    composed(_SCORE_ENTRY, 'moving_average', state='moving_average',
+             note='baseline: a moving average of past costs, kept by the '
+             'caller (unbiased: it does not depend on this step\'s samples)'),
     Estimator('stl', None, iwae.stl_surrogate, False, _CONT, _N, **_REPARAM,
               note='unbiased at K = 1 (the ELBO), biased for K > 1'),
     Estimator('dreg', None, iwae.dreg_surrogate, True, _CONT, _N, **_REPARAM,
               note='weights (1 - β) w̃ + β w̃²: unbiased at every β'),
     Estimator('vimco', None, iwae.vimco_surrogate, True, _ANY, FAMILIES,
               min_samples=2, **_SCORE),
-    Estimator('score_optimal_baseline', core.score_function_surrogate, None,
-              True, _ANY, FAMILIES, state='optimal_baseline', **_SCORE,
-              note='score function with the variance-optimal constant '
-              'b*_θ = E[f s_θ²]/E[s_θ²] per parameter, supplied by the caller '
-              '(exact where E_q is known); ∇E_q[f] only'),
+    composed(_SCORE_ENTRY, 'optimal_baseline', state='optimal_baseline',
+             note='score function with the variance-optimal constant '
+             'b*_θ = E[f s_θ²]/E[s_θ²] per parameter, supplied by the caller '
+             '(exact where E_q is known); ∇E_q[f] only'),
 ]}
 
 
@@ -176,15 +213,6 @@ def names(objective: str | None = None, latents: str | None = None,
   return tuple(out)
 
 
-@cfg.settings
-class Comparison:
-  """The estimators a study compares (experiments narrow the choices with
-  `vae.config.like`)."""
-  estimators: tuple[str, ...] = cfg.setting(
-      ('pathwise',), 'Gradient estimators compared.',
-      choices=tuple(ESTIMATORS))
-
-
 def lookup(name: str) -> Estimator:
   """The entry `name`; ValueError naming the choices otherwise."""
   if name not in ESTIMATORS:
@@ -193,9 +221,15 @@ def lookup(name: str) -> Estimator:
   return ESTIMATORS[name]
 
 
-def index(name: str) -> int:
-  """A stable integer id of an estimator (for deriving PRNG keys)."""
-  return list(ESTIMATORS).index(lookup(name).name)
+def name_id(name: str) -> int:
+  """A stable integer id of estimator `name`, for deriving PRNG keys.
+
+  id = crc32(name) & 0x7fffffff (`zlib`; Python's `hash` is salted per
+  process): fold_in(key, name_id(e)) depends on the name alone, so
+  reordering or extending ESTIMATORS, or the list a study compares, changes
+  no estimator's key.
+  """
+  return zlib.crc32(lookup(name).name.encode()) & 0x7fffffff
 
 
 def check(name: str, objective: str = 'expectation', num_samples: int = 1,

@@ -385,7 +385,9 @@ def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
   """The true model, the pPCA MLE and ELBO fits, by exact log-likelihood.
 
   The fits are `fit_by_elbo` with each estimator in `amortized` (inference
-  'amortized'), then each in `per_point`; fit i has key fold_in(key, i).
+  'amortized'), then each in `per_point`; the fit of estimator e with
+  inference kind j (index in INFERENCE) has key fold_in(fold_in(key, j),
+  registry.name_id(e)) (independent of the lists' order).
   Checks (`disagrees`, to `stats.rounding_tolerance`): no model's mean
   train log p(x) exceeds the MLE's (its global maximum) and no final ELBO
   exceeds its model's log p(x).
@@ -400,10 +402,12 @@ def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
   curves = {}
   runs = ([('amortized', e) for e in amortized] +
           [('per_point', e) for e in per_point])
-  for i, (inference, estimator) in enumerate(runs):
+  for inference, estimator in runs:
+    run_key = jax.random.fold_in(jax.random.fold_in(
+        key, INFERENCE.index(inference)), registry.name_id(estimator))
     model, _, history = fit_by_elbo(
-        x_train, latent_dim, estimator, jax.random.fold_in(key, i), inference,
-        num_steps, optimizer, num_samples)
+        x_train, latent_dim, estimator, run_key, inference, num_steps,
+        optimizer, num_samples)
     name = f'ELBO, {estimator}, {inference} q'
     curves[name] = history
     models.append((name, model, float(history[-1])))

@@ -371,8 +371,9 @@ def moment_program(estimators, families, num_samples, num_draws: int,
   """(seed, points) -> moments of `num_draws` estimates on the whole grid.
 
   Draw d of estimator e is {'N': grid_gradients(e, families, points, key,
-  N) - g} for each N, key = fold_in(key_d, registry index of e), key_d
-  split from PRNGKey(seed): `vae.moments.moments` (order 4) of draws
+  N) - g} for each N, key = fold_in(key_d, registry.name_id(e)) (so an
+  estimator's draws do not depend on which others run, or their order),
+  key_d split from PRNGKey(seed): `vae.moments.moments` (order 4) of draws
   centred on g = points['g_mu'], ['g_sigma'] (the exact gradients), so that
   float32 sums over many draws lose nothing to a large mean; g is added
   back. Pure: jit it (one program for every estimator).
@@ -380,15 +381,14 @@ def moment_program(estimators, families, num_samples, num_draws: int,
   Returns:
     {'mean'|'variance'|'m4': {estimator: {'N': {'mu'|'sigma': [P]}}}}.
   """
-  index = {e.name: list(registry.ESTIMATORS).index(e.name)
-           for e in estimators}
+  ids = {e.name: registry.name_id(e.name) for e in estimators}
 
   def program(seed, points):
     offset = {p: points[f'g_{p}'] for p in PARAMS}
 
     def estimate(key):
       return {e.name: {str(n): jax.tree.map(jnp.subtract, grid_gradients(
-          e, families, points, jax.random.fold_in(key, index[e.name]), n),
+          e, families, points, jax.random.fold_in(key, ids[e.name]), n),
                                             offset)
                        for n in num_samples if n >= e.min_samples}
               for e in estimators}
