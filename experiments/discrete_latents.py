@@ -33,7 +33,7 @@ class Config:
   estimators_to_compare: tuple[str, ...] = cfg.setting(
       ('disarm', 'score_moving_average', 'vimco', 'straight_through',
        'gumbel_softmax'), 'Estimators (the first also gives the trained '
-      'point of the variance).', choices=sbn.ESTIMATORS)
+      'point of the variance).', choices=discrete_latents.ESTIMATORS)
   latents: int = cfg.setting(32, 'Bernoulli latents.', min=1, max=10**4)
   hidden: tuple[int, ...] = cfg.setting(
       (), 'Hidden sizes of encoder and decoder (empty: linear maps as '
@@ -74,8 +74,9 @@ class Config:
       if getattr(self, name) > self.data.train_size:
         raise ValueError(f'{name}={getattr(self, name)} exceeds the '
                          f'{self.data.train_size} training images.')
-    sbn.samples_per_estimator(self.estimators_to_compare,
-                              self.evals_per_example, self.vimco_samples)
+    discrete_latents.samples_per_estimator(
+        self.estimators_to_compare, self.evals_per_example,
+        self.vimco_samples)
 
 
 def plot(out: outputs.Run, records: list[dict], iwae: str) -> None:
@@ -115,15 +116,15 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   train_x, test_x = discrete_latents.binary_images(config.data,
                                                    config.test_examples, seed)
   key = jax.random.PRNGKey(seed)
-  params0 = sbn.init(jax.random.fold_in(key, 0), train_x.shape[1],
-                     config.latents, config.hidden, jnp.mean(train_x, 0),
-                     config.activation, config.negative_slope)
+  model = sbn.SBN(config.latents, train_x.shape[1], config.hidden,
+                  config.activation, config.negative_slope)
+  params0 = model.init(jax.random.fold_in(key, 0), jnp.mean(train_x, 0))
   optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
   names = config.estimators_to_compare
-  samples = sbn.samples_per_estimator(names, config.evals_per_example,
-                                      config.vimco_samples)
+  samples = discrete_latents.samples_per_estimator(
+      names, config.evals_per_example, config.vimco_samples)
   records, states = discrete_latents.train_estimators(
-      train_x, test_x, params0, samples, optimizer, key,
+      model, train_x, test_x, params0, samples, optimizer, key,
       num_steps=config.train_steps, eval_every=config.eval_every,
       batch_size=config.batch, temperature=config.temperature,
       ma_decay=config.baseline_decay, eval_samples=config.eval_samples,
@@ -133,11 +134,11 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
           f'{k} {v:.5g}' if isinstance(v, float) else f'{k} {v}'
           for k, v in r.items() if v is not None)))
   first = states[names[0]]
-  points = {'initialization': (params0, sbn.initial_baseline(params0,
-                                                             train_x)),
+  points = {'initialization': (params0, discrete_latents.initial_baseline(
+      model, params0, train_x)),
             f'trained with {names[0]}': (first.params, first.baseline)}
   records += discrete_latents.encoder_variance_records(
-      points, train_x[:config.variance_batch], samples, config.temperature,
+      model, points, train_x[:config.variance_batch], samples, config.temperature,
       jax.random.PRNGKey(seed + 7), config.variance_keys)
   iwae = f'test_iwae{config.eval_k}'
   plot(out, records, iwae)

@@ -8,15 +8,20 @@ the Monte Carlo KL on held-out points agrees with the quadrature KL within
 its standard error (models with an exact density).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import outputs
 from vae import config as cfg
+from vae import importance
 from vae import stats
 from vae.models import gaussian_vae
+from vae.models import networks
 from vae.problems import mixtures
+from vae.problems import vae_density
 
 
 @cfg.settings
@@ -68,20 +73,24 @@ def _run_dim(config: Config, dim: int, key) -> tuple[list[dict], dict]:
   log_q = {k: mixtures.log_prob(q, everywhere) for k, q in models.items()}
   sizes = {k: mixtures.num_params(q) for k, q in models.items()}
   if config.vae_steps > 0:
-    params = gaussian_vae.init(jax.random.fold_in(k_vae, 0), dim, dim,
-                               (config.vae_hidden,))
-    params, _ = gaussian_vae.fit(params, x[:n], jax.random.fold_in(k_vae, 1),
-                                 config.vae_steps)
+    vae = gaussian_vae.GaussianVAE(dim, dim, (config.vae_hidden,))
+    params = vae.init(jax.random.fold_in(k_vae, 0))
+    params, _ = vae_density.fit(vae, params, x[:n],
+                                jax.random.fold_in(k_vae, 1),
+                                config.vae_steps)
     name = 'VAE (z quadrature)' if dim == 1 else 'VAE (IWAE estimate)'
-    sizes[name] = gaussian_vae.num_params(params['decoder'])
+    sizes[name] = networks.num_params(params['decoder'])
     if dim == 1:  # Exact up to quadrature error: a grid over the 1-D z.
       z, dz = mixtures.grid(-7.0, 7.0, config.z_grid_points)
-      log_q[name] = gaussian_vae.log_marginal_quadrature(params, everywhere,
-                                                         z, dz)
-    else:
-      log_q[name] = jnp.concatenate([gaussian_vae.log_marginal(
-          params, pts, k_eval, k) for pts, k in (
-              (x, config.iwae_samples), (points, config.grid_iwae_samples))])
+      log_q[name] = vae_density.log_marginal_quadrature(vae, params,
+                                                        everywhere, z, dz)
+    else:  # log (1/K) Σ_k w_k, chunks of C samples (C divides K).
+      log_q[name] = jnp.concatenate([jnp.asarray(
+          importance.importance_sampling(
+              vae, params, np.asarray(pts), k_eval, k,
+              chunk_size=math.gcd(k, 100))['log_px'], jnp.float32)
+          for pts, k in ((x, config.iwae_samples),
+                         (points, config.grid_iwae_samples))])
   split = lambda lp: (lp[:n], lp[n:n + m], lp[n + m:])
   log_p = split(log_q['true p_data'])[1:]
   records = [{'dim': dim, 'model': name, 'num_params': sizes[name],

@@ -48,7 +48,6 @@ from vae import types
 from vae.estimators import registry
 from vae.models import image_vae
 from vae.models import networks
-from vae.models import sigmoid_belief_net as sbn
 
 Array = types.Array
 Params = types.Params
@@ -140,7 +139,7 @@ def train_checkpoints(model: model_lib.Model, images: np.ndarray,
 
   Step t maximizes batch_surrogate(objective, 'pathwise', num_samples) on
   the t-th minibatch (epochs shuffled by `data.epoch_batches`) with the key
-  fold_in(k, t), through `vae.train.make_step` and `fit`, and updates
+  fold_in(k, t), through `vae.optim.make_step` and `fit`, and updates
 
       b_o ← decay·b_o + (1 - decay)·score_cost(x_t, o)
 
@@ -608,43 +607,3 @@ def draw_time_rows(draw_times: Sequence[Record]) -> list[Record]:
                    []).append(1e3 * t['seconds_per_draw'])
   return [{'objective': o, 'N': n, 'estimators': e,
            'ms/draw': float(np.median(v))} for (o, n, e), v in per.items()]
-
-
-def bernoulli_encoder_records(points: dict[str, tuple[Params, Array]],
-                              x: Array, estimators: Sequence[str],
-                              num_samples: int, temperature: float,
-                              key: PRNGKey, num_draws: int) -> list[Record]:
-  """Encoder-gradient variance and bias of sigmoid-belief-net estimators.
-
-  At each point (params, moving-average baseline), D draws of each
-  estimator's encoder gradient on the batch x (`sbn.encoder_gradient_
-  moments`, the same D keys for every estimator): total_variance = Σ_j
-  Var[ĝ_j], mean_norm_sq = ‖ḡ‖², and against the pooled reference of the
-  estimators unbiased for ∇ELBO (`pooled_bias`, for the estimators whose
-  target is ∇ELBO) bias_sq, its noise level and mse = bias_sq +
-  total_variance, the mean squared error of one draw.
-
-  Returns:
-    One record per (point, estimator), kind 'variance'.
-  """
-  unbiased = [n for n in estimators if sbn.unbiased_for_elbo(n)]
-  comparable = [n for n in estimators if sbn.objective_of(n) == 'elbo']
-  records = []
-  for label, (params, baseline) in points.items():
-    stats = {n: sbn.encoder_gradient_moments(
-        params, x, key, baseline, temperature, estimator=n,
-        num_samples=num_samples, num_draws=num_draws) for n in estimators}
-    means = {n: np.asarray(s['mean'], np.float64) for n, s in stats.items()}
-    tvar = {n: float(np.sum(np.asarray(s['variance'], np.float64)))
-            for n, s in stats.items()}
-    bias = pooled_bias(means, tvar, unbiased, comparable, num_draws)
-    for n in estimators:
-      b, noise = bias[n] or (None, None)
-      records.append({
-          'kind': 'variance', 'at': label, 'estimator': n,
-          'total_variance': tvar[n], 'mean_norm_sq': float(means[n] @
-                                                           means[n]),
-          'bias_sq': b, 'bias_sq_noise_level': noise,
-          'mse': None if b is None else b + tvar[n],
-          'unbiased_for_elbo': sbn.unbiased_for_elbo(n)})
-  return records

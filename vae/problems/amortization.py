@@ -30,7 +30,7 @@ from vae import stats
 from vae import train
 from vae import types
 from vae.estimators import registry
-from vae.models import gaussian_vae
+from vae.models import networks
 from vae.problems import linear_gaussian as lg
 
 Array = types.Array
@@ -142,12 +142,14 @@ def init_encoder(key: PRNGKey, kind: str, data_dim: int, latent_dim: int,
                                                                         k3)]
   layers.append({'w': jnp.concatenate(heads, -1),
                  'b': jnp.zeros(2 * latent_dim)})
-  return gaussian_vae.variables(layers)
+  return networks.variables(layers)
 
 
 def encode(params: Params, x: Array) -> dists.Normal:
   """q_φ(z|x) for x [D] or [N, D] (the sizes are read from the parameters)."""
-  return dists.Normal(*gaussian_vae.gaussian_mlp(params, x))
+  latent_dim = params['params']['loc']['kernel'].shape[-1]
+  net = networks.MLPEncoder(networks.hidden_sizes(params), latent_dim)
+  return dists.Normal(*net.apply(params, x))
 
 
 @jax.jit
