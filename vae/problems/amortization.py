@@ -14,7 +14,7 @@ posterior p(z|x) = N(m(x), Λ⁻¹) with precision Λ = I + WᵀW/σ².
   or per-data-point variational parameters.
 
 Encoders are `networks.MLPEncoder`s (linear: no hidden layer); both loops
-are `vae.train.make_step` + `vae.train.fit`.
+are `vae.optim.make_step` + `vae.optim.fit`.
 """
 
 import functools
@@ -27,7 +27,7 @@ import numpy as np
 from vae import distributions as dists
 from vae import objectives
 from vae import stats
-from vae import train
+from vae import optim
 from vae import types
 from vae.estimators import registry
 from vae.models import networks
@@ -230,7 +230,7 @@ def log_likelihoods(model: lg.LinearGaussianModel,
 
 
 def _with_evals(step, evaluate):
-  """A `train.make_step` step that also returns evaluate(params after it)."""
+  """A `optim.make_step` step that also returns evaluate(params after it)."""
   def stepped(state, batch, key):
     state, aux = step(state, batch, key)
     return state, (aux, evaluate(state.params))
@@ -240,7 +240,7 @@ def _with_evals(step, evaluate):
 @functools.partial(jax.jit, static_argnames=('num_steps', 'optimizer'))
 def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
                   num_steps: int,
-                  optimizer: train.OptimizerConfig = train.OptimizerConfig(
+                  optimizer: optim.OptimizerConfig = optim.OptimizerConfig(
                       learning_rate=1e-2),
                   eval_sets: tuple[Array, ...] = ()
                   ) -> tuple[Params, Array, tuple[Array, ...]]:
@@ -262,7 +262,7 @@ def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
     (trained params, mean training ELBO before each step [num_steps],
     for each eval set the mean ELBO(q_φ) after each step [num_steps]).
   """
-  opt = train.make_optimizer(optimizer, num_steps)
+  opt = optim.make_optimizer(optimizer, num_steps)
 
   def mean_elbo(p, data):
     return jnp.mean(batch_elbo(model, data, encode(p, data)))
@@ -272,10 +272,10 @@ def train_encoder(model: lg.LinearGaussianModel, x: Array, params: Params,
     value = -mean_elbo(p, x)
     return value, {'elbo': -value}
 
-  step = _with_evals(train.make_step(loss, opt),
+  step = _with_evals(optim.make_step(loss, opt),
                      lambda p: tuple(mean_elbo(p, e) for e in eval_sets))
   keys = jax.random.split(jax.random.PRNGKey(0), num_steps)  # Unused.
-  state, (aux, evals) = train.fit(step, train.init_state(params, opt), None,
+  state, (aux, evals) = optim.fit(step, optim.init_state(params, opt), None,
                                   keys)
   return state.params, aux['elbo'], evals
 
@@ -314,7 +314,7 @@ def _variational(params: Params, x: Array, inference: str) -> dists.Normal:
     'num_samples'))
 def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
                 inference: str = 'amortized', num_steps: int = 2000,
-                optimizer: train.OptimizerConfig = train.OptimizerConfig(
+                optimizer: optim.OptimizerConfig = optim.OptimizerConfig(
                     learning_rate=1e-2),
                 num_samples: int = 2,
                 ) -> tuple[lg.LinearGaussianModel, Params, Array]:
@@ -353,7 +353,7 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
     zeros = jnp.zeros((x.shape[0], latent_dim), x.dtype)
     q_params = {'loc': zeros, 'log_scale': zeros}
   params = {'model': model, 'q': q_params}
-  opt = train.make_optimizer(optimizer, num_steps)
+  opt = optim.make_optimizer(optimizer, num_steps)
 
   def loss(p, batch, k, baseline):
     del batch, baseline
@@ -373,8 +373,8 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
     return jnp.mean(batch_elbo(p['model'], x, _variational(p['q'], x,
                                                            inference)))
 
-  step = _with_evals(train.make_step(loss, opt), exact_elbo)
-  state, (_, history) = train.fit(step, train.init_state(params, opt), None,
+  step = _with_evals(optim.make_step(loss, opt), exact_elbo)
+  state, (_, history) = optim.fit(step, optim.init_state(params, opt), None,
                                   jax.random.split(k_steps, num_steps))
   return state.params['model'], state.params['q'], history
 
@@ -382,7 +382,7 @@ def fit_by_elbo(x: Array, latent_dim: int, estimator: str, key: PRNGKey,
 def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
                  amortized: tuple[str, ...], per_point: tuple[str, ...],
                  key: PRNGKey, num_steps: int,
-                 optimizer: train.OptimizerConfig,
+                 optimizer: optim.OptimizerConfig,
                  num_samples: int) -> tuple[list[dict], dict[str, Array]]:
   """The true model, the pPCA MLE and ELBO fits, by exact log-likelihood.
 
