@@ -198,8 +198,8 @@ def lg_expected_bound(loc: float, log_scale: float, beta: float,
 def lg_exact_gradient(beta: float, k: int = IWAE_K, q=LG_Q,
                       h: float = 1e-4) -> np.ndarray:
   """(∂/∂loc, ∂/∂log_scale, ∂/∂a) of `lg_expected_bound` (central diff.)."""
-  m, l = q
-  f = lambda dm, dl, da: lg_expected_bound(m + dm, l + dl, beta, k,
+  m, log_s = q
+  f = lambda dm, dl, da: lg_expected_bound(m + dm, log_s + dl, beta, k,
                                            a=LG['a'] + da)
   return np.array([(f(h, 0, 0) - f(-h, 0, 0)) / (2 * h),
                    (f(0, h, 0) - f(0, -h, 0)) / (2 * h),

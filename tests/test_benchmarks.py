@@ -189,8 +189,8 @@ def test_main_prints_the_targets(tmp_path, capsys):
       '--repeats=1', '--hidden_sizes=8', '--latent_dim=3', '--peak_n=64',
       '--cases=scan', f'--output={path}']) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert any(l.startswith('moments/scan: ') for l in lines)
-  assert any(l.startswith('moments/targets: judged=scan') for l in lines)
+  assert any(ln.startswith('moments/scan: ') for ln in lines)
+  assert any(ln.startswith('moments/targets: judged=scan') for ln in lines)
   assert json.loads(path.read_text())['results'][1]['num_draws'] == 4
 
 
@@ -201,8 +201,8 @@ def test_burda_training_trains_within_its_budget_and_evaluates(capsys):
       '--batch_size=20', '--hidden_sizes=8', '--latent_dim=2',
       '--num_eval=10', '--eval_k=10', '--eval_batch=10',
       '--eval_chunk=10']) == 0
-  line = [l for l in capsys.readouterr().out.splitlines()
-          if l.startswith('burda_training/vae_k1: ')][0]
+  line = [ln for ln in capsys.readouterr().out.splitlines()
+          if ln.startswith('burda_training/vae_k1: ')][0]
   fields = dict(f.split('=', 1) for f in line.split(': ', 1)[1].split())
   assert int(fields['passes']) >= 1 and fields['passes_total'] == '3280'
   assert float(fields['test_nll']) > 0

@@ -62,7 +62,7 @@ def test_sample_moments():
 def test_fit_gaussian_is_the_mle():
   x, _ = mixtures.sample(_mixture_2d(), jax.random.PRNGKey(2), 300)
   fit = mixtures.fit_gaussian(x)
-  mean_ll = lambda m, l: jnp.mean(multivariate_normal.logpdf(x, m, l @ l.T))
+  mean_ll = lambda m, t: jnp.mean(multivariate_normal.logpdf(x, m, t @ t.T))
   g_mean, g_tril = jax.jit(jax.grad(mean_ll, argnums=(0, 1)))(
       fit.means[0], jnp.linalg.cholesky(fit.covariances[0]))
   np.testing.assert_allclose(g_mean, 0.0, atol=1e-10)

@@ -128,8 +128,8 @@ def test_each_surrogate_branch_gives_gradients_for_both_networks(tiny):
     assert np.isfinite(value), case
     for group in ('encoder', 'decoder'):
       leaves = jax.tree_util.tree_leaves(grads[group])
-      assert all(np.all(np.isfinite(l)) for l in leaves), (case, group)
-      assert sum(float(jnp.sum(l**2)) for l in leaves) > 0, (case, group)
+      assert all(np.all(np.isfinite(g)) for g in leaves), (case, group)
+      assert sum(float(jnp.sum(g**2)) for g in leaves) > 0, (case, group)
 
 
 def test_model_config_builds_the_burda_architecture():

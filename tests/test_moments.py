@@ -132,7 +132,8 @@ def test_moments_over_a_four_device_mesh_equal_one_device():
                         capture_output=True, text=True, timeout=300,
                         cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')][-1]
+  line = [ln for ln in proc.stdout.splitlines()
+          if ln.startswith('RESULT ')][-1]
   out = json.loads(line[len('RESULT '):])
   assert out['mesh'] == {'data': 4}
   assert out['rel_diff'] < 1e-5

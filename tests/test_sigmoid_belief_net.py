@@ -46,7 +46,7 @@ def setup(x64):
 
 
 def _flat(tree):
-  return jnp.concatenate([jnp.ravel(l) for l in jax.tree.leaves(tree)])
+  return jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(tree)])
 
 
 def _log_q(params, x, b):
@@ -201,8 +201,8 @@ def test_leaky_relu_networks_equal_numpy():
 
   def mlp(net, v):
     layers = (net['params']['trunk']['hidden_0'], net['params']['logits'])
-    (w0, b0), (w1, b1) = ((np.asarray(l['kernel']), np.asarray(l['bias']))
-                          for l in layers)
+    (w0, b0), (w1, b1) = ((np.asarray(lay['kernel']), np.asarray(lay['bias']))
+                          for lay in layers)
     a = v @ w0 + b0
     return np.where(a > 0, a, 0.3 * a) @ w1 + b1
 

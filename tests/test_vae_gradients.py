@@ -10,7 +10,6 @@ import pytest
 from vae import data
 from vae import model as model_lib
 from vae.analysis import vae_gradients as vg
-from vae.models import image_vae
 
 NUM_DRAWS = 100
 BATCH = 4

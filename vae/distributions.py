@@ -414,13 +414,13 @@ class RelaxedBernoulli:
   def log_prob(self, y: Array) -> Array:
     """Binary Concrete density of y in (0, 1).
 
-    log p(y) = log τ + l - (τ+1)(log y + log(1-y))
-               - 2 log(exp(l) y^{-τ} + (1-y)^{-τ}).
+    log p(y) = log τ + a - (τ+1)(log y + log(1-y))
+               - 2 log(exp(a) y^{-τ} + (1-y)^{-τ}),  a the logits.
     """
-    tau, l = self.temperature, self.logits
+    tau, a = self.temperature, self.logits
     log_y, log_1my = jnp.log(y), jnp.log1p(-y)
-    return (jnp.log(tau) + l - (tau + 1.0) * (log_y + log_1my) -
-            2.0 * jnp.logaddexp(l - tau * log_y, -tau * log_1my))
+    return (jnp.log(tau) + a - (tau + 1.0) * (log_y + log_1my) -
+            2.0 * jnp.logaddexp(a - tau * log_y, -tau * log_1my))
 
 
 @types.pytree_dataclass

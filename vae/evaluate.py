@@ -14,7 +14,7 @@ samples give the ELBO and IWAE_k for smaller k (K/k disjoint groups).
 
 import functools
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp

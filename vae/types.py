@@ -3,7 +3,6 @@
 import dataclasses
 from typing import Any, Callable, Protocol, TypeAlias, TypeVar, dataclass_transform
 
-import chex
 import jax
 
 Array: TypeAlias = jax.Array

@@ -226,8 +226,8 @@ def variables(layers: Sequence[dict[str, Array]],
   params = {h: {'kernel': wh, 'bias': bh} for h, wh, bh in zip(
       heads, jnp.split(w, len(heads), -1), jnp.split(b, len(heads), -1))}
   if layers[:-1]:
-    params['trunk'] = {f'hidden_{i}': {'kernel': l['w'], 'bias': l['b']}
-                       for i, l in enumerate(layers[:-1])}
+    params['trunk'] = {f'hidden_{i}': {'kernel': lay['w'], 'bias': lay['b']}
+                       for i, lay in enumerate(layers[:-1])}
   return {'params': params}
 
 

@@ -22,7 +22,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vae import distributions as dists
 from vae import stats
