@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 from absl import flags
 
@@ -34,7 +35,7 @@ from vae import config as cfg
 
 
 def _launcher_flags(fv: flags.FlagValues) -> None:
-  d = dict(flag_values=fv, module_name='launch.py')
+  d: dict[str, Any] = dict(flag_values=fv, module_name='launch.py')
   flags.DEFINE_string('experiment', runner.DEFAULT, 'The experiment.', **d)
   flags.DEFINE_multi_string('sweep', [], 'SETTING=V1,V2,...: a swept '
                             'setting (repeat for a cartesian product).', **d)

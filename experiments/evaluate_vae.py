@@ -95,6 +95,8 @@ def load(config: Config, log):
   """(run folder, its train_vae config, seed, model, params, step, dataset):
   the checkpoint and the run's data, read from `config`'s data paths where
   given, else from the run's."""
+  if config.checkpoint_dir is None:  # Required: the launcher refuses None.
+    raise ValueError('checkpoint_dir: a value is required.')
   run_dir = os.path.abspath(os.path.expanduser(config.checkpoint_dir))
   trained, train_seed, model, params, step = load_run(run_dir, config.step,
                                                       log)

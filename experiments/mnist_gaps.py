@@ -54,7 +54,8 @@ class Config:
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Gap and per-q rows, optimization curves; the figures."""
   model, params, images = mi.load(config.trained, out.log)
-  ev, key, timing = config.trained.evaluation, jax.random.PRNGKey(seed), {}
+  ev, key = config.trained.evaluation, jax.random.PRNGKey(seed)
+  timing: dict[str, dict[str, float]] = {}
   bounds = functools.partial(
       ii.bounds, model, params, num_samples=ev.eval_k,
       chunk_size=ev.eval_chunk_size, iwae_ks=ev.eval_iwae_ks)

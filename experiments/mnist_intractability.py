@@ -70,7 +70,8 @@ def timed(timing: dict, name: str, fn, *args, **kwargs):
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Per-K rows of both proposals, summary rows; the figure."""
   model, params, images = load(config.trained, out.log)
-  ev, key, timing = config.trained.evaluation, jax.random.PRNGKey(seed), {}
+  ev, key = config.trained.evaluation, jax.random.PRNGKey(seed)
+  timing: dict[str, dict[str, float]] = {}
   q = {'prior': ii.prior_q(len(images), model.latent_dim),
        'encoder': ii.encoder_q(model, params, images)}
   chunk = 2**(min(ev.eval_chunk_size, 2**config.max_log2_k).bit_length() - 1)

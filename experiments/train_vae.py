@@ -97,7 +97,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
           f'{t.objective}/{t.estimator} k={t.num_samples}, {t.epochs} epochs;'
           f' output in {out.dir}')
   steps_per_epoch = len(dataset.train) // t.batch_size
-  log = []
+  log: list[metrics.MetricsLog] = []
 
   def on_epoch(row):
     if not log:  # The first epoch of this call: the rows before stay.

@@ -78,7 +78,7 @@ class Spec:
     return ' and '.join(parts) if parts else ('text' if self.text else 'any')
 
 
-def _num(v: float) -> str:
+def _num(v: float | None) -> str:
   return f'{v:g}' if isinstance(v, float) else str(v)
 
 
@@ -132,7 +132,7 @@ def like(cls: type, name: str, default: Any = dataclasses.MISSING, *,
   """
   field = {f.name: f for f in dataclasses.fields(cls)}[name]
   base = spec(field)
-  narrowed = {}
+  narrowed: dict[str, Any] = {}
   if choices is not None:
     if base.choices is None or not set(choices) <= set(base.choices):
       raise TypeError(f'like({cls.__name__}.{name}): {choices} is not a '

@@ -237,7 +237,8 @@ def load_split(name: str, split: str, *, num_examples: int | None = None,
   return load_dataset(name, **kwargs).split(split)[:num_examples]
 
 
-def binarize(key_or_seed: PRNGKey | int, images: Array) -> Array:
+def binarize(key_or_seed: PRNGKey | int,
+             images: Array | np.ndarray) -> Array:
   """Draws binary images with P(pixel = 1) = grey level (pure, jittable).
 
   Args:
@@ -474,7 +475,9 @@ def _write_cache(path: str, name: str, raw: dict[str, np.ndarray]) -> None:
               max_value=_TFDS[name].max_value)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'wb') as f:
-    np.savez_compressed(f, meta=np.array(json.dumps(meta)), **raw)
+    # numpy's stub cannot tell that no split is named allow_pickle.
+    np.savez_compressed(f, meta=np.array(json.dumps(meta)),
+                        **raw)  # type: ignore[arg-type]
   os.replace(tmp, path)  # Atomic: readers never see a partial file.
 
 

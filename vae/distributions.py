@@ -440,8 +440,15 @@ class RelaxedCategorical:
     _check_finite('RelaxedCategorical.logits', self.logits)
     _check_temperature(self.temperature)
 
-  num_classes = Categorical.num_classes  # classes on the last axis
-  shape = Categorical.shape  # one simplex per categorical variable
+  @property
+  def num_classes(self) -> int:
+    """Classes on the last axis."""
+    return jnp.shape(self.logits)[-1]
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """One simplex per categorical variable."""
+    return jnp.shape(self.logits)[:-1]
 
   def sample(self, key: PRNGKey, sample_shape=()) -> Array:
     shape = _shape(sample_shape) + jnp.shape(self.logits)

@@ -97,7 +97,8 @@ def _batch_bounds(model, params, x, key, objective, num_samples):
                                    num_samples)
 
 
-def mean_bound(model: model_lib.Model, params: Params, images: np.ndarray,
+def mean_bound(model: model_lib.Model, params: Params,
+               images: np.ndarray | Array,
                key: PRNGKey, objective: str = 'elbo', num_samples: int = 1,
                batch_size: int = 500) -> float:
   """(1/N) Σ_n L_k(x_n): the mean ELBO or IWAE_k bound (β = 1) of `images`.

@@ -123,9 +123,9 @@ def importance_batch(model: model_lib.Model, params: Params, x: Array,
   """
   q = model.encoder(params, x) if proposal is None else proposal
   chunk = chunk_size_for(num_samples, chunk_size)
-  for k in iwae_ks:
-    if k < 1 or chunk % k:
-      raise ValueError(f'iwae_ks: {k} must divide the chunk size {chunk}.')
+  for j in iwae_ks:
+    if j < 1 or chunk % j:
+      raise ValueError(f'iwae_ks: {j} must divide the chunk size {chunk}.')
   if nested and (num_samples & (num_samples - 1) or chunk & (chunk - 1)):
     raise ValueError(f'nested estimates need num_samples ({num_samples}) '
                      f'and chunk_size ({chunk}) powers of 2.')
@@ -173,7 +173,8 @@ def importance_batch(model: model_lib.Model, params: Params, x: Array,
   return out
 
 
-def pad(x: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
+def pad(x: np.ndarray | Array,
+        batch_size: int) -> tuple[np.ndarray, int]:
   """x padded with zeros to whole batches, [num_batches, B, d]; and n."""
   n = len(x)
   padded = -(-n // batch_size) * batch_size

@@ -7,7 +7,7 @@ A pair with a MultivariateNormal gives one value per D-vector (a Normal
 beside it is read as one vector over its last axis).
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +116,7 @@ def kl_mvn_normal(q: Any, p: Any) -> Array:
   return kl_mvn_mvn(_as_mvn(q), _as_mvn(p))
 
 
-_ANALYTIC = {
+_ANALYTIC: dict[tuple[type, type], Callable[[Any, Any], Array]] = {
     (dists.Normal, dists.Normal): kl_normal_normal,
     (dists.MultivariateNormal, dists.MultivariateNormal): kl_mvn_mvn,
     (dists.MultivariateNormal, dists.Normal): kl_mvn_normal,

@@ -47,8 +47,14 @@ class Model(Protocol):
     latent_dim: dimension D of z.
     data_dim: dimension d of x.
   """
-  latent_dim: int
-  data_dim: int
+  # Read-only (a frozen dataclass's fields satisfy them).
+  @property
+  def latent_dim(self) -> int: ...
+
+  @property
+  def data_dim(self) -> int: ...
+
+  def __hash__(self) -> int: ...
 
   def init(self, key: PRNGKey, data_mean: Array | None = None) -> Params:
     """Initial parameters (a decoder may start at the data mean)."""
@@ -166,6 +172,7 @@ def pathwise_bounds(model: Model, params: Params, batch: Array,
   """
   q = model.encoder(params, batch)
   if noise is None:
+    assert key is not None, 'pathwise_bounds needs a key or noise.'
     z = sample_per_example(q, key, num_samples)
   else:
     z = q.loc[:, None] + q.scale[:, None] * noise
@@ -185,7 +192,8 @@ def pathwise_bounds(model: Model, params: Params, batch: Array,
 def example_surrogate(model: Model, params: Params, x: Array, key: PRNGKey,
                       objective: str, estimator: str, num_samples: int,
                       beta: float | Array = 1.0,
-                      baseline: Array | None = None, **options) -> Array:
+                      baseline: float | Array | None = None,
+                      **options) -> Array:
   """One example's surrogate bound (`objectives.surrogate_objective`) with
   f(z) = log p(x|z), q = q(z|x), p = p(z)."""
   q = model.encoder(params, x)
@@ -198,7 +206,8 @@ def example_surrogate(model: Model, params: Params, x: Array, key: PRNGKey,
 def batch_surrogate(model: Model, params: Params, batch: Array, key: PRNGKey,
                     objective: str = 'elbo', estimator: str = 'pathwise',
                     num_samples: int = 1, beta: float | Array = 1.0,
-                    baseline: Array | None = None, **options) -> Array:
+                    baseline: float | Array | None = None,
+                    **options) -> Array:
   """S̄ = (1/B) Σ_b S(x_b): the mean of the per-example surrogates.
 
   Maximize it. Its value is the mean bound estimate and its gradient the
@@ -234,7 +243,8 @@ def batch_surrogate(model: Model, params: Params, batch: Array, key: PRNGKey,
 
 def batch_objective(model: Model, params: Params, batch: Array, key: PRNGKey,
                     objective: str, estimator: str, num_samples: int,
-                    beta: float | Array = 1.0, baseline: Array | None = None,
+                    beta: float | Array = 1.0,
+                    baseline: float | Array | None = None,
                     **options) -> tuple[Array, Array]:
   """(S̄, f̄): `batch_surrogate` and the batch's mean score-function cost.
 

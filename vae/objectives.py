@@ -33,12 +33,12 @@ def _identity(q):
   return q
 
 
-def _log_joint(log_likelihood: CostFn, prior, beta: float) -> CostFn:
+def _log_joint(log_likelihood: CostFn, prior, beta: float | Array) -> CostFn:
   return lambda z: log_likelihood(z) + beta * jnp.sum(prior.log_prob(z))
 
 
 def elbo(log_likelihood: CostFn, q, prior, key: PRNGKey, num_samples: int = 1,
-         beta: float = 1.0) -> Array:
+         beta: float | Array = 1.0) -> Array:
   """ELBO with analytic KL: (1/N) Σ_n log p(x|z_n) - β Σ_i KL(q_i ‖ p_i).
 
   Args:
@@ -58,7 +58,7 @@ def elbo(log_likelihood: CostFn, q, prior, key: PRNGKey, num_samples: int = 1,
 
 
 def elbo_mc_kl(log_likelihood: CostFn, q, prior, key: PRNGKey,
-               num_samples: int = 1, beta: float = 1.0) -> Array:
+               num_samples: int = 1, beta: float | Array = 1.0) -> Array:
   """ELBO with Monte Carlo KL: (1/N) Σ_n [log p(x|z_n) + β log p(z_n)/q(z_n)].
 
   Args:
@@ -78,7 +78,7 @@ def elbo_mc_kl(log_likelihood: CostFn, q, prior, key: PRNGKey,
 
 
 def iwae_bound(log_likelihood: CostFn, q, prior, key: PRNGKey,
-               num_samples: int, beta: float = 1.0) -> Array:
+               num_samples: int, beta: float | Array = 1.0) -> Array:
   """IWAE_K: log (1/K) Σ_k exp(log p(x|z_k) + β(log p(z_k) - log q(z_k))).
 
   For β = 1: ELBO ≤ IWAE_K ≤ IWAE_2K ≤ log p(x) in expectation (Burda et al.).
@@ -106,7 +106,8 @@ def _elbo_integrand(log_likelihood, q, prior, beta):
 
 def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
                         q, prior, key: PRNGKey, num_samples: int,
-                        beta: float = 1.0, baseline: Array | None = None,
+                        beta: float | Array = 1.0,
+                        baseline: float | Array | None = None,
                         **options) -> Array:
   """One example's surrogate loss for (objective, estimator).
 
@@ -145,6 +146,7 @@ def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
       raise ValueError(f'estimator {estimator!r} needs a baseline value.')
     options = {**options, 'baseline': baseline}
   if objective == 'iwae':
+    assert entry.iwae is not None  # registry.check refused it otherwise.
     return entry.iwae(_log_joint(log_likelihood, prior, beta), q, _identity,
                       key, num_samples, beta=beta)
   if estimator == 'stl':
@@ -154,16 +156,17 @@ def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
     return core.pathwise_surrogate(f, q, _identity, key, num_samples)
   if objective == 'elbo':
     f = log_likelihood
-    kl_term = beta * jnp.sum(kl_lib.kl_divergence(q, prior))
+    kl_term: float | Array = beta * jnp.sum(kl_lib.kl_divergence(q, prior))
   else:
     f = _elbo_integrand(log_likelihood, q, prior, beta)
     kl_term = 0.0
+  assert entry.expectation is not None  # registry.check refused it otherwise.
   return entry.expectation(f, q, _identity, key, num_samples,
                            **options) - kl_term
 
 
 def score_cost(objective: str, surrogate_value: Array, q, prior,
-               beta: float = 1.0) -> Array:
+               beta: float | Array = 1.0) -> Array:
   """The mean score-function cost f̄ behind a surrogate's value.
 
   For 'elbo' the surrogate's value is f̄ - β KL(q‖p) with f = log p(x|z), so

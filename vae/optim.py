@@ -166,7 +166,7 @@ def make_step(loss: Loss, optimizer: optax.GradientTransformation,
 
 
 def fit(step: Callable, state: TrainState, batches: Any, keys: Array
-        ) -> tuple[TrainState, dict[str, Array]]:
+        ) -> tuple[TrainState, Any]:
   """Runs `step` over (batches[t], keys[t]) under `lax.scan`.
 
   Args:

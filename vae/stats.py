@@ -109,8 +109,8 @@ def moment_checks(records, exact_key: str = 'exact_gradient') -> list[dict]:
   for r in records:
     known = r.get('exact_variance') is not None
     var = r['exact_variance'] if known else r['variance']
-    z = {'mean_z': float(mean_z(r['mean'], r[exact_key], math.sqrt(var),
-                                r['num_draws']))}
+    z: dict[str, float | None] = {'mean_z': float(mean_z(
+        r['mean'], r[exact_key], math.sqrt(var), r['num_draws']))}
     z['variance_z'] = float(variance_z(
         r['variance'], r['exact_variance'], r['exact_m4'], r['num_draws'],
         r[exact_key])) if known else None

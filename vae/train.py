@@ -128,7 +128,7 @@ def step_key(seed: int, step: Array) -> Array:
                             step)
 
 
-def beta_at(config: TrainConfig, step: Array) -> Array:
+def beta_at(config: TrainConfig, step: Array | int) -> Array:
   """β_t = β·min(1, t / warmup_steps) (β when warmup_steps = 0)."""
   if config.warmup_steps == 0:
     return jnp.asarray(config.beta, jnp.float32)
@@ -216,7 +216,7 @@ def make_epoch(model: model_lib.Model,
     t = state.step + jnp.arange(num_steps)
     keys = jax.vmap(lambda s: step_key(seed, s))(t)
     betas = jax.vmap(lambda s: beta_at(config, s))(t)
-    inputs = (order, betas)
+    inputs: tuple[Array, ...] = (order, betas)
     gaussian = isinstance(jax.eval_shape(model.encoder, state.params,
                                          images[:1]), dists.Normal)
     if ahead and gaussian and num_steps >= NOISE_AHEAD_STEPS and (
@@ -380,7 +380,7 @@ def train(model: model_lib.Model, dataset: data.Dataset,
   good = init(params)
   restored, resumed_from = checkpoint.restore_latest(
       checkpoint_dir, good._asdict(), log)
-  if restored is not None:
+  if resumed_from is not None:  # Then restored is its tree.
     good = optim.TrainState(**jax.tree.map(jnp.asarray, restored))
     if resumed_from % steps_per_epoch:
       raise ValueError(f'checkpoint step {resumed_from} is not at the end of '
@@ -419,11 +419,12 @@ def train(model: model_lib.Model, dataset: data.Dataset,
         test_bound = evaluate.mean_bound(
             model, state.params, test_images, test_key, config.objective,
             config.num_samples)
-      row = dict(step=step, epoch=epoch + 1, train_bound=previous,
-                 test_bound=test_bound, beta=float(beta_at(config, step)),
-                 learning_rate=float(schedule(step - 1)),
-                 examples_per_s=steps_per_epoch * config.batch_size / wall,
-                 epoch_wall_s=wall, epoch_cpu_s=cpu)
+      row: dict[str, Any] = dict(
+          step=step, epoch=epoch + 1, train_bound=previous,
+          test_bound=test_bound, beta=float(beta_at(config, step)),
+          learning_rate=float(schedule(step - 1)),
+          examples_per_s=steps_per_epoch * config.batch_size / wall,
+          epoch_wall_s=wall, epoch_cpu_s=cpu)
       if on_epoch is not None:
         on_epoch(row)
       # Reported: the state is the last good one (an interruption while

@@ -41,7 +41,8 @@ def pytree_dataclass(cls: type[_T]) -> type[_T]:
   static (part of the tree structure); all others are leaves.
   """
   cls = dataclasses.dataclass(frozen=True)(cls)
-  fields = dataclasses.fields(cls)
+  # mypy does not see that dataclass() has made cls a dataclass.
+  fields = dataclasses.fields(cls)  # type: ignore[arg-type]
   meta = [f.name for f in fields if f.metadata.get('static', False)]
   data = [f.name for f in fields if not f.metadata.get('static', False)]
   return jax.tree_util.register_dataclass(cls, data_fields=data,

@@ -16,7 +16,7 @@ from vae import config as cfg
 
 def flag_paths(config_cls: type) -> dict[str, str]:
   """{flag name: dotted path of the setting}; flag names must be unique."""
-  paths = {}
+  paths: dict[str, str] = {}
   for path, _, field in cfg.leaves(config_cls):
     if field.name in paths:
       raise TypeError(f'{config_cls.__name__}: two settings are named '
@@ -47,7 +47,8 @@ def define_flags(config_cls: type, flag_values: flags.FlagValues,
     spec = cfg.spec(field)
     elem, is_tuple, _ = cfg.value_type(owner, field)
     default = default_values[path]
-    kwargs = dict(flag_values=flag_values, module_name=module_name)
+    kwargs: dict[str, typing.Any] = dict(flag_values=flag_values,
+                                         module_name=module_name)
     if is_tuple:
       flags.DEFINE_list(field.name, [str(v) for v in default], _help(spec),
                         **kwargs)
@@ -87,6 +88,7 @@ def config_from_flags(config_cls: type, flag_values: flags.FlagValues,
     elem, is_tuple, _ = cfg.value_type(owner, field)
     value = flag_values[field.name].value
     if is_tuple:
+      assert value is not None  # define_flags gave the list flag a list.
       value = tuple(_convert(field.name, v.strip(), elem) for v in value)
     values[path] = value
   return cfg.build(config_cls, values)

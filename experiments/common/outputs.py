@@ -83,7 +83,7 @@ def write_results(directory: str, records: Sequence[Mapping[str, Any]],
 def write_config(directory: str, experiment: str, config: Any,
                  seed: int) -> None:
   """config.json: experiment, seed, settings, command line, versions, JAX."""
-  versions = {'python': sys.version.split()[0]}
+  versions: dict[str, str | None] = {'python': sys.version.split()[0]}
   for name in _VERSIONED:
     try:
       versions[name] = importlib.metadata.version(name)

@@ -66,9 +66,9 @@ def binary_images(config: data_lib.DataConfig, num_test: int,
       config.dataset, data_dir=paths.tfds_data_dir, seed=seed,
       manual_dir=paths.manual_dir, cache_dir=paths.data_cache_dir,
       num_train=config.num_train, num_validation=1, num_test=num_test)
-  return tuple(jnp.asarray(x if ds.binarization == 'fixed' else
-                           data_lib.binarize(0, x))
-               for x in (ds.train, ds.test))
+  binary = lambda x: jnp.asarray(x if ds.binarization == 'fixed' else
+                                 data_lib.binarize(0, x))
+  return binary(ds.train), binary(ds.test)
 
 
 def objective_of(estimator: str) -> str:
@@ -106,8 +106,8 @@ def samples_per_estimator(estimators: tuple[str, ...], evals_per_example: int,
 
 
 def surrogate(model: model_lib.Model, params: Params, x: Array, key: PRNGKey,
-              estimator: str, num_evals: int, baseline: Array = 0.0,
-              temperature: float = 0.5) -> tuple[Array, Array]:
+              estimator: str, num_evals: int, baseline: float | Array = 0.0,
+              temperature: float | Array = 0.5) -> tuple[Array, Array]:
   """(S̄, f̄) = `vae.model.batch_objective` of the estimator's bound.
 
   The bound is `objective_of(estimator)`; num_evals decoder evaluations
@@ -125,8 +125,8 @@ def surrogate(model: model_lib.Model, params: Params, x: Array, key: PRNGKey,
 
 def encoder_gradient(model: model_lib.Model, params: Params, x: Array,
                      key: PRNGKey, estimator: str, num_evals: int,
-                     baseline: Array = 0.0, temperature: float = 0.5
-                     ) -> Array:
+                     baseline: float | Array = 0.0,
+                     temperature: float | Array = 0.5) -> Array:
   """ĝ_φ = ∇_φ S̄(params, x, key) (`surrogate`), flattened: [P_encoder]."""
   grads = jax.grad(lambda p: surrogate(model, p, x, key, estimator,
                                        num_evals, baseline,
@@ -272,7 +272,7 @@ def train_and_evaluate(model: model_lib.Model, train_x: Array, test_x: Array,
                              test_x=test_x, key=key,
                              eval_samples=eval_samples,
                              iwae_samples=iwae_samples)
-  head = {'estimator': estimator, 'step': 0, 'wall_time_s': 0.0,
+  head: dict[str, Any] = {'estimator': estimator, 'step': 0, 'wall_time_s': 0.0,
           'cpu_time_s': 0.0}
   records = [{'kind': 'curve', **head, **bounds(state.params),
               'train_surrogate': None}]

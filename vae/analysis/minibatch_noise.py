@@ -179,7 +179,7 @@ def best_per_budget(records: Sequence[dict],
   Only budgets reached by more than one (B, N) are listed; ratio_to_worst =
   least / largest total variance at that budget.
   """
-  cells = {}
+  cells: dict[tuple, list[dict]] = {}
   for r in records:
     cells.setdefault(tuple(r[k] for k in keys) + (r['budget'],), []).append(r)
   out = []
@@ -413,8 +413,8 @@ def check_linear_gaussian(key: PRNGKey, config: CheckConfig,
   return compare_exact(out, exact)
 
 
-def compare_exact(records: Sequence[dict], exact: dict[tuple, dict]
-                  ) -> list[dict]:
+def compare_exact(records: Sequence[dict],
+                  exact: dict[str, dict[tuple, dict]]) -> list[dict]:
   """Rows with exact_*, *_z = (estimate - exact)/SE and their checks.
 
   The between and within z are two-sided checks (`stats.CHECKS`) for
@@ -444,7 +444,7 @@ def dominance(records: Sequence[dict]) -> list[dict]:
   does not depend on B; it is read at the largest B (the smallest relative
   standard errors). dominant: 'minibatch' if the share exceeds ½, else 'z'.
   """
-  largest = {}
+  largest: dict[tuple, dict] = {}
   for r in records:
     key = (r.get('epoch'), r['estimator'], r['group'], r['N'])
     if key not in largest or r['B'] > largest[key]['B']:

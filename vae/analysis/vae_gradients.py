@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 from jax import flatten_util
@@ -128,7 +128,7 @@ def _training_indices(num_examples: int, batch_size: int, seed: int,
   return epochs[start - first * per_epoch:stop - first * per_epoch]
 
 
-def train_checkpoints(model: model_lib.Model, images: np.ndarray,
+def train_checkpoints(model: model_lib.Model, images: np.ndarray | Array,
                       steps: Sequence[int], key: PRNGKey,
                       optimizer: optax.GradientTransformation,
                       batch_size: int = 32, objective: str = 'elbo',
@@ -276,7 +276,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
   return float(a @ b / denom) if denom > 0 else 0.0
 
 
-def summarize(mean: Array, variance: Array, cosine: Array,
+def summarize(mean: Array | np.ndarray, variance: Array, cosine: Array,
               reference: Array) -> dict[str, Any]:
   """Scalar statistics of one group of one estimator (float64).
 
@@ -353,7 +353,7 @@ def _timed(fn, *args):
   return out, time.perf_counter() - t0
 
 
-def plan(estimators_for: dict[str, Sequence[str]],
+def plan(estimators_for: Mapping[str, Sequence[str]],
          num_samples: Sequence[int]) -> dict[tuple[str, int], tuple[str, ...]]:
   """{(objective, N): estimators of its call}: the reference one added.
 
@@ -382,7 +382,8 @@ def _zeros(params: Params) -> dict[str, Array]:
 
 
 def study(model: model_lib.Model, checkpoints: Sequence[Checkpoint],
-          batch: Array, estimators_for: dict[str, Sequence[str]],
+          batch: Array | np.ndarray,
+          estimators_for: Mapping[str, Sequence[str]],
           num_samples: Sequence[int], num_draws: int, reference_draws: int,
           seed: int, common_random_numbers: bool = True,
           workers: int | None = None
@@ -474,7 +475,8 @@ def study(model: model_lib.Model, checkpoints: Sequence[Checkpoint],
 
 
 def time_estimators(model: model_lib.Model, checkpoint: Checkpoint,
-                    batch: Array, estimators_for: dict[str, Sequence[str]],
+                    batch: Array | np.ndarray,
+                    estimators_for: Mapping[str, Sequence[str]],
                     num_samples: Sequence[int], num_draws: int, seed: int,
                     workers: int | None = None) -> list[Record]:
   """Wall time of each estimator alone: one compiled D-draw call, divided by D.
@@ -505,7 +507,7 @@ def time_estimators(model: model_lib.Model, checkpoint: Checkpoint,
 
 def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
             seed: int, optimizer: optax.GradientTransformation,
-            estimators_for: dict[str, Sequence[str]],
+            estimators_for: Mapping[str, Sequence[str]],
             num_samples: Sequence[int], num_draws: int, reference_draws: int,
             time_each: bool = False, *, batch_size: int = 32,
             train_objective: str = 'elbo', train_num_samples: int = 1,
@@ -529,7 +531,7 @@ def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
       train_objective, train_num_samples,
       [o for o, e in estimators_for.items() if 'score_moving_average' in e],
       baseline_decay)
-  timings = {'train_seconds': time.perf_counter() - t0}
+  timings: dict[str, Any] = {'train_seconds': time.perf_counter() - t0}
   t0 = time.perf_counter()
   batch = images[:eval_batch_size]
   records, draws = study(model, checkpoints, batch, estimators_for,
@@ -543,7 +545,8 @@ def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
   return records, timings
 
 
-def pooled_bias(means: dict[str, Array], total_variances: dict[str, float],
+def pooled_bias(means: Mapping[str, Array | np.ndarray],
+                total_variances: dict[str, float],
                 unbiased: Sequence[str], comparable: Sequence[str],
                 num_draws: int) -> dict[str, tuple[float, float] | None]:
   """Squared bias of each estimator's mean against a pooled unbiased one.
@@ -568,7 +571,7 @@ def pooled_bias(means: dict[str, Array], total_variances: dict[str, float],
   Returns:
     {estimator: (bias², noise level) or None}.
   """
-  out = {name: None for name in means}
+  out: dict[str, tuple[float, float] | None] = {n: None for n in means}
   if not unbiased:
     return out
   weights = {n: num_draws / total_variances[n] for n in unbiased}
@@ -588,7 +591,7 @@ def summary_rows(records: Sequence[Record]) -> list[Record]:
 
   var: total variance Σ_p Var[ĝ_p]; snr; cos: cosine_to_reference.
   """
-  rows = {}
+  rows: dict[tuple, Record] = {}
   for r in records:
     key = (r['objective'], r['num_samples'], r['estimator'], r['step'])
     row = rows.setdefault(key, dict(zip(('objective', 'N', 'estimator',
@@ -601,7 +604,7 @@ def summary_rows(records: Sequence[Record]) -> list[Record]:
 
 def draw_time_rows(draw_times: Sequence[Record]) -> list[Record]:
   """ms per draw of each (objective, N) call: the median over checkpoints."""
-  per = {}
+  per: dict[tuple, list[float]] = {}
   for t in draw_times:
     per.setdefault((t['objective'], t['num_samples'], t['estimators']),
                    []).append(1e3 * t['seconds_per_draw'])

@@ -38,8 +38,11 @@ from vae import distributions as dists
 from vae import types
 from vae.estimators import core
 
-Array, Params, PRNGKey = types.Array, types.Params, types.PRNGKey
-CostFn, DistBuilder = types.CostFn, types.DistBuilder
+Array = types.Array
+Params = types.Params
+PRNGKey = types.PRNGKey
+CostFn = types.CostFn
+DistBuilder = types.DistBuilder
 
 sg = jax.lax.stop_gradient
 
@@ -105,8 +108,9 @@ def with_control_variate(surrogate: Callable[..., Array],
     s_f = on(function, params)
     c = 1.0 if control_variate.coefficient is None else sg(
         control_variate.coefficient(state))
-    if jax.tree_util.tree_structure(c) != jax.tree_util.tree_structure(
-        params):
+    # PyTreeDef (compiled, in jaxlib) has no type information for mypy.
+    tree = jax.tree_util.tree_structure
+    if tree(c) != tree(params):  # type: ignore[operator]
       s = on(lambda z: function(z) - c * h(z), params)
       e_h = expected(params)
       return sg(s_f) + (s - sg(s)) + c * (e_h - sg(e_h))

@@ -66,7 +66,7 @@ def _values_and_log_probs(function: CostFn, dist, z: Array):
 
 def _tree_vdot(a: Params, b: Params) -> Array:
   leaves = jax.tree_util.tree_map(lambda x, y: jnp.sum(x * y), a, b)
-  return sum(jax.tree_util.tree_leaves(leaves))
+  return jnp.asarray(sum(jax.tree_util.tree_leaves(leaves)))
 
 
 def inject_gradient(value: Array, params: Params, grads: Params) -> Array:

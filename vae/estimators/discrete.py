@@ -17,8 +17,11 @@ from vae import distributions as dists
 from vae.estimators import core
 from vae import types
 
-Array, Params, PRNGKey = types.Array, types.Params, types.PRNGKey
-CostFn, DistBuilder = types.CostFn, types.DistBuilder
+Array = types.Array
+Params = types.Params
+PRNGKey = types.PRNGKey
+CostFn = types.CostFn
+DistBuilder = types.DistBuilder
 
 sg = jax.lax.stop_gradient
 
@@ -26,13 +29,13 @@ sg = jax.lax.stop_gradient
 def _relaxed_sample(dist, key: PRNGKey, num_samples: int, temperature):
   """Relaxed (soft) and exact (hard) samples sharing the same noise."""
   if isinstance(dist, dists.Bernoulli):
-    relaxed = dists.RelaxedBernoulli(dist.logits, temperature)
-    logit = relaxed.sample_logits(key, (num_samples,))
+    logit = dists.RelaxedBernoulli(dist.logits, temperature).sample_logits(
+        key, (num_samples,))
     soft = jax.nn.sigmoid(logit)
     hard = (logit > 0).astype(soft.dtype)
   elif isinstance(dist, dists.Categorical):
-    relaxed = dists.RelaxedCategorical(dist.logits, temperature)
-    soft = relaxed.sample(key, (num_samples,))
+    soft = dists.RelaxedCategorical(dist.logits, temperature).sample(
+        key, (num_samples,))
     hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), dist.num_classes,
                           dtype=soft.dtype)
   else:

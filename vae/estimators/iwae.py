@@ -17,8 +17,11 @@ import jax.numpy as jnp
 from vae.estimators import core
 from vae import types
 
-Array, Params, PRNGKey = types.Array, types.Params, types.PRNGKey
-CostFn, DistBuilder = types.CostFn, types.DistBuilder
+Array = types.Array
+Params = types.Params
+PRNGKey = types.PRNGKey
+CostFn = types.CostFn
+DistBuilder = types.DistBuilder
 
 sg = jax.lax.stop_gradient
 
@@ -28,14 +31,14 @@ def log_mean_exp(x: Array, axis: int = -1) -> Array:
   return jax.nn.logsumexp(x, axis=axis) - jnp.log(x.shape[axis])
 
 
-def _log_weights(log_joint: CostFn, q, z: Array, beta: float) -> Array:
+def _log_weights(log_joint: CostFn, q, z: Array, beta: float | Array) -> Array:
   return jax.vmap(lambda zk: log_joint(zk) -
                   beta * core.sample_log_prob(q, zk))(z)
 
 
 def iwae_surrogate(log_joint: CostFn, params: Params,
                    dist_builder: DistBuilder, key: PRNGKey, num_samples: int,
-                   beta: float = 1.0) -> Array:
+                   beta: float | Array = 1.0) -> Array:
   """IWAE bound with the plain pathwise gradient (Burda et al. 2015).
 
   ∇ IWAE_K ≈ Σ_k w̃_k ∇ log w(z_k(ε_k; φ)),  w̃_k = w_k / Σ_j w_j.
@@ -60,7 +63,8 @@ def iwae_surrogate(log_joint: CostFn, params: Params,
 
 
 def stl_surrogate(log_joint: CostFn, params: Params, dist_builder: DistBuilder,
-                  key: PRNGKey, num_samples: int, beta: float = 1.0) -> Array:
+                  key: PRNGKey, num_samples: int,
+                  beta: float | Array = 1.0) -> Array:
   """Sticking-the-landing (Roeder et al. 2017) for ELBO (K=1) and IWAE_K.
 
   Drops the score term ∂ log q_φ(z)/∂φ at fixed z: the log-weight is
@@ -86,7 +90,8 @@ def stl_surrogate(log_joint: CostFn, params: Params, dist_builder: DistBuilder,
 
 
 def dreg_surrogate(log_joint: CostFn, params: Params, dist_builder: DistBuilder,
-                   key: PRNGKey, num_samples: int, beta: float = 1.0) -> Array:
+                   key: PRNGKey, num_samples: int,
+                   beta: float | Array = 1.0) -> Array:
   """Doubly-reparameterized gradient (Tucker, Lawson, Gu & Maddison 2019).
 
   With log w_k = log p̃(z_k) - β log q_φ(z_k), z_k = z(ε_k; φ), the score
@@ -133,7 +138,7 @@ def _score_terms(log_joint, params, dist_builder, key, num_samples, beta):
 
 def iwae_score_surrogate(log_joint: CostFn, params: Params,
                          dist_builder: DistBuilder, key: PRNGKey,
-                         num_samples: int, beta: float = 1.0) -> Array:
+                         num_samples: int, beta: float | Array = 1.0) -> Array:
   """Plain score-function gradient of IWAE_K (no baseline).
 
   ∇_φ IWAE_K ≈ L̂ Σ_k ∇_φ log q(z_k) + Σ_k w̃_k ∇_φ log w_k,
@@ -160,7 +165,7 @@ def iwae_score_surrogate(log_joint: CostFn, params: Params,
 
 def vimco_surrogate(log_joint: CostFn, params: Params,
                     dist_builder: DistBuilder, key: PRNGKey, num_samples: int,
-                    beta: float = 1.0) -> Array:
+                    beta: float | Array = 1.0) -> Array:
   """VIMCO (Mnih & Rezende 2016): leave-one-out control variates for IWAE_K.
 
   ∇_φ IWAE_K ≈ Σ_k (L̂ - L̂_{-k}) ∇_φ log q(z_k) + Σ_k w̃_k ∇_φ log w_k,

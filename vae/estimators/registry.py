@@ -30,7 +30,7 @@ derive from an estimator's name (`name_id`), not its position here.
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 import zlib
 
 from vae import types
@@ -104,8 +104,8 @@ class Estimator:
     An estimator whose baseline must be computed from E_q (state
     'optimal_baseline') estimates ∇E_q[f] for a known f only: no ELBO.
     """
-    out = ('elbo', 'elbo_mc_kl') if self.expectation is not None and (
-        self.state != 'optimal_baseline') else ()
+    elbo = self.expectation is not None and self.state != 'optimal_baseline'
+    out: tuple[str, ...] = ('elbo', 'elbo_mc_kl') if elbo else ()
     if self.name == 'stl':
       out = ('elbo_mc_kl',)
     return out + (('iwae',) if self.iwae is not None else ())
@@ -113,10 +113,14 @@ class Estimator:
 
 _CONT, _DISC, _ANY = ('continuous',), ('discrete',), LATENTS
 _N, _B, _C = ('normal',), ('bernoulli',), ('categorical',)
-_SCORE = dict(needs_differentiable_f=False, needs_reparameterization=False)
-_REPARAM = dict(needs_differentiable_f=True, needs_reparameterization=True)
-_RELAXED = dict(needs_differentiable_f=True, needs_reparameterization=False,
-                options=('temperature',))
+# Shared keyword arguments of `Estimator` (fields of several types).
+_SCORE: dict[str, Any] = dict(needs_differentiable_f=False,
+                              needs_reparameterization=False)
+_REPARAM: dict[str, Any] = dict(needs_differentiable_f=True,
+                                needs_reparameterization=True)
+_RELAXED: dict[str, Any] = dict(needs_differentiable_f=True,
+                                needs_reparameterization=False,
+                                options=('temperature',))
 
 
 def composed(base: Estimator, control_variate: str, **changes) -> Estimator:
@@ -233,7 +237,7 @@ def name_id(name: str) -> int:
 
 
 def check(name: str, objective: str = 'expectation', num_samples: int = 1,
-          beta: float = 1.0, latents: str | None = None,
+          beta: float | types.Array = 1.0, latents: str | None = None,
           family: str | None = None) -> Estimator:
   """The entry, after refusing an invalid combination (ValueError, one line).
 

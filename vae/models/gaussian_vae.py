@@ -85,10 +85,10 @@ class GaussianVAE:
 
   def encoder(self, params: Params, x: Array) -> dists.Normal:
     """q_φ(z|x) for x [..., d]."""
-    return normal_head(self.encoder_net.apply(params['encoder'], x),
+    return normal_head(networks.apply(self.encoder_net, params['encoder'], x),
                        self.encoder_min_log_scale)
 
   def decoder(self, params: Params, z: Array) -> dists.Normal:
     """p_θ(x|z) for z [..., D]."""
-    return normal_head(self.decoder_net.apply(params['decoder'], z),
+    return normal_head(networks.apply(self.decoder_net, params['decoder'], z),
                        self.decoder_min_log_scale)

@@ -14,7 +14,6 @@ import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from vae import config as cfg
 from vae import distributions as dists
@@ -65,7 +64,7 @@ class VAE:
     """{'encoder', 'decoder'}; decoder output bias b = logit(x̄) if given.
 
     b_j = log p_j - log(1 - p_j), p_j = clip(x̄_j, 1e-3, 1 - 1e-3) (the mean
-    training image; `networks.mean_logit_init`): the decoder starts out
+    training image; `networks.mean_logit`): the decoder starts out
     predicting the mean image. The other parameters do not depend on x̄.
     """
     params = networks.init_vae_params(key, self.encoder_net,
@@ -73,7 +72,7 @@ class VAE:
                                       self.latent_dim)
     if data_mean is None:
       return params
-    bias = networks.mean_logit_init(data_mean)(None, np.shape(data_mean))
+    bias = networks.mean_logit(data_mean)
     decoder = params['decoder']['params']
     logits = {**decoder['logits'], 'bias': jnp.asarray(bias, jnp.float32)}
     return {**params, 'decoder': {**params['decoder'], 'params': {
@@ -86,12 +85,13 @@ class VAE:
 
   def encoder(self, params: Params, x: Array) -> dists.Normal:
     """q_φ(z|x) = N(μ_φ(x), diag σ_φ(x)²) for x [..., data_dim]."""
-    loc, log_scale = self.encoder_net.apply(params['encoder'], x)
+    loc, log_scale = networks.apply(self.encoder_net, params['encoder'], x)
     return dists.Normal(loc, log_scale)
 
   def decoder(self, params: Params, z: Array) -> dists.Bernoulli:
     """p_θ(x|z) = Bern(σ(D_θ(z))) for z [..., latent_dim]."""
-    return dists.Bernoulli(self.decoder_net.apply(params['decoder'], z))
+    return dists.Bernoulli(
+        networks.apply(self.decoder_net, params['decoder'], z))
 
 
 def burda_vae(latent_dim: int = 50, hidden_sizes=(200, 200),

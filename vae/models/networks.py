@@ -58,7 +58,15 @@ def get_activation(name: str, negative_slope: float = 0.01
   return ACTIVATIONS[name]
 
 
-def mean_logit_init(pixel_mean: Array, eps: float = 1e-3) -> Initializer:
+def mean_logit(pixel_mean: Array | np.ndarray,
+               eps: float = 1e-3) -> np.ndarray:
+  """logit(p) = log p - log(1 - p), p = clip(pixel_mean, eps, 1 - eps)."""
+  p = np.clip(np.asarray(pixel_mean, np.float64), eps, 1.0 - eps)
+  return np.log(p) - np.log1p(-p)
+
+
+def mean_logit_init(pixel_mean: Array | np.ndarray,
+                    eps: float = 1e-3) -> Initializer:
   """Bias initializer logit(pixel_mean), clipped to [eps, 1 - eps].
 
   With it a decoder starts out predicting the mean training image, the usual
@@ -71,8 +79,7 @@ def mean_logit_init(pixel_mean: Array, eps: float = 1e-3) -> Initializer:
   Returns:
     An initializer for `MLPDecoder(output_bias_init=...)`.
   """
-  p = np.clip(np.asarray(pixel_mean, np.float64), eps, 1.0 - eps)
-  bias = np.log(p) - np.log1p(-p)
+  bias = mean_logit(pixel_mean, eps)
 
   def init(key: PRNGKey, shape: Shape, dtype: Any = jnp.float32) -> Array:
     del key  # Deterministic.
@@ -204,6 +211,15 @@ def init_vae_params(key: PRNGKey, encoder: nn.Module, decoder: nn.Module,
           'decoder': _init(decoder, dec_key, jnp.zeros((1, latent_dim)))}
 
 
+def apply(net: nn.Module, variables_: Params, *inputs: Array) -> Any:
+  """net(*inputs) with `variables_`: `net.apply(variables_, *inputs)`.
+
+  Flax types `Module.apply` as its output or (output, updated state); without
+  `mutable` it is the output (here: an array or a tuple of arrays).
+  """
+  return net.apply(variables_, *inputs)
+
+
 def init_layers(key: PRNGKey, sizes: Sequence[int]) -> list[dict[str, Array]]:
   """Dense layers sizes[0] -> ... -> sizes[-1]: W_l ~ N(0, 1/m_l), b_l = 0.
 
@@ -223,8 +239,9 @@ def variables(layers: Sequence[dict[str, Array]],
   loc, log_scale; `MLPDecoder`, `BernoulliEncoder`: logits).
   """
   w, b = layers[-1]['w'], layers[-1]['b']
-  params = {h: {'kernel': wh, 'bias': bh} for h, wh, bh in zip(
-      heads, jnp.split(w, len(heads), -1), jnp.split(b, len(heads), -1))}
+  params: dict[str, Any] = {
+      h: {'kernel': wh, 'bias': bh} for h, wh, bh in zip(
+          heads, jnp.split(w, len(heads), -1), jnp.split(b, len(heads), -1))}
   if layers[:-1]:
     params['trunk'] = {f'hidden_{i}': {'kernel': lay['w'], 'bias': lay['b']}
                        for i, lay in enumerate(layers[:-1])}

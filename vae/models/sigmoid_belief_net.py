@@ -83,9 +83,10 @@ class SBN:
 
   def encoder(self, params: Params, x: Array) -> dists.Bernoulli:
     """q_φ(b|x) = Bern(σ(E_φ(2x - 1))) for x [..., d]."""
-    return dists.Bernoulli(self.encoder_net.apply(params['encoder'],
-                                                  2.0 * x - 1.0))
+    return dists.Bernoulli(networks.apply(self.encoder_net, params['encoder'],
+                                          2.0 * x - 1.0))
 
   def decoder(self, params: Params, b: Array) -> dists.Bernoulli:
     """p_θ(x|b) = Bern(σ(D_θ(b))) for b [..., D] (in [0, 1]^D)."""
-    return dists.Bernoulli(self.decoder_net.apply(params['decoder'], b))
+    return dists.Bernoulli(
+        networks.apply(self.decoder_net, params['decoder'], b))

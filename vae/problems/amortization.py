@@ -399,8 +399,9 @@ def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
     disagrees} per model, {method: exact mean ELBO after each step}).
   """
   mle = lg.fit_ppca(x_train, latent_dim)
-  models = [('true model', true_model, None),
-            ('pPCA maximum likelihood (closed form)', mle, None)]
+  models: list[tuple[str, Any, float | None]] = [
+      ('true model', true_model, None),
+      ('pPCA maximum likelihood (closed form)', mle, None)]
   curves = {}
   runs = ([('amortized', e) for e in amortized] +
           [('per_point', e) for e in per_point])

@@ -471,14 +471,17 @@ def variance_curves(family: CostFamily, estimators, ks, mu: float,
 
   Only estimators with known one-sample moments (EXACT_MOMENTS).
   """
-  out = {p: {} for p in PARAMS}
+  out: dict[str, dict[str, np.ndarray]] = {p: {} for p in PARAMS}
   for est in estimators:
     if est not in EXACT_MOMENTS:
       continue
     for p in PARAMS:
-      out[p][est] = np.array([single_sample_moments(
-          family, est, p, k, mu, sigma)['variance'] / num_samples
-                              for k in ks])
+      variances = []
+      for k in ks:
+        one = single_sample_moments(family, est, p, k, mu, sigma)
+        assert one is not None, (est, p)  # Known for EXACT_MOMENTS.
+        variances.append(one['variance'] / num_samples)
+      out[p][est] = np.array(variances)
   return out
 
 

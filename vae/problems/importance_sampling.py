@@ -21,6 +21,7 @@ p(z|x) are exact, so `estimate_errors` scores every estimate.
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -207,7 +208,7 @@ def repeat_summary(errors) -> dict[str, np.ndarray]:
 
 
 def iwae_check(model: lg.LinearGaussianModel, x: Array, ks: tuple[int, ...],
-               repeats: int, key: PRNGKey) -> list[dict[str, float | bool]]:
+               repeats: int, key: PRNGKey) -> list[dict[str, Any]]:
   """IWAE_k - log p(x) with q = q*(z|x) (`mean_field`), against exact bounds.
 
   E[IWAE_1] = ELBO(q*) and ELBO(q*) ≤ E[IWAE_k] ≤ log p(x), so with
@@ -235,8 +236,8 @@ def iwae_check(model: lg.LinearGaussianModel, x: Array, ks: tuple[int, ...],
           for j in range(len(ks))]
 
 
-def summarize(errors: Array, log_rho1: Array, ks: tuple[int, ...],
-              tolerance: float) -> dict[str, np.ndarray]:
+def summarize(errors: Array | np.ndarray, log_rho1: Array,
+              ks: tuple[int, ...], tolerance: float) -> dict[str, Any]:
   """Error of log p̂_K pooled over points and repeats, beside the delta method.
 
   Pooled over points, E_x[ρ_x] sets the mean squared error, so the
@@ -258,18 +259,18 @@ def summarize(errors: Array, log_rho1: Array, ks: tuple[int, ...],
   """
   errors = np.asarray(errors, np.float64).reshape(-1, len(ks))
   rho = max(0.0, float(np.mean(np.expm1(np.asarray(log_rho1, np.float64)))))
-  log_rho1 = math.log1p(rho) if math.isfinite(rho) else math.inf
-  out = error_summary(errors, 0.0)
+  log_rho1_bar = math.log1p(rho) if math.isfinite(rho) else math.inf
+  out: dict[str, Any] = error_summary(errors, 0.0)
   k = np.asarray(ks, np.float64)
   out['predicted_bias'], out['predicted_std'] = predicted_bias_and_std(
-      log_rho1, k)
+      log_rho1_bar, k)
   claimed = math.isfinite(rho) & (k >= DELTA_METHOD_MIN_K_OVER_RHO * rho)
   out['z'], out['claimed'] = np.full(len(ks), np.nan), claimed
   out['z'][claimed] = stats.mean_z(out['bias'][claimed],
                                    out['predicted_bias'][claimed],
                                    out['std'][claimed], errors.shape[0])
   below = [kk for kk, r in zip(ks, out['rmse']) if r < tolerance]
-  out.update(log1p_chi2=log_rho1, K_needed_measured=below[0] if below else
-             None, K_needed_predicted=max(1.0, float(samples_needed(
-                 log_rho1, tolerance))))
+  out.update(log1p_chi2=log_rho1_bar, K_needed_measured=below[0] if below
+             else None, K_needed_predicted=max(1.0, float(samples_needed(
+                 log_rho1_bar, tolerance))))
   return out

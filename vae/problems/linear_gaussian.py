@@ -100,19 +100,21 @@ def draw_problem(key: PRNGKey, data_dim: int, latent_dim: int,
   dtype = jnp.result_type(float)
   d, dd = latent_dim, data_dim
   models = 2 if orthogonal_sizes else 1
-  parts = [dd * d, dd] * models + [n * (d + dd) for n in (
+  lengths = [dd * d, dd] * models + [n * (d + dd) for n in (
       *sizes, *orthogonal_sizes)]
-  draws = jax.random.normal(key, (sum(parts),), dtype)
-  parts = jnp.split(draws, [sum(parts[:i + 1]) for i in range(len(parts) - 1)])
+  draws = jax.random.normal(key, (sum(lengths),), dtype)
+  parts = jnp.split(draws, [sum(lengths[:i + 1])
+                            for i in range(len(lengths) - 1)])
   log_noise = jnp.log(jnp.asarray(noise_scale, dtype))
   model = LinearGaussianModel(parts[0].reshape(dd, d), parts[1], log_noise)
+  owners = [model] * len(sizes)
   ortho = None
   if orthogonal_sizes:
     u, _ = jnp.linalg.qr(parts[2].reshape(dd, d))
     ortho = LinearGaussianModel(u * jnp.arange(1, d + 1, dtype=dtype),
                                 parts[3], log_noise)
+    owners += [ortho] * len(orthogonal_sizes)
   data = []
-  owners = [model] * len(sizes) + [ortho] * len(orthogonal_sizes)
   for m, part in zip(owners, parts[2 * models:]):
     zeta = part.reshape(-1, d + dd)
     data.append(zeta[:, :d] @ m.weight.T + m.bias + noise_scale * zeta[:, d:])
@@ -223,7 +225,8 @@ def identity_check(model: LinearGaussianModel, x: Array,
   disagrees.
   """
   terms = [np.asarray(t, np.float64) for t in identity_terms(model, x, key)]
-  out = dict(zip(('log_px', 'elbo', 'kl_q_posterior'), terms))
+  out: dict[str, np.ndarray] = dict(zip(
+      ('log_px', 'elbo', 'kl_q_posterior'), terms))
   out['residual'] = terms[0] - terms[1] - terms[2]
   out['disagrees'] = ~(np.abs(out['residual']) <= stats.rounding_tolerance(
       np.abs(terms).sum(0), x.dtype))
