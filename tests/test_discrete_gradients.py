@@ -13,10 +13,13 @@ import pytest
 
 from tests import stat_checks as sc
 from vae import distributions as dists
-from vae.estimators import core
 from vae.estimators import discrete
+from vae.estimators import registry
 
 NUM_DRAWS = 40000
+DISARM, RLOO = registry.get('disarm'), registry.get('score_rloo')
+GUMBEL_SOFTMAX = registry.get('gumbel_softmax')
+STRAIGHT_THROUGH = registry.get('straight_through')
 
 
 def draws(fn, cost, logits, builder, num_samples, seed=0, **kw):
@@ -34,9 +37,9 @@ def _bias_and_se(g, exact):
 
 
 def test_disarm_has_lower_variance_than_rloo_at_equal_evaluations():
-  disarm = draws(discrete.disarm, sc.bernoulli_cost, sc.BERNOULLI_LOGITS,
+  disarm = draws(DISARM, sc.bernoulli_cost, sc.BERNOULLI_LOGITS,
                  dists.Bernoulli, 1)   # 2 evaluations of f
-  rloo = draws(core.leave_one_out, sc.bernoulli_cost, sc.BERNOULLI_LOGITS,
+  rloo = draws(RLOO, sc.bernoulli_cost, sc.BERNOULLI_LOGITS,
                dists.Bernoulli, 2)   # 2 evaluations of f
   assert np.all(disarm.var(0) < rloo.var(0))
 
@@ -51,8 +54,8 @@ def test_gumbel_softmax_is_biased_and_its_bias_shrinks_with_temperature(
                       sc.categorical_cost, sc.categorical_exact())}[family]
   biases = []
   for tau in (1.0, 0.5, 0.2):
-    bias, se = _bias_and_se(draws(discrete.gumbel_softmax, cost, logits,
-                                  builder, 1, temperature=tau), exact)
+    bias, se = _bias_and_se(draws(GUMBEL_SOFTMAX, cost, logits, builder, 1,
+                                  temperature=tau), exact)
     assert bias > 5 * se, (tau, bias, se)
     biases.append((bias, se))
   for (b1, s1), (b2, s2) in zip(biases, biases[1:]):
@@ -72,7 +75,7 @@ def test_categorical_straight_through_value_is_unbiased_gradient_is_not():
       sc.categorical_cost, jnp.asarray(logits, jnp.float32),
       dists.Categorical, k, 1)))(keys)
   sc.assert_mean_close(values, expected, max_band=0.05)
-  g = draws(discrete.straight_through, sc.categorical_cost, logits,
+  g = draws(STRAIGHT_THROUGH, sc.categorical_cost, logits,
             dists.Categorical, 1)
   bias, se = _bias_and_se(g, sc.categorical_exact())
   assert bias > 10 * se, (bias, se)
@@ -90,11 +93,10 @@ def test_errors():
   key = jax.random.PRNGKey(0)
   logits = jnp.asarray(sc.BERNOULLI_LOGITS)
   with pytest.raises(TypeError, match='Bernoulli'):
-    discrete.disarm(sc.bernoulli_cost, {'mu': 0.0, 'sigma': 1.0},
-                    lambda p: dists.Normal.from_scale(p['mu'], p['sigma']),
-                    key, 1)
+    DISARM(sc.bernoulli_cost, {'mu': 0.0, 'sigma': 1.0},
+           lambda p: dists.Normal.from_scale(p['mu'], p['sigma']), key, 1)
   with pytest.raises(ValueError, match='temperature'):
-    discrete.gumbel_softmax(sc.bernoulli_cost, logits, dists.Bernoulli, key,
-                            1, temperature=-1.0)
+    GUMBEL_SOFTMAX(sc.bernoulli_cost, logits, dists.Bernoulli, key, 1,
+                   temperature=-1.0)
   with pytest.raises(ValueError, match='num_samples'):
-    discrete.disarm(sc.bernoulli_cost, logits, dists.Bernoulli, key, 0)
+    DISARM(sc.bernoulli_cost, logits, dists.Bernoulli, key, 0)

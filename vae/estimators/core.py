@@ -11,13 +11,15 @@ estimate averaging `num_samples` samples. q(z) is the product distribution
 over all elements of the sample (log q(z) = Σ log_prob(z)).
 
 Each estimator is the gradient of a *surrogate objective* (the `*_surrogate`
-functions): a scalar whose value is the Monte Carlo estimate of E_q[f] and
-whose `jax.grad` is the estimator. Surrogates compose: put one inside a larger
-loss and `jax.grad` of that loss gives the estimator's gradient for the
-distribution parameters and the ordinary pathwise gradient for any parameters
-`function` closes over (d/dψ E_q[f_ψ] = E_q[∇_ψ f_ψ]). All are pure functions,
-usable under `jax.jit`, `jax.vmap` and `jax.grad` (`function`, `dist_builder`
-and `num_samples` are static).
+functions; `gradient_from_surrogate` turns one into the estimator, and
+`vae.estimators.registry.get(name)` gives it by name): a scalar whose value
+is the Monte Carlo estimate of E_q[f] and whose `jax.grad` is the estimator.
+Surrogates compose: put one inside a larger loss and `jax.grad` of that loss
+gives the estimator's gradient for the distribution parameters and the
+ordinary pathwise gradient for any parameters `function` closes over
+(d/dψ E_q[f_ψ] = E_q[∇_ψ f_ψ]). All are pure functions, usable under
+`jax.jit`, `jax.vmap` and `jax.grad` (`function`, `dist_builder` and
+`num_samples` are static).
 """
 
 import functools
@@ -307,9 +309,3 @@ def measure_valued_surrogate(function: CostFn, params: Params,
   z = sg(dist_builder(params).sample(k_value, (num_samples,)))
   value = jnp.mean(jax.vmap(function)(z))
   return inject_gradient(value, params, grads)
-
-
-pathwise = gradient_from_surrogate(pathwise_surrogate)
-score_function = gradient_from_surrogate(score_function_surrogate)
-leave_one_out = gradient_from_surrogate(leave_one_out_surrogate)
-measure_valued = gradient_from_surrogate(measure_valued_surrogate)

@@ -149,9 +149,3 @@ def disarm_surrogate(function: CostFn, params: Params,
   grads, = pullback(jnp.mean(per_pair, axis=0))
   value = 0.5 * jnp.mean(f_b + f_anti)
   return core.inject_gradient(value, params, grads)
-
-
-gumbel_softmax = core.gradient_from_surrogate(gumbel_softmax_surrogate)
-straight_through = core.gradient_from_surrogate(
-    straight_through_surrogate)
-disarm = core.gradient_from_surrogate(disarm_surrogate)

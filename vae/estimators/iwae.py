@@ -196,10 +196,3 @@ def vimco_surrogate(log_joint: CostFn, params: Params,
   loo_bound = log_mean_exp(replaced, axis=-1)
   signal = sg(bound) - loo_bound
   return bound + jnp.sum(sg(signal) * (log_q - sg(log_q)))
-
-
-iwae = core.gradient_from_surrogate(iwae_surrogate)
-stl = core.gradient_from_surrogate(stl_surrogate)
-dreg = core.gradient_from_surrogate(dreg_surrogate)
-iwae_score = core.gradient_from_surrogate(iwae_score_surrogate)
-vimco = core.gradient_from_surrogate(vimco_surrogate)

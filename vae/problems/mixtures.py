@@ -319,9 +319,6 @@ def kl_decomposition_quadrature(log_p_data: Array, log_p_model: Array,
 # --------------------------------------------------------------------------
 # The known p_data, reference fits and a checked comparison with p_data.
 
-DIMS = (1, 2)
-
-
 def true_mixture(dim: int) -> GaussianMixture:
   """The known p_data: 3 components, well separated but overlapping.
 
