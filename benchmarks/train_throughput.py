@@ -25,6 +25,11 @@ over whole passes of len(images) // B minibatches after a warm-up pass:
   value_and_grad of the ELBO written out on the same Flax MLPs (no library
   code) and an optax Adam update, over `data.epoch_batches`: what a
   researcher writes by hand. Issue 17 asks `fused` ≥ 1.0× it.
+* `matmuls` (reference): the step's matmuls alone at the batch's shapes
+  (`step_matmuls`: every dense layer's forward product, weight gradient
+  and input gradient, none for the data) in the same `lax.scan`: the time
+  a step cannot go below at these shapes, whatever the peak of a 2048²
+  matmul (`fused_vs_matmuls` = its epoch time / fused's).
 * `fit_sharded` (extra): `fit` data-parallel over all devices
   (`sharded_fit_fn`: jit with in/out shardings, each batch split).
 
@@ -55,7 +60,7 @@ from vae import train
 from vae.models import image_vae
 
 CASES = ('fused', 'fit', 'per_example', 'plain', 'plain_scan', 'numpyro',
-         'numpyro_scan')
+         'numpyro_scan', 'matmuls')
 EXTRA_CASES = ('fit_sharded',)
 PEERS = ('plain', 'plain_scan', 'numpyro', 'numpyro_scan')
 TARGET_VS_NUMPYRO_SCAN, TARGET_PEAK_FRACTION = 1.2, 0.65
@@ -192,6 +197,35 @@ def plain_scan_epoch(model, optimizer: optax.GradientTransformation,
   return epoch
 
 
+def step_matmuls(model, batch_size: int, num_steps: int):
+  """Jitted () -> scalar: `num_steps` steps of a training step's matmuls.
+
+  Per dense layer (i -> o) of the encoder [d, *hidden, 2D] and decoder
+  [D, *hidden, d]: x W ([B, i] × [i, o]), xᵀ g (weight gradient) and g Wᵀ
+  (input gradient; none for the data layer), `common.train_flops_per_
+  example`'s count. Each step perturbs the weights by its carry so that
+  nothing is hoisted out of the scan.
+  """
+  h = tuple(model.decoder_net.hidden_sizes)
+  d, latent = model.data_dim, model.latent_dim
+  layers = [*zip((d,) + h, h + (2 * latent,)), *zip((latent,) + h, h + (d,))]
+  ws = [jnp.full((i, o), 1e-3) for i, o in layers]
+  xs = [jnp.ones((batch_size, i)) for i, _ in layers]
+  gs = [jnp.ones((batch_size, o)) for _, o in layers]
+
+  def body(carry, _):
+    total = carry
+    for k, (w, x, g) in enumerate(zip(ws, xs, gs)):
+      w = w + carry * 1e-9
+      total = total + (x @ w)[0, 0] + (x.T @ g)[0, 0]
+      if k:  # Not the data layer.
+        total = total + (g @ w.T)[0, 0]
+    return total * 1e-9, None
+
+  return jax.jit(lambda: jax.lax.scan(body, jnp.float32(0.0), None,
+                                      length=num_steps)[0])
+
+
 def plain_scan_runner(model, optimizer, images: np.ndarray, batch_size: int,
                       seed: int = 0) -> Callable[[], Any]:
   """A closure: one more epoch of `plain_scan_epoch` (images on device)."""
@@ -232,6 +266,8 @@ def runner(case: str, model, images: np.ndarray, batch_size: int,
     return plain_runner(model, optimizer, images, batch_size, seed)
   if case == 'plain_scan':
     return plain_scan_runner(model, optimizer, images, batch_size, seed)
+  if case == 'matmuls':
+    return step_matmuls(model, batch_size, len(images) // batch_size)
   if case in ('numpyro', 'numpyro_scan'):
     return numpyro_runner(model, images, batch_size, seed,
                           fused=case == 'numpyro_scan')
@@ -372,6 +408,8 @@ def targets(out: dict[str, dict[str, Any]]) -> dict[str, Any]:
                                       max(rec['epoch_cpu_s'], 1e-9))
     verdict['met_1.2x_numpyro_scan'] = (verdict['vs_numpyro_scan'] >=
                                         TARGET_VS_NUMPYRO_SCAN)
+  if 'matmuls' in out:
+    verdict['fused_vs_matmuls'] = out['matmuls']['epoch_s'] / rec['epoch_s']
   if 'plain_scan' in out:
     verdict['vs_plain_scan'] = out['plain_scan']['epoch_s'] / rec['epoch_s']
     verdict['vs_plain_scan_best'] = (rec['examples_per_s_best'] /

@@ -115,12 +115,13 @@ def test_fit_sharded_fit_and_plain_loops_train_the_same(tiny):
 
 def test_train_throughput_benchmark(tiny):
   model, x = tiny
-  out = train_throughput.benchmark(x, batch_size=8, cases=('fused',),
-                                   rounds=1, model=model, peak_n=64,
-                                   reporter=quiet())
+  out = train_throughput.benchmark(x, batch_size=8,
+                                   cases=('fused', 'matmuls'), rounds=1,
+                                   model=model, peak_n=64, reporter=quiet())
   rec = out['fused']
   assert rec['examples_per_s'] > 0 and rec['gflops'] > 0
   assert rec['peak_fraction'] > 0 and rec['steps'] == 5
+  assert train_throughput.targets(out)['fused_vs_matmuls'] > 0
   with pytest.raises(ValueError, match='unknown cases'):
     train_throughput.benchmark(x, cases=('nope',), model=model,
                                reporter=quiet())
