@@ -56,7 +56,8 @@ def test_importance_sampling_converges_to_exact_log_px(model_params_images,
   exact = _exact_log_px(model, params, images)
   out = is_out
   assert set(out) == {'log_px', 'log_px_se', 'elbo', 'elbo_se', 'kl',
-                      'iwae_1', 'iwae_5', 'iwae_50'}
+                      'iwae_1', 'iwae_5', 'iwae_50', 'iwae_1_se',
+                      'iwae_5_se', 'iwae_50_se'}
   assert all(v.shape == (7,) for v in out.values())
   # The IS error at K = 20000 is about ±0.03 nats here (±0.1 at K = 2000).
   np.testing.assert_allclose(out['log_px'], exact, atol=0.1)

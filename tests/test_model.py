@@ -61,13 +61,15 @@ def test_importance_sampling_converges_to_the_exact_log_likelihood(tiny):
   enc = run(jax.random.PRNGKey(2))
   assert np.all(np.abs(one_chunk - enc['log_px']) <
                 5 * np.sqrt(2) * enc['log_px_se'] + 1e-4)
-  # 40 independent K = 100 estimates: their sd matches the delta-method SE
-  # within the sd's own sampling error (~1/√(2·39) relative, ×4).
-  small = [run(jax.random.PRNGKey(10 + i), num_samples=100, chunk_size=100)
-           for i in range(40)]
-  sd = np.std([s['log_px'] for s in small], axis=0, ddof=1)
-  se = np.mean([s['log_px_se'] for s in small], axis=0)
-  np.testing.assert_allclose(sd, se, rtol=4 / np.sqrt(2 * 39))
+  # 40 independent K = 100 estimates: their sd matches the SEs each run
+  # reports (delta method for log p̂; sd / √groups for the ELBO and
+  # IWAE_10) within the sd's own sampling error (~1/√(2·39) relative, ×4).
+  small = [run(jax.random.PRNGKey(10 + i), num_samples=100, chunk_size=100,
+               iwae_ks=(10,)) for i in range(40)]
+  for name in ('log_px', 'elbo', 'iwae_10'):
+    sd = np.std([s[name] for s in small], axis=0, ddof=1)
+    se = np.mean([s[name + '_se'] for s in small], axis=0)
+    np.testing.assert_allclose(sd, se, rtol=4 / np.sqrt(2 * 39), err_msg=name)
   with pytest.raises(ValueError, match='multiple'):
     run(jax.random.PRNGKey(4), num_samples=1000, chunk_size=300)
 

@@ -12,7 +12,8 @@ a stochastic lower bound on log p(x) (= IWAE_K) that is tight as K → ∞
     ELBO      = (1/K) Σ_k log p(x|z_k) - KL(q ‖ p(z))   (analytic KL where
                 the pair has one; else (1/K) Σ_k log w_k),
     se(ELBO)  = sd_k(its integrand) / √K,
-    IWAE_k    = (k/K) Σ_{groups g} log (1/k) Σ_{j∈g} w_j   (K/k groups, k | C)
+    IWAE_k    = (k/K) Σ_{groups g} log (1/k) Σ_{j∈g} w_j   (K/k groups, k | C),
+    se(IWAE_k) = sd_g(its terms) / √(K/k)   (NaN for a single group)
     log p̂_{2^j} for j = 0, 1, ...: the first 2^j weights of the stream
                 (`nested`: estimates at growing K from one sampler).
 
@@ -117,8 +118,9 @@ def importance_batch(model: model_lib.Model, params: Params, x: Array,
       weights, j = 0..log2 K (K and C powers of 2).
 
   Returns:
-    {'log_px', 'log_px_se', 'elbo', 'elbo_se', 'kl', 'iwae_<k>'...
-     [, 'log_px_by_k']}: [B] arrays (kl: analytic, or the Monte Carlo
+    {'log_px', 'log_px_se', 'elbo', 'elbo_se', 'kl', 'iwae_<k>',
+     'iwae_<k>_se'... [, 'log_px_by_k']}: [B] arrays (kl: analytic, or
+    the Monte Carlo
     (1/K) Σ_k log q(z_k)/p(z_k)).
   """
   q = model.encoder(params, x) if proposal is None else proposal
@@ -134,26 +136,26 @@ def importance_batch(model: model_lib.Model, params: Params, x: Array,
   zeros = jnp.zeros((batch,), jnp.float32)
 
   def body(carry, chunk_key):
-    lse, lse2, moments, recon, iwae_sums = carry
+    lse, lse2, moments, recon, iwae_moments = carry
     z = q.sample(chunk_key, (chunk,))  # [C, B, D].
     # Materialized once: without the barrier XLA fuses the decoder's
     # [C·B, d] log-likelihood into each of the sums below (17% slower).
     lw, log_px_z = jax.lax.optimization_barrier(
         log_weights_blocked(model, params, x, q, z))
     integrand = log_px_z if kl is not None else lw
-    iwae_sums = tuple(
-        s + jnp.sum(jax.nn.logsumexp(lw.reshape(chunk // k, k, batch), 1), 0)
-        for s, k in zip(iwae_sums, iwae_ks))
+    iwae_moments = tuple(
+        _merge(*m, jax.nn.logsumexp(lw.reshape(chunk // j, j, batch), 1) -
+               math.log(j)) for m, j in zip(iwae_moments, iwae_ks))
     out = (_nested_small(lw, chunk) if nested else None,
            jax.nn.logsumexp(lw, 0))
     return (jnp.logaddexp(lse, out[1]),
             jnp.logaddexp(lse2, jax.nn.logsumexp(2.0 * lw, 0)),
             _merge(*moments, integrand), recon + jnp.sum(log_px_z, 0),
-            iwae_sums), out
+            iwae_moments), out
 
   init = (zeros - jnp.inf, zeros - jnp.inf, (0.0, zeros, zeros), zeros,
-          tuple(zeros for _ in iwae_ks))
-  (lse, lse2, (_, mean, m2), recon, iwae_sums), (small, chunk_lse) = (
+          tuple((0.0, zeros, zeros) for _ in iwae_ks))
+  (lse, lse2, (_, mean, m2), recon, iwae_moments), (small, chunk_lse) = (
       jax.lax.scan(
           body, init, jax.random.split(key, num_samples // chunk)))
   k = float(num_samples)
@@ -165,8 +167,11 @@ def importance_batch(model: model_lib.Model, params: Params, x: Array,
          'elbo_se': jnp.sqrt(m2 / max(k - 1.0, 1.0) / k),
          # Monte Carlo: E_q[log q - log p(z)] = E_q[log p(x|z)] - ELBO.
          'kl': kl if kl is not None else recon / k - mean}
-  for s, j in zip(iwae_sums, iwae_ks):
-    out[f'iwae_{j}'] = (s - (num_samples // j) * math.log(j)) * j / k
+  for (_, iwae, iwae_m2), j in zip(iwae_moments, iwae_ks):
+    groups = num_samples // j
+    out[f'iwae_{j}'] = iwae
+    out[f'iwae_{j}_se'] = (jnp.sqrt(iwae_m2 / (groups - 1) / groups)
+                           if groups > 1 else jnp.full_like(iwae, jnp.nan))
   if nested:
     cum = jax.lax.cumlogsumexp(chunk_lse, axis=0)  # [K / C, B].
     large = [cum[2**i - 1] - math.log(2**i * chunk)
@@ -210,7 +215,8 @@ def importance_sampling(model: model_lib.Model, params: Params,
     log: if given, called with a progress line about every tenth of the way.
 
   Returns:
-    {'log_px', 'log_px_se', 'elbo', 'elbo_se', 'kl', 'iwae_<k>'...}:
+    {'log_px', 'log_px_se', 'elbo', 'elbo_se', 'kl', 'iwae_<k>',
+     'iwae_<k>_se'...}:
     float64 arrays [N] ([N, J] for log_px_by_k).
   """
   chunk = chunk_size_for(num_samples, chunk_size)
