@@ -17,10 +17,14 @@ is one), each point through a submitit executor (`local`: this machine,
 `--parallel` at a time; `slurm`: a cluster) into `<output_dir>/<setting=
 value,...>`, gathering sweep_results.json/.csv and sweep.json; a failed
 point is reported with its log while the others complete (exit code 1).
+Exit code 1 also ends a run whose checked rows hold NaN or infinite values
+(one line naming them; `vae.stats.NONFINITE`) and a --strict run that
+disagrees with exact values.
 """
 
 import itertools
 import os
+import shutil
 import signal
 import sys
 import time
@@ -41,7 +45,8 @@ def _launcher_flags(fv: flags.FlagValues) -> None:
                             'setting (repeat for a cartesian product).', **d)
   flags.DEFINE_string('output_dir', None, 'The run folder (a sweep: the '
                       'parent of its points). Default: runs/NAME-<time>.', **d)
-  flags.DEFINE_integer('seed', 0, 'The seed of everything random.', **d)
+  flags.DEFINE_integer('seed', 0, 'The seed of everything random.',
+                       lower_bound=0, upper_bound=cfg.INT_MAX, **d)
   flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'], 'Where a '
                     "sweep's points run (submitit executor).", **d)
   flags.DEFINE_integer('parallel', 1, 'Sweep points run at once (local) or '
@@ -65,14 +70,25 @@ class UsageError(Exception):
 
 
 def _flag_values(module, argv):
-  """Launcher and experiment flags, parsed from argv (absl checks the types)."""
+  """Launcher and experiment flags, parsed from argv (absl checks the types).
+
+  Raises:
+    UsageError: a bad flag or value, or a positional argument (absl would
+      ignore it: `--strict false` leaves 'false' behind, and everything
+      after `--` is positional).
+  """
   fv = flags.FlagValues()
   _launcher_flags(fv)
   config_flags.define_flags(module.Config, fv, module.__name__)
   try:
-    fv(argv)
+    rest = fv(argv)
   except flags.Error as e:
     raise UsageError(str(e).splitlines()[0]) from None
+  if len(rest) > 1:
+    raise UsageError(f'unexpected argument{"s" * (len(rest) > 2)} '
+                     f'{" ".join(map(repr, rest[1:]))}: give every setting '
+                     'as --NAME=VALUE (no "--" separator, no value after a '
+                     'space for true/false flags).')
   return fv
 
 
@@ -110,6 +126,31 @@ def _sweep_points(module, argv, sweeps):
     settings = {**cfg.to_dict(config), 'seed': fv.seed}
     points.append((label, {n: settings[names[n]] for n, _ in combo}, config))
   return points
+
+
+def _experiment(name: str):
+  """The experiment module of --experiment (`runner.load`).
+
+  Raises:
+    UsageError: `name` is not a module name or dotted path of names (e.g.
+      '..', '.foo'), or names no experiment.
+  """
+  if not all(part.isidentifier() for part in name.split('.')):
+    raise UsageError(f'--experiment={name}: not an experiment name; choose '
+                     f'from: {", ".join(runner.names())} (or a dotted module '
+                     'path such as mypackage.my_experiment).')
+  try:
+    return runner.load(name)
+  except ValueError as e:
+    raise UsageError(str(e).splitlines()[0]) from None
+
+
+def _check_launcher(fv) -> None:
+  """Refuses --launcher=slurm where this machine has no Slurm (sbatch)."""
+  if fv.launcher == 'slurm' and shutil.which('sbatch') is None:
+    raise UsageError('--launcher=slurm: no Slurm here (sbatch is not on '
+                     'PATH); run on a Slurm login node or use '
+                     '--launcher=local.')
 
 
 def _executor(fv, folder):
@@ -186,7 +227,7 @@ def _help(argv) -> str:
   lines = [__doc__, 'Experiments:']
   lines += [f'  {n:22s} {runner.summary(runner.load(n))}'
             for n in runner.names()]
-  module = runner.load(fv.experiment)
+  module = _experiment(fv.experiment)
   config_flags.define_flags(module.Config, fv, module.__name__)
   lines += ['', fv.module_help('launch.py'), '',
             fv.module_help(module.__name__)]
@@ -201,10 +242,11 @@ def main(argv) -> int:
   _launcher_flags(pre)
   try:
     pre(argv, known_only=True)
-    module = runner.load(pre.experiment)
-  except (flags.Error, ValueError) as e:
+  except flags.Error as e:
     raise UsageError(str(e).splitlines()[0]) from None
+  module = _experiment(pre.experiment)
   fv = _flag_values(module, argv)
+  _check_launcher(fv)
   config = _config(module, fv)
   points = _sweep_points(module, argv, fv.sweep) if fv.sweep else None
   if fv.dry_run:
@@ -223,6 +265,9 @@ def main(argv) -> int:
                        fv.overwrite, fv.compilation_cache)
     except runner.Disagreement as e:
       print(f'launch.py: --strict: {e}', file=sys.stderr)
+      return 1
+    except runner.NonFinite as e:  # A failed run, --strict or not.
+      print(f'launch.py: {e}', file=sys.stderr)
       return 1
     finally:
       signal.signal(signal.SIGTERM, handler)

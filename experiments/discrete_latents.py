@@ -37,7 +37,7 @@ class Config:
   latents: int = cfg.setting(32, 'Bernoulli latents.', min=1, max=10**4)
   hidden: tuple[int, ...] = cfg.setting(
       (), 'Hidden sizes of encoder and decoder (empty: linear maps as '
-      'Dong et al. 2020).', min=1, max=10**4, empty=True)
+      'Dong et al. 2020).', min=1, max=10**4, empty=True, repeats=True)
   activation: str = cfg.like(image_vae.ModelConfig, 'activation',
                              'leaky_relu')
   negative_slope: float = cfg.setting(

@@ -69,7 +69,7 @@ def test_bad_settings_are_refused_in_one_line():
   bad = {'encoder_steps: must be >= 0': dict(encoder_steps=-5),
          'exceeds model_data_dim': dict(model_latent_dim=12),
          'is not one of': dict(encoders=('conv',)),
-         'model_noise: must be > 0': dict(model_noise=0.0)}
+         'model_noise: must be >= 0.001': dict(model_noise=0.0)}
   for message, values in bad.items():
     with pytest.raises(ValueError, match=message) as error:
       amortization_gap.Config(**values)

@@ -20,8 +20,13 @@ Constraints (every setting has one): `choices` (the library constant listing
 the allowed values), numeric bounds `min`/`max` (inclusive) and `gt`/`lt`
 (strict; floats must also be finite), `text=True` for free text such as
 paths. A tuple-valued setting must be non-empty (unless declared with
-`empty=True`), and the constraint applies to each element. A `None` default
-makes the setting optional.
+`empty=True`), and the constraint applies to each element. A tuple-valued
+setting is a set of alternatives (each entry gives its own rows), so an
+entry listed twice is refused, for every setting alike; a sequence whose
+entries may repeat (layer widths) is declared with `repeats=True`. An
+integer must also fit in int32 (|v| <= INT_MAX; JAX counts in int32), so a
+setting declared without `max` still cannot overflow a computation. A
+`None` default makes the setting optional.
 
 A setting that another config also needs is not declared again:
 `like(TrainConfig, 'batch_size', 32)` reuses TrainConfig's declaration (help
@@ -38,6 +43,8 @@ _META = 'vae.setting'
 _TYPES = (bool, int, float, str)
 TYPE_WORDS = {bool: 'true or false', int: 'an integer', float: 'a number',
               str: 'text'}
+# The largest integer a setting may hold (int32: JAX's default integer).
+INT_MAX = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +62,8 @@ class Spec:
     required: the command line must give a value (the default, None, lets
       the class build from defaults; see `missing`).
     empty: a tuple-valued setting may be empty.
+    repeats: a tuple-valued setting is a sequence whose entries may repeat
+      (e.g. layer widths); otherwise an entry listed twice is refused.
     origin: 'module.Class.field' of the declaration this one reuses (`like`).
   """
   help: str
@@ -66,6 +75,7 @@ class Spec:
   text: bool = False
   required: bool = False
   empty: bool = False
+  repeats: bool = False
   origin: str | None = None
 
   def describe(self) -> str:
@@ -86,7 +96,8 @@ def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
             min: float | None = None, max: float | None = None,
             gt: float | None = None, lt: float | None = None,
             text: bool = False, required: bool = False,
-            empty: bool = False) -> Any:  # pylint: disable=redefined-builtin
+            empty: bool = False,
+            repeats: bool = False) -> Any:  # pylint: disable=redefined-builtin
   """A dataclass field declaring one setting (see the module docstring).
 
   Args:
@@ -100,12 +111,14 @@ def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
     text: free text (no constraint beyond the type).
     required: a value must be given (default None; see `missing`).
     empty: a tuple-valued setting may be the empty tuple.
+    repeats: a tuple-valued setting's entries may repeat (a sequence such
+      as layer widths, not a set of alternatives).
 
   Returns:
     A `dataclasses.field`.
   """
   spec = Spec(help, tuple(choices) if choices is not None else None, min, max,
-              gt, lt, text, required, empty)
+              gt, lt, text, required, empty, repeats)
   if required and default is not None:
     raise TypeError(f'setting {help!r}: a required setting defaults to None.')
   if spec.choices is None and not text and all(
@@ -206,6 +219,11 @@ def _validate(field: dataclasses.Field, value: Any, cls: type) -> None:
   values = value if is_tuple else (value,)
   if is_tuple and (not isinstance(value, tuple) or not (value or s.empty)):
     raise ValueError(f'{name}: expected a non-empty list, got {value!r}.')
+  if is_tuple and not s.repeats:
+    for i, v in enumerate(values):
+      if v in values[:i]:
+        raise ValueError(f'{name}: {v!r} is listed twice; list each value '
+                         'once.')
   for v in values:
     ok = isinstance(v, elem_type) and not (elem_type is not bool and
                                             isinstance(v, bool))
@@ -224,6 +242,9 @@ def _validate(field: dataclasses.Field, value: Any, cls: type) -> None:
                         (s.lt is not None and v >= s.lt, f'< {_num(s.lt)}')):
         if bad:
           raise ValueError(f'{name}: must be {text}, got {_num(v)}.')
+      if isinstance(v, int) and abs(v) > INT_MAX:
+        raise ValueError(f'{name}: must be at most {INT_MAX} in magnitude '
+                         f'(int32), got {v}.')
 
 
 def leaves(cls: type, prefix: str = '') -> Iterator[tuple[str, type,

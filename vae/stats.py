@@ -19,6 +19,13 @@ check fails beyond the Bonferroni threshold (two-sided |z| > Φ⁻¹(1 -
 α/(2k)), one-sided z < -Φ⁻¹(1 - α/k) or z > Φ⁻¹(1 - α/k)), or when z is not
 finite, so that a correct run raises a false alarm with probability at most
 α.
+
+A row that carries an exact-value check (z-checks or its own `disagrees`)
+compares measured numbers with exact ones, so every number it holds must be
+finite: a NaN or infinite value there (`nonfinite_fields`) makes the row
+disagree and names the fields in `NONFINITE`; the runner then fails the
+run. Rows without checks may hold non-finite values (e.g. an infinite
+length scale, a z that is not claimed).
 """
 
 import math
@@ -49,6 +56,9 @@ SIDES = ('two-sided', 'lower', 'upper')
 # The row field holding a row's pending checks, a list of (z, side) pairs;
 # `mark_disagreements` replaces it by `disagrees`.
 CHECKS = 'z_checks'
+# The row field naming a checked row's non-finite values ('a, b'), set by
+# `mark_disagreements`; such a row disagrees and fails its run.
+NONFINITE = 'non_finite'
 
 
 def z_threshold(num_checks: int, alpha: float = 0.01,
@@ -127,6 +137,24 @@ def _fails(z: float, side: str, threshold: float) -> bool:
           'upper': z > threshold}[side]
 
 
+def nonfinite_fields(row: dict) -> list[str]:
+  """The fields of `row` whose value is a number (or array) with a NaN or inf.
+
+  None, bools, ints, text and the pending `CHECKS` are not numbers here.
+  """
+  bad = []
+  for key, value in row.items():
+    if key == CHECKS or value is None or isinstance(value, (bool, int, str)):
+      continue
+    try:
+      array = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+      continue
+    if not np.all(np.isfinite(array)):
+      bad.append(key)
+  return bad
+
+
 def mark_disagreements(records, alpha: float = 0.01) -> list[dict]:
   """The one disagreement marker: rows' checks (`CHECKS`) -> `disagrees`.
 
@@ -141,8 +169,10 @@ def mark_disagreements(records, alpha: float = 0.01) -> list[dict]:
   row with probability at most α (Bonferroni). A row with checks gets
   `disagrees` = some check fails, or'd with a `disagrees` it already holds
   (a deterministic tolerance check); its `CHECKS` field is removed. A row
-  with an empty check list gets no `disagrees` of its own; rows without
-  `CHECKS` are copied as they are.
+  with an empty check list gets no `disagrees` of its own. A row that then
+  has `disagrees` and holds a non-finite number (`nonfinite_fields`) gets
+  `disagrees` True and `NONFINITE` naming those fields. Other rows are
+  copied as they are.
 
   Returns:
     New dicts (the inputs are not modified).
@@ -160,5 +190,7 @@ def mark_disagreements(records, alpha: float = 0.01) -> list[dict]:
     if zs:
       r['disagrees'] = bool(r.get('disagrees', False)) or any(
           _fails(float(z), s, thresholds[s]) for z, s in zs)
+    if 'disagrees' in r and (bad := nonfinite_fields(r)):
+      r['disagrees'], r[NONFINITE] = True, ', '.join(bad)
     out.append(r)
   return out

@@ -49,6 +49,10 @@ class Disagreement(Exception):
   """A --strict run measured values that disagree with exact ones."""
 
 
+class NonFinite(Exception):
+  """A run's checked rows hold NaN or infinite values (`stats.NONFINITE`)."""
+
+
 def check_rows(records: list[dict]) -> tuple[str, list[dict]]:
   """The self-check line and the rows that disagree with exact values.
 
@@ -90,6 +94,8 @@ def run_point(name: str, config, seed: int, directory: str,
     seed: the seed of everything random.
     directory: the run folder (created if needed).
     strict: raise `Disagreement` when a row disagrees with its exact value.
+      A checked row holding a NaN or infinite number raises `NonFinite`
+      (after results.json is written) whether or not `strict` is set.
     overwrite: replace a previous run in `directory` (see
       `outputs.check_dir`); otherwise only the same run may be there (it
       resumes).
@@ -100,6 +106,8 @@ def run_point(name: str, config, seed: int, directory: str,
 
   Raises:
     outputs.RunDirError: the folder holds another run or is locked.
+    NonFinite: some checked row holds a NaN or infinite number.
+    Disagreement: `strict` and some row disagrees with its exact value.
   """
   module = load(name)
   if compilation_cache:
@@ -124,6 +132,16 @@ def run_point(name: str, config, seed: int, directory: str,
       run.table(bad[:20])
     run.log(line + (f' (listed above{", first 20" * (len(bad) > 20)})'
                     if bad else ''))
+  # Non-finite numbers in checked rows (marked by stats.mark_disagreements):
+  # the run failed whatever --strict says; one line names rows and fields.
+  nonfinite = [f'row {i} ({r[stats.NONFINITE]})'
+               for i, r in enumerate(records) if stats.NONFINITE in r]
+  if nonfinite:
+    raise NonFinite(
+        f'{name}: {len(nonfinite)} of {len(records)} rows hold NaN or '
+        f'infinite values where finite ones are expected: '
+        f'{"; ".join(nonfinite[:5])}{"; ..." * (len(nonfinite) > 5)} '
+        '(results.json has them as null)')
   if strict and bad:
     raise Disagreement(line)
   return records

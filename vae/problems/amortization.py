@@ -185,7 +185,8 @@ def best_diagonal_check(model: lg.LinearGaussianModel,
   """Mean log p(x), ELBO(q*) and their gap beside `approximation_gap`.
 
   log p(x_n) - ELBO(q*_n) equals ½(Σ_j log Λ_jj - log det Λ) for every n;
-  disagrees: some point's difference exceeds `stats.rounding_tolerance`.
+  disagrees: some point's difference exceeds `stats.rounding_tolerance` or
+  is not finite.
   """
   log_px = np.asarray(batch_log_marginal(model, x))
   elbo = np.asarray(batch_elbo(model, x, optimal_diagonal_q(model, x)))
@@ -195,9 +196,9 @@ def best_diagonal_check(model: lg.LinearGaussianModel,
           'elbo_best_diagonal_q': float(np.mean(elbo)),
           'gap': float(np.mean(log_px - elbo)),
           'max_abs_gap_minus_formula': float(np.max(err)),
-          'gap_formula': formula, 'disagrees': bool(np.any(
-              err > stats.rounding_tolerance(np.abs(log_px) + np.abs(elbo),
-                                             x.dtype)))}
+          'gap_formula': formula, 'disagrees': not bool(np.all(  # NaN: True.
+              err <= stats.rounding_tolerance(np.abs(log_px) + np.abs(elbo),
+                                              x.dtype)))}
 
 
 def checked_gaps(model: lg.LinearGaussianModel, datasets: tuple[Array, ...],
@@ -206,7 +207,8 @@ def checked_gaps(model: lg.LinearGaussianModel, datasets: tuple[Array, ...],
 
   One `gap_terms` call on the data sets concatenated. disagrees: the mean
   log p(x) - ELBO(q*) differs from `approximation_gap` or the amortization
-  gap is negative (q* is the optimum), beyond `stats.rounding_tolerance`.
+  gap is negative (q* is the optimum), beyond `stats.rounding_tolerance`,
+  or either is not finite.
   """
   terms = gap_terms(model, jnp.concatenate(datasets), encoder_params)
   formula = float(approximation_gap(model))
@@ -218,8 +220,8 @@ def checked_gaps(model: lg.LinearGaussianModel, datasets: tuple[Array, ...],
     tol = stats.rounding_tolerance(
         abs(g['log_px']) + abs(g['elbo_amortized']), x.dtype)
     out.append({**g, 'approximation_gap_closed_form': formula,
-                'disagrees': bool(abs(g['approximation_gap'] - formula) > tol
-                                  or g['amortization_gap'] < -tol)})
+                'disagrees': not (abs(g['approximation_gap'] - formula) <= tol
+                                  and g['amortization_gap'] >= -tol)})
   return out
 
 
@@ -392,7 +394,7 @@ def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
   registry.name_id(e)) (independent of the lists' order).
   Checks (`disagrees`, to `stats.rounding_tolerance`): no model's mean
   train log p(x) exceeds the MLE's (its global maximum) and no final ELBO
-  exceeds its model's log p(x).
+  exceeds its model's log p(x); a value that is not finite disagrees.
 
   Returns:
     ({method, train_ll, test_ll, train_elbo, approximation_gap_of_model,
@@ -423,7 +425,7 @@ def compare_fits(x_train: Array, x_test: Array, true_model, latent_dim: int,
         'method': name, 'train_ll': train_ll, 'test_ll': test_ll,
         'train_elbo': elbo,
         'approximation_gap_of_model': float(approximation_gap(model)),
-        **({} if model is mle else {'disagrees': bool(
-            train_ll > best + tol or (elbo is not None and
-                                      elbo > train_ll + tol))})})
+        **({} if model is mle else {'disagrees': not (  # NaN: True.
+            train_ll <= best + tol and (elbo is None or
+                                        elbo <= train_ll + tol))})})
   return records, curves
