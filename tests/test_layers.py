@@ -3,7 +3,7 @@
     core       types, stats, distributions, kl, objectives, model, estimators/
     models     vae/models/ (networks + prior/encoder/decoder)
     machinery  config, data, checkpoint, optim, train, evaluate, importance,
-               moments
+               ais, moments
     problems   vae/problems/ (toys with exact answers)
     analysis   vae/analysis/
 
@@ -22,7 +22,8 @@ LAYERS = ('core', 'models', 'machinery', 'problems', 'analysis')
 CORE = {'vae', 'vae.types', 'vae.stats', 'vae.distributions', 'vae.kl',
         'vae.objectives', 'vae.model'}
 MACHINERY = {'vae.config', 'vae.data', 'vae.checkpoint', 'vae.optim',
-             'vae.train', 'vae.evaluate', 'vae.importance', 'vae.moments'}
+             'vae.train', 'vae.evaluate', 'vae.importance', 'vae.moments',
+             'vae.ais'}
 
 
 def layer(module: str) -> str:
