@@ -11,18 +11,23 @@ An experiment is `experiments/NAME.py` (docs/architecture.md); each setting
 of its `Config` is a flag. A bad experiment, flag, value or run folder is one
 line on stderr, exit code 2, before anything runs or is written. A single
 run runs in this process into `--output_dir` (default: a fresh
-`runs/NAME-<time>`); SIGTERM/SIGINT stop it (training checkpoints). A sweep
-runs the cartesian product of its values (split on ',', or on ';' if there
-is one), each point through a submitit executor (`local`: this machine,
-`--parallel` at a time; `slurm`: a cluster) into `<output_dir>/<setting=
-value,...>`, gathering sweep_results.json/.csv and sweep.json; a failed
-point is reported with its log while the others complete (exit code 1).
+`runs/NAME-<time>`); SIGTERM/SIGINT stop it (training checkpoints; one
+line, exit code 130). A sweep runs the cartesian product of its values
+(split on ',', or on ';' if there is one; two points with the same settings
+or folder name are refused), each point through a submitit executor
+(`local`: this machine, `--parallel` at a time; `slurm`: a cluster) into
+`<output_dir>/<setting=value,...>`, gathering sweep_results.json/.csv and
+sweep.json; a failed point is reported with its log while the others
+complete (exit code 1); SIGTERM/SIGINT stop a sweep and its points (one
+line, exit code 130). Run folders and their locks:
+experiments/common/outputs.py.
 Exit code 1 also ends a run whose checked rows hold NaN or infinite values
 (one line naming them; `vae.stats.NONFINITE`) and a --strict run that
 disagrees with exact values.
 """
 
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -102,8 +107,24 @@ def _config(module, fv):
   return config
 
 
+def _label(combo) -> str:
+  """The folder name of a sweep point: 'setting=value,...' ('/' as '_');
+  past 120 characters, cut and ended by a hash of the whole."""
+  label = ','.join(f'{n}={v}' for n, v in combo).replace('/', '_')
+  if len(label) <= 120:
+    return label
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return f'{label[:111]}~{hashlib.sha1(label.encode()).hexdigest()[:8]}'
+
+
 def _sweep_points(module, argv, sweeps):
-  """[(label, {setting: value}, config)] for the cartesian product."""
+  """[(label, {setting: value}, config)] for the cartesian product.
+
+  Raises:
+    UsageError: a bad --sweep, a bad point, two points with the same
+      settings (e.g. --sweep=seed=0,0) or with the same folder name; before
+      anything runs.
+  """
   names = {'seed': 'seed', **config_flags.flag_paths(module.Config)}
   axes = []
   for sweep in sweeps:
@@ -115,15 +136,23 @@ def _sweep_points(module, argv, sweeps):
     if not all(split):
       raise UsageError(f'--sweep={sweep}: empty value.')
     axes.append([(name, v) for v in split])
-  points = []
+  points, seen = [], {}
   for combo in itertools.product(*axes):
     fv = _flag_values(module, argv + [f'--{n}={v}' for n, v in combo])
     try:
       config = _config(module, fv)
     except UsageError as e:
       raise UsageError(f'sweep point {dict(combo)}: {e}') from None
-    label = ','.join(f'{n}={v}' for n, v in combo).replace('/', '_')[:120]
+    label = _label(combo)
     settings = {**cfg.to_dict(config), 'seed': fv.seed}
+    same = json.dumps(outputs.to_jsonable(settings), sort_keys=True)
+    if same in seen or label in seen:
+      other = seen.get(same) or seen[label]
+      what = ('the same settings' if same in seen else
+              f'the same folder name {label!r}')
+      raise UsageError(f'--sweep: points {other} and {dict(combo)} have '
+                       f'{what}; give each value once.')
+    seen.update({same: dict(combo), label: dict(combo)})
     points.append((label, {n: settings[names[n]] for n, _ in combo}, config))
   return points
 
@@ -167,37 +196,57 @@ def _executor(fv, folder):
   return executor
 
 
+def _submit(executor, root, *args):
+  """executor.submit(*args) with stderr (fd 2) sent to
+  <root>/submitit/controllers.log meanwhile: a local point's controller
+  process inherits it, and prints a KeyboardInterrupt traceback when a
+  stopped sweep cancels it."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.path.join(root, 'submitit', 'controllers.log'), 'a') as log:
+      os.dup2(log.fileno(), 2)
+      return executor.submit(*args)
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
 def _run_sweep(fv, points, root):
   """Runs the points through submitit; returns [(label, values, job)]."""
   executor = _executor(fv, os.path.join(root, 'submitit'))
+  os.makedirs(os.path.join(root, 'submitit'), exist_ok=True)
   limit = fv.parallel if fv.launcher == 'local' else len(points)
   pending, running, done = list(points), [], []
 
   def stop(signum, frame):  # Stop the points too, not just this process.
-    del frame
+    del signum, frame
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Once is enough.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for *_, job in running:
       job.cancel(check=False)
-    sys.exit(128 + signum)
+    raise KeyboardInterrupt  # cli(): one line, exit code 130.
 
   handlers = [signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)]
-  while pending or running:
-    while pending and len(running) < limit:
-      label, values, config = pending.pop(0)
-      job = executor.submit(runner.run_point, fv.experiment, config,
-                            values.get('seed', fv.seed),
-                            os.path.join(root, label), fv.strict,
-                            fv.overwrite, fv.compilation_cache)
-      running.append((label, values, job))
-    time.sleep(0.2)
-    for item in [r for r in running if r[2].done()]:
-      running.remove(item)
-      done.append(item)
-      failed = item[2].exception() is not None
-      print(f'[{len(done)}/{len(points)}] {item[0]}: '
-            f'{"FAILED, log " + str(item[2].paths.stderr) if failed else "ok"}',
-            flush=True)
-  signal.signal(signal.SIGTERM, handlers[0])
-  signal.signal(signal.SIGINT, handlers[1])
+  try:
+    while pending or running:
+      while pending and len(running) < limit:
+        label, values, config = pending.pop(0)
+        job = _submit(executor, root, runner.run_point, fv.experiment,
+                      config, values.get('seed', fv.seed),
+                      os.path.join(root, label), fv.strict, fv.overwrite,
+                      fv.compilation_cache)
+        running.append((label, values, job))
+      time.sleep(0.2)
+      for item in [r for r in running if r[2].done()]:
+        running.remove(item)
+        done.append(item)
+        failed = item[2].exception() is not None
+        status = f'FAILED, log {item[2].paths.stderr}' if failed else 'ok'
+        print(f'[{len(done)}/{len(points)}] {item[0]}: {status}', flush=True)
+  finally:
+    signal.signal(signal.SIGTERM, handlers[0])
+    signal.signal(signal.SIGINT, handlers[1])
   return done
 
 
@@ -253,11 +302,16 @@ def main(argv) -> int:
     for label, _, c in points or [('', {}, config)]:
       print(label or fv.experiment, c)
     return 0
+  if fv.output_dir is not None:
+    outputs.check_path(fv.output_dir)
   root = fv.output_dir or outputs.fresh_dir(fv.experiment)
   resumable = getattr(module, 'RESUMABLE', ())
-  for label, _, c in points or [('', {}, config)]:
+  if points is not None:
+    outputs.check_sweep_dir(root, fv.experiment, fv.overwrite)
+  for label, values, c in points or [('', {}, config)]:
     outputs.check_dir(os.path.join(root, label) if label else root,
-                      fv.experiment, c, resumable, fv.overwrite)
+                      fv.experiment, c, values.get('seed', fv.seed),
+                      resumable, fv.overwrite)
   if points is None:
     handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -269,9 +323,18 @@ def main(argv) -> int:
     except runner.NonFinite as e:  # A failed run, --strict or not.
       print(f'launch.py: {e}', file=sys.stderr)
       return 1
+    except BaseException:
+      if fv.output_dir is None:  # The fresh runs/NAME-<time>, if unused.
+        try:
+          os.rmdir(root)
+        except OSError:
+          pass
+      raise
     finally:
       signal.signal(signal.SIGTERM, handler)
     return 0
+  os.makedirs(root, exist_ok=True)
+  outputs.write_marker(root, fv.experiment, 'sweep')
   return _gather(_run_sweep(fv, points, root), root)
 
 

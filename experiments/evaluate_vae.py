@@ -46,19 +46,39 @@ class Config:
   evaluation: eval_lib.EvalConfig = eval_lib.EvalConfig()
 
   def check(self):
-    """checkpoint_dir, if given, is a train_vae run folder."""
+    """checkpoint_dir, if given, is a train_vae run folder with a checkpoint
+    (of `step`, if given)."""
     if self.checkpoint_dir is not None:
-      _train_config(os.path.expanduser(self.checkpoint_dir))
+      run_dir = os.path.expanduser(self.checkpoint_dir)
+      _train_config(run_dir)
+      steps = checkpoint.list_steps(os.path.join(run_dir,
+                                                 train_vae.CHECKPOINTS))
+      if not steps:
+        raise ValueError(f'checkpoint_dir: {run_dir} holds no checkpoint (no '
+                         f'{train_vae.CHECKPOINTS}/step_N); train it first or '
+                         'choose another run folder.')
+      if self.step is not None and self.step not in steps:
+        raise ValueError(f'step: {run_dir} has no checkpoint of step '
+                         f'{self.step}; it has steps '
+                         f'{", ".join(map(str, steps[-10:]))}.')
 
 
 def _train_config(run_dir: str) -> dict:
   """The config.json of a train_vae run folder; ValueError (one line) if
-  `run_dir` is none."""
-  saved = outputs.read_config(run_dir) if os.path.isdir(run_dir) else None
-  if saved is None or saved.get('experiment') != 'train_vae':
+  `run_dir` is none or its config.json cannot be read."""
+  folder = outputs.inspect(run_dir) if os.path.isdir(run_dir) else None
+  if folder is None or folder.kind != 'run' or (
+      folder.experiment != 'train_vae'):
+    why = f'; {folder.problem}' if folder and folder.problem else ''
     raise ValueError(f'checkpoint_dir: {run_dir} is not a train_vae run '
-                     'folder (no config.json of train_vae).')
-  return saved
+                     f'folder (no run.json and config.json of train_vae{why}).')
+  if folder.problem or folder.config is None or not isinstance(
+      folder.config.get('settings'), dict) or not isinstance(
+          folder.config.get('seed'), int):
+    why = folder.problem or (f'{run_dir} has no config.json with its '
+                             'settings and seed')
+    raise ValueError(f'checkpoint_dir: {why}; it cannot be evaluated.')
+  return folder.config
 
 
 def load_run(run_dir: str, step: int | None, log=print):
@@ -70,9 +90,9 @@ def load_run(run_dir: str, step: int | None, log=print):
   """
   try:
     saved = _train_config(run_dir)
-  except ValueError as e:
-    raise SystemExit(f'evaluate_vae: {e}') from None
-  trained = cfg.from_dict(train_vae.Config, saved['settings'])
+    trained = cfg.from_dict(train_vae.Config, saved['settings'])
+  except (ValueError, TypeError, KeyError) as e:
+    raise SystemExit(f'evaluate_vae: {str(e).splitlines()[0]}') from None
   model = image_vae.make(trained.model)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   target = {'params': jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),

@@ -123,21 +123,54 @@ def test_a_data_location_may_change_on_resume_and_other_data_may_not(
         data=data.DataConfig(num_train=100)))
 
 
-def test_a_locked_folder_is_refused_and_a_stale_lock_taken_over(tmp_path,
-                                                                capsys):
+def test_a_held_lock_is_refused_and_says_how_to_clear_it(tmp_path, capsys):
   out = tmp_path / 'run'
   out.mkdir()
-  sleeper = subprocess.Popen([sys.executable, '-c',
-                              'import time; time.sleep(60)'])
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time\n'
+       'from experiments.common import outputs\n'
+       'with outputs.Lock(sys.argv[1]):\n'
+       '  print("held", flush=True); time.sleep(60)', str(out)],
+      cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:
-    (out / outputs.LOCK).write_text(str(sleeper.pid))
+    assert holder.stdout.readline().strip() == 'held'
     rc, _, err = _cli(capsys, f'--output_dir={out}')
-    assert rc == 2 and f'in use by process {sleeper.pid}' in err
+    assert rc == 2 and err.count('\n') == 1, err
+    assert f'is in use by process {holder.pid} on ' in err
+    assert 'wait for it to finish or stop that process' in err
   finally:
-    sleeper.kill()
-    sleeper.wait()
-  rc, _, _ = _cli(capsys, f'--output_dir={out}')  # Now stale.
+    holder.kill()
+    holder.wait()
+  rc, _, _ = _cli(capsys, f'--output_dir={out}')  # Killed: the lock is free.
   assert rc == 0 and not (out / outputs.LOCK).exists()
+
+
+def test_a_stale_lock_naming_a_live_unrelated_pid_is_taken_over(tmp_path,
+                                                                 capsys):
+  # Issue 22, item 8: a .lock of an earlier version holding a PID that is
+  # now another, live process (a reused PID) refused forever.
+  out = tmp_path / 'run'
+  out.mkdir()
+  unrelated = subprocess.Popen([sys.executable, '-c',
+                                'import time; time.sleep(60)'])
+  try:
+    (out / outputs.LOCK).write_text(str(unrelated.pid))
+    os.utime(out / outputs.LOCK, (time.time() - 60, time.time() - 60))
+    rc, _, err = _cli(capsys, f'--output_dir={out}')
+    started = outputs._process_start  # pylint: disable=protected-access
+    if started(unrelated.pid) is None:
+      pytest.skip('no /proc: process start times unknown')
+    assert rc == 0, err  # Started after the lock was written: not its owner.
+    assert not (out / outputs.LOCK).exists()
+    # The same PID, written after the process started: an old run's lock.
+    (out / outputs.LOCK).write_text(str(unrelated.pid))
+    rc, _, err = _cli(capsys, f'--output_dir={out}')
+    assert rc == 2 and err.count('\n') == 1
+    assert f'in use by process {unrelated.pid} (a lock of an earlier ' in err
+    assert f'delete {out / outputs.LOCK}' in err
+  finally:
+    unrelated.kill()
+    unrelated.wait()
 
 
 def test_strict_fails_on_a_disagreement(tmp_path, capsys):
@@ -197,14 +230,203 @@ def test_sigterm_stops_a_sweep_and_its_points(tmp_path):
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   locks = [out / f'value={v}' / outputs.LOCK for v in (1, 2)]
   deadline = time.time() + 60
-  while not all(lock.exists() and lock.read_text() for lock in locks):
+  pids = []
+  while len(pids) < 2:
     assert time.time() < deadline and proc.poll() is None
     time.sleep(0.2)
-  pids = [int(lock.read_text()) for lock in locks]
+    try:
+      pids = [json.loads(lock.read_text())['pid'] for lock in locks]
+    except (OSError, ValueError):
+      continue
   proc.send_signal(signal.SIGTERM)
-  proc.communicate(timeout=30)
-  assert proc.returncode != 0
+  _, err = proc.communicate(timeout=30)
+  assert proc.returncode == 130  # As documented (launch.py's docstring).
+  assert err.strip() == 'launch.py: stopped by SIGTERM/SIGINT'
   deadline = time.time() + 30
   while any(outputs._alive(pid) for pid in pids):  # pylint: disable=protected-access
     assert time.time() < deadline, f'points still running: {pids}'
     time.sleep(0.2)
+
+
+def _web_app(path):
+  """Issue 22, item 1: a folder that is not a run, with a config.json."""
+  (path / 'src').mkdir(parents=True)
+  (path / 'config.json').write_text('{"name": "my web app"}')
+  (path / 'precious_notes.txt').write_text('keep me')
+  (path / 'src' / 'main.py').write_text('print("hello")')
+  return path
+
+
+@pytest.mark.parametrize('overwrite', [True, False])
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path, capsys,
+                                                            overwrite):
+  mine = _web_app(tmp_path / 'my_project')
+  before = _snapshot(mine)
+  rc, _, err = _cli(capsys, f'--output_dir={mine}',
+                    *['--overwrite'] * overwrite)
+  assert rc == 2 and err.count('\n') == 1, err
+  assert ('is not a run folder (no run.json of this project); --overwrite '
+          'only replaces run folders' if overwrite else
+          'is not empty and holds no run (no run.json') in err
+  assert _snapshot(mine) == before
+  assert sorted(os.listdir(tmp_path)) == ['my_project']
+
+
+def test_the_web_app_case_with_gaussian_gradients(tmp_path, capsys):
+  mine = _web_app(tmp_path / 'my_project')
+  before = _snapshot(mine)
+  rc = launch.cli(['launch.py', '--experiment=gaussian_gradients',
+                   '--costs=square', '--square_ks=1', '--num_draws=1000',
+                   f'--output_dir={mine}', '--overwrite'])
+  err = capsys.readouterr().err
+  assert rc == 2 and 'is not a run folder' in err and err.count('\n') == 1
+  assert _snapshot(mine) == before
+
+
+def test_overwrite_moves_the_previous_run_aside(tmp_path, capsys):
+  out = tmp_path / 'run'
+  assert _cli(capsys, f'--output_dir={out}', '--copies=2')[0] == 0
+  old = _snapshot(out)
+  assert json.loads(old['run.json']) == {
+      'project': 'vae', 'kind': 'run', 'experiment': 'tests.fake_experiment',
+      'format_version': 1}
+  rc, stdout, _ = _cli(capsys, f'--output_dir={out}', '--copies=3',
+                       '--overwrite')
+  assert rc == 0 and f'moved to {out}.old-1' in stdout
+  assert _snapshot(tmp_path / 'run.old-1') == old  # Nothing deleted.
+  assert len(json.loads((out / 'results.json').read_text())) == 3
+
+
+def test_the_seed_is_part_of_a_runs_identity(tmp_path, capsys):
+  # Issue 22, item 3: --seed=1 into a finished seed-0 folder replaced it.
+  out = tmp_path / 'run'
+  assert _cli(capsys, f'--output_dir={out}')[0] == 0
+  kept = _snapshot(out)
+  rc, _, err = _cli(capsys, f'--output_dir={out}', '--seed=1')
+  assert rc == 2 and err.count('\n') == 1
+  assert 'other settings (seed=0 now 1); use another --output_dir or ' \
+      '--overwrite' in err
+  assert _snapshot(out) == kept
+  assert _cli(capsys, f'--output_dir={out}', '--seed=0')[0] == 0  # Resumes.
+
+
+def test_a_run_folder_of_an_earlier_version_resumes(tmp_path, capsys):
+  # config.json as this project wrote it before run.json existed.
+  out = tmp_path / 'run'
+  assert _cli(capsys, f'--output_dir={out}', '--copies=2')[0] == 0
+  os.remove(out / 'run.json')
+  rc, _, err = _cli(capsys, f'--output_dir={out}', '--copies=3')
+  assert rc == 2 and 'other settings (copies=2 now 3)' in err
+  assert _cli(capsys, f'--output_dir={out}', '--copies=2')[0] == 0
+  assert (out / 'run.json').exists()  # Marked now.
+  os.remove(out / 'run.json')
+  assert _cli(capsys, f'--output_dir={out}', '--copies=3',
+              '--overwrite')[0] == 0
+  assert (tmp_path / 'run.old-1' / 'config.json').exists()
+
+
+BAD_CONFIGS = {'invalid': b'{"experiment": ', 'binary': b'\x00\xff\xfe\x80',
+               'empty': b'', 'list': b'["experiment"]'}
+
+
+@pytest.mark.parametrize('kind', sorted(BAD_CONFIGS))
+def test_a_config_json_that_cannot_be_read(tmp_path, capsys, kind):
+  # Issue 22, item 6: tracebacks, and --overwrite could not reuse the folder.
+  out = tmp_path / 'run'
+  out.mkdir()
+  (out / 'config.json').write_bytes(BAD_CONFIGS[kind])
+  before = _snapshot(out)
+  for extra in ([], ['--overwrite']):  # Not ours: refused either way.
+    rc, _, err = _cli(capsys, f'--output_dir={out}', *extra)
+    assert rc == 2 and err.count('\n') == 1, err
+    assert 'config.json' in err and 'Traceback' not in err
+    assert _snapshot(out) == before
+  outputs.write_marker(str(out), 'tests.fake_experiment')  # Ours: damaged.
+  rc, _, err = _cli(capsys, f'--output_dir={out}')
+  assert rc == 2 and err.count('\n') == 1, err
+  assert 'config.json' in err and 'use --overwrite' in err
+  assert _cli(capsys, f'--output_dir={out}', '--overwrite')[0] == 0
+  assert (tmp_path / 'run.old-1' / 'config.json').read_bytes() == (
+      BAD_CONFIGS[kind])
+  assert json.loads((out / 'config.json').read_text())['seed'] == 0
+
+
+@pytest.mark.parametrize('path, message', [
+    ('/proc/vae_run', 'is under /proc'),
+    ('long', 'is longer than 255 bytes'),
+])
+def test_impossible_output_dirs_are_one_line_exit_2(tmp_path, capsys, path,
+                                                    message):
+  if path == 'long':
+    path = str(tmp_path / ('x' * 300))
+  rc, _, err = _cli(capsys, f'--output_dir={path}')
+  assert rc == 2 and err.count('\n') == 1 and message in err, err
+
+
+def test_a_run_that_finds_no_input_leaves_no_folder(tmp_path, capsys):
+  # Issue 22, item 9: missing data left a folder holding only config.json.
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', '--experiment=train_vae',
+                   '--dataset=binarized_mnist', '--nocompilation_cache',
+                   f'--tfds_data_dir={tmp_path / "nothing"}',
+                   f'--output_dir={out}'])
+  err = capsys.readouterr().err
+  assert rc != 0 and 'binarized_mnist not found' in err
+  assert err.count('\n') == 1
+  assert not out.exists() and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('sweeps, message', [
+    (['--sweep=seed=0,0'], "points {'seed': '0'} and {'seed': '0'} have the "
+     'same settings'),
+    (['--sweep=value=1,1.0'], "points {'value': '1'} and {'value': '1.0'} "
+     'have the same settings'),
+    (['--sweep=value=1,2', '--sweep=epochs=1,1'], 'have the same settings'),
+])
+def test_a_sweep_refuses_duplicate_points_before_starting(tmp_path, capsys,
+                                                          sweeps, message):
+  out = tmp_path / 'sweep'
+  rc, _, err = _cli(capsys, f'--output_dir={out}', *sweeps)
+  assert rc == 2 and err.count('\n') == 1 and message in err, err
+  assert not out.exists()
+
+
+def test_a_sweep_refuses_points_sharing_a_folder_name(tmp_path, capsys):
+  rc = launch.cli(['launch.py', '--experiment=train_vae',
+                   f'--output_dir={tmp_path / "sweep"}',
+                   '--sweep=tfds_data_dir=a/b,a_b'])
+  err = capsys.readouterr().err
+  assert rc == 2 and err.count('\n') == 1, err
+  assert "have the same folder name 'tfds_data_dir=a_b'" in err
+  assert not (tmp_path / 'sweep').exists()
+  label = launch._label  # pylint: disable=protected-access
+  long = [label([('tfds_data_dir', 'x' * 200 + v)]) for v in 'ab']
+  assert len(long[0]) == 120 and long[0] != long[1]  # Cut, kept apart.
+
+
+def test_a_sweep_into_a_folder_that_is_not_a_sweep_is_refused(tmp_path,
+                                                              capsys):
+  mine = _web_app(tmp_path / 'my_project')
+  before = _snapshot(mine)
+  rc, _, err = _cli(capsys, f'--output_dir={mine}', '--sweep=value=1,2',
+                    '--overwrite')
+  assert rc == 2 and err.count('\n') == 1 and 'no sweep' in err, err
+  assert _snapshot(mine) == before
+
+
+def test_train_vae_with_another_seed_is_refused_not_resumed(tmp_path,
+                                                            capsys):
+  # Issue 22, item 3: --seed=7 resumed a seed-0 run and labelled it seed 7.
+  from experiments import train_vae  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'run'
+  out.mkdir()
+  outputs.write_marker(str(out), 'train_vae')
+  outputs.write_config(str(out), 'train_vae', train_vae.Config(), 0)
+  (out / 'checkpoints').mkdir()
+  kept = _snapshot(out)
+  rc = launch.cli(['launch.py', '--experiment=train_vae', '--seed=7',
+                   f'--output_dir={out}'])
+  err = capsys.readouterr().err
+  assert rc == 2 and err.count('\n') == 1
+  assert 'holds a train_vae run with other settings (seed=0 now 7)' in err
+  assert _snapshot(out) == kept

@@ -12,6 +12,7 @@ import os
 import pytest
 
 import launch
+from experiments.common import outputs
 from experiments.common import runner
 from vae import config as cfg
 
@@ -60,6 +61,7 @@ def _earlier(tmp_path):
   """An earlier run's folder, which no refused command may touch."""
   earlier = tmp_path / 'earlier'
   earlier.mkdir()
+  outputs.write_marker(str(earlier), 'x')
   (earlier / 'config.json').write_text('{"experiment": "x", "settings": {}}')
   (earlier / 'results.json').write_text('[]')
   return earlier
@@ -115,3 +117,47 @@ def test_every_setting_declares_a_constraint(experiment):
     elem, _, _ = cfg.value_type(owner, field)
     assert elem is bool or spec.describe() != 'any', path
     assert spec.help, path
+
+
+CHECKPOINT_READERS = ('evaluate_vae', 'mnist_gaps', 'mnist_intractability')
+BAD_CONFIGS = {'invalid': b'{"experiment": "train_vae", ',
+               'binary': b'\x89PNG\r\n\x1a\n\x00\xff',
+               'empty': b'', 'list': b'["train_vae"]'}
+
+
+@pytest.mark.parametrize('experiment', CHECKPOINT_READERS)
+@pytest.mark.parametrize('kind', sorted(BAD_CONFIGS))
+@pytest.mark.parametrize('marked', [False, True])
+def test_a_checkpoint_dir_whose_config_json_cannot_be_read(
+    tmp_path, capsys, experiment, kind, marked):
+  # Issue 22, item 6: evaluate_vae on such a folder was a traceback.
+  trained = tmp_path / 'trained'
+  trained.mkdir()
+  if marked:
+    outputs.write_marker(str(trained), 'train_vae')
+  (trained / 'config.json').write_bytes(BAD_CONFIGS[kind])
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', f'--experiment={experiment}',
+                   f'--checkpoint_dir={trained}', f'--output_dir={out}'])
+  err = capsys.readouterr().err
+  assert rc == 2 and err.count('\n') == 1, err
+  assert 'checkpoint_dir' in err and 'config.json' in err, err
+  assert not out.exists()
+
+
+@pytest.mark.parametrize('experiment', CHECKPOINT_READERS)
+def test_a_checkpoint_dir_without_checkpoints_leaves_no_folder(
+    tmp_path, capsys, experiment):
+  # Issue 22, item 9: a missing checkpoint left a folder with config.json.
+  from experiments import train_vae  # pylint: disable=import-outside-toplevel
+  trained = tmp_path / 'trained'
+  trained.mkdir()
+  outputs.write_marker(str(trained), 'train_vae')
+  outputs.write_config(str(trained), 'train_vae', train_vae.Config(), 0)
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', f'--experiment={experiment}',
+                   f'--checkpoint_dir={trained}', f'--output_dir={out}'])
+  err = capsys.readouterr().err
+  assert rc == 2 and err.count('\n') == 1, err
+  assert 'holds no checkpoint (no checkpoints/step_N)' in err
+  assert not out.exists()

@@ -1,10 +1,17 @@
 """What a run writes: its folder, config.json, results, tables, figures.
 
-A run folder holds `config.json` (experiment, seed, settings, versions, JAX
-backend), `results.json` (a list of flat records; byte-identical for the same
-seed: no timestamps), `results.csv` (the same records) and the experiment's
-figures and extra files. Every file is written to a temporary name and
-renamed into place, so a killed run never leaves a half-written file.
+A run folder holds `run.json` (the marker: this project's name, the kind of
+folder, the experiment and the format version; written first), `config.json`
+(experiment, seed, settings, versions, JAX backend), `results.json` (a list of
+flat records; byte-identical for the same seed: no timestamps), `results.csv`
+(the same records) and the experiment's figures and extra files. Every file
+is written to a temporary name and renamed into place, so a killed run never
+leaves a half-written file.
+
+A folder is a run folder only when its `run.json` says so (or, for folders
+written before the marker existed, when its `config.json` holds this
+project's keys: experiment, seed, settings, versions); `--overwrite` replaces
+nothing else, and it moves the previous run aside instead of deleting it.
 """
 
 import csv
@@ -97,21 +104,200 @@ def write_config(directory: str, experiment: str, config: Any,
       'jax_backend': jax.default_backend() if jax else None})
 
 
-def read_config(directory: str) -> dict[str, Any] | None:
-  """The config.json of a run folder, or None."""
-  path = os.path.join(directory, CONFIG_JSON)
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
+PROJECT = 'vae'
+FORMAT_VERSION = 1
+RUN_JSON = 'run.json'
 LOCK = '.lock'
 SWEEP_JSON = 'sweep.json'
+# The keys of the config.json this project wrote before run.json existed.
+_CONFIG_KEYS = {'experiment': str, 'seed': int, 'settings': dict,
+                'versions': dict}
+# Where no run can be written, whatever the permissions say.
+_SYSTEM_DIRS = ('/proc', '/sys', '/dev')
+_PATH_MAX = 4096
 
 
 class RunDirError(Exception):
   """The run folder cannot be used (one line, naming the folder and the fix)."""
+
+
+def _kind_of(value: Any) -> str:
+  return {dict: 'an object', list: 'a list', str: 'a string',
+          bool: 'a boolean', type(None): 'null'}.get(type(value), 'a number')
+
+
+def read_json(path: str) -> Any:
+  """The JSON value in the file `path`.
+
+  Raises:
+    RunDirError: the file cannot be read, is empty, is not UTF-8 text or is
+      not JSON (one line naming the file).
+  """
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise RunDirError(f'{path} cannot be read ({e.strerror})') from None
+  if not data.strip():
+    raise RunDirError(f'{path} is empty')
+  try:
+    return json.loads(data.decode('utf-8'))
+  except UnicodeDecodeError:
+    raise RunDirError(f'{path} is not text (binary data)') from None
+  except json.JSONDecodeError as e:
+    raise RunDirError(f'{path} is not valid JSON ({e.msg} at line '
+                      f'{e.lineno} column {e.colno})') from None
+  except RecursionError:
+    raise RunDirError(f'{path} is nested too deeply to read') from None
+
+
+def read_config(directory: str) -> dict[str, Any] | None:
+  """The config.json of a folder as a dict, or None when it has none.
+
+  Raises:
+    RunDirError: config.json exists but is not a JSON object (one line).
+  """
+  path = os.path.join(directory, CONFIG_JSON)
+  if not os.path.lexists(path):
+    return None
+  value = read_json(path)
+  if not isinstance(value, dict):
+    raise RunDirError(f'{path} holds {_kind_of(value)}, not a JSON object')
+  return value
+
+
+def write_marker(directory: str, experiment: str, kind: str = 'run') -> None:
+  """run.json: what makes `directory` a run (or sweep) folder of this project.
+
+  Written (atomically) before anything else of the run.
+  """
+  write_json(os.path.join(directory, RUN_JSON), {
+      'project': PROJECT, 'kind': kind, 'experiment': experiment,
+      'format_version': FORMAT_VERSION})
+
+
+def _marker(directory: str) -> dict[str, Any] | None:
+  """The run.json of `directory` when this project wrote it, else None."""
+  path = os.path.join(directory, RUN_JSON)
+  if not os.path.isfile(path):
+    return None
+  try:
+    value = read_json(path)
+  except RunDirError:
+    return None
+  if (isinstance(value, dict) and value.get('project') == PROJECT and
+      value.get('kind') in ('run', 'sweep') and
+      isinstance(value.get('experiment'), str) and
+      isinstance(value.get('format_version'), int)):
+    return value
+  return None
+
+
+def _legacy_sweep(directory: str) -> bool:
+  """Whether sweep.json is one launch.py wrote (before run.json existed)."""
+  path = os.path.join(directory, SWEEP_JSON)
+  try:
+    rows = read_json(path) if os.path.isfile(path) else None
+  except RunDirError:
+    return False
+  return (isinstance(rows, list) and bool(rows) and
+          all(isinstance(r, dict) and {'point', 'status'} <= set(r)
+              for r in rows))
+
+
+@dataclasses.dataclass(frozen=True)
+class Folder:
+  """What a folder holds, as far as runs go (`inspect`).
+
+  Attributes:
+    path: the folder.
+    entries: its entries, the lock left out.
+    kind: 'run' or 'sweep' when it is a folder of this project, else None.
+    experiment: the experiment of that run or sweep (None: an old sweep).
+    config: its config.json, when it is a JSON object.
+    problem: why config.json cannot be read (one line), else None.
+    legacy: recognised without run.json, from this project's config.json
+      keys (experiment, seed, settings, versions) or sweep.json.
+  """
+  path: str
+  entries: tuple[str, ...]
+  kind: str | None = None
+  experiment: str | None = None
+  config: dict[str, Any] | None = None
+  problem: str | None = None
+  legacy: bool = False
+
+
+def inspect(directory: str) -> Folder:
+  """What `directory` holds: a run or sweep of this project, or something
+  else (never an error: a config.json that cannot be read is `problem`)."""
+  entries = tuple(sorted(e for e in (os.listdir(directory) if
+                                     os.path.isdir(directory) else [])
+                         if e != LOCK))
+  if not entries:
+    return Folder(directory, entries)
+  config, problem = None, None
+  try:
+    config = read_config(directory)
+  except RunDirError as e:
+    problem = str(e)
+  marker = _marker(directory)
+  if marker is not None:
+    return Folder(directory, entries, marker['kind'], marker['experiment'],
+                  config, problem)
+  if config is not None and all(isinstance(config.get(k), t)
+                                for k, t in _CONFIG_KEYS.items()):
+    return Folder(directory, entries, 'run', config['experiment'], config,
+                  legacy=True)
+  if config is None and problem is None and _legacy_sweep(directory):
+    return Folder(directory, entries, 'sweep', legacy=True)
+  return Folder(directory, entries, config=config, problem=problem)
+
+
+def check_path(directory: str) -> None:
+  """Refuses a folder path where no run can be written.
+
+  Raises:
+    RunDirError: one line: the path is too long or has too long a name, is
+      under /proc, /sys or /dev, is (below) a file, or its nearest existing
+      parent is not writable.
+  """
+  path = os.path.abspath(directory)
+  if len(os.fsencode(path)) >= _PATH_MAX:
+    raise RunDirError(f'the folder path is too long ({len(os.fsencode(path))}'
+                      f' bytes; at most {_PATH_MAX - 1}); choose a shorter '
+                      '--output_dir.')
+  real = os.path.realpath(path)
+  for system in _SYSTEM_DIRS:
+    if real == system or real.startswith(system + os.sep):
+      raise RunDirError(f'{directory} is under {system}, where no run can be '
+                        'written; choose another --output_dir.')
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise RunDirError(f'{directory} is a file, not a folder.')
+  parent = path
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise RunDirError(f'{parent} is a file, not a folder; choose another '
+                      '--output_dir.')
+  try:
+    name_max = os.pathconf(parent, 'PC_NAME_MAX')
+  except (OSError, ValueError):
+    name_max = 255
+  for name in os.path.relpath(path, parent).split(os.sep):
+    if len(os.fsencode(name)) > name_max:
+      raise RunDirError(f'the folder name {name[:24]}... is longer than '
+                        f'{name_max} bytes; choose a shorter --output_dir.')
+  if not os.access(parent, os.W_OK):
+    raise RunDirError(f'{parent} is not writable; choose another '
+                      '--output_dir.')
+  if path != parent:  # Can a folder be made there? (Root passes os.access.)
+    import tempfile  # pylint: disable=g-import-not-at-top
+    try:
+      os.rmdir(tempfile.mkdtemp(prefix='.vae-probe-', dir=parent))
+    except OSError as e:
+      raise RunDirError(f'{parent} is not writable ({e.strerror}); choose '
+                        'another --output_dir.') from None
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
@@ -127,47 +313,84 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
 
 
 def check_dir(directory: str, experiment: str, config: Any,
-              resumable: Sequence[str] = (), overwrite: bool = False) -> None:
+              seed: int | None = None, resumable: Sequence[str] = (),
+              overwrite: bool = False) -> None:
   """Refuses a folder that holds something other than this run.
 
-  An existing non-empty folder is accepted only when it holds a run of the
-  same experiment with the same settings (those named in `resumable` and
-  the data locations may differ: the run resumes), or with `overwrite` when
-  it is a run folder.
+  A missing or empty folder is accepted. A non-empty one only when it is a
+  run folder of this project (`inspect`: run.json, or an old config.json)
+  holding a run of the same experiment with the same seed and settings
+  (those named in `resumable` and the data locations may differ: the run
+  resumes), or, with `overwrite`, any run folder of this project (its run
+  is moved aside, `move_aside`).
 
   Raises:
-    RunDirError: one line naming the folder and the fix.
+    RunDirError: one line naming the folder, what differs and the fix.
   """
-  if os.path.exists(directory) and not os.path.isdir(directory):
-    raise RunDirError(f'{directory} is a file, not a folder.')
-  parent = directory
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent) or '.'
-  if not os.access(parent, os.W_OK):
-    raise RunDirError(f'{parent} is not writable; choose another '
+  check_path(directory)
+  folder = inspect(directory)
+  if not folder.entries:
+    return
+  if folder.kind is None:
+    why = f'; {folder.problem}' if folder.problem else ''
+    if overwrite:
+      raise RunDirError(f'{directory} is not a run folder (no {RUN_JSON} of '
+                        f'this project{why}); --overwrite only replaces run '
+                        'folders: choose another --output_dir.')
+    raise RunDirError(f'{directory} is not empty and holds no run (no '
+                      f'{RUN_JSON} of this project{why}); choose another '
                       '--output_dir.')
-  entries = [e for e in (os.listdir(directory) if os.path.isdir(directory)
-                         else []) if e != LOCK]
-  if not entries:
-    return
-  old = read_config(directory)
-  is_run = old is not None or SWEEP_JSON in entries
   if overwrite:
-    if not is_run:
-      raise RunDirError(f'{directory} is not a run folder (no {CONFIG_JSON}); '
-                        '--overwrite only replaces run folders.')
     return
-  if old is None or old.get('experiment') != experiment:
-    what = (f"a run of {old.get('experiment')}" if old else
-            f'{len(entries)} other entries')
-    raise RunDirError(f'{directory} holds {what}; use another --output_dir '
-                      'or --overwrite.')
-  differ = _differences(old.get('settings', {}), cfg.to_dict(config),
-                        resumable)
+  if folder.kind == 'sweep':
+    of = f' of {folder.experiment}' if folder.experiment else ''
+    raise RunDirError(f'{directory} holds a sweep{of}; use another '
+                      '--output_dir or --overwrite.')
+  if folder.experiment != experiment:
+    raise RunDirError(f'{directory} holds a run of {folder.experiment}; use '
+                      'another --output_dir or --overwrite.')
+  if folder.problem:
+    raise RunDirError(f'{folder.problem}, so this {experiment} run cannot '
+                      'resume; use --overwrite (the old run is moved aside) '
+                      'or another --output_dir.')
+  if folder.config is None:
+    if set(folder.entries) <= {RUN_JSON}:
+      return  # Stopped before its config.json: nothing was computed.
+    raise RunDirError(f'{directory} holds a {experiment} run without '
+                      f'{CONFIG_JSON}; use --overwrite (the old run is moved '
+                      'aside) or another --output_dir.')
+  settings = folder.config.get('settings')
+  differ = _differences(settings if isinstance(settings, dict) else {},
+                        cfg.to_dict(config), resumable)
+  if seed is not None and folder.config.get('seed') != seed:
+    differ.insert(0, f'seed={folder.config.get("seed")!r} now {seed!r}')
   if differ:
     raise RunDirError(f'{directory} holds a {experiment} run with other '
                       f'settings ({"; ".join(differ[:4])}); use another '
                       '--output_dir or --overwrite.')
+
+
+def check_sweep_dir(directory: str, experiment: str,
+                    overwrite: bool = False) -> None:
+  """Refuses a sweep folder that holds anything but sweeps of this project.
+
+  Raises:
+    RunDirError: one line naming the folder and the fix.
+  """
+  check_path(directory)
+  folder = inspect(directory)
+  if not folder.entries:
+    return
+  if folder.kind != 'sweep':
+    what = (f'a run of {folder.experiment}' if folder.kind else
+            f'{len(folder.entries)} entries and no sweep (no {RUN_JSON} of '
+            'this project)')
+    raise RunDirError(f'{directory} holds {what}; a sweep needs an empty '
+                      'folder or one of its earlier sweeps: choose another '
+                      '--output_dir.')
+  if folder.experiment not in (None, experiment) and not overwrite:
+    raise RunDirError(f'{directory} holds a sweep of {folder.experiment}; use '
+                      'another --output_dir or --overwrite.')
 
 
 def _alive(pid: int) -> bool:
@@ -180,52 +403,151 @@ def _alive(pid: int) -> bool:
   return True
 
 
-class Lock:
-  """An exclusive lock file <folder>/.lock holding the owner's PID.
+def _process_start(pid: int) -> float | None:
+  """When process `pid` started (seconds since the epoch; Linux /proc), or
+  None when unknown."""
+  try:
+    with open(f'/proc/{pid}/stat', 'rb') as f:
+      ticks = int(f.read().rsplit(b')', 1)[1].split()[19])
+    with open('/proc/stat', 'rb') as f:
+      boot = next(int(line.split()[1]) for line in f
+                  if line.startswith(b'btime'))
+    return boot + ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError, StopIteration):
+    return None
 
-  A lock whose PID is no longer running is stale and taken over.
+
+class Lock:
+  """An exclusive lock on a folder: <folder>/.lock, held with `fcntl.flock`.
+
+  The kernel ends an flock when its process ends, however it ends, so a
+  lock file left by a killed run is free: the one process whose flock
+  succeeds takes it over (and checks that the file is still the one at the
+  path, not one its last holder just removed). No PID is trusted, so a
+  reused PID cannot hold a folder. The file records the holder's PID, host
+  and start time for the refusal. A `.lock` of an earlier version (a bare
+  PID, no flock) counts as held only while that PID is a process that
+  started before the file was written.
   """
 
   def __init__(self, directory: str):
     self.path = os.path.join(directory, LOCK)
+    self._fd: int | None = None
+
+  def _busy(self, fd: int) -> RunDirError:
+    try:
+      holder = json.loads(os.pread(fd, 4096, 0).decode('utf-8'))
+      who = (f"process {int(holder['pid'])} on {holder['host']} since "
+             f"{holder['started']}")
+    except (OSError, ValueError, TypeError, KeyError):
+      who = 'another process'
+    return RunDirError(f'{os.path.dirname(self.path)} is in use by {who}; '
+                       'wait for it to finish or stop that process (the lock '
+                       'ends with it), or use another --output_dir.')
+
+  def _legacy_holder(self, fd: int) -> int | None:
+    """The live PID of an earlier version's lock file, else None."""
+    try:
+      text = os.pread(fd, 64, 0).decode('ascii').strip()
+      written = os.fstat(fd).st_mtime
+    except (OSError, UnicodeDecodeError):
+      return None
+    if not text.isdigit() or int(text) == os.getpid() or not _alive(
+        int(text)):
+      return None
+    started = _process_start(int(text))
+    return int(text) if started is None or started <= written + 1 else None
 
   def __enter__(self):
-    for _ in range(2):
+    import fcntl  # pylint: disable=g-import-not-at-top
+    import socket  # pylint: disable=g-import-not-at-top
+    for _ in range(100):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-      except FileExistsError:
-        try:
-          with open(self.path, encoding='utf-8') as f:
-            pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-          pid = 0
-        if pid and pid != os.getpid() and _alive(pid):
-          raise RunDirError(f'{os.path.dirname(self.path)} is in use by '
-                            f'process {pid}; wait for it or use another '
-                            '--output_dir.') from None
-        os.remove(self.path)  # Stale.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      except OSError as e:
+        raise RunDirError(f'cannot lock {self.path} ({e.strerror}).') from None
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        error = self._busy(fd)
+        os.close(fd)
+        raise error from None
+      except OSError as e:
+        os.close(fd)
+        raise RunDirError(f'cannot lock {self.path} ({e.strerror}); use a '
+                          'folder on a file system with locks.') from None
+      try:
+        current = os.path.samestat(os.fstat(fd), os.stat(self.path))
+      except FileNotFoundError:
+        current = False
+      if not current:  # Its holder removed it as we locked it: again.
+        os.close(fd)
         continue
-      with os.fdopen(fd, 'w', encoding='utf-8') as f:
-        f.write(str(os.getpid()))
+      if (pid := self._legacy_holder(fd)) is not None:
+        os.close(fd)
+        raise RunDirError(f'{os.path.dirname(self.path)} is in use by process '
+                          f'{pid} (a lock of an earlier version); wait for it '
+                          f'to finish, or if it is no run, delete {self.path}.')
+      record = {'pid': os.getpid(), 'host': socket.gethostname(),
+                'started': datetime.datetime.now().astimezone().isoformat(
+                    timespec='seconds'),
+                'process_started': _process_start(os.getpid())}
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps(record).encode('utf-8'), 0)
+      self._fd = fd
       return self
-    raise RunDirError(f'could not lock {self.path}.')
+    raise RunDirError(f'could not lock {self.path}; try again.')
 
   def __exit__(self, *exc):
-    if os.path.exists(self.path):
-      os.remove(self.path)
+    if self._fd is not None:
+      try:  # Removed while still held: no one locks a file on its way out.
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+      os.close(self._fd)
+      self._fd = None
 
 
-def clear_dir(directory: str) -> None:
-  """Removes a run folder's contents (for --overwrite), keeping the lock."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  for entry in os.listdir(directory):
-    if entry == LOCK:
-      continue
-    path = os.path.join(directory, entry)
-    if os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path)
+def move_aside(directory: str) -> str | None:
+  """Moves a run folder's entries (not its lock) into a new sibling folder
+  `<folder>.old-N` (for --overwrite: the old run is kept, never deleted);
+  returns that folder, or None when there was nothing to move.
+
+  Raises:
+    RunDirError: the entries cannot be moved (one line).
+  """
+  entries = [e for e in os.listdir(directory) if e != LOCK]
+  if not entries:
+    return None
+  base = os.path.abspath(directory).rstrip(os.sep)
+  try:
+    for n in range(1, 10000):
+      aside = f'{base}.old-{n}'
+      try:
+        os.mkdir(aside)
+        break
+      except FileExistsError:
+        continue
     else:
-      os.remove(path)
+      raise RunDirError(f'no free name {base}.old-N for the previous run.')
+    for entry in entries:
+      os.rename(os.path.join(directory, entry), os.path.join(aside, entry))
+  except OSError as e:
+    raise RunDirError(f'cannot move the previous run in {directory} aside '
+                      f'({e.strerror}); move it yourself.') from None
+  return aside
+
+
+def discard_unused(directory: str) -> bool:
+  """After a run that failed before it wrote anything: removes the files
+  the runner wrote (run.json, config.json); True when the folder is then
+  empty (but for its lock)."""
+  entries = set(os.listdir(directory)) - {LOCK}
+  if not entries <= {RUN_JSON, CONFIG_JSON}:
+    return False
+  for entry in entries:
+    os.remove(os.path.join(directory, entry))
+  return True
 
 
 def fresh_dir(experiment: str, root: str = RUNS_DIR) -> str:

@@ -88,6 +88,12 @@ def run_point(name: str, config, seed: int, directory: str,
               compilation_cache: bool = True) -> list[dict]:
   """Writes config.json, runs the experiment, writes results.json/.csv.
 
+  The folder is checked (`outputs.check_dir`), created and locked; run.json
+  (the marker) and config.json are written first. A run that fails before it
+  writes anything else (e.g. its data or checkpoint is missing) leaves no
+  folder behind: its run.json and config.json are removed, and the folder
+  too when this call created it.
+
   Args:
     name: the experiment.
     config: its validated `Config`.
@@ -96,16 +102,17 @@ def run_point(name: str, config, seed: int, directory: str,
     strict: raise `Disagreement` when a row disagrees with its exact value.
       A checked row holding a NaN or infinite number raises `NonFinite`
       (after results.json is written) whether or not `strict` is set.
-    overwrite: replace a previous run in `directory` (see
-      `outputs.check_dir`); otherwise only the same run may be there (it
-      resumes).
+    overwrite: replace a previous run of this project in `directory` (it is
+      moved aside to `<directory>.old-N`, see `outputs.move_aside`);
+      otherwise only the same run (experiment, seed, settings) may be there
+      (it resumes).
     compilation_cache: use JAX's persistent compilation cache.
 
   Returns:
     The records.
 
   Raises:
-    outputs.RunDirError: the folder holds another run or is locked.
+    outputs.RunDirError: the folder holds something else or is locked.
     NonFinite: some checked row holds a NaN or infinite number.
     Disagreement: `strict` and some row disagrees with its exact value.
   """
@@ -113,17 +120,38 @@ def run_point(name: str, config, seed: int, directory: str,
   if compilation_cache:
     cache_compilations()
   resumable = getattr(module, 'RESUMABLE', ())
-  outputs.check_dir(directory, name, config, resumable, overwrite)
-  os.makedirs(directory, exist_ok=True)
-  with outputs.Lock(directory):
-    if overwrite:
-      outputs.clear_dir(directory)
-    outputs.write_config(directory, name, config, seed)
-    run = outputs.Run(directory)
-    start = time.time()
-    # Rows still carrying checks are marked here (all of them at once).
-    records = stats.mark_disagreements(module.run(config, seed, run))
-    outputs.write_results(directory, records)
+  outputs.check_dir(directory, name, config, seed, resumable, overwrite)
+  created = not os.path.isdir(directory)
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    raise outputs.RunDirError(f'cannot create {directory} ({e.strerror}); '
+                              'choose another --output_dir.') from None
+  run = outputs.Run(directory)
+  emptied = False
+  try:
+    with outputs.Lock(directory):
+      # Again under the lock: another process may have written meanwhile.
+      outputs.check_dir(directory, name, config, seed, resumable, overwrite)
+      if overwrite and (aside := outputs.move_aside(directory)):
+        run.log(f'{name}: the previous run in {directory} moved to {aside}')
+      fresh = not outputs.inspect(directory).entries
+      outputs.write_marker(directory, name)
+      outputs.write_config(directory, name, config, seed)
+      start = time.time()
+      try:
+        # Rows still carrying checks are marked here (all of them at once).
+        records = stats.mark_disagreements(module.run(config, seed, run))
+      except (Exception, SystemExit):
+        emptied = fresh and outputs.discard_unused(directory)
+        raise
+      outputs.write_results(directory, records)
+  finally:
+    if emptied and created:
+      try:
+        os.rmdir(directory)
+      except OSError:
+        pass
   run.log(f'{name}: {len(records)} records in {time.time() - start:.1f} s; '
           f'results in {directory}')
   line, bad = check_rows(records)
