@@ -6,7 +6,11 @@ into metrics.csv and TensorBoard; checkpoints every --checkpoint_every
 epochs into <output_dir>/checkpoints. Rerun with the same --output_dir (and
 settings; --epochs may grow) to continue a killed or stopped run from its
 newest intact checkpoint to exactly the parameters of an uninterrupted run.
-A NaN or diverged bound stops the run (exit 1, last good state kept). At the
+A NaN or diverged bound stops the run (exit 1, last good state kept); so
+does a checkpoint that cannot be written (read-only folder, full disk: one
+line, the earlier checkpoints kept). A folder whose checkpoint holds more
+epochs than --epochs, or whose metrics.csv is not one this run wrote, is
+refused (one line, exit 2) before anything is written (`check_resume`). At the
 end: the evaluation of `evaluate_vae` (importance-sampled test NLL with
 --eval_k samples, ELBO, IWAE_k, active units; latents.json, PNGs) in
 results.json; timings in timing.json.
@@ -15,6 +19,8 @@ results.json; timings in timing.json.
       --tfds_data_dir=/work/shared/data/tensorflow_datasets \\
       --output_dir=runs/vae_mnist --epochs=30
 """
+
+import os
 
 import numpy as np
 
@@ -85,9 +91,37 @@ def write_evaluation(out: outputs.Run, ev: eval_lib.Evaluation) -> None:
                      f'{s["test_nll"]}, test_elbo {s["test_elbo"]}.')
 
 
+def check_resume(config: Config, directory: str) -> None:
+  """Refuses a run folder this run cannot continue (one line).
+
+  Its newest checkpoint may hold at most --epochs epochs (a run is never
+  labelled with fewer epochs than its model was trained for), and its
+  metrics.csv, if any, must be one this experiment wrote.
+
+  Raises:
+    outputs.RunDirError: naming the file and the fix.
+  """
+  t = config.training
+  folder = os.path.join(directory, CHECKPOINTS)
+  step = checkpoint.latest_step(folder)
+  try:
+    metrics.read_rows(os.path.join(directory, metrics.METRICS_CSV), COLUMNS)
+    if step is not None:
+      train.check_resume(step, config.data.train_size // t.batch_size,
+                         t.epochs, folder)
+  except (metrics.MetricsError, train.ResumeError) as e:
+    raise outputs.RunDirError(f'train_vae: {_as_flags(str(e))}') from None
+
+
+def _as_flags(message: str) -> str:
+  return message.replace('epochs=', '--epochs=').replace(
+      'another folder', 'another --output_dir')
+
+
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Loads the data, trains (or resumes), evaluates; one record."""
   t = config.training
+  check_resume(config, out.dir)
   dataset = data_lib.load(config.data, seed)
   if t.batch_size > len(dataset.train):
     raise SystemExit(f'train_vae: batch_size {t.batch_size} > the '
@@ -114,6 +148,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                          log=out.log)
   except (train.Diverged, checkpoint.CheckpointError) as e:
     raise SystemExit(f'train_vae: {e}') from None
+  except train.ResumeError as e:
+    raise outputs.RunDirError(f'train_vae: {_as_flags(str(e))}') from None
   finally:
     for m in log:
       m.close()
@@ -123,10 +159,10 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                 compile_s=result.compile_s,
                 epochs_this_run=len(result.history),
                 resumed_from_step=result.resumed_from)
-  rows = metrics.read_rows(out.path(metrics.METRICS_CSV))
+  rows = metrics.read_rows(out.path(metrics.METRICS_CSV), COLUMNS)
   tested = [r for r in rows if r['test_bound']]
   summary = {'final_train_bound': float(rows[-1]['train_bound'])
-                                  if rows else None,
+                                  if rows and rows[-1]['train_bound'] else None,
              'final_test_bound': float(tested[-1]['test_bound'])
                                  if tested else None}
   if config.evaluate:

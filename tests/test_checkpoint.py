@@ -1,6 +1,8 @@
 """Checkpoints: exact round trip, checksums, fallback past corrupt ones."""
 
 import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -12,6 +14,7 @@ import pytest
 
 from vae import checkpoint
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 def _tree(scale=1.0):
   params = {'enc': {'w': scale * jnp.arange(600.0).reshape(20, 30),
@@ -73,6 +76,13 @@ def _corrupt(folder, how):
   elif how == 'truncated':
     path = _biggest_file(folder)
     os.truncate(path, os.path.getsize(path) // 2)
+  elif how == 'deleted_file':
+    os.remove(_biggest_file(folder))
+  elif how == 'garbage_manifest':
+    for root, _, files in os.walk(folder):
+      for f in files:
+        if f == 'manifest.ocdbt':
+          open(os.path.join(root, f), 'wb').write(b'\x00garbage' * 10)
   elif how == 'garbage_metadata':
     for root, _, files in os.walk(folder):
       for f in files:
@@ -89,8 +99,9 @@ def _corrupt(folder, how):
 # Orbax's reader of a truncated file may leave an asyncio callback behind
 # after its event loop closed (reported by pytest as unraisable, harmless).
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
-@pytest.mark.parametrize('how', ['flipped_bytes', 'truncated',
-                                 'garbage_metadata', 'other_contents'])
+@pytest.mark.parametrize('how', ['flipped_bytes', 'truncated', 'deleted_file',
+                                 'garbage_manifest', 'garbage_metadata',
+                                 'other_contents'])
 def test_corrupt_latest_falls_back_to_the_intact_one(tmp_path, how):
   directory = str(tmp_path)
   for step in (2, 3):
@@ -107,6 +118,51 @@ def test_corrupt_latest_falls_back_to_the_intact_one(tmp_path, how):
   assert len(lines) == 1 and 'step_3' in lines[0]
   assert checkpoint.list_steps(directory) == [2]
   assert (tmp_path / 'step_3.corrupt').is_dir()
+
+
+_RECOVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import jax, jax.numpy as jnp
+import test_checkpoint as t
+from vae import checkpoint
+directory, how, steps = {directory!r}, {how!r}, {steps!r}
+for step in (1, 2, 3):
+  checkpoint.save(directory, step, t._tree(step))
+for step in steps:
+  t._corrupt(checkpoint.step_dir(directory, step), how)
+template = jax.tree.map(jnp.zeros_like, t._tree())
+try:
+  tree, step = checkpoint.restore_latest(directory, template)
+  print('restored', step)
+except checkpoint.CheckpointError as e:
+  print(e, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize('how', ['truncated', 'deleted_file',
+                                 'garbage_manifest', 'garbage_metadata'])
+def test_recoveries_print_one_line_and_nothing_on_stderr(tmp_path, how):
+  # A fresh interpreter: orbax's reader of a damaged file printed asyncio
+  # tracebacks from its threads, after the read, on the process's stderr.
+  def recover(directory, steps):
+    code = _RECOVER.format(tests=TESTS, directory=str(directory), how=how,
+                           steps=steps)
+    return subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+  done = recover(tmp_path / 'latest', (3,))
+  assert done.returncode == 0 and done.stderr == '', done.stderr[-2000:]
+  lines = done.stdout.splitlines()
+  assert len(lines) == 2 and 'step_3' in lines[0], lines
+  assert lines[1] == 'restored 2'
+  done = recover(tmp_path / 'all', (1, 2, 3))
+  assert done.returncode == 0 and done.stdout == '', done.stdout
+  (line,) = done.stderr.splitlines()
+  assert line.startswith(f'no intact checkpoint in {tmp_path / "all"}: '
+                         'all 3 are corrupt (newest: checkpoint ')
+  assert checkpoint.list_steps(str(tmp_path / 'all')) == [1, 2, 3]
 
 
 def test_no_intact_checkpoint_is_one_error(tmp_path):
@@ -128,7 +184,7 @@ def test_a_failed_write_keeps_the_earlier_checkpoints(tmp_path, monkeypatch):
   def disk_full(self, *args, **kwargs):
     raise OSError(28, 'No space left on device')
 
-  monkeypatch.setattr(ocp.StandardCheckpointer, 'save', disk_full)
+  monkeypatch.setattr(ocp.Checkpointer, 'save', disk_full)
   with pytest.raises(checkpoint.CheckpointError,
                      match='No space left on device') as info:
     checkpoint.save(directory, 2, _tree(2.0), keep=1)

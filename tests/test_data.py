@@ -299,3 +299,18 @@ def test_truncated_tfrecord_names_the_file(tmp_path, monkeypatch):
   message = str(info.value)
   assert '\n' not in message and str(shard) in message
   assert 'manual_dir=DIR' in message
+
+
+@pytest.mark.parametrize('content', ['garbage{', '[]'])
+def test_garbage_dataset_info_names_the_file(tmp_path, no_env, content):
+  pytest.importorskip('tensorflow_datasets')
+  version = tmp_path / 'binarized_mnist' / '1.0.0'
+  version.mkdir(parents=True)
+  (version / 'dataset_info.json').write_text(content)
+  with pytest.raises(data.DataCorruptError) as info:
+    data.load_dataset('binarized_mnist', data_dir=str(tmp_path))
+  message = str(info.value)
+  assert '\n' not in message
+  assert str(version / 'dataset_info.json') in message
+  assert f'delete {tmp_path / "binarized_mnist"}' in message
+  assert 'manual_dir=DIR' in message

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from experiments import evaluate_vae
 from experiments import train_vae
+from experiments.common import outputs
 from experiments.common import runner
 from vae import checkpoint
 from vae import data
@@ -154,6 +156,119 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_equal(tiny_run,
   with open(out / 'metrics.csv') as f:
     assert [int(r['step']) for r in csv.DictReader(f)] == list(
         range(10, 101, 10))
+
+
+def _read_only(folder):
+  """Makes `folder` unwritable, as root too (chattr +i); False if it can't."""
+  if os.geteuid() == 0:
+    if subprocess.run(['chattr', '+i', str(folder)],
+                      capture_output=True).returncode:
+      return False
+  else:
+    os.chmod(folder, 0o555)
+  try:
+    (folder / 'probe').mkdir()
+  except OSError:
+    return True
+  (folder / 'probe').rmdir()
+  _writable(folder)
+  return False
+
+
+def _writable(folder):
+  if os.geteuid() == 0:
+    subprocess.run(['chattr', '-i', str(folder)], capture_output=True)
+  os.chmod(folder, 0o755)
+
+
+def test_a_failed_checkpoint_write_exits_in_one_line(tiny_run, tmp_path):
+  reference, _ = tiny_run
+  out = tmp_path / 'run'
+  config = dataclasses.replace(TINY, training=dataclasses.replace(
+      TINY.training, epochs=1), evaluate=False, tensorboard=False)
+  _run('train_vae', config, out)
+  folder = out / 'checkpoints'
+  assert checkpoint.list_steps(str(folder)) == [10]
+  if not _read_only(folder):
+    pytest.skip('cannot make a folder read-only here (chattr +i)')
+  try:
+    start = time.time()
+    done = subprocess.run(
+        [sys.executable, 'launch.py', '--experiment=train_vae', *FLAGS,
+         '--epochs=2', '--noevaluate', '--notensorboard',
+         f'--output_dir={out}'], cwd=REPO, capture_output=True, text=True,
+        timeout=60, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    elapsed = time.time() - start
+  finally:
+    _writable(folder)
+  assert elapsed < 30, elapsed
+  assert done.returncode == 1, done.stderr[-2000:]
+  (line,) = done.stderr.splitlines()
+  assert line.startswith(f'train_vae: cannot write checkpoint {folder}'
+                         f'{os.sep}step_20: ')
+  assert checkpoint.list_steps(str(folder)) == [10]
+  tree = checkpoint.restore(str(folder), 10, {'step': np.int32(0)})
+  assert int(tree['step']) == 10
+
+
+def _finished_copy(reference, out):
+  shutil.copytree(reference, out, ignore=shutil.ignore_patterns('.lock'))
+  return out
+
+
+def test_fewer_epochs_than_the_checkpoint_is_refused(tiny_run, tmp_path):
+  out = _finished_copy(tiny_run[0], tmp_path / 'run')
+  before = (out / 'config.json').read_bytes(), (out / 'results.json'
+                                                ).read_bytes()
+  config = dataclasses.replace(TINY, training=dataclasses.replace(
+      TINY.training, epochs=3))
+  with pytest.raises(outputs.RunDirError) as info:
+    _run('train_vae', config, out)
+  message = str(info.value)
+  assert '\n' not in message
+  assert message == (f'train_vae: {out / "checkpoints"} holds a model trained '
+                     'for 10 epochs (step 100), more than --epochs=3; rerun '
+                     'with --epochs=10 or more (it is done), or use another '
+                     '--output_dir.')
+  assert before == ((out / 'config.json').read_bytes(),
+                    (out / 'results.json').read_bytes())
+  with pytest.raises(train.ResumeError, match='trained for 10 epochs'):
+    train.check_resume(100, 10, 3, 'x')
+
+
+@pytest.mark.parametrize('content', ['garbage\x00,,\nzz', 'a,b\n1,2\n',
+                                     'step,epoch\nx,1\n'])
+def test_a_garbage_metrics_csv_is_one_line(tiny_run, tmp_path, content):
+  out = _finished_copy(tiny_run[0], tmp_path / 'run')
+  (out / 'metrics.csv').write_text(content)
+  with pytest.raises(outputs.RunDirError) as info:
+    _run('train_vae', TINY, out)
+  message = str(info.value)
+  assert '\n' not in message
+  assert message.startswith(f'train_vae: {out / "metrics.csv"} is not a '
+                            'metrics log') or message.startswith(
+                                f'train_vae: cannot read {out / "metrics.csv"}')
+  assert message.endswith('delete it (its rows are lost; the run resumes '
+                          'from its checkpoint) or restore it.')
+
+
+def test_all_corrupt_checkpoints_are_one_line_on_stderr(tiny_run, tmp_path):
+  out = _finished_copy(tiny_run[0], tmp_path / 'run')
+  (out / 'results.json').unlink()
+  for step in checkpoint.list_steps(str(out / 'checkpoints')):
+    folder = checkpoint.step_dir(str(out / 'checkpoints'), step)
+    files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
+    path = max(files, key=os.path.getsize)
+    os.truncate(path, os.path.getsize(path) // 2)
+  done = subprocess.run(
+      [sys.executable, 'launch.py', '--experiment=train_vae', *FLAGS,
+       f'--output_dir={out}'], cwd=REPO, capture_output=True,
+      text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert done.returncode == 1
+  (line,) = done.stderr.splitlines()
+  assert line.startswith(f'train_vae: no intact checkpoint in '
+                         f'{out / "checkpoints"}: all 3 are corrupt')
+  assert checkpoint.list_steps(str(out / 'checkpoints')) == [80, 90, 100]
 
 
 @pytest.mark.skipif(not os.environ.get(data.ENV_TFDS_DATA_DIR),

@@ -7,15 +7,25 @@ stored flat, keyed by their pytree path (`jax.tree_util.keystr`), beside
 
     CHECKSUM = SHA-256( Σ_leaves path ‖ dtype ‖ shape ‖ bytes )   (path order)
 
-`restore` recomputes it and refuses a checkpoint whose contents differ
-(flipped bytes) or cannot be read (truncated, garbage): `CorruptCheckpoint`,
-one line naming the folder. `restore_latest` walks back from the newest step
-to the newest intact one, moving each corrupt folder aside
-(`step_<s>.corrupt`) and reporting it in one line.
+Beside orbax's files, `FILES` (vae_files.json) lists every file of the
+folder with its size and SHA-256; `restore` checks them before orbax reads
+anything, so a truncated, deleted or garbage file is refused without orbax
+(whose reader of a damaged file leaves asyncio and tensorstore tracebacks on
+stderr). `restore` then recomputes the checksum and refuses a checkpoint
+whose contents differ (flipped bytes) or cannot be read (truncated,
+garbage): `CorruptCheckpoint`, one line naming the folder. `restore_latest`
+walks back from the newest step to the newest intact one, moving each
+corrupt folder aside (`step_<s>.corrupt`) and reporting it in one line; when
+none is intact it reports one error and moves nothing.
+
+Writes are synchronous: a write that fails (read-only folder, full disk)
+raises `CheckpointError` at once, leaving no orbax thread behind.
 """
 
 import contextlib
 import hashlib
+import json
+import logging as py_logging
 import os
 import re
 import shutil
@@ -28,6 +38,7 @@ from absl import logging
 
 CHECKSUM = '__sha256__'
 CORRUPT_SUFFIX = '.corrupt'
+FILES = 'vae_files.json'
 _STEP_RE = re.compile(r'^step_(\d+)$')
 
 
@@ -41,13 +52,21 @@ class CorruptCheckpoint(CheckpointError):
 
 @contextlib.contextmanager
 def _quiet_absl():
-  """Raises absl's verbosity to WARNING (orbax logs every step at INFO)."""
+  """Silences orbax's absl and asyncio logs while it reads or writes.
+
+  Orbax logs every step at INFO and a failed read or write as an ERROR
+  traceback; the caller reports the failure in one line instead.
+  """
   old = logging.get_verbosity()
-  logging.set_verbosity(min(old, logging.WARNING))
+  asyncio_logger = py_logging.getLogger('asyncio')
+  old_asyncio = asyncio_logger.level
+  logging.set_verbosity(logging.FATAL)
+  asyncio_logger.setLevel(py_logging.CRITICAL)
   try:
     yield
   finally:
     logging.set_verbosity(old)
+    asyncio_logger.setLevel(old_asyncio)
 
 
 def flatten(tree: Any) -> dict[str, np.ndarray]:
@@ -106,6 +125,18 @@ def step_dir(directory: str, step: int) -> str:
   return os.path.join(os.path.abspath(directory), f'step_{int(step)}')
 
 
+def _checkpointer() -> ocp.Checkpointer:
+  """A synchronous orbax checkpointer of StandardCheckpointer's format.
+
+  Synchronous: the temporary folder is created before any writer thread
+  starts, so a folder that cannot be written fails at once, with no
+  background thread left waiting for it (the asynchronous
+  StandardCheckpointer's writers then wait out orbax's barrier timeout
+  and keep the interpreter from exiting).
+  """
+  return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+
+
 def save(directory: str, step: int, tree: Any, keep: int | None = 3) -> str:
   """Writes `tree` and its checksum as the checkpoint of `step`.
 
@@ -123,20 +154,24 @@ def save(directory: str, step: int, tree: Any, keep: int | None = 3) -> str:
     CheckpointError: it could not be written (e.g. the disk is full); the
       earlier checkpoints are untouched.
   """
-  os.makedirs(directory, exist_ok=True)
-  _remove_partial_writes(directory)
   flat = flatten(tree)
   flat[CHECKSUM] = checksum(flat)
   folder = step_dir(directory, step)
   try:
-    with _quiet_absl(), contextlib.closing(
-        ocp.StandardCheckpointer()) as checkpointer:
-      checkpointer.save(folder, flat, force=True)
-      checkpointer.wait_until_finished()
-  except Exception as e:  # pylint: disable=broad-except
+    os.makedirs(directory, exist_ok=True)
     _remove_partial_writes(directory)
+    with _quiet_absl(), contextlib.closing(_checkpointer()) as checkpointer:
+      checkpointer.save(folder, flat, force=True)
+    _write_files(folder)
+  except Exception as e:  # pylint: disable=broad-except
+    if os.path.isdir(directory):
+      _remove_partial_writes(directory)
+      if os.path.isdir(folder) and not os.path.exists(
+          os.path.join(folder, FILES)):
+        shutil.rmtree(folder, ignore_errors=True)
     raise CheckpointError(f'cannot write checkpoint {folder}: '
-                          f'{_first_line(e)}') from None
+                          f'{_first_line(e)}; the earlier checkpoints are '
+                          'kept.') from None
   if keep is not None:
     for old in list_steps(directory)[:-keep]:
       shutil.rmtree(step_dir(directory, old), ignore_errors=True)
@@ -146,6 +181,65 @@ def save(directory: str, step: int, tree: Any, keep: int | None = 3) -> str:
 def _first_line(e: Exception) -> str:
   text = str(e).strip()
   return text.splitlines()[0] if text else type(e).__name__
+
+
+def _file_digests(folder: str) -> dict[str, list[Any]]:
+  """{path relative to `folder`: [size, SHA-256 hex]} of its files."""
+  files = {}
+  for root, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, folder)
+      if rel.startswith(FILES):  # The list itself (or its temporary file).
+        continue
+      digest = hashlib.sha256()
+      with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+          digest.update(block)
+      files[rel] = [os.path.getsize(path), digest.hexdigest()]
+  return files
+
+
+def _write_files(folder: str) -> None:
+  """Writes `FILES` (atomically: a temporary file, then a rename)."""
+  path, files = os.path.join(folder, FILES), _file_digests(folder)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(files, f, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + '.tmp', path)
+
+
+def _check_files(folder: str) -> None:
+  """Refuses (CorruptCheckpoint) a folder whose files differ from `FILES`.
+
+  A folder without `FILES` (written before it existed, or killed between
+  orbax's rename and its write) is left to orbax and the checksum.
+  """
+  path = os.path.join(folder, FILES)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path, encoding='utf-8') as f:
+      listed = json.load(f)
+    if not isinstance(listed, dict):
+      raise ValueError('not a JSON object')
+  except (OSError, ValueError) as e:
+    raise CorruptCheckpoint(f'checkpoint {folder} cannot be read ({FILES}: '
+                            f'{_first_line(e)[:200]}).') from None
+  try:
+    found = _file_digests(folder)
+  except OSError as e:
+    raise CorruptCheckpoint(f'checkpoint {folder} cannot be read '
+                            f'({_first_line(e)[:200]}).') from None
+  for rel, expected in sorted(listed.items()):
+    if rel not in found:
+      raise CorruptCheckpoint(f'checkpoint {folder} cannot be read ({rel} '
+                              'is missing).')
+    if list(found[rel]) != list(expected):
+      raise CorruptCheckpoint(f'checkpoint {folder} cannot be read ({rel} '
+                              f'has {found[rel][0]} bytes, not the '
+                              f'{expected[0]} written, or other contents).')
 
 
 def _remove_partial_writes(directory: str) -> None:
@@ -177,9 +271,9 @@ def restore(directory: str, step: int, target: Any) -> Any:
   folder = step_dir(directory, step)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'no checkpoint of step {step} in {directory}.')
+  _check_files(folder)
   try:
-    with _quiet_absl(), contextlib.closing(
-        ocp.StandardCheckpointer()) as checkpointer:
+    with _quiet_absl(), contextlib.closing(_checkpointer()) as checkpointer:
       flat = checkpointer.restore(folder)
     flat = {k: np.asarray(v) for k, v in dict(flat).items()}
   except Exception as e:  # pylint: disable=broad-except
@@ -200,24 +294,32 @@ def restore_latest(directory: str, target: Any,
 
   A corrupt newer checkpoint is reported in one line through `log` and,
   with `move_aside`, renamed `step_<s>.corrupt` (so training continues from
-  the intact one and writes step s again).
+  the intact one and writes step s again). When none is intact, nothing is
+  logged or moved: the error is the one line.
 
   Raises:
     CheckpointError: there are checkpoints, but none is intact.
   """
   steps = list_steps(directory)
+  corrupt: list[tuple[int, CorruptCheckpoint]] = []
   for step in reversed(steps):
     try:
-      return restore(directory, step, target), step
+      tree = restore(directory, step, target)
     except CorruptCheckpoint as e:
-      folder, moved = step_dir(directory, step), ''
+      corrupt.append((step, e))
+      continue
+    for bad, error in corrupt:
+      folder, moved = step_dir(directory, bad), ''
       if move_aside:
         shutil.rmtree(folder + CORRUPT_SUFFIX, ignore_errors=True)
         os.replace(folder, folder + CORRUPT_SUFFIX)
-        moved = f' Moved to step_{step}{CORRUPT_SUFFIX};'
-      log(f'{e}{moved} using the previous checkpoint.')
+        moved = f' Moved to step_{bad}{CORRUPT_SUFFIX};'
+      log(f'{error}{moved} using the previous checkpoint.')
+    return tree, step
   if steps:
+    newest = str(corrupt[0][1]).rstrip('.')
     raise CheckpointError(f'no intact checkpoint in {directory}: all '
-                          f'{len(steps)} are corrupt; use another '
+                          f'{len(steps)} are corrupt (newest: {newest}); '
+                          'delete them to start over or use another '
                           'folder.')
   return None, None

@@ -34,6 +34,7 @@ at the command line).
 
 import dataclasses
 import functools
+import glob
 import json
 import os
 import zipfile
@@ -512,12 +513,37 @@ def _import_tfds(name: str):
   return tf, tfds
 
 
+def _is_json_object(path: str) -> bool:
+  try:
+    with open(path, encoding='utf-8') as f:
+      return isinstance(json.load(f), dict)
+  except (OSError, ValueError):
+    return False
+
+
 def _read_tfds(name: str, splits: tuple[str, ...], *, data_dir: str | None,
                manual_dir: str | None,
                download: bool) -> dict[str, np.ndarray]:
   """Reads `splits` through TFDS, preparing from `manual_dir` if needed."""
   tf, tfds = _import_tfds(name)
-  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    # A garbage dataset_info.json (or features.json): TFDS raises a
+    # ParseError, AssertionError, ... with a long traceback.
+    root = os.path.join(data_dir or os.environ.get('TFDS_DATA_DIR') or
+                        os.path.expanduser('~/tensorflow_datasets'), name)
+    infos = sorted(glob.glob(os.path.join(root, '*', '*.json')))
+    if not infos:
+      raise
+    infos = ([f for f in infos if not _is_json_object(f)] or
+             [f for f in infos if f.endswith('dataset_info.json')] or infos)
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+    detail = detail.rsplit('}": ', 1)[-1].rstrip('.')  # TFDS's preamble.
+    raise DataCorruptError(
+        f'{name}: cannot read {", ".join(infos)} ({detail[:200]}); '
+        f'prepare it again: delete {root} and set manual_dir=DIR with '
+        f'{", ".join(_TFDS[name].manual_files)}.') from None
   if not (builder.data_path / 'dataset_info.json').exists():
     if manual_dir:
       missing = [f for f in _TFDS[name].manual_files

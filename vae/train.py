@@ -280,6 +280,31 @@ class Diverged(FloatingPointError):
   """Training stopped on a NaN or a diverged bound (one line)."""
 
 
+class ResumeError(ValueError):
+  """The newest checkpoint cannot continue this run (one line)."""
+
+
+def check_resume(step: int, steps_per_epoch: int, epochs: int,
+                 checkpoint_dir: str) -> None:
+  """Refuses (ResumeError) to resume from checkpoint `step` for `epochs`.
+
+  The step must end an epoch of `steps_per_epoch` steps, and the checkpoint
+  must hold at most `epochs` epochs: a run asked for fewer epochs than its
+  checkpoint holds would be labelled with a number of epochs its model was
+  not trained for.
+  """
+  if step % steps_per_epoch:
+    raise ResumeError(f'checkpoint step {step} in {checkpoint_dir} is not at '
+                      f'the end of an epoch of {steps_per_epoch} steps: it '
+                      'was written with other settings.')
+  held = step // steps_per_epoch
+  if held > epochs:
+    raise ResumeError(f'{checkpoint_dir} holds a model trained for {held} '
+                      f'epochs (step {step}), more than epochs={epochs}; '
+                      f'rerun with epochs={held} or more (it is done), or '
+                      'use another folder.')
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled(model: model_lib.Model,
               optimizer_config: optim.OptimizerConfig,
@@ -356,6 +381,8 @@ def train(model: model_lib.Model, dataset: data.Dataset,
       state is checkpointed first.
     KeyboardInterrupt: re-raised after checkpointing the last good state.
     checkpoint.CheckpointError: no intact checkpoint, or one not written.
+    ResumeError: the newest intact checkpoint holds more than
+      `config.epochs` epochs, or does not end an epoch.
   """
   images = jnp.asarray(dataset.train, jnp.float32)
   steps_per_epoch = images.shape[0] // config.batch_size
@@ -382,9 +409,8 @@ def train(model: model_lib.Model, dataset: data.Dataset,
       checkpoint_dir, good._asdict(), log)
   if resumed_from is not None:  # Then restored is its tree.
     good = optim.TrainState(**jax.tree.map(jnp.asarray, restored))
-    if resumed_from % steps_per_epoch:
-      raise ValueError(f'checkpoint step {resumed_from} is not at the end of '
-                       f'an epoch of {steps_per_epoch} steps.')
+    check_resume(resumed_from, steps_per_epoch, config.epochs,
+                 checkpoint_dir)
     log(f'resuming from {checkpoint_dir} at step {resumed_from} (epoch '
         f'{resumed_from // steps_per_epoch})')
   saved = resumed_from

@@ -21,12 +21,52 @@ METRICS_CSV = 'metrics.csv'
 TENSORBOARD_DIR = 'tensorboard'
 
 
-def read_rows(path: str) -> list[dict[str, str]]:
-  """The rows of a metrics CSV (none if it does not exist)."""
+class MetricsError(ValueError):
+  """A metrics CSV that is not one this code wrote (one line)."""
+
+
+def read_rows(path: str, columns: Sequence[str] = ()) -> list[dict[str, str]]:
+  """The rows of a metrics CSV (none if it does not exist).
+
+  With `columns`, the file must have them all, a whole number 'step' in
+  each row and numbers (or nothing) in the other columns.
+
+  Raises:
+    MetricsError: the file cannot be read or is not such a CSV (one line,
+      naming the file and the fix).
+  """
   if not os.path.exists(path):
     return []
-  with open(path, newline='', encoding='utf-8') as f:
-    return list(csv.DictReader(f))
+  fix = ('delete it (its rows are lost; the run resumes from its '
+         'checkpoint) or restore it')
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      reader = csv.DictReader(f)
+      rows = list(reader)
+      header = reader.fieldnames or []
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise MetricsError(f'cannot read {path} ({str(e).splitlines()[0]}); '
+                       f'{fix}.') from None
+  missing = [c for c in columns if c not in header]
+  if missing:
+    raise MetricsError(f'{path} is not a metrics log (no column '
+                       f'{", ".join(missing[:3])}); {fix}.')
+  for i, row in enumerate(rows if columns else []):
+    if not (row.get('step') or '').isdigit() or not all(
+        _is_number(row.get(c)) for c in columns if c != 'step'):
+      raise MetricsError(f'{path} is not a metrics log (row {i + 2} is '
+                         f'not numbers); {fix}.')
+  return rows
+
+
+def _is_number(text: str | None) -> bool:
+  if not text:
+    return True  # Empty: a value not measured that epoch.
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
 
 
 class MetricsLog:

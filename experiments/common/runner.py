@@ -121,6 +121,11 @@ def run_point(name: str, config, seed: int, directory: str,
     cache_compilations()
   resumable = getattr(module, 'RESUMABLE', ())
   outputs.check_dir(directory, name, config, seed, resumable, overwrite)
+  # The experiment's own refusals of a folder it would resume (e.g. a
+  # checkpoint holding more epochs than asked), before config.json changes.
+  if not overwrite and os.path.isdir(directory) and hasattr(
+      module, 'check_resume'):
+    module.check_resume(config, directory)
   created = not os.path.isdir(directory)
   try:
     os.makedirs(directory, exist_ok=True)
