@@ -1,5 +1,8 @@
 """Runs an experiment, or a sweep of one, from the command line.
 
+`python launch.py` in a checkout, `vae-launch` where the package is
+installed (`pip install '.[experiments]'`; the same flags):
+
   python launch.py                                  # the main job, defaults
   python launch.py --help                           # the experiments
   python launch.py --experiment=NAME --help         # NAME's settings
@@ -37,6 +40,7 @@ from typing import Any
 
 from absl import flags
 
+import experiments
 from experiments.common import flags as config_flags
 from experiments.common import outputs
 from experiments.common import runner
@@ -183,7 +187,14 @@ def _check_launcher(fv) -> None:
 
 
 def _executor(fv, folder):
+  """The submitit executor of --launcher. Its points import this package
+  by the name it has here: a checkout's folder goes on their PYTHONPATH."""
   import submitit  # pylint: disable=g-import-not-at-top
+  if experiments.__name__ == 'experiments':
+    root = os.path.dirname(os.path.abspath(experiments.__path__[0]))
+    path = os.environ.get('PYTHONPATH', '')
+    if root not in path.split(os.pathsep):
+      os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (root, path) if p)
   if fv.launcher == 'local':
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=fv.slurm_time)
@@ -232,8 +243,8 @@ def _run_sweep(fv, points, root):
     while pending or running:
       while pending and len(running) < limit:
         label, values, config = pending.pop(0)
-        job = _submit(executor, root, runner.run_point, fv.experiment,
-                      config, values.get('seed', fv.seed),
+        job = _submit(executor, root, experiments.run_point, fv.experiment,
+                      cfg.to_dict(config), values.get('seed', fv.seed),
                       os.path.join(root, label), fv.strict, fv.overwrite,
                       fv.compilation_cache)
         running.append((label, values, job))
