@@ -6,16 +6,21 @@ Everything is exact here: the marginal x ~ N(b, W Wᵀ + σ² I), the posterior
 p(z|x) = N(m, S) with S = (I + WᵀW/σ²)⁻¹ and m = S Wᵀ(x - b)/σ², the ELBO of a
 diagonal Gaussian q in closed form, and KL(q ‖ p(z|x)), so that
 log p(x) - ELBO(q) = KL(q ‖ p(z|x)) can be checked to rounding error.
-Also the closed-form maximum-likelihood fit (Tipping & Bishop 1999), and
-`draw_problem`: a random model and its data sets from one normal draw.
+Also the closed-form maximum-likelihood fit (Tipping & Bishop 1999),
+`draw_problem`: a random model and its data sets from one normal draw, and
+for missing data (`vae.missing`) the conditional p(x_miss | x_obs), the model
+as a `vae.model.Model` with a linear Gaussian encoder (`LinearGaussianVAE`),
+and the stationary law of pseudo-Gibbs with that encoder.
 """
 
+import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import linalg
 
 from vae import distributions as dists
 from vae import kl
@@ -259,3 +264,139 @@ def fit_ppca(x: Array, latent_dim: int) -> LinearGaussianModel:
   return LinearGaussianModel(weight=eigvecs[:, :latent_dim] * scales,
                              bias=mean,
                              log_noise_scale=0.5 * jnp.log(noise_var))
+
+
+# Missing data (`vae.missing`).
+
+
+def conditional(model: LinearGaussianModel, x: np.ndarray,
+                missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """p(x_m | x_o) = N(μ, Σ) for one x [D] and a boolean mask [D] (True = m).
+
+    μ = b_m + C_mo C_oo⁻¹ (x_o - b_o),   Σ = C_mm - C_mo C_oo⁻¹ C_om,
+    C = W Wᵀ + σ² I (the marginal covariance); float64 numpy arrays.
+  """
+  c = np.asarray(marginal_covariance(model), np.float64)
+  b, x = np.asarray(model.bias, np.float64), np.asarray(x, np.float64)
+  m, o = np.asarray(missing, bool), ~np.asarray(missing, bool)
+  gain = np.linalg.solve(c[np.ix_(o, o)], c[np.ix_(o, m)]).T  # C_mo C_oo⁻¹.
+  return (b[m] + gain @ (x[o] - b[o]),
+          c[np.ix_(m, m)] - gain @ c[np.ix_(o, m)])
+
+
+def log_conditional(model: LinearGaussianModel, x: np.ndarray,
+                    missing: np.ndarray) -> float:
+  """log p(x_m | x_o) = log N(x_m; μ, Σ) (`conditional`)
+  = log p(x) - log p(x_o)."""
+  mean, cov = conditional(model, x, missing)
+  r = np.asarray(x, np.float64)[np.asarray(missing, bool)] - mean
+  _, logdet = np.linalg.slogdet(cov)
+  return float(-0.5 * (r @ np.linalg.solve(cov, r) + logdet +
+                       len(r) * _LOG_2PI))
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearGaussianVAE:
+  """The linear-Gaussian model as a `vae.model.Model`:
+
+    p(z) = N(0, I_d),  p(x|z) = N(W z + b, σ² I_D),  q(z|x) = N(A x + c, diag s²),
+
+  params {'weight' W, 'bias' b, 'log_noise_scale' log σ, 'enc_weight' A
+  [d, D], 'enc_bias' c, 'enc_log_scale' log s [d]} (`vae_params`).
+  """
+  data_dim: int
+  latent_dim: int
+
+  def init(self, key: PRNGKey, data_mean: Array | None = None) -> dict:
+    """W, A ~ N(0, 1/D) entries, b = x̄ (or 0), σ = s = 1."""
+    k1, k2 = jax.random.split(key)
+    dd, d = self.data_dim, self.latent_dim
+    return {'weight': jax.random.normal(k1, (dd, d)) / math.sqrt(dd),
+            'bias': (jnp.zeros(dd) if data_mean is None else
+                     jnp.asarray(data_mean, jnp.float32)),
+            'log_noise_scale': jnp.zeros(()),
+            'enc_weight': jax.random.normal(k2, (d, dd)) / math.sqrt(dd),
+            'enc_bias': jnp.zeros(d), 'enc_log_scale': jnp.zeros(d)}
+
+  def prior(self, params: dict) -> dists.Normal:
+    """p(z) = N(0, I)."""
+    del params
+    return dists.standard_normal((self.latent_dim,))
+
+  def encoder(self, params: dict, x: Array) -> dists.Normal:
+    """q(z|x) = N(A x + c, diag s²)."""
+    loc = x @ params['enc_weight'].T + params['enc_bias']
+    return dists.Normal(loc, jnp.broadcast_to(params['enc_log_scale'],
+                                              loc.shape))
+
+  def decoder(self, params: dict, z: Array) -> dists.Normal:
+    """p(x|z) = N(W z + b, σ² I)."""
+    loc = z @ params['weight'].T + params['bias']
+    return dists.Normal(loc, jnp.broadcast_to(params['log_noise_scale'],
+                                              loc.shape))
+
+
+def vae_params(model: LinearGaussianModel, scale: float = 1.0) -> dict:
+  """`LinearGaussianVAE` params of `model` with the posterior's encoder:
+
+    A = S Wᵀ/σ², c = -A b, s = scale·√diag S,  S = (I + WᵀW/σ²)⁻¹,
+
+  so q(z|x) = p(z|x) exactly when WᵀW is diagonal and scale = 1 (else q
+  has the posterior mean and wider or narrower marginals).
+  """
+  w, s2 = model.weight, model.noise_variance
+  cov = jnp.linalg.inv(jnp.eye(model.latent_dim) + w.T @ w / s2)
+  enc = cov @ w.T / s2
+  return {'weight': w, 'bias': model.bias,
+          'log_noise_scale': model.log_noise_scale, 'enc_weight': enc,
+          'enc_bias': -enc @ model.bias,
+          'enc_log_scale': jnp.log(scale * jnp.sqrt(jnp.diag(cov)))}
+
+
+def pseudo_gibbs_stationary(params: dict, x: np.ndarray,
+                            missing: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+  """The stationary N(μ, Σ) of pseudo-Gibbs's x_m with a linear encoder.
+
+  z = A_o x_o + A_m x_m + c + s ε,  x_m' = W_m z + b_m + σ η  is the AR(1)
+  chain x_m' = F x_m + g + noise with F = W_m A_m, g = W_m (A_o x_o + c) +
+  b_m, Q = W_m diag(s²) W_mᵀ + σ² I; if its spectral radius is < 1,
+
+    μ = (I - F)⁻¹ g,   Σ = F Σ Fᵀ + Q   (a discrete Lyapunov equation).
+
+  Equal to `conditional` when q(z|x) = p(z|x); not in general.
+  """
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m, o = np.asarray(missing, bool), ~np.asarray(missing, bool)
+  x = np.asarray(x, np.float64)
+  w_m, a = p['weight'][m], p['enc_weight']
+  f = w_m @ a[:, m]
+  radius = np.max(np.abs(np.linalg.eigvals(f)))
+  if radius >= 1:
+    raise ValueError(f'pseudo-Gibbs: the chain has no stationary law here '
+                     f'(spectral radius {radius:.3g} >= 1).')
+  g = w_m @ (a[:, o] @ x[o] + p['enc_bias']) + p['bias'][m]
+  q = (w_m * np.exp(2 * p['enc_log_scale'])) @ w_m.T + np.exp(
+      2 * p['log_noise_scale']) * np.eye(len(g))
+  return (np.linalg.solve(np.eye(len(g)) - f, g),
+          linalg.solve_discrete_lyapunov(f, q))
+
+
+def gaussian_moment_z(draws: np.ndarray, mean: np.ndarray,
+                      cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """z-scores of n independent draws [n, m] against N(μ, Σ).
+
+    z_i  = (x̄_i - μ_i) / √(Σ_ii / n),
+    z_ij = (S_ij - Σ_ij) / √((Σ_ii Σ_jj + Σ_ij²) / n),  i ≤ j,
+
+  S the sample covariance (the Gaussian SE of a covariance entry); floored
+  at float32 rounding (`stats.mean_z`).
+  """
+  x = np.asarray(draws, np.float64)
+  n = len(x)
+  mean_z = stats.mean_z(x.mean(0), mean, np.sqrt(np.diag(cov)), n)
+  s = np.cov(x, rowvar=False).reshape(cov.shape)
+  i, j = np.triu_indices(len(mean))
+  se = np.sqrt((np.diag(cov)[i] * np.diag(cov)[j] + cov[i, j]**2) / n)
+  floor = stats.FLOAT_RTOL * (1.0 + np.abs(cov[i, j]))
+  return mean_z, (s[i, j] - cov[i, j]) / np.maximum(se, floor)
