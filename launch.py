@@ -7,6 +7,7 @@ help text); this file only runs it from a checkout.
 import shutil  # noqa: F401  (tests patch launch.shutil.which)
 import sys
 
+from experiments.common.launch import SEEDS_RESULTS  # noqa: F401
 from experiments.common.launch import UsageError  # noqa: F401
 from experiments.common.launch import _label  # noqa: F401
 from experiments.common.launch import cli

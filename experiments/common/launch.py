@@ -20,7 +20,9 @@ line, exit code 130). A sweep runs the cartesian product of its values
 or folder name are refused), each point through a submitit executor
 (`local`: this machine, `--parallel` at a time; `slurm`: a cluster) into
 `<output_dir>/<setting=value,...>`, gathering sweep_results.json/.csv and
-sweep.json; a failed point is reported with its log while the others
+sweep.json (a sweep over seed also writes and prints, per setting, mean,
+sd and n over seeds of every numeric result: sweep_results_over_seeds.json
+and .csv, experiments/common/seeds.py); a failed point is reported with its log while the others
 complete (exit code 1); SIGTERM/SIGINT stop a sweep and its points (one
 line, exit code 130). Run folders and their locks:
 experiments/common/outputs.py.
@@ -44,6 +46,7 @@ import experiments
 from experiments.common import flags as config_flags
 from experiments.common import outputs
 from experiments.common import runner
+from experiments.common import seeds
 from vae import config as cfg
 
 
@@ -72,6 +75,10 @@ def _launcher_flags(fv: flags.FlagValues) -> None:
                     'cache (default folder ~/.cache/vae/jax).', **d)
   flags.DEFINE_bool('strict', False, 'Exit 1 when a measured value disagrees '
                     'with its exact value beyond sampling error.', **d)
+
+
+# A sweep over seeds: per setting, mean, sd and n of each result.
+SEEDS_RESULTS = 'sweep_results_over_seeds'
 
 
 class UsageError(Exception):
@@ -262,7 +269,7 @@ def _run_sweep(fv, points, root):
 
 
 def _gather(done, root):
-  rows, records, failed = [], [], 0
+  rows, records, numbered, failed = [], [], [], 0
   for label, values, job in sorted(done, key=lambda d: d[0]):
     error = job.exception()
     failed += error is not None
@@ -271,10 +278,18 @@ def _gather(done, root):
                  'log': str(job.paths.stderr)})
     if error is None:
       records += [{**values, **r} for r in job.result()]
+      numbered += [{**values, **r, 'row': i}
+                   for i, r in enumerate(job.result())]
   outputs.write_json(os.path.join(root, outputs.SWEEP_JSON), rows)
   if records:
     outputs.write_results(root, records, 'sweep_results')
   print(outputs.format_table(rows, ('point', 'status', 'log')))
+  swept = list(dict.fromkeys(n for _, values, _ in done for n in values))
+  if records and seeds.SEED in swept:
+    summary = seeds.over_seeds(numbered, swept)
+    outputs.write_results(root, summary, SEEDS_RESULTS)
+    print(f'over seeds (mean ± sd, n; all fields in {SEEDS_RESULTS}.csv):')
+    print(seeds.table(summary, swept))
   print(f'{len(done) - failed} of {len(done)} points ok; results in {root}')
   return 1 if failed else 0
 
