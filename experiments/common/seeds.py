@@ -41,16 +41,16 @@ def over_seeds(rows: Sequence[Mapping[str, Any]],
     then `<field>_mean`, `<field>_sd` (and `<field>_n` where values were
     missing) for every numeric field that varies over seeds.
   """
-  rows = [outputs.to_jsonable(dict(r)) for r in rows]
+  plain: list[dict[str, Any]] = [outputs.to_jsonable(dict(r)) for r in rows]
   others = [s for s in settings if s != SEED]
   groups: dict[tuple, list[dict]] = {}
-  for r in rows:
+  for r in plain:
     identity = tuple((k, v) for k, v in r.items()
                      if k not in settings and not _is_number(v) and
                      v is not None)
     key = (tuple(r.get(s) for s in others), r.get('row'), identity)
     groups.setdefault(key, []).append(r)
-  columns = [c for c in outputs.columns_of(rows)
+  columns = [c for c in outputs.columns_of(plain)
              if c not in (*settings, 'row')]
   varies = [c for c in columns if any(
       len({repr(r.get(c)) for r in g}) > 1 and
