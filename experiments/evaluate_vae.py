@@ -12,6 +12,14 @@ ELBO and IWAE_k from the same samples, the number of active units
 and PNGs of prior samples, reconstructions and inpainting. Writes
 results.json/.csv, config.json and timing.json.
 
+With --ais_images=n (default 0: off) the record also holds AIS beside IS on
+the first n of those images (`vae.evaluate.ais_summary`: ais_log_px,
+is_log_px of the same images, ais_minus_is, each with its SE over images
+and its Monte Carlo SE; --ais_temperatures, --ais_chains, ...); with
+--bdmc_images=m, one 'bdmc' row per --bdmc_temperatures: the BDMC bracket
+on m images simulated from the model (`vae.evaluate.bdmc_records`, checked:
+gap ≥ 0).
+
   python launch.py --experiment=evaluate_vae --checkpoint_dir=runs/vae_mnist \\
       --tfds_data_dir=/work/shared/data/tensorflow_datasets
 """
@@ -28,6 +36,7 @@ from vae import checkpoint
 from vae import config as cfg
 from vae import data as data_lib
 from vae import evaluate as eval_lib
+from vae import stats
 from vae.models import image_vae
 
 
@@ -140,8 +149,23 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                          t.num_samples, config.split, out.log)
   train_vae.write_evaluation(out, ev)
   out.write_json('timing.json', ev.timing)
-  records = [train_vae.record(trained, train_seed, step, ev.summary)]
-  out.table(records, ('dataset', 'objective', 'estimator', 'k', 'steps',
-                      'test_nll', 'test_nll_stderr', 'test_elbo',
-                      'active_units', 'eval_k'))
+  records = stats.mark_disagreements(
+      [train_vae.record(trained, train_seed, step, ev.summary)] +
+      ev.brackets)
+  out.table(records[:1], ('dataset', 'objective', 'estimator', 'k', 'steps',
+                          'test_nll', 'test_nll_stderr', 'test_elbo',
+                          'active_units', 'eval_k'))
+  if 'ais_log_px' in ev.summary:
+    out.table(records[:1], AIS_COLUMNS)
+  if ev.brackets:
+    out.table(records[1:], BDMC_COLUMNS)
   return records
+
+
+AIS_COLUMNS = ('ais_images', 'ais_temperatures', 'ais_chains', 'eval_k',
+               'ais_log_px', 'ais_log_px_se_images', 'ais_log_px_se_mc',
+               'is_log_px', 'is_log_px_se_images', 'is_log_px_se_mc',
+               'ais_minus_is', 'ais_minus_is_se', 'ais_ess', 'ais_acceptance')
+BDMC_COLUMNS = ('T', 'images', 'lower', 'lower_se', 'upper', 'upper_se', 'gap',
+                'gap_se', 'gap_one', 'gap_one_se', 'acceptance', 'wall_s',
+                'disagrees')

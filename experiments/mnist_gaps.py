@@ -10,6 +10,15 @@ log p̂(x) - ELBO(q*) and the amortization gap ELBO(q*) - ELBO(q_φ). Checks
 (`gap_records`): IWAE_K ≥ ELBO for each q; every gap and the full family's
 gain ≥ 0, up to Monte Carlo error. gaps.png, largest_gaps.png, timing.json.
 
+With --ais_images=n (evaluate_vae's AIS settings), AIS from the encoder's q
+on the first n images (`vae.evaluate.ais_summary`) is the reference log p(x)
+instead: 'gap_ais' rows (`image_inference.ais_gap_records`) restate the gaps
+against it, with SEs over images and Monte Carlo SEs, and AIS - IS. With
+--bdmc_images=m, 'bdmc' rows give the BDMC bracket on m images simulated
+from the model at each --bdmc_temperatures (`vae.evaluate.bdmc_records`,
+checked: gap ≥ 0); the gap at T = --ais_temperatures, if run, is carried in
+the 'gap_ais' rows as the uncertainty that remains in the AIS reference.
+
   python launch.py --experiment=mnist_gaps --checkpoint_dir=runs/vae_mnist \\
       --tfds_data_dir=/work/shared/data/tensorflow_datasets
 """
@@ -77,18 +86,49 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                            out.log)
     out.log(f'{name}: ELBO {per_q[name]["elbo"].mean():.3f}, log p̂ (K='
             f'{ev.eval_k}) {per_q[name]["log_px"].mean():.3f}')
-  records = stats.mark_disagreements(ii.gap_records(per_q, config.families))
+  records = ii.gap_records(per_q, config.families) + _brackets(
+      model, params, images, per_q, config, key, timing, out)
+  records = stats.mark_disagreements(records)
   steps = sorted({int(s) for s in np.geomspace(1, config.fit_steps, 20)})
   records += [{'kind': 'curve', 'family': f, 'step': s,
                'mean_elbo_estimate': float(c[s - 1])}
               for f, c in curves.items() for s in steps]
   out.write_json('timing.json', timing)
-  out.table([r for r in records if r['kind'] == 'q'])
-  out.table([r for r in records if r['kind'] == 'gap'])
+  for kind in ('q', 'gap', 'gap_ais', 'bdmc'):
+    rows = [r for r in records if r['kind'] == kind]
+    if rows:
+      out.table(rows, GAP_AIS_COLUMNS if kind == 'gap_ais' else None)
   plot(records, curves, per_q, out)
   if ev.pictures:
     _largest_gaps(model, params, images, per_q, fitted, out)
   return records
+
+
+GAP_AIS_COLUMNS = ('family', 'images', 'log_px_ais', 'log_px_ais_se_mc',
+                   'log_px_is', 'ais_minus_is', 'ais_minus_is_se',
+                   'elbo_optimal_q', 'approximation_gap',
+                   'approximation_gap_se', 'amortization_gap',
+                   'inference_gap', 'bdmc_gap', 'bdmc_gap_se', 'disagrees')
+
+
+def _brackets(model, params, images, per_q, config: Config, key, timing,
+              out: outputs.Run) -> list[dict]:
+  """The BDMC rows (key fold_in(key, 101)) and the gaps against AIS (key
+  fold_in(key, 100)), as the AIS settings ask; none by default."""
+  settings = config.trained.evaluation.ais
+  rows: list[dict] = []
+  if settings.bdmc_images:
+    rows = mi.timed(timing, 'bdmc', eval_lib.bdmc_records, model, params,
+                    settings, jax.random.fold_in(key, 101), out.log)
+  if not settings.ais_images:
+    return rows
+  enc = per_q['amortized']
+  _, ais = mi.timed(timing, 'ais', eval_lib.ais_summary, model, params,
+                    images, enc['log_px'], enc['log_px_se'], settings,
+                    jax.random.fold_in(key, 100), out.log)
+  same_t = [r for r in rows if r['T'] == settings.ais_temperatures]
+  gap = (same_t[0]['gap'], same_t[0]['gap_se']) if same_t else (None, None)
+  return ii.ais_gap_records(per_q, config.families, ais, *gap) + rows
 
 
 def plot(records: list[dict], curves: dict, per_q: dict,

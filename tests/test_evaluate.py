@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vae import ais
 from vae import data
 from vae import distributions as dists
 from vae import evaluate
@@ -163,3 +164,50 @@ def test_evaluate_summarizes_importance_sampling(model_params_images,
   assert p['images'].shape == p['reconstructions'].shape == (7, 784)
   assert p['draws'].shape == (7, 5, 784)
   assert np.all((p['reconstructions'] >= 0) & (p['reconstructions'] <= 1))
+
+
+def test_ais_beside_is_agrees_with_quadrature(model_params_images, is_out):
+  """AIS (T = 100, 16 chains) on the 1-D-latent VAE: each image within 4
+  of its SEs of the trapezoid-rule log p(x); the summary's means and SEs."""
+  model, params, images = model_params_images
+  exact = _exact_log_px(model, params, images)
+  config = ais.AISConfig(ais_images=5, ais_temperatures=100,
+                         ais_batch_size=5, ais_leapfrog=5)
+  summary, per_image = evaluate.ais_summary(
+      model, params, images, is_out['log_px'], is_out['log_px_se'], config,
+      jax.random.PRNGKey(2))
+  assert per_image['log_px'].shape == (5,)
+  error = per_image['log_px'] - exact[:5]
+  assert np.all(np.abs(error) < 4 * per_image['log_px_se'] + 0.02), error
+  assert summary['ais_images'] == 5
+  assert summary['ais_log_px'] == pytest.approx(per_image['log_px'].mean())
+  assert summary['is_log_px'] == pytest.approx(is_out['log_px'][:5].mean())
+  assert summary['ais_minus_is'] == pytest.approx(
+      summary['ais_log_px'] - summary['is_log_px'])
+  diff = per_image['log_px'] - is_out['log_px'][:5]
+  assert summary['ais_minus_is_se'] == pytest.approx(
+      np.std(diff, ddof=1) / np.sqrt(5))
+  assert summary['ais_log_px_se_mc'] == pytest.approx(
+      np.sqrt(np.sum(per_image['log_px_se']**2)) / 5)
+  assert summary['ais_log_px_se_images'] == pytest.approx(
+      np.std(per_image['log_px'], ddof=1) / np.sqrt(5))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(ais_temperatures=1), 'ais_temperatures: must be >= 2'),
+    (dict(ais_step_size=0.0), 'ais_step_size: must be > 0'),
+    (dict(ais_step_size=-1.0), 'ais_step_size: must be > 0'),
+    (dict(ais_chains=0), 'ais_chains: must be >= 1'),
+    (dict(bdmc_temperatures=(1, 10)), 'bdmc_temperatures'),
+    (dict(ais_images=-1), 'ais_images: must be >= 0')])
+def test_ais_settings_are_refused_in_one_line(kwargs, message):
+  with pytest.raises(ValueError, match=message) as info:
+    ais.AISConfig(**kwargs)
+  assert '\n' not in str(info.value)
+
+
+def test_ais_on_more_images_than_evaluated_is_refused():
+  with pytest.raises(ValueError, match='ais_images: 20 is more than') as info:
+    evaluate.EvalConfig(num_eval=10, ais=ais.AISConfig(ais_images=20))
+  assert '\n' not in str(info.value)
+  assert evaluate.EvalConfig().ais.ais_images == 0  # Off by default.

@@ -14,6 +14,7 @@ from experiments import mnist_intractability
 from experiments import train_vae
 from experiments.common import runner
 from tests import test_image_inference as quad
+from vae import ais
 from vae import data
 from vae import evaluate
 from vae import optim
@@ -107,3 +108,87 @@ def test_a_run_needs_the_trained_run(tmp_path, capsys):
     mnist_gaps.Config(fit_steps=0)
   with pytest.raises(ValueError, match='families: give each once'):
     mnist_gaps.Config(families=('full_covariance', 'diagonal'))
+
+
+def _ais(**kwargs):
+  """AIS on all IMAGES (T = 100) and BDMC on 6 simulated images."""
+  return ais.AISConfig(**{**dict(
+      ais_images=IMAGES, ais_temperatures=100, ais_leapfrog=5,
+      ais_batch_size=IMAGES, bdmc_images=6, bdmc_temperatures=(10, 100)),
+                          **kwargs})
+
+
+def _check_bdmc(rows):
+  assert [r['T'] for r in rows] == [10, 100]
+  for r in rows:
+    assert r['images'] == 6 and not r['disagrees']
+    assert r['lower_one'] <= r['lower'] + 1e-6
+    assert r['upper'] <= r['upper_one'] + 1e-6
+  # More temperatures, a narrower one-chain bracket.
+  assert rows[1]['gap_one'] < rows[0]['gap_one']
+
+
+def test_evaluate_vae_reports_ais_beside_is_and_the_bdmc_bracket(
+    trained, tmp_path, capsys):
+  run_dir, exact = trained
+  config = _trained(run_dir, eval_k=1000, eval_chunk_size=500,
+                    eval_iwae_ks=(1,), pictures=False, ais=_ais())
+  records = runner.run_point('evaluate_vae', config, 0, str(tmp_path),
+                             strict=True)
+  assert '0 of 2 rows disagree' in capsys.readouterr().out
+  s, bdmc = records[0], records[1:]
+  assert (s['ais_images'], s['ais_temperatures'], s['ais_chains']) == (
+      IMAGES, 100, 16)
+  # AIS and IS of the same images both agree with quadrature.
+  assert abs(s['ais_log_px'] - exact.mean()) < 4 * s['ais_log_px_se_mc'] + 0.02
+  assert abs(s['is_log_px'] - exact.mean()) < 4 * s['is_log_px_se_mc'] + 0.02
+  assert s['is_log_px'] == pytest.approx(-s['test_nll'])  # All 6 images.
+  assert abs(s['ais_minus_is']) < 4 * s['ais_minus_is_se'] + 0.05
+  _check_bdmc(bdmc)
+
+
+def test_mnist_gaps_against_ais(trained, tmp_path, capsys):
+  run_dir, exact = trained
+  config = mnist_gaps.Config(
+      trained=_trained(run_dir, eval_k=1000, eval_chunk_size=500,
+                       eval_iwae_ks=(1, 10), pictures=False, ais=_ais()),
+      fit_steps=100, fit_samples=8, optimizer=optim.OptimizerConfig(
+          learning_rate=3e-2, lr_schedule='cosine'))
+  records = runner.run_point('mnist_gaps', config, 0, str(tmp_path),
+                             strict=True)
+  checked = [r for r in records if 'disagrees' in r]
+  assert f'0 of {len(checked)} rows disagree' in capsys.readouterr().out
+  gaps = {r['family']: r for r in records if r['kind'] == 'gap'}
+  ais_gaps = {r['family']: r for r in records if r['kind'] == 'gap_ais'}
+  assert list(ais_gaps) == ['diagonal', 'full_covariance']
+  for f, r in ais_gaps.items():
+    assert r['images'] == IMAGES and not r['disagrees']
+    assert abs(r['log_px_ais'] - exact.mean()) < (
+        4 * r['log_px_ais_se_mc'] + 0.02)
+    # Same images, same ELBOs: the gaps move by AIS - IS only.
+    assert r['approximation_gap'] == pytest.approx(
+        gaps[f]['approximation_gap'] + r['ais_minus_is'], abs=1e-6)
+    assert r['amortization_gap'] == pytest.approx(
+        gaps[f]['amortization_gap'], abs=1e-6)
+    assert r['approximation_gap'] > 0
+    bdmc_100 = [b for b in records if b['kind'] == 'bdmc' and b['T'] == 100]
+    assert r['bdmc_gap'] == bdmc_100[0]['gap']
+  _check_bdmc([r for r in records if r['kind'] == 'bdmc'])
+
+
+def test_bad_ais_settings_are_refused_before_the_run_folder(trained,
+                                                            tmp_path,
+                                                            capsys):
+  run_dir, _ = trained
+  for experiment in ('evaluate_vae', 'mnist_gaps'):
+    for flag, message in (('--ais_temperatures=1', 'ais_temperatures'),
+                          ('--ais_step_size=0', 'ais_step_size'),
+                          ('--ais_step_size=-0.1', 'ais_step_size'),
+                          ('--ais_images=7', 'ais_images')):
+      out = tmp_path / experiment
+      rc = launch.cli(['launch.py', f'--experiment={experiment}',
+                       f'--checkpoint_dir={run_dir}', f'--num_eval={IMAGES}',
+                       flag, f'--output_dir={out}'])
+      err = capsys.readouterr().err
+      assert rc == 2 and message in err and err.count('\n') == 1, err
+      assert not out.exists()

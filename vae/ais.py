@@ -56,13 +56,14 @@ vmapped, temperatures a `lax.scan`.
 
 import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae import config as cfg
 from vae import distributions as dists
 from vae import importance
 from vae import model as model_lib
@@ -74,6 +75,37 @@ PRNGKey = types.PRNGKey
 
 SCHEDULES = ('sigmoid', 'linear')
 _DISCRETE = (dists.Bernoulli, dists.Categorical)
+
+
+@cfg.settings
+class AISConfig:
+  """AIS beside importance sampling, and the BDMC bracket (off by default)."""
+  ais_images: int = cfg.setting(
+      0, 'Also estimate log p(x) by AIS on the first ais_images evaluation '
+      'images (0: no AIS).', min=0, max=10**6)
+  ais_temperatures: int = cfg.setting(
+      1000, 'AIS distributions T after q (T - 1 intermediate; T = 1 is '
+      'importance sampling).', min=2, max=10**6)
+  ais_chains: int = cfg.setting(16, 'AIS chains per image.', min=1,
+                                max=10_000)
+  ais_leapfrog: int = cfg.setting(10, 'Leapfrog steps per HMC transition.',
+                                  min=1, max=1000)
+  ais_step_size: float = cfg.setting(
+      0.5, 'Initial HMC step size of the adaptive pilot (in units of q\'s '
+      'standard deviations).', gt=0.0, max=100.0)
+  ais_batch_size: int = cfg.setting(50, 'Images per jitted AIS call.',
+                                    min=1, max=10_000)
+  bdmc_images: int = cfg.setting(
+      0, 'Images simulated from the model for the BDMC bracket of log p(x) '
+      '(0: no BDMC).', min=0, max=10**6)
+  bdmc_temperatures: tuple[int, ...] = cfg.setting(
+      (10, 100, 1000), 'Numbers of AIS distributions T of the BDMC runs.',
+      min=2, max=10**6)
+
+  def options(self) -> dict[str, Any]:
+    """The keyword options of `ais` (without num_temperatures)."""
+    return {'num_chains': self.ais_chains, 'num_leapfrog': self.ais_leapfrog,
+            'step_size': self.ais_step_size}
 
 
 def schedule(num_temperatures: int, kind: str = 'sigmoid',
@@ -379,9 +411,11 @@ def simulate(model: model_lib.Model, params: Params, key: PRNGKey,
 
 def ais(model: model_lib.Model, params: Params, x: np.ndarray | Array,
         key: PRNGKey, proposal: Any = None, z_exact: Any = None,
-        batch_size: int = 100, **options) -> dict[str, np.ndarray]:
+        batch_size: int = 100, log: Callable[[str], None] | None = None,
+        **options) -> dict[str, np.ndarray]:
   """`ais_batch` (or `bdmc_batch` with z_exact [N, D]) over batches of the
   rows of x [N, d]; batch i uses fold_in(key, i). Same estimates (module).
+  `log`, if given, gets a progress line about every tenth of the batches.
 
   Returns:
     The batch functions' arrays, float64, [N] (or [N, ...]).
@@ -406,5 +440,8 @@ def ais(model: model_lib.Model, params: Params, x: np.ndarray | Array,
     else:
       outs.append(bdmc_batch(model, params, b, cut(jnp.asarray(z_exact), i),
                              k, cut(proposal, i), **options))
+    if log is not None and (i + 1) % max(1, len(batches) // 10) == 0:
+      jax.block_until_ready(outs[-1])
+      log(f'  AIS: {min((i + 1) * batch_size, n)}/{n} images')
   return {name: np.concatenate([np.asarray(o[name], np.float64)
                                 for o in outs])[:n] for name in outs[0]}

@@ -10,6 +10,14 @@ a stochastic lower bound (= IWAE_K) that is tight as K → ∞ (K = 5000 by
 default), from the one importance-sampling engine (`vae.importance`: chunks
 of C samples for B images decoded together in a `lax.scan`); the same
 samples give the ELBO and IWAE_k for smaller k (K/k disjoint groups).
+
+Beside it, on the first `ais_images` of the same images (`AISConfig`,
+off by default), annealed importance sampling (`vae.ais`, T distributions
+from q(z|x) to p(z|x), S chains) gives a second, far tighter estimate
+(`ais_summary`); and on images simulated from the model, where an exact
+posterior sample is known, BDMC brackets log p(x) from both sides
+(`bdmc_records`): the bracket's width is what remains unknown about log p(x)
+at that T.
 """
 
 import functools
@@ -20,10 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae import ais as ais_lib
 from vae import config as cfg
 from vae import data
 from vae import importance
 from vae import model as model_lib
+from vae import stats
 from vae import types
 
 Array = types.Array
@@ -58,9 +68,14 @@ class EvalConfig:
       min=1, max=10**6)
   pictures: bool = cfg.setting(
       True, 'Write prior samples, reconstructions and inpainting PNGs.')
+  ais: ais_lib.AISConfig = ais_lib.AISConfig()
 
   def check(self):
-    """K = m·chunk; every k divides the chunk; rows per matmul bounded."""
+    """K = m·chunk; every k divides the chunk; rows per matmul bounded;
+    AIS on at most the evaluated images."""
+    if self.num_eval is not None and self.ais.ais_images > self.num_eval:
+      raise ValueError(f'ais_images: {self.ais.ais_images} is more than the '
+                       f'num_eval {self.num_eval} evaluated images.')
     chunk = min(self.eval_chunk_size, self.eval_k)
     if self.eval_k % chunk:
       raise ValueError(f'eval_k: {self.eval_k} must be a multiple of '
@@ -247,20 +262,153 @@ def pictures(model: model_lib.Model, params: Params, images: np.ndarray,
       'reconstructions': reconstructions(model, params, x, k2), **out})
 
 
+# AIS and BDMC.
+
+
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+  """(mean, sd / √n) over images (0 for one image)."""
+  n = len(values)
+  sd = float(np.std(values, ddof=1)) if n > 1 else 0.0
+  return float(np.mean(values)), sd / np.sqrt(n)
+
+
+def _mc_se(se: np.ndarray) -> float:
+  """√(Σ_b se_b²) / n: the Monte Carlo error of a mean over images."""
+  return float(np.sqrt(np.sum(np.square(se))) / len(se))
+
+
+def ais_summary(model: model_lib.Model, params: Params, images: np.ndarray,
+                is_log_px: np.ndarray, is_log_px_se: np.ndarray,
+                config: ais_lib.AISConfig, key: PRNGKey,
+                log: Callable[[str], None] | None = None
+                ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """AIS and IS side by side on the first n = ais_images images.
+
+  Per image b, AIS from the encoder's q (`vae.ais.ais`, T =
+  ais_temperatures, S = ais_chains) gives log p̂_AIS(x_b) ± se_b (delta
+  method over chains); IS gives log p̂_IS(x_b) ± se'_b (K samples, given).
+  Means over the n images, with two SEs each: over images (sd / √n: which
+  images were drawn) and Monte Carlo (√(Σ_b se_b²) / n: the estimators'
+  noise for these images),
+
+    ais_log_px   = (1/n) Σ_b log p̂_AIS(x_b),
+    is_log_px    = (1/n) Σ_b log p̂_IS(x_b)   (the same images),
+    ais_minus_is = (1/n) Σ_b (log p̂_AIS - log p̂_IS)(x_b)
+                   (SE: sd of the paired differences / √n).
+
+  Both are stochastic lower bounds on log p(x); the larger is the tighter.
+
+  Args:
+    model: the model (continuous latents).
+    params: its parameters.
+    images: [N, d], N ≥ ais_images; the first ais_images are used.
+    is_log_px: [N] IS estimates of the same images.
+    is_log_px_se: [N] their delta-method SEs.
+    config: the AIS settings.
+    key: PRNG key of `vae.ais.ais`.
+    log: progress lines.
+
+  Returns:
+    (summary of floats, per-image arrays of `vae.ais.ais` [n]).
+  """
+  n = min(config.ais_images, len(images))
+  x = np.asarray(images[:n])
+  if log is not None:
+    log(f'AIS on {n} images: T={config.ais_temperatures}, '
+        f'{config.ais_chains} chains, {config.ais_leapfrog} leapfrog steps')
+  wall = time.time()
+  per_image = ais_lib.ais(model, params, x, key,
+                          batch_size=config.ais_batch_size, log=log,
+                          num_temperatures=config.ais_temperatures,
+                          **config.options())
+  wall = time.time() - wall
+  a, i = per_image['log_px'], np.asarray(is_log_px[:n], np.float64)
+  i_se = np.asarray(is_log_px_se[:n], np.float64)
+  summary: dict[str, float] = {}
+  for name, v, se in (('ais', a, per_image['log_px_se']), ('is', i, i_se)):
+    mean, se_images = _mean_se(v)
+    summary.update({f'{name}_log_px': mean,
+                    f'{name}_log_px_se_images': se_images,
+                    f'{name}_log_px_se_mc': _mc_se(se)})
+  diff, diff_se = _mean_se(a - i)
+  summary.update(
+      ais_minus_is=diff, ais_minus_is_se=diff_se,
+      ais_ess=float(np.mean(per_image['ess'])),
+      ais_acceptance=float(np.mean(per_image['acceptance'])),
+      ais_images=n, ais_temperatures=config.ais_temperatures,
+      ais_chains=config.ais_chains, ais_wall_s=wall)
+  if log is not None:
+    log(f'AIS took {wall:.1f} s: log p̂ {summary["ais_log_px"]:.3f} (IS '
+        f'{summary["is_log_px"]:.3f}; AIS - IS {diff:.3f} ± {diff_se:.3f})')
+  return summary, per_image
+
+
+def bdmc_records(model: model_lib.Model, params: Params,
+                 config: ais_lib.AISConfig, key: PRNGKey,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+  """The BDMC bracket on n = bdmc_images images simulated from the model.
+
+  (x_b, z_b) with z_b ~ p(z), x_b ~ p(x|z_b) (`vae.ais.simulate`, key
+  fold_in(key, 0)): z_b is an exact sample of p(z|x_b), so for each T in
+  bdmc_temperatures (key fold_in(key, T)) forward AIS from q(z|x) and
+  reverse AIS from z_b give (`vae.ais.bdmc_batch`)
+
+    lower_b ≤ log p(x_b) ≤ upper_b   (in expectation),
+    gap = (1/n) Σ_b (upper_b - lower_b),
+    gap_one = (1/n) Σ_b (upper_one_b - lower_one_b)   (one-chain bracket),
+
+  the error that remains in an AIS estimate at that T on such data
+  (Grosse et al. 2015; Wu et al. 2017). Checks (one-sided, `stats.CHECKS`):
+  E[gap] ≥ 0 and E[gap_one] ≥ 0 (exact), z = mean / (sd over images / √n).
+
+  Returns:
+    One row per T: kind 'bdmc', T, images, lower, upper, gap, gap_one (means
+    over images) with their SEs over images, ESS and acceptance, wall_s.
+  """
+  n = config.bdmc_images
+  x, z = ais_lib.simulate(model, params, jax.random.fold_in(key, 0), n)
+  rows = []
+  for t in config.bdmc_temperatures:
+    if log is not None:
+      log(f'BDMC on {n} simulated images: T={t}, {config.ais_chains} chains')
+    wall = time.time()
+    out = ais_lib.ais(model, params, np.asarray(x), jax.random.fold_in(key, t),
+                      z_exact=z, batch_size=config.ais_batch_size,
+                      num_temperatures=t, **config.options())
+    row: dict[str, Any] = {'kind': 'bdmc', 'T': t, 'images': n}
+    for name in ('lower', 'upper', 'gap', 'lower_one', 'upper_one',
+                 'gap_one'):
+      row[name], row[f'{name}_se'] = _mean_se(out[name])
+    row.update(ess=float(np.mean(out['ess'])),
+               acceptance=float(np.mean(out['acceptance'])),
+               wall_s=time.time() - wall)
+    row[stats.CHECKS] = [(row[g] / max(row[f'{g}_se'], 1e-12), 'lower')
+                         for g in ('gap', 'gap_one')]
+    if log is not None:
+      log(f'  T={t}: lower {row["lower"]:.3f}, upper {row["upper"]:.3f}, '
+          f'gap {row["gap"]:.3f} ± {row["gap_se"]:.3f} ({row["wall_s"]:.0f} s)')
+    rows.append(row)
+  return rows
+
+
 class Evaluation(NamedTuple):
   """What `evaluate` returns.
 
   Attributes:
     summary: test_nll, test_nll_stderr, test_elbo, test_iwae_<k>, test_kl,
-      active_units, eval_k, num_eval, split (nats; means over images).
+      active_units, eval_k, num_eval, split (nats; means over images); with
+      AIS, `ais_summary`'s keys.
     latents: `latent_statistics` (activity, active_units, kl_per_dim).
     pictures: `pictures(...)` arrays, or None.
-    timing: eval_wall_s and eval_cpu_s of the importance sampling.
+    timing: eval_wall_s and eval_cpu_s of the importance sampling (and
+      ais_wall_s, bdmc_wall_s).
+    brackets: `bdmc_records` (empty without BDMC).
   """
   summary: dict[str, Any]
   latents: dict[str, Any]
   pictures: dict[str, np.ndarray] | None
   timing: dict[str, float]
+  brackets: list[dict] = []
 
 
 def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
@@ -275,7 +423,8 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
     dataset: the data (`test_images` gives the evaluation images; the mean
       training image fills the inpainting).
     config: the evaluation settings.
-    seed: keys are fold_in(PRNGKey(seed), 3) (IS) and 4 (pictures).
+    seed: keys are fold_in(PRNGKey(seed), 3) (IS), 4 (pictures), 5 (AIS)
+      and 6 (BDMC).
     train_k: the training k (its IWAE_k is reported too, see `iwae_ks`).
     split: 'test' or 'validation'.
     log: progress lines.
@@ -313,10 +462,21 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
                  num_eval=n, split=split)
   summary = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
              for k, v in summary.items()}
+  timing = {'eval_wall_s': wall, 'eval_cpu_s': cpu}
+  if config.ais.ais_images:
+    extra, _ = ais_summary(model, params, images, per_image['log_px'],
+                           per_image['log_px_se'], config.ais,
+                           jax.random.fold_in(base, 5), log)
+    timing['ais_wall_s'] = extra.pop('ais_wall_s')
+    summary.update(extra)
+  brackets = []
+  if config.ais.bdmc_images:
+    brackets = bdmc_records(model, params, config.ais,
+                            jax.random.fold_in(base, 6), log)
+    timing['bdmc_wall_s'] = sum(r['wall_s'] for r in brackets)
   drawn = None
   if config.pictures:
     drawn = pictures(model, params, images,
                      np.asarray(dataset.train).mean(0),
                      jax.random.fold_in(base, 4))
-  return Evaluation(summary, latents, drawn, {'eval_wall_s': wall,
-                                              'eval_cpu_s': cpu})
+  return Evaluation(summary, latents, drawn, timing, brackets)

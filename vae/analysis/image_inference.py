@@ -250,6 +250,66 @@ def gap_records(per_q: dict[str, dict[str, np.ndarray]],
   return _checks(rows)
 
 
+
+def ais_gap_records(per_q: dict[str, dict[str, np.ndarray]],
+                    families: tuple[str, ...], ais: dict[str, np.ndarray],
+                    bdmc_gap: float | None = None,
+                    bdmc_gap_se: float | None = None) -> list[dict]:
+  """The gaps of `gap_records` with AIS as the reference log p(x).
+
+  On the first n images (n = len(ais['log_px'])), per family f,
+
+    approximation_gap = (1/n) Σ_b (log p̂_AIS(x_b) - ELBO(q*_f; x_b)),
+    amortization_gap  = (1/n) Σ_b (ELBO(q*_f) - ELBO(q_φ))(x_b),
+    inference_gap     = (1/n) Σ_b (log p̂_AIS - ELBO(q_φ))(x_b),
+    ais_minus_is      = (1/n) Σ_b (log p̂_AIS - log p̂_IS)(x_b)
+
+  (log p̂_IS: the best q's IS estimate, as in `gap_records`), each with its
+  SE over images (sd / √n) and the approximation gap with its Monte Carlo
+  SE √(Σ_b se_b²)/n. AIS is a stochastic lower bound too; `bdmc_gap` (the
+  BDMC bracket's width on data simulated from the model at the same T,
+  `vae.evaluate.bdmc_records`), if given, is carried as the uncertainty
+  that remains: log p(x) is estimated to lie within about that much above
+  log p̂_AIS. Check (one-sided, `stats.CHECKS`): approximation gap ≥ 0.
+
+  Returns:
+    One row per family, kind 'gap_ais'.
+  """
+  n = len(ais['log_px'])
+  sub = {k: {a: np.asarray(v[:n], np.float64) for a, v in d.items()}
+         for k, d in per_q.items()}
+  best = max(sub, key=lambda k: float(np.mean(sub[k]['log_px'])))
+  px, px_se = np.asarray(ais['log_px']), np.asarray(ais['log_px_se'])
+  enc = sub['amortized']
+
+  def mean_se(v):
+    return float(np.mean(v)), (float(np.std(v, ddof=1) / math.sqrt(n))
+                               if n > 1 else 0.0)
+
+  rows = []
+  for f in families:
+    v = sub[f]
+    approx, approx_se = mean_se(px - v['elbo'])
+    amort, amort_se = mean_se(v['elbo'] - enc['elbo'])
+    diff, diff_se = mean_se(px - sub[best]['log_px'])
+    mc = _se(px_se, v['elbo_se'])
+    rows.append({
+        'kind': 'gap_ais', 'family': f, 'images': n,
+        'log_px_ais': float(np.mean(px)), 'log_px_ais_se_mc': _se(px_se),
+        'log_px_is': float(np.mean(sub[best]['log_px'])),
+        'log_px_is_from': best, 'ais_minus_is': diff,
+        'ais_minus_is_se': diff_se,
+        'elbo_optimal_q': float(np.mean(v['elbo'])),
+        'elbo_amortized': float(np.mean(enc['elbo'])),
+        'approximation_gap': approx, 'approximation_gap_se': approx_se,
+        'approximation_gap_se_mc': mc,
+        'amortization_gap': amort, 'amortization_gap_se': amort_se,
+        'inference_gap': float(np.mean(px - enc['elbo'])),
+        'bdmc_gap': bdmc_gap, 'bdmc_gap_se': bdmc_gap_se,
+        'z': [_z(px - v['elbo'], mc)]})
+  return _checks(rows)
+
+
 def k_records(estimates: dict[str, np.ndarray], reference: dict[str,
                                                                 np.ndarray],
               reference_k: int) -> list[dict]:
