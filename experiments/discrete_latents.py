@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import outputs
+from vae import comparison
 from vae import config as cfg
 from vae import data as data_lib
 from vae import evaluate
@@ -147,5 +148,15 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
       'variance')], 'wall_time_curves')
   out.table([r for r in records if r['kind'] == 'final'], (
       'estimator', 'step', *timed, 'train_elbo', 'test_elbo', iwae))
-  out.table([r for r in records if r['kind'] == 'variance'])
-  return [{k: v for k, v in r.items() if k not in timed} for r in records]
+  variance = [r for r in records if r['kind'] == 'variance']
+  out.table(variance)
+  out.log(f'seconds: one encoder-gradient estimate alone on '
+          f'{comparison.device_name()} (compiled, median of repeats); '
+          'efficiency = total_variance × seconds, lower is better. Time '
+          'depends on the machine, variance does not.\nbest estimator per '
+          'sample (least total_variance) and per second (least efficiency):')
+  out.table(comparison.ranking(variance, ('at',),
+                               variance='total_variance'))
+  out.write_json('efficiency.json', variance)
+  return [{k: v for k, v in r.items() if k not in timed + (
+      comparison.TIMING_FIELDS)} for r in records]

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from experiments.common import outputs
+from vae import comparison
 from vae import config as cfg
 from vae import moments
 from vae import stats
@@ -130,6 +131,16 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   sampled = time.time()
   records = stats.mark_disagreements(stats.moment_checks(gc.records(
       grids, measured, config.sample_counts, config.num_draws)))
+  timed = time.time()
+  seconds = gc.seconds_per_estimate(
+      [registry.lookup(e) for e in config.estimators], grids,
+      config.sample_counts)
+  device = comparison.device_name()
+  for r in records:
+    r['seconds'] = seconds[r['cost'], r['estimator'], r['num_samples']]
+    r['efficiency'] = r['variance'] * r['seconds']
+    r['device'] = device
+  timed = time.time() - timed
   curves, crossings = {}, []
   m, s = config.mus[0], config.sigmas[0]
   for c in (c for c in config.costs if len(set(config.ks(c))) > 2):
@@ -139,11 +150,22 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   out.log(f'gaussian_gradients: compiled 1 program in {compiled - start:.2f}'
           f' s, sampled {config.num_draws} draws (chunks of {chunk}) in '
           f'{sampled - compiled:.2f} s, exact values in '
-          f'{time.time() - sampled:.2f} s')
+          f'{time.time() - sampled - timed:.2f} s, timed each estimator '
+          f'alone in {timed:.2f} s')
   for n in config.sample_counts:
     _plot(out, config, records, curves, n)
   out.write_json('crossovers.json', crossings)
   out.table(crossings, float_fmt='.3g')
   out.log(f'{len(crossings)} crossovers of the exact variance curves: the k '
           'where the lower-variance estimator changes (any N).')
-  return records
+  out.log(f'\nseconds per estimate on {device} (one N-sample estimate of '
+          '(∂/∂μ, ∂/∂σ) at one point, compiled, median of repeats; '
+          'efficiency = variance × seconds, lower is better):')
+  out.table([{'cost': c, 'estimator': e, 'num_samples': n, 'seconds': t}
+             for (c, e, n), t in seconds.items()], float_fmt='.3g')
+  out.log('\nbest estimator per sample (least variance) and per second '
+          '(least variance × seconds; time depends on the machine, variance '
+          'does not), wins over the grid of k:')
+  out.table(comparison.ranking(records, ('cost', 'param', 'num_samples')))
+  out.write_json('efficiency.json', records)
+  return comparison.without_timing(records)

@@ -19,6 +19,7 @@ import numpy as np
 
 from experiments.common import metrics
 from experiments.common import outputs
+from vae import comparison
 from vae import config as cfg
 from vae import data as data_lib
 from vae import moments
@@ -44,7 +45,7 @@ class Config:
                                    'at initialization).', min=0, max=10**5)
   estimators: tuple[str, ...] = cfg.like(
       moments.Comparison, 'estimators', ('pathwise', 'score_rloo'),
-      choices=mn.ESTIMATORS)  # ∇ELBO estimators with exact kernels.
+      choices=mn.VAE_ESTIMATORS)  # Exact kernels (∇ELBO); dreg: ∇IWAE_N.
   batch_sizes: tuple[int, ...] = S((1, 4), 'B: examples per minibatch '
                                    '(with replacement).', min=1, max=10**4)
   sample_counts: tuple[int, ...] = cfg.like(moments.Draws, 'sample_counts',
@@ -65,7 +66,7 @@ class Config:
     if self.training.batch_size > self.data.train_size:
       raise ValueError(f'batch_size: > {self.data.train_size} images.')
     for e in self.estimators:
-      registry.check(e, mn.OBJECTIVE, max(self.sample_counts))
+      registry.check(e, mn.objective_of(e), max(self.sample_counts))
     if max(self.batch_sizes) * max(self.sample_counts) > MAX_PASSES:
       raise ValueError(f'batch_sizes x sample_counts: at most {MAX_PASSES} '
                        'decoder passes per minibatch estimate.')
@@ -97,7 +98,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   out.log('\n== linear-Gaussian check: measured vs exact parts')
   out.table(checked, ['estimator', 'group', 'B', 'N', 'between', 'exact_'
                       'between', 'between_z', 'within', 'exact_within',
-                      'within_z', 'disagrees'])
+                      'within_z', 'signal', 'exact_signal', 'signal_z',
+                      'b_noise', 'exact_b_noise', 'b_noise_z', 'disagrees'])
   dataset, model = data_lib.load(c.data, seed), image_vae.make(c.model)
   steps_per_epoch, rows = len(dataset.train) // c.training.batch_size, []
   for epoch, params in trained(c, dataset, model, seed, out):
@@ -108,12 +110,29 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
         epoch=epoch, step=epoch * steps_per_epoch)
   out.log(f'\n== {dataset.name}: which part dominates (minibatch_share = '
           'Var_I[E_z Ĝ]/Var Ĝ at the largest B)')
-  out.table(mn.dominance(rows))
+  out.table(mn.dominance(rows), ['epoch', 'estimator', 'group', 'N', 'B',
+                                 'between', 'between_se', 'within',
+                                 'within_se', 'minibatch_share', 'dominant'])
+  out.log(f'\n== {dataset.name}: gradient noise scale B_noise = (V_data + '
+          'σ²_N)/‖G‖² (± delta-method SE), signal = ‖G‖², at the largest B; '
+          'seconds per minibatch estimate on '
+          f'{comparison.device_name()}, efficiency = Var Ĝ × seconds')
+  out.table(mn.dominance(rows), ['epoch', 'estimator', 'group', 'N', 'B',
+                                 'signal', 'signal_se', 'b_noise',
+                                 'b_noise_se', 'total', 'seconds',
+                                 'efficiency'])
+  out.log('\nbest estimator per sample (least Var Ĝ) and per second (least '
+          'Var Ĝ × seconds; time depends on the machine, variance does not):')
+  out.table(comparison.ranking([r for r in rows if 'seconds' in r],
+                               ('epoch', 'group', 'N'), variance='total'))
   best = mn.best_per_budget(rows, ('epoch', 'estimator', 'group'))
   out.log('\n== the best (B, N) at each budget B·N')
   out.table(best)
   plot(rows, checked, out)
-  return checked + rows + [{'section': 'best', **r} for r in best]
+  out.write_json('efficiency.json', [r for r in checked + rows
+                                     if 'seconds' in r])
+  return comparison.without_timing(
+      checked + rows + [{'section': 'best', **r} for r in best])
 
 
 def plot(rows: list[dict], checked: list[dict], out: outputs.Run) -> None:

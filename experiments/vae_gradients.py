@@ -13,6 +13,7 @@ timings.json; variance/SNR plots vs step and vs N.
 import numpy as np
 
 from experiments.common import outputs
+from vae import comparison
 from vae import config as cfg
 from vae import data as data_lib
 from vae import moments
@@ -127,6 +128,14 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
     plot(out, records, x, fixed, f'variance_snr_vs_{x}.png',
          f'Total variance and SNR vs {x}')
   out.table(vg.summary_rows(records))
+  out.log(f'ms: seconds per estimate ×10³ on {comparison.device_name()} '
+          '(one estimate alone, compiled, median of repeats, at the last '
+          'step); eff: var × seconds, lower is better. Time depends on the '
+          'machine, variance does not.\nbest estimator per sample (least '
+          'var) and per second (least var × seconds), at the last step:')
+  out.table(comparison.ranking([r for r in records if r['step'] == steps[-1]],
+                               ('objective', 'group', 'num_samples'),
+                               variance='total_variance'))
   out.log('\nms per draw of all estimators of one call (median over steps):')
   out.table(vg.draw_time_rows(timings['draws']))
   if config.time_estimators:
@@ -138,4 +147,5 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
           'Σ_p Var[ĝ_p]; snr: mean |mean|/std; cos: mean cosine of one '
           'estimate to g_ref (elbo: pathwise at the largest N; iwae: dreg at '
           f'the same K; {config.reference_draws} draws).')
-  return records
+  out.write_json('efficiency.json', [r for r in records if 'seconds' in r])
+  return comparison.without_timing(records)

@@ -128,7 +128,7 @@ def test_decompose_on_data_plus_noise():
   # Ĝ = (1/B) Σ_b (v_{i_b} + s ε_b), v_i ∈ R³: between = tr Cov(v)/B (the
   # population covariance of the n points), within = 3 s²/B.
   v = jax.random.normal(jax.random.PRNGKey(1), (10, 3)) * jnp.array(
-      [1.0, 2.0, 0.5])
+      [1.0, 2.0, 0.5]) + jnp.array([3.0, -2.0, 1.0])
   s, sizes, draws = 1.5, (1, 3), 4000
 
   def estimate(index, key):
@@ -138,13 +138,24 @@ def test_decompose_on_data_plus_noise():
   parts = jax.jit(lambda k: mn.decompose(estimate, k, 10, max(sizes), draws,
                                          chunk=draws))(jax.random.PRNGKey(0))
   v_data = float(jnp.sum(jnp.var(v, 0)))
-  threshold = stats.z_threshold(3 * len(sizes))
+  signal = float(jnp.sum(jnp.mean(v, 0)**2))  # ‖G‖², G = the mean of v.
+  threshold = stats.z_threshold(5 * len(sizes))
   for b in sizes:
     for part, exact in (('between', v_data / b), ('within', 3 * s**2 / b),
-                        ('total', (v_data + 3 * s**2) / b)):
+                        ('total', (v_data + 3 * s**2) / b),
+                        ('signal', signal)):
       est, se = (float(parts[part][k][b]) for k in ('estimate', 'se'))
       assert abs(est - exact) < threshold * se, (b, part, est, exact, se)
-      assert se < 0.1 * exact  # The check has power.
+      assert se < 0.15 * exact  # The check has power.
+    # B_noise = (V_data + 3s²)/‖G‖², whatever B.
+    got, se = mn.noise_scale(
+        b, float(parts['total']['estimate'][b]),
+        float(parts['total']['se'][b]), float(parts['signal']['estimate'][b]),
+        float(parts['signal']['se'][b]),
+        float(parts['cov_total_signal'][b]), draws)
+    exact = (v_data + 3 * s**2) / signal
+    assert abs(got - exact) < threshold * se, (b, got, exact, se)
+    assert se < 0.2 * exact
 
 
 @pytest.fixture(scope='module')
@@ -172,7 +183,7 @@ def test_a_wrong_exact_part_is_flagged(checked, part):
     cell = exact.setdefault(r['estimator'], {})
     cell[r['B'], r['N'], r['group']] = {
         p: r['exact_' + p] * (1.5 if p == part else 1.0)
-        for p in ('between', 'within')}
+        for p in ('between', 'within', 'signal', 'b_noise')}
   marked = stats.mark_disagreements(mn.compare_exact(checked, exact))
   resolved = [r for r in marked
               if r['estimator'] == 'pathwise' or r['group'] == 'decoder']

@@ -75,6 +75,18 @@ def seconds_per_call(fn: Callable, *args, repeats: int = 5,
   return statistics.median(times)
 
 
+# Fields that depend on the machine (and vary run to run): experiments print
+# them and write them to efficiency.json, and keep them out of results.json,
+# which a re-run reproduces.
+TIMING_FIELDS = ('seconds', 'efficiency', 'device')
+
+
+def without_timing(records: Sequence[dict]) -> list[dict]:
+  """Copies of `records` without TIMING_FIELDS."""
+  return [{k: v for k, v in r.items() if k not in TIMING_FIELDS}
+          for r in records]
+
+
 def ranking(records: Sequence[dict], keys: Sequence[str],
             variance: str = 'variance') -> list[dict]:
   """Per value of `keys`: the best estimator per sample and per second.

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vae import comparison
 from vae import data as data_lib
 from vae import evaluate as evaluate_lib
 from vae import model as model_lib
@@ -327,7 +328,9 @@ def bernoulli_encoder_records(model: model_lib.Model,
   mean_norm_sq = ‖ḡ‖², and against the pooled reference of the estimators
   unbiased for ∇ELBO (`vae_gradients.pooled_bias`, for the estimators whose
   target is ∇ELBO) bias_sq, its noise level and mse = bias_sq +
-  total_variance, the mean squared error of one draw.
+  total_variance, the mean squared error of one draw; seconds per estimate
+  (one encoder gradient on x alone, `comparison.seconds_per_call`: compiled,
+  warm, median of repeats) and efficiency = total_variance × seconds.
 
   Returns:
     One record per (point, estimator), kind 'variance'.
@@ -344,9 +347,16 @@ def bernoulli_encoder_records(model: model_lib.Model,
             for n, s in stats.items()}
     bias = vae_gradients.pooled_bias(means, tvar, unbiased, comparable,
                                      num_draws)
+    seconds = {n: comparison.seconds_per_call(
+        lambda p, xs, k, b0, n=n: encoder_gradient(
+            model, p, xs, k, n, num_samples, b0, temperature),
+        params, x, key, baseline) for n in estimators}
+    device = comparison.device_name()
     for n in estimators:
       b, noise = bias[n] or (None, None)
       records.append({
+          'seconds': seconds[n], 'efficiency': tvar[n] * seconds[n],
+          'device': device,
           'kind': 'variance', 'at': label, 'estimator': n,
           'total_variance': tvar[n], 'mean_norm_sq': float(means[n] @
                                                            means[n]),

@@ -46,6 +46,7 @@ from jax import flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from vae import comparison
 from vae import config as cfg
 from vae import distributions as dists
 from vae import model as model_lib
@@ -74,6 +75,15 @@ KERNELS = {
     'score_rloo': lambda f, s, p, c: (f[0] - f[1]) * (s[0] - s[1]) / 2,
 }
 ESTIMATORS = tuple(KERNELS)
+# Measured on the image VAE only (no kernel, no closed form): DReG of
+# ∇IWAE_K, K = N. Its target depends on K, and so do its V_data and ‖G‖².
+IWAE_ESTIMATORS = ('dreg',)
+VAE_ESTIMATORS = ESTIMATORS + IWAE_ESTIMATORS
+
+
+def objective_of(estimator: str) -> str:
+  """'elbo' (analytic KL) for the ∇ELBO estimators, 'iwae' for DReG."""
+  return 'iwae' if estimator in IWAE_ESTIMATORS else OBJECTIVE
 HERMITE_NODES = 5  # Exact for polynomials of degree ≤ 9 per dimension.
 
 
@@ -98,6 +108,29 @@ def prefix_gradients(surrogate: Callable[[Params, Array, PRNGKey], Array],
                  for g in GROUPS}
     start = size
   return out
+
+
+def seconds_per_estimate(surrogate: Callable[[Params, Array, PRNGKey], Array],
+                         params: Params, batch: Array, key: PRNGKey) -> float:
+  """Seconds of one minibatch estimate Ĝ = ∇_θ (1/B) Σ_b S(θ, x_b, k_b) on
+  `batch` [B, ...] (`comparison.seconds_per_call`: compiled, warm, median)."""
+  def estimate(p, x, k):
+    keys = jax.random.split(k, x.shape[0])
+    return jax.grad(lambda q: jnp.mean(jax.vmap(
+        lambda xi, ki: surrogate(q, xi, ki))(x, keys)))(p)
+  return comparison.seconds_per_call(estimate, params, batch, key)
+
+
+def with_seconds(records: list[dict], seconds: dict[str, float],
+                 size: int) -> list[dict]:
+  """Rows at minibatch size `size` get 'seconds' (per estimate of their
+  estimator) and 'efficiency' = total × seconds; 'device' names where."""
+  device = comparison.device_name()
+  for r in records:
+    if r['B'] == size:
+      r.update(seconds=seconds[r['estimator']], device=device,
+               efficiency=r['total'] * seconds[r['estimator']])
+  return records
 
 
 def decompose(estimate: Callable[[Array, PRNGKey], Any], key: PRNGKey,
@@ -125,15 +158,26 @@ def decompose(estimate: Callable[[Array, PRNGKey], Any], key: PRNGKey,
     num_draws: draws (each four minibatch estimates).
     chunk: draws per vmapped chunk (1: a scan over draws).
 
+  Also the signal ‖G‖², G = E Ĝ (the full-data gradient), without bias
+  from the two independent minibatches: since Ĝ_j, Ĝ_k are independent for
+  j on I and k on J, E⟨Ĝ_j, Ĝ_k⟩ = ⟨G, G⟩, and
+
+      signal  = (⟨Ĝ_1,Ĝ_3⟩ + ⟨Ĝ_1,Ĝ_4⟩ + ⟨Ĝ_2,Ĝ_3⟩ + ⟨Ĝ_2,Ĝ_4⟩)/4   E = ‖G‖²
+
+  (‖Ĝ‖² itself is biased by Var Ĝ).
+
   Returns:
-    {'within', 'between', 'total'}: each {'estimate', 'se'}, trees of
-    scalars like `estimate`'s.
+    {'within', 'between', 'total', 'signal'}: each {'estimate', 'se'},
+    trees of scalars like `estimate`'s; 'cov_total_signal': the covariance
+    over draws of total and signal (a tree of scalars).
   """
   def parts(g):
     half_sq = lambda a, b: jnp.sum((g[a] - g[b])**2) / 2
     within = (half_sq(0, 1) + half_sq(2, 3)) / 2
     total = sum(half_sq(a, b) for a in (0, 1) for b in (2, 3)) / 4
-    return {'within': within, 'between': total - within, 'total': total}
+    signal = sum(jnp.vdot(g[a], g[b]) for a in (0, 1) for b in (2, 3)) / 4
+    return {'within': within, 'between': total - within, 'total': total,
+            'signal': signal, 'total_x_signal': total * signal}
 
   def draw(k):
     k_index, k_z = jax.random.split(k)
@@ -146,16 +190,46 @@ def decompose(estimate: Callable[[Array, PRNGKey], Any], key: PRNGKey,
   is_parts = lambda x: isinstance(x, dict) and 'within' in x
   pick = lambda tree, part: jax.tree.map(lambda p: p[part], tree,
                                          is_leaf=is_parts)
-  return {part: {'estimate': pick(out['mean'], part),
-                 'se': jax.tree.map(lambda v: jnp.sqrt(v / num_draws),
-                                    pick(out['variance'], part))}
-          for part in ('within', 'between', 'total')}
+  result = {part: {'estimate': pick(out['mean'], part),
+                   'se': jax.tree.map(lambda v: jnp.sqrt(v / num_draws),
+                                      pick(out['variance'], part))}
+            for part in ('within', 'between', 'total', 'signal')}
+  # Cov(t, s) over draws, for the delta-method SE of a ratio (`noise_scale`).
+  d = num_draws / (num_draws - 1)
+  result['cov_total_signal'] = jax.tree.map(
+      lambda ts, t, s: d * (ts - t * s), pick(out['mean'], 'total_x_signal'),
+      result['total']['estimate'], result['signal']['estimate'])
+  return result
 
 
-def rows(parts: dict[str, Any], num_samples: int, **labels) -> list[dict]:
+def noise_scale(size: int, total: float, total_se: float, signal: float,
+                signal_se: float, cov: float,
+                num_draws: int) -> tuple[float, float]:
+  """B_noise = B·Var Ĝ / ‖G‖² and its delta-method standard error.
+
+  B·Var Ĝ = V_data + σ²_N is the noise per example (`decompose`'s total at
+  minibatch size B), ‖G‖² the signal. With t, s the per-draw total and
+  signal, means t̄, s̄ and R = t̄/s̄,
+
+      SE(R) ≈ √(Var(t) - 2R Cov(t, s) + R² Var(s)) / (|s̄| √D),
+
+  Var(t) = D·SE(t̄)², likewise s. Meaningful where s̄ is resolved (|s̄| ≫
+  its SE); a negative B_noise means the signal is not.
+  """
+  ratio = total / signal
+  var_t, var_s = num_draws * total_se**2, num_draws * signal_se**2
+  spread = max(var_t - 2 * ratio * cov + ratio**2 * var_s, 0.0)
+  se = np.sqrt(spread / num_draws) / abs(signal)
+  return size * ratio, size * float(se)
+
+
+def rows(parts: dict[str, Any], num_samples: int, num_draws: int,
+         **labels) -> list[dict]:
   """One row per (estimator, B, group) of `decompose` over {e: {B: {g}}}.
 
-  minibatch_share = between/total: the part of Var Ĝ from drawing the data.
+  minibatch_share = between/total: the part of Var Ĝ from drawing the data;
+  signal = ‖G‖²; b_noise = (V_data + σ²_N)/‖G‖² (`noise_scale`), the
+  gradient noise scale of McCandlish et al. (2018) at N samples.
   """
   parts = jax.tree.map(float, jax.device_get(parts))
   out = []
@@ -164,10 +238,14 @@ def rows(parts: dict[str, Any], num_samples: int, **labels) -> list[dict]:
       for group in per_group:
         row = {**labels, 'estimator': est, 'group': group, 'B': size,
                'N': num_samples, 'budget': size * num_samples}
-        for part in ('between', 'within', 'total'):
+        for part in ('between', 'within', 'total', 'signal'):
           row[part] = parts[part]['estimate'][est][size][group]
           row[part + '_se'] = parts[part]['se'][est][size][group]
         row['minibatch_share'] = row['between'] / row['total']
+        row['b_noise'], row['b_noise_se'] = noise_scale(
+            size, row['total'], row['total_se'], row['signal'],
+            row['signal_se'], parts['cov_total_signal'][est][size][group],
+            num_draws)
         out.append(row)
   return out
 
@@ -194,19 +272,29 @@ def best_per_budget(records: Sequence[dict],
   return out
 
 
+def vae_surrogate(model: model_lib.Model, estimator: str, num_samples: int,
+                  baseline: Array) -> Callable[[Params, Array, PRNGKey],
+                                               Array]:
+  """S(params, x, key): one example's surrogate (`objective_of`)."""
+  def surrogate(params, x, key):
+    return model_lib.example_surrogate(
+        model, params, x, key, objective_of(estimator), estimator,
+        num_samples, baseline=baseline if estimator in KERNELS else None)
+  return surrogate
+
+
 @functools.lru_cache(maxsize=None)
 def vae_study(model: model_lib.Model, estimators: tuple[str, ...],
               num_samples: int, batch_sizes: tuple[int, ...],
               num_draws: int):
   """Jitted (params, images, key, baseline) -> `decompose` of the VAE's ELBO
-  gradient, {estimator: {B: {group}}} from `model.example_surrogate`,
-  every estimator on the same z (common random numbers)."""
+  gradient (IWAE_N for DReG), {estimator: {B: {group}}} from
+  `model.example_surrogate`, every estimator on the same z (common random
+  numbers)."""
   def fn(params, images, key, baseline):
     def estimate(index, k):
       return {e: prefix_gradients(
-          lambda p, x, kx, e=e: model_lib.example_surrogate(
-              model, p, x, kx, OBJECTIVE, e, num_samples,
-              baseline=baseline),
+          vae_surrogate(model, e, num_samples, baseline),
           params, images[index], k, batch_sizes) for e in estimators}
     return decompose(estimate, key, images.shape[0], max(batch_sizes),
                      num_draws)
@@ -230,12 +318,15 @@ def measure_vae(model: model_lib.Model, params: Params, images: Array,
   from `vae_baseline` with its own key)."""
   k_baseline, k_draws = jax.random.split(key)
   c = vae_baseline(model, params, images, k_baseline, baseline_examples)
-  out = []
+  out, size = [], max(batch_sizes)
   for n, ests in grid(estimators, sample_counts):
     parts = vae_study(model, ests, n, tuple(sorted(set(batch_sizes))),
                       num_draws)(params, images,
                                  jax.random.fold_in(k_draws, n), c)
-    out += rows(parts, n, **labels)
+    seconds = {e: seconds_per_estimate(
+        vae_surrogate(model, e, n, c), params, images[:size], k_draws)
+        for e in ests}
+    out += with_seconds(rows(parts, n, num_draws, **labels), seconds, size)
   return out
 
 
@@ -362,7 +453,8 @@ def sample_variance(zeta1: Array, zeta2: Array, num_samples: int) -> Array:
 def exact_parts(estimator: str, params: Params, data: Array,
                 baseline: Array, batch_sizes: Sequence[int],
                 sample_counts: Sequence[int]) -> dict[tuple, dict]:
-  """{(B, N, group): {'between': V_data/B, 'within': E_x[σ²_N]/B}}."""
+  """{(B, N, group): {'between': V_data/B, 'within': E_x[σ²_N]/B,
+  'signal': ‖ḡ‖², 'b_noise': (V_data + E_x[σ²_N])/‖ḡ‖²}}."""
   per = jax.vmap(lambda x: example_moments(estimator, params, x, baseline))(
       data)
   per = jax.tree.map(lambda a: np.asarray(a, np.float64), per)
@@ -372,10 +464,13 @@ def exact_parts(estimator: str, params: Params, data: Array,
                     ('decoder', np.s_[size_enc:])):
     g = per['mean'][:, sl]
     v_data = np.mean(np.sum((g - g.mean(0))**2, -1))
+    signal = float(np.sum(g.mean(0)**2))
     for b, n in itertools.product(batch_sizes, sample_counts):
       within = np.mean(np.sum(sample_variance(
           per['zeta1'][:, sl], per['zeta2'][:, sl], n), -1))
-      out[b, n, group] = {'between': v_data / b, 'within': within / b}
+      out[b, n, group] = {'between': v_data / b, 'within': within / b,
+                          'signal': signal,
+                          'b_noise': (v_data + within) / signal}
   return out
 
 
@@ -400,6 +495,7 @@ def check_linear_gaussian(key: PRNGKey, config: CheckConfig,
   """Measured parts (`linear_gaussian_study`) against `exact_parts`, with
   their checks (`compare_exact`); float64 where the caller enables it."""
   sizes, out = tuple(sorted(set(batch_sizes))), []
+  estimators = [e for e in estimators if e in KERNELS]  # Closed forms.
   params, x, c = linear_gaussian_problem(
       key, config.check_data_dim, config.check_latent_dim,
       config.check_examples)
@@ -407,7 +503,11 @@ def check_linear_gaussian(key: PRNGKey, config: CheckConfig,
   for n, ests in cells:
     parts = linear_gaussian_study(ests, n, sizes, config.check_draws)(
         params, x, jax.random.fold_in(key, n), c)
-    out += rows(parts, n, section='linear_gaussian')
+    batch = x[jnp.arange(sizes[-1]) % x.shape[0]]
+    seconds = {e: seconds_per_estimate(linear_gaussian_surrogate(e, n, c),
+                                       params, batch, key) for e in ests}
+    out += with_seconds(rows(parts, n, config.check_draws,
+                             section='linear_gaussian'), seconds, sizes[-1])
   exact = {e: exact_parts(e, params, x, c, sizes, [
       n for n, ests in cells if e in ests]) for e in estimators}
   return compare_exact(out, exact)
@@ -417,7 +517,7 @@ def compare_exact(records: Sequence[dict],
                   exact: dict[str, dict[tuple, dict]]) -> list[dict]:
   """Rows with exact_*, *_z = (estimate - exact)/SE and their checks.
 
-  The between and within z are two-sided checks (`stats.CHECKS`) for
+  The between, within, signal (‖G‖²) and b_noise z are two-sided checks (`stats.CHECKS`) for
   `stats.mark_disagreements`. The SEs come from the spread of the draws:
   score-function draws are heavy-tailed, and a few thousand draws of them
   understate it (at 2,000 draws 3 of 30 correct checks of `CheckConfig`'s
@@ -427,12 +527,12 @@ def compare_exact(records: Sequence[dict],
   for r in records:
     e = exact[r['estimator']][r['B'], r['N'], r['group']]
     row = dict(r)
-    for part in ('between', 'within'):
+    for part in ('between', 'within', 'signal', 'b_noise'):
       row['exact_' + part] = e[part]
       row[part + '_z'] = float(stats.mean_z(r[part], e[part],
                                             r[part + '_se'], 1))
-    row[stats.CHECKS] = [(row['between_z'], 'two-sided'),
-                         (row['within_z'], 'two-sided')]
+    row[stats.CHECKS] = [(row[part + '_z'], 'two-sided') for part in (
+        'between', 'within', 'signal', 'b_noise')]
     out.append(row)
   return out
 
@@ -454,5 +554,8 @@ def dominance(records: Sequence[dict]) -> list[dict]:
            'between': r['between'], 'between_se': r['between_se'],
            'within': r['within'], 'within_se': r['within_se'],
            'minibatch_share': r['minibatch_share'],
-           'dominant': 'minibatch' if r['minibatch_share'] > 0.5 else 'z'}
+           'dominant': 'minibatch' if r['minibatch_share'] > 0.5 else 'z',
+           **{k: r[k] for k in ('signal', 'signal_se', 'b_noise',
+                                'b_noise_se', 'total', 'seconds',
+                                'efficiency') if k in r}}
           for r in largest.values()]

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vae import comparison
 from vae import data as data_lib
 from vae import model as model_lib
 from vae import moments
@@ -505,6 +506,30 @@ def time_estimators(model: model_lib.Model, checkpoint: Checkpoint,
   return records
 
 
+def seconds_per_estimate(model: model_lib.Model, checkpoint: Checkpoint,
+                         batch: Array | np.ndarray,
+                         estimators_for: Mapping[str, Sequence[str]],
+                         num_samples: Sequence[int], seed: int
+                         ) -> dict[tuple[str, str, int], float]:
+  """{(objective, estimator, N): seconds of ONE estimate on `batch`}.
+
+  The estimate (bound and both groups' gradients, `_flat_grads`) alone, at
+  `checkpoint`: `comparison.seconds_per_call` (compiled, after warm-up,
+  median of repeats). Unlike `time_estimators` (one D-draw call / D), it
+  pays its dispatch, as a training step does.
+  """
+  batch, key, out = jnp.asarray(batch), jax.random.PRNGKey(seed), {}
+  for o, ests in estimators_for.items():
+    baseline = jnp.float32(checkpoint.baselines.get(o, 0.0))
+    for e in ests:
+      for n in num_samples:
+        if n >= registry.lookup(e).min_samples:
+          out[o, e, n] = comparison.seconds_per_call(
+              _flat_grads(model, o, e, n), checkpoint.params, batch, key,
+              baseline)
+  return out
+
+
 def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
             seed: int, optimizer: optax.GradientTransformation,
             estimators_for: Mapping[str, Sequence[str]],
@@ -518,8 +543,10 @@ def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
 
   `train_checkpoints` (key PRNGKey(seed); moving-average baselines for the
   objectives that measure score_moving_average), then `study` on the first
-  `eval_batch_size` images, and with `time_each` `time_estimators` at the
-  last checkpoint.
+  `eval_batch_size` images; each record gets 'seconds' per estimate
+  (`seconds_per_estimate` at the last checkpoint), 'efficiency' =
+  total_variance × seconds and 'device'; with `time_each` also
+  `time_estimators` at the last checkpoint.
 
   Returns:
     (records of `study`, timings: its 'draws' and 'compile', 'estimators'
@@ -538,6 +565,13 @@ def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
                          num_samples, num_draws, reference_draws, seed,
                          common_random_numbers, workers)
   timings.update(draws, study_seconds=time.perf_counter() - t0)
+  seconds = seconds_per_estimate(model, checkpoints[-1], batch,
+                                 estimators_for, num_samples, seed)
+  device = comparison.device_name()
+  for r in records:
+    r['seconds'] = seconds[r['objective'], r['estimator'], r['num_samples']]
+    r['efficiency'] = r['total_variance'] * r['seconds']
+    r['device'] = device
   if time_each:
     timings['estimators'] = time_estimators(
         model, checkpoints[-1], batch, estimators_for, num_samples,
@@ -589,7 +623,8 @@ def pooled_bias(means: Mapping[str, Array | np.ndarray],
 def summary_rows(records: Sequence[Record]) -> list[Record]:
   """One row per (objective, N, estimator, step): enc_* and dec_* columns.
 
-  var: total variance Σ_p Var[ĝ_p]; snr; cos: cosine_to_reference.
+  var: total variance Σ_p Var[ĝ_p]; snr; cos: cosine_to_reference; ms: per
+  estimate; eff: efficiency = var × seconds.
   """
   rows: dict[tuple, Record] = {}
   for r in records:
@@ -599,6 +634,8 @@ def summary_rows(records: Sequence[Record]) -> list[Record]:
     g = r['group'][:3]
     row.update({f'{g}_var': r['total_variance'], f'{g}_snr': r['snr'],
                 f'{g}_cos': r['cosine_to_reference'], 'bound': r['bound']})
+    if 'seconds' in r:
+      row.update({'ms': 1e3 * r['seconds'], f'{g}_eff': r['efficiency']})
   return list(rows.values())
 
 

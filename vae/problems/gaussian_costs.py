@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae import comparison
 from vae import distributions as dists
 from vae import moments
 from vae import types
@@ -333,6 +334,25 @@ def grid_gradients(estimator: registry.Estimator, families, points,
         lambda x: cost(x, p['k'], p['family']), q, _builder, key,
         num_samples, **options))(params)
   return jax.vmap(one)(points)
+
+
+def seconds_per_estimate(estimators, grids: dict[str, dict],
+                         num_samples) -> dict[tuple[str, str, int], float]:
+  """{(cost, estimator, N): seconds of one N-sample estimate of (∂/∂μ,
+  ∂/∂σ)} at the first point of each cost's grid (`grid_gradients` on that
+  point alone; `comparison.seconds_per_call`: compiled, warm, median)."""
+  out = {}
+  for name, grid in grids.items():
+    point = {k: np.asarray(v[:1]) for k, v in grid.items()}
+    point['family'] = np.zeros(1, np.int32)
+    for e in estimators:
+      for n in num_samples:
+        if n >= e.min_samples:
+          out[name, e.name, n] = comparison.seconds_per_call(
+              lambda key, p, e=e, n=n: grid_gradients(
+                  e, (FAMILIES[name],), p, key, n),
+              jax.random.PRNGKey(0), point)
+  return out
 
 
 def grid_points(ks, mus, sigmas) -> dict[str, np.ndarray]:
