@@ -6,11 +6,15 @@ Tolerances are Bonferroni thresholds of the checks in each test at α = 0.01
 draws (`linear_gaussian.gaussian_moment_z`); seeds are fixed.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import missing_data
+from experiments.common import runner
 from vae import missing
 from vae import model as model_lib
 from vae import optim
@@ -237,3 +241,28 @@ def test_miwae_training_raises_the_bound_on_images():
     missing.train_miwae(model, x, np.ones((400, 16), bool),
                         optim.OptimizerConfig(), num_samples=1,
                         batch_size=40, epochs=1, seed=0)
+
+
+# The experiment.
+
+
+def test_the_experiment_runs_strict_with_every_exact_check_passing(tmp_path):
+  """A tiny strict run: part 1's rows all agree (and are not vacuous),
+  part 2 gives a row per model × mask × method and a figure per model ×
+  mask."""
+  config = missing_data.Config(
+      exact_draws=1000, epochs=1, batch_size=100, impute_images=4,
+      impute_masks=('top_half', 'mcar'), sir_samples=50, gibbs_chains=2,
+      gibbs_steps=6, gibbs_burn_in=2, figure_images=2,
+      model=image_vae.ModelConfig(hidden_sizes=(32,), latent_dim=4))
+  records = runner.run_point('missing_data', config, 0, str(tmp_path),
+                             strict=True)
+  checked = [r for r in records if 'disagrees' in r]
+  assert len(checked) == 4 * 5 and not any(r['disagrees'] for r in checked)
+  images = [r for r in records if r['section'] == 'images']
+  assert len(images) == 2 * 2 * 3
+  assert all(0.0 <= r['pixel_accuracy'] <= 1.0 for r in images)
+  assert all(0.0 < r['acceptance'] <= 1.0 for r in images
+             if r['method'] == 'mwg')
+  assert len([f for f in os.listdir(tmp_path)
+              if f.startswith('completions_')]) == 4

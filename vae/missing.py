@@ -262,7 +262,7 @@ def make_miwae_epoch(model: model_lib.Model,
 
 
 def train_miwae(model: model_lib.Model, images: np.ndarray,
-                masks: np.ndarray | Array,
+                masks: np.ndarray | Array | None,
                 optimizer_config: optim.OptimizerConfig, *, num_samples: int,
                 batch_size: int, epochs: int, seed: int,
                 fill_value: float | Array = 0.0,
@@ -278,7 +278,8 @@ def train_miwae(model: model_lib.Model, images: np.ndarray,
   Args:
     model: the model.
     images: [N, d] training data (x_miss of each row is never read).
-    masks: bool [N, d], the fixed missing pattern of each row.
+    masks: bool [N, d], the fixed missing pattern of each row; None: no
+      mask (then MIWAE_K is IWAE_K, training on complete data).
     optimizer_config: the optimizer.
     num_samples: K.
     batch_size: B.
@@ -292,9 +293,12 @@ def train_miwae(model: model_lib.Model, images: np.ndarray,
   Returns:
     The trained parameters.
   """
-  check_mask(masks, model.data_dim, allow_complete_rows=True)
   data = jnp.asarray(images, jnp.float32)
-  masks = jnp.asarray(masks)
+  if masks is None:
+    masks = jnp.zeros(data.shape, bool)
+  else:
+    check_mask(masks, model.data_dim, allow_complete_rows=True)
+    masks = jnp.asarray(masks)
   steps = data.shape[0] // batch_size
   if steps == 0:
     raise ValueError(f'batch_size: {batch_size} > {data.shape[0]} training '
