@@ -297,14 +297,18 @@ def image_part(config: Config, seed: int, out) -> list[dict]:
   def fit(masks: Any, label: str) -> Any:
     history: list[dict] = []
     start = time.time()
+
+    def on_epoch(r: dict) -> None:
+      history.append(r)
+      log(f'  {label} epoch {r["epoch"]}: bound {r["train_bound"]:.3f} '
+          f'({r["epoch_wall_s"]:.1f} s)')
+
     params = missing.train_miwae(
         model, dataset.train if dynamic else train_images, masks,
         config.optimizer, num_samples=config.num_samples,
         batch_size=config.batch_size, epochs=config.epochs, seed=seed,
         fill_value=fill_value, dynamic_binarization=dynamic,
-        on_epoch=lambda r: (history.append(r), log(
-            f'  {label} epoch {r["epoch"]}: bound {r["train_bound"]:.3f} '
-            f'({r["epoch_wall_s"]:.1f} s)')))
+        on_epoch=on_epoch)
     rows.append({'section': 'training', 'model': label,
                  'final_train_bound': history[-1]['train_bound'],
                  'epochs': config.epochs, 'k': config.num_samples,
