@@ -23,7 +23,9 @@ ordinary pathwise gradient for any parameters `function` closes over
 """
 
 import functools
+import inspect
 import math
+import textwrap
 from typing import Callable
 
 import jax
@@ -80,11 +82,21 @@ def inject_gradient(value: Array, params: Params, grads: Params) -> Array:
   return value + _tree_vdot(sg(grads), delta)
 
 
-def gradient_from_surrogate(
-    surrogate: Callable[..., Array]) -> Callable[..., Params]:
-  """Turns a surrogate objective into an estimator with the common signature."""
+def gradient_from_surrogate(surrogate: Callable[..., Array],
+                            name: str | None = None,
+                            about: str = '') -> Callable[..., Params]:
+  """Turns a surrogate objective into an estimator with the common signature.
 
-  @functools.wraps(surrogate)
+    estimator(function, params, dist_builder, key, num_samples) = jax.grad of
+    surrogate(function, ·, dist_builder, key, num_samples) at params.
+
+  The estimator is a function of its own: named `name` (default: the
+  surrogate's name without '_surrogate'), documented by the surrogate's
+  docstring with its Returns saying what the estimator returns (the
+  gradient estimate, not the surrogate's value), `about` added after the
+  first paragraph.
+  """
+
   def estimator(function, params, dist_builder, key, num_samples, **kwargs):
     leaves = jax.tree_util.tree_leaves(params)
     if leaves and not any(isinstance(x, jax.core.Tracer) for x in leaves):
@@ -92,11 +104,34 @@ def gradient_from_surrogate(
     return jax.grad(lambda p: surrogate(function, p, dist_builder, key,
                                         num_samples, **kwargs))(params)
 
-  name = getattr(surrogate, '__name__', None) or getattr(
-      getattr(surrogate, 'func', None), '__name__', 'surrogate')
-  estimator.__doc__ = (f'Gradient estimator from `{name}`.\n\n' +
-                       (surrogate.__doc__ or ''))
+  source = str(getattr(surrogate, '__name__', None) or getattr(
+      getattr(surrogate, 'func', None), '__name__', 'surrogate'))
+  estimator.__name__ = estimator.__qualname__ = (
+      name or source.removesuffix('_surrogate'))
+  estimator.__doc__ = estimator_doc(
+      getattr(surrogate, '__doc__', None) or getattr(
+          getattr(surrogate, 'func', None), '__doc__', None) or '',
+      source, about)
   return estimator
+
+
+def estimator_doc(surrogate_doc: str, source: str, about: str = '') -> str:
+  """An estimator's docstring from its surrogate's (`gradient_from_surrogate`).
+
+  The first line loses ', as a surrogate'; `about` follows the first
+  paragraph; the Returns section becomes the estimator's.
+  """
+  text = inspect.cleandoc(surrogate_doc) or f'Gradient of `{source}`.'
+  text = text.split('\n  Returns:')[0].split('\nReturns:')[0].rstrip()
+  head, _, rest = text.partition('\n\n')
+  head = head.replace(', as a surrogate', '')
+  about = textwrap.fill(about, 76)
+  parts = [head] + ([about] if about else []) + ([rest] if rest else [])
+  returns = textwrap.fill(
+      f'The gradient estimate: a pytree like `params` (jax.grad of '
+      f'`{source}`, whose value is the Monte Carlo estimate of E_q[f]).', 76,
+      initial_indent='  ', subsequent_indent='  ')
+  return '\n\n'.join(parts) + '\n\nReturns:\n' + returns
 
 
 # --------------------------------------------------------------------------
@@ -156,7 +191,7 @@ def score_function_surrogate(function: CostFn, params: Params,
   Returns:
     A scalar with value (1/N) Σ f(z_n) and the estimator as its gradient.
   """
-  check_num_samples(num_samples, who='score_function')
+  check_num_samples(num_samples, who='score')
   dist = dist_builder(params)
   z = sg(dist.sample(key, (num_samples,)))
   fz, log_q = _values_and_log_probs(function, dist, z)
@@ -184,7 +219,7 @@ def leave_one_out_surrogate(function: CostFn, params: Params,
   Returns:
     The surrogate whose gradient is the RLOO estimator.
   """
-  check_num_samples(num_samples, minimum=2, who='leave_one_out')
+  check_num_samples(num_samples, minimum=2, who='score_rloo')
   dist = dist_builder(params)
   z = sg(dist.sample(key, (num_samples,)))
   fz, log_q = _values_and_log_probs(function, dist, z)

@@ -56,7 +56,7 @@ def iwae_surrogate(log_joint: CostFn, params: Params,
   Returns:
     log (1/K) Σ_k w_k.
   """
-  core.check_num_samples(num_samples, who='iwae')
+  core.check_num_samples(num_samples, who='pathwise')
   q = dist_builder(params)
   z = q.sample(key, (num_samples,))
   return log_mean_exp(_log_weights(log_joint, q, z, beta))
@@ -156,7 +156,7 @@ def iwae_score_surrogate(log_joint: CostFn, params: Params,
   Returns:
     A surrogate whose value is L̂.
   """
-  core.check_num_samples(num_samples, who='iwae_score')
+  core.check_num_samples(num_samples, who='score')
   log_w, log_q = _score_terms(log_joint, params, dist_builder, key,
                               num_samples, beta)
   bound = log_mean_exp(log_w)

@@ -279,7 +279,9 @@ def check(name: str, objective: str = 'expectation', num_samples: int = 1,
 def get(name: str, **options) -> types.GradientEstimator:
   """The E_q[f] estimator `name` with the common signature, options bound.
 
-  `estimator(function, params, dist_builder, key, num_samples) -> grads`.
+  `estimator(function, params, dist_builder, key, num_samples) -> grads`,
+  a function named `name` whose docstring is its own: its surrogate's
+  equation, its properties here (`describe`) and what it returns.
   """
   e = lookup(name)
   if e.expectation is None:
@@ -293,4 +295,14 @@ def get(name: str, **options) -> types.GradientEstimator:
                      f'{", ".join(sorted(unknown))}.')
   surrogate = functools.partial(e.expectation, **options) if options else (
       e.expectation)
-  return core.gradient_from_surrogate(surrogate)
+  return core.gradient_from_surrogate(surrogate, name, describe(e))
+
+
+def describe(e: Estimator) -> str:
+  """One paragraph: the entry's name and properties (for docstrings)."""
+  text = (f"Registry estimator '{e.name}': "
+          f"{'unbiased' if e.unbiased else 'biased'}; latents "
+          f"{', '.join(e.latents)}; q {', '.join(e.families)}; "
+          f"{'f differentiable in z' if e.needs_differentiable_f else 'any f'}"
+          f"; objectives {', '.join(e.objectives()) or 'E_q[f] only'}.")
+  return text + (f' {e.note[0].upper()}{e.note[1:]}.' if e.note else '')
