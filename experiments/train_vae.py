@@ -20,6 +20,7 @@ results.json; timings in timing.json.
       --output_dir=runs/vae_mnist --epochs=30
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -33,6 +34,7 @@ from vae import data as data_lib
 from vae import evaluate as eval_lib
 from vae import optim
 from vae import train
+from vae.models import flexible_vae
 from vae.models import image_vae
 
 RESUMABLE = ('epochs',)
@@ -49,6 +51,7 @@ class Config:
   """Data, model, optimizer (adam ε = 1e-4, as Burda et al.), training."""
   data: data_lib.DataConfig = data_lib.DataConfig()
   model: image_vae.ModelConfig = image_vae.ModelConfig()
+  families: flexible_vae.FamilyConfig = flexible_vae.FamilyConfig()
   optimizer: optim.OptimizerConfig = optim.OptimizerConfig(adam_eps=1e-4)
   training: train.TrainConfig = train.TrainConfig()
   evaluation: eval_lib.EvalConfig = eval_lib.EvalConfig()
@@ -62,11 +65,14 @@ class Config:
       raise ValueError(f'batch_size: {batch} > the {size} training images '
                        f'of {self.data.dataset}.')
     train.check_memory(self.model, self.training, data_lib.IMAGE_SIZE)
+    flexible_vae.check_training(self.families, self.training.objective,
+                                self.training.estimator)
 
 
 def record(config: Config, seed: int, steps: int, summary: dict) -> dict:
   """One flat results record: the run's main settings, then `summary`."""
   t, m, o = config.training, config.model, config.optimizer
+  f = config.families
   return dict(dataset=config.data.dataset, objective=t.objective,
               estimator=t.estimator, k=t.num_samples, beta=t.beta,
               epochs=t.epochs, steps=steps, batch_size=t.batch_size,
@@ -74,7 +80,8 @@ def record(config: Config, seed: int, steps: int, summary: dict) -> dict:
               lr_schedule=o.lr_schedule,
               hidden_sizes='-'.join(map(str, m.hidden_sizes)),
               latent_dim=m.latent_dim, activation=m.activation, seed=seed,
-              **summary)
+              **(dict(posterior=f.posterior, prior=f.prior, decoder=f.decoder)
+                 if f.flexible else {}), **summary)
 
 
 def write_evaluation(out: outputs.Run, ev: eval_lib.Evaluation) -> None:
@@ -113,6 +120,27 @@ def check_resume(config: Config, directory: str) -> None:
     raise outputs.RunDirError(f'train_vae: {_as_flags(str(e))}') from None
 
 
+def make_model(config: Config):
+  """The MLP VAE (`image_vae.make`) for the default families, else the
+  `flexible_vae.FlexibleVAE` of the chosen posterior, prior and decoder."""
+  if config.families.flexible:
+    return flexible_vae.make(config.model, config.families)
+  return image_vae.make(config.model)
+
+
+def check_binary(dataset: data_lib.Dataset) -> None:
+  """Refuses (SystemExit, one line) an autoregressive Bernoulli decoder on
+  data that is not binary: pixels outside {0, 1}, unless binarized
+  dynamically (each batch drawn as 0/1 before it is seen)."""
+  if dataset.binarization == 'dynamic':
+    return
+  train_x = np.asarray(dataset.train)
+  if not np.all((train_x == 0) | (train_x == 1)):
+    raise SystemExit(f'train_vae: decoder=autoregressive models binary '
+                     f'pixels; {dataset.name} has values outside {{0, 1}} '
+                     f'({dataset.binarization} binarization).')
+
+
 def _as_flags(message: str) -> str:
   return message.replace('epochs=', '--epochs=').replace(
       'another folder', 'another --output_dir')
@@ -123,6 +151,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   t = config.training
   check_resume(config, out.dir)
   dataset = data_lib.load(config.data, seed)
+  if config.families.decoder == 'autoregressive':
+    check_binary(dataset)
   if t.batch_size > len(dataset.train):
     raise SystemExit(f'train_vae: batch_size {t.batch_size} > the '
                      f'{len(dataset.train)} training images.')
@@ -141,7 +171,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
     log[0].write(row)
     out.log(metrics.progress_line(row, t.epochs))
 
-  model = image_vae.make(config.model)
+  model = make_model(config)
   try:
     result = train.train(model, dataset, config.optimizer, t, seed,
                          out.path(CHECKPOINTS), on_epoch=on_epoch,
@@ -166,8 +196,13 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
              'final_test_bound': float(tested[-1]['test_bound'])
                                  if tested else None}
   if config.evaluate:
-    ev = eval_lib.evaluate(model, result.state.params, dataset,
-                           config.evaluation, seed, t.num_samples, log=out.log)
+    evaluation = config.evaluation
+    if config.families.decoder == 'autoregressive' and evaluation.pictures:
+      out.log('train_vae: no pictures: an autoregressive decoder has no '
+              'closed-form E[x|z].')
+      evaluation = dataclasses.replace(evaluation, pictures=False)
+    ev = eval_lib.evaluate(model, result.state.params, dataset, evaluation,
+                           seed, t.num_samples, log=out.log)
     write_evaluation(out, ev)
     summary.update(ev.summary)
     timing.update(ev.timing)

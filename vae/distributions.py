@@ -14,7 +14,7 @@ no log(0), no 0 * inf.
 
 import functools
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 from jax import custom_derivatives
@@ -479,7 +479,8 @@ def check_same_shape(a: Array, b: Array, what: str) -> None:
 __all__ = [
     'Normal', 'standard_normal', 'MultivariateNormal', 'Bernoulli',
     'Categorical', 'RelaxedBernoulli', 'RelaxedCategorical',
-    'check_same_shape', 'bernoulli_log_likelihood'
+    'check_same_shape', 'bernoulli_log_likelihood', 'Mixture',
+    'InverseAutoregressiveFlow', 'AutoregressiveBernoulli'
 ]
 
 
@@ -521,3 +522,263 @@ def _is_zero(tangent) -> bool:
 
 bernoulli_log_likelihood.defjvp(_bernoulli_log_likelihood_jvp,
                                 symbolic_zeros=True)
+
+
+# Flexible families (issue 18): mixtures, an inverse autoregressive flow, an
+# autoregressive Bernoulli. Each has `event_log_prob` over the last axis.
+
+
+def _event_log_prob(dist, x: Array) -> Array:
+  """log p(x) of vectors x [..., n] (the distribution's own event_log_prob,
+  else Σ of its elementwise log_prob over the last axis)."""
+  own = getattr(dist, 'event_log_prob', None)
+  return own(x) if own is not None else jnp.sum(dist.log_prob(x), -1)
+
+
+def _mixture_log_weights(logits: Array) -> Array:
+  """log π_k = logits_k - logsumexp(logits) (normalized mixture weights)."""
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
+@types.pytree_dataclass
+class Mixture:
+  """p(z) = Σ_k π_k p_k(z), π = softmax(logits), over vectors z [..., D].
+
+  The components are one distribution pytree with batch shape [..., K, D]
+  (e.g. `Normal` loc [K, D]: a mixture of diagonal Gaussians; or an
+  encoder's q at K pseudo-inputs: the VampPrior). Sampling draws the
+  component index (not reparameterized: for priors and proposals).
+
+  Attributes:
+    logits: unnormalized log π, [..., K].
+    components: the K components, batch shape [..., K, D].
+  """
+  logits: Array
+  components: Any
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The shape of one sample: batch shape + (D,)."""
+    comp = tuple(self.components.mean().shape)
+    return comp[:-2] + comp[-1:]
+
+  def mean(self) -> Array:
+    """E[z] = Σ_k π_k E_k[z] (each component's `mean()`)."""
+    w = jnp.exp(_mixture_log_weights(self.logits))
+    return jnp.sum(w[..., None] * self.components.mean(), -2)
+
+  def sample(self, key: PRNGKey, sample_shape=()) -> Array:
+    """k ~ Cat(π), z ~ p_k: every component is drawn, one is kept."""
+    k1, k2 = jax.random.split(key)
+    shape = _shape(sample_shape)
+    all_z = self.components.sample(k2, shape)  # [S, ..., K, D].
+    logits = jnp.broadcast_to(self.logits, all_z.shape[:-1])
+    idx = jax.random.categorical(k1, logits, axis=-1)  # [S, ...].
+    return jnp.take_along_axis(all_z, idx[..., None, None], -2)[..., 0, :]
+
+  def component_log_probs(self, x: Array) -> Array:
+    """log π_k + log p_k(x), [..., K], for x [..., D]."""
+    return (_mixture_log_weights(self.logits) +
+            _event_log_prob(self.components, x[..., None, :]))
+
+  def event_log_prob(self, x: Array) -> Array:
+    """log p(x) = logsumexp_k (log π_k + log p_k(x)), one per D-vector."""
+    return jax.nn.logsumexp(self.component_log_probs(x), -1)
+
+  def log_prob(self, x: Array) -> Array:
+    """= `event_log_prob` (the event is the last axis)."""
+    return self.event_log_prob(x)
+
+
+def _dense(x: Array, w: Array, b: Array | None = None) -> Array:
+  """x W (+ b) for x [..., m], W [..., m, n] (batch axes broadcast)."""
+  y = jnp.matmul(x[..., None, :], w,
+                 precision=jax.lax.Precision.HIGHEST)[..., 0, :]
+  return y if b is None else y + b
+
+
+def _affine_log_det(gate: Array) -> Array:
+  """log |det ∂y/∂x| = Σ_i log σ(g_i) of one IAF step (last axis)."""
+  return jnp.sum(jax.nn.log_sigmoid(gate), -1)
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+  return {'elu': jax.nn.elu, 'tanh': jnp.tanh, 'relu': jax.nn.relu}[name]
+
+
+@types.pytree_dataclass
+class InverseAutoregressiveFlow:
+  """q(z) of an inverse autoregressive flow (Kingma et al. 2016) on a Gaussian.
+
+    z_0 = μ + σ ⊙ u, u ~ N(0, I);  for t = 1..T (then the order reversed):
+    h = a(z_{t-1} W_t + c_t),  m = h A_t + a_t,  s_t = σ(h G_t + g_t),
+    z_t = s_t ⊙ z_{t-1} + (1 - s_t) ⊙ m
+    log q(z_T) = log N(z_0; μ, σ²) - Σ_t Σ_i log s_{t,i}
+
+  with W_t, A_t, G_t masked (MADE) so that m_i, s_i depend on z_{t-1,<i}
+  only: the Jacobian of each step is triangular with diagonal s_t. Sampling
+  is one pass per step (reparameterized). `event_log_prob` takes any z:
+  each step is inverted exactly in D fixed-point passes (x ← (y - (1 - s(x))
+  ⊙ m(x)) / s(x) fixes one more coordinate per pass), so log q is also
+  available at stopped parameters (STL). Every array has the batch axes in
+  front (shared weights are broadcast), so the pytree vmaps and expands.
+
+  Attributes:
+    loc: μ, [..., D].
+    log_scale: log σ, [..., D].
+    context: c_t (the encoder's per-example hidden bias), [..., T, H].
+    w_in: masked W_t, [..., T, D, H].
+    w_shift: masked A_t, [..., T, H, D].
+    b_shift: a_t, [..., T, D].
+    w_gate: masked G_t, [..., T, H, D].
+    b_gate: g_t, [..., T, D].
+    activation: a ('elu', 'tanh' or 'relu'; static).
+  """
+  loc: Array
+  log_scale: Array
+  context: Array
+  w_in: Array
+  w_shift: Array
+  b_shift: Array
+  w_gate: Array
+  b_gate: Array
+  activation: str = types.static_field(default='elu')
+
+  @property
+  def num_steps(self) -> int:
+    return jnp.shape(self.w_in)[-3]
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(jnp.shape(self.loc))
+
+  def _shift_gate(self, t: int, x: Array) -> tuple[Array, Array]:
+    h = _activation(self.activation)(
+        _dense(x, self.w_in[..., t, :, :], self.context[..., t, :]))
+    return (_dense(h, self.w_shift[..., t, :, :], self.b_shift[..., t, :]),
+            _dense(h, self.w_gate[..., t, :, :], self.b_gate[..., t, :]))
+
+  def forward(self, z0: Array) -> tuple[Array, Array]:
+    """(z_T, Σ_t log det ∂z_t/∂z_{t-1}) from z_0 [..., D]: one pass per step."""
+    z, log_det = z0, jnp.zeros(())
+    for t in range(self.num_steps):
+      shift, gate = self._shift_gate(t, z)
+      s = jax.nn.sigmoid(gate)
+      z = (s * z + (1.0 - s) * shift)[..., ::-1]
+      log_det = log_det + _affine_log_det(gate)
+    return z, log_det
+
+  def inverse(self, z: Array) -> tuple[Array, Array]:
+    """(z_0, Σ_t log det ∂z_t/∂z_{t-1}) from z_T: D exact passes per step."""
+    dim, log_det = z.shape[-1], jnp.zeros(())
+    z = jnp.broadcast_to(z, jnp.broadcast_shapes(z.shape, self.shape))
+    for t in reversed(range(self.num_steps)):
+      y = z[..., ::-1]
+
+      def body(_, x, t=t, y=y):
+        shift, gate = self._shift_gate(t, x)
+        s = jax.nn.sigmoid(gate)
+        return (y - (1.0 - s) * shift) / s
+
+      z = jax.lax.fori_loop(0, dim, body, y)
+      log_det = log_det + _affine_log_det(self._shift_gate(t, z)[1])
+    return z, log_det
+
+  def base(self) -> Normal:
+    """The Gaussian N(μ, σ²) under the flow."""
+    return Normal(self.loc, self.log_scale)
+
+  def mean(self) -> Array:
+    """The flow's image of μ (the location of q; E_q[z] has no closed
+    form), [..., D]."""
+    return self.forward(jnp.broadcast_to(self.loc, self.shape))[0]
+
+  def sample(self, key: PRNGKey, sample_shape=()) -> Array:
+    """Reparameterized z_T = flow(μ + σ u), u ~ N(0, I)."""
+    return self.forward(self.base().sample(key, sample_shape))[0]
+
+  def sample_and_log_prob(self, key: PRNGKey,
+                          sample_shape=()) -> tuple[Array, Array]:
+    """(z_T, log q(z_T)) in one pass per step (no inversion)."""
+    z0 = self.base().sample(key, sample_shape)
+    z, log_det = self.forward(z0)
+    return z, self.base().event_log_prob(z0) - log_det
+
+  def event_log_prob(self, z: Array) -> Array:
+    """log q(z) = log N(f⁻¹(z); μ, σ²) - Σ_t log det, one per D-vector."""
+    z0, log_det = self.inverse(z)
+    return self.base().event_log_prob(z0) - log_det
+
+  def log_prob(self, z: Array) -> Array:
+    """= `event_log_prob` (the event is the last axis)."""
+    return self.event_log_prob(z)
+
+
+@types.pytree_dataclass
+class AutoregressiveBernoulli:
+  """p(x|z) = Π_j Bern(x_j; σ(l_j(x_{<j}, z))) over the last axis (MADE).
+
+    h_1 = a(x W_1 + c(z)),  h_{l+1} = a(h_l W_{l+1} + b_{l+1}),
+    l(x, z) = o(z) + x V + h_L W_out + b_out
+
+  with W_1, ..., W_out masked and V strictly lower triangular, so that l_j
+  depends on x_{<j} (and z) only. `event_log_prob` is one pass; `sample` is
+  sequential (d passes). The z-dependent parts o(z) [..., d] and c(z)
+  [..., H_1] carry the batch axes; the shared weights do not (a decoder is
+  never vmapped or expanded).
+
+  Attributes:
+    z_logits: o(z), [..., d].
+    z_hidden: c(z), [..., H_1] (ignored without hidden layers).
+    direct: V (masked), [d, d].
+    hidden: ((W_1, None), (W_2, b_2), ..., (W_out, b_out)), masked; empty:
+      no hidden layers.
+    activation: a (static).
+  """
+  z_logits: Array
+  z_hidden: Array
+  direct: Array
+  hidden: tuple = ()
+  activation: str = types.static_field(default='elu')
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(jnp.shape(self.z_logits))
+
+  def logits(self, x: Array) -> Array:
+    """l(x, z) [..., d]: l_j = log-odds of x_j given x_{<j} and z."""
+    x = jnp.asarray(x, jnp.result_type(self.z_logits, float))
+    out = self.z_logits + _dense(x, self.direct)
+    if self.hidden:
+      act = _activation(self.activation)
+      h = act(_dense(x, self.hidden[0][0]) + self.z_hidden)
+      for w, b in self.hidden[1:-1]:
+        h = act(_dense(h, w, b))
+      out = out + _dense(h, *self.hidden[-1])
+    return out
+
+  def log_prob(self, x: Array) -> Array:
+    """log p(x_j | x_{<j}, z) = x_j l_j - softplus(l_j), per pixel."""
+    logits = self.logits(x)
+    return x * logits - jax.nn.softplus(logits)
+
+  def event_log_prob(self, x: Array) -> Array:
+    """log p(x|z) = Σ_j log p(x_j | x_{<j}, z): one pass."""
+    return bernoulli_log_likelihood(x, self.logits(x))
+
+  def sample(self, key: PRNGKey, sample_shape=()) -> Array:
+    """x_j ~ Bern(σ(l_j(x_{<j}, z))) for j = 1..d in turn (d passes)."""
+    shape = _shape(sample_shape) + self.shape
+    u = jax.random.uniform(key, shape)
+
+    def body(j, x):
+      p = jax.nn.sigmoid(self.logits(x))
+      return x.at[..., j].set((u[..., j] < p[..., j]).astype(x.dtype))
+
+    return jax.lax.fori_loop(0, shape[-1], body, jnp.zeros(shape))
+
+  def mean(self) -> Array:
+    """Not available: the pixels' marginal probabilities have no closed form
+    (E[x_j|z] sums over x_{<j})."""
+    raise NotImplementedError('AutoregressiveBernoulli: E[x|z] has no closed '
+                              'form; draw samples instead.')

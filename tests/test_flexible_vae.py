@@ -1,0 +1,294 @@
+"""vae.models.flexible_vae and its distributions, against independent answers.
+
+* The IAF's log-density against the change of variables log N(z_0) -
+  log |det ∂z/∂z_0|, the determinant from `jax.jacfwd` (not from the flow).
+* The autoregressive decoder sums to one over all 2^d binary images.
+* The mixture prior against scipy.
+* Every family on a 2-D latent space: log p(x) = log ∫ p(x|z) p(z) dz by
+  quadrature on a grid (the prior's density from numpy/scipy where it has
+  one), the ELBO below it and the importance-sampling estimate within its
+  standard errors; a planted wrong log-determinant or mixture weight makes
+  the same check fail.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special
+from scipy import stats as sp_stats
+
+from experiments import train_vae
+from vae import data as data_lib
+from vae import distributions as dists
+from vae import importance
+from vae import model as model_lib
+from vae.models import flexible_vae
+from vae.models import image_vae
+
+D_X = 8  # Pixels of the small models.
+
+
+def small(**kwargs):
+  """A 2-D-latent model on D_X pixels with the given families."""
+  base = dict(hidden_sizes=(8,), latent_dim=2, data_dim=D_X,
+              num_components=3, flow_steps=2, flow_hidden=6,
+              ar_hidden_sizes=(10,))
+  return flexible_vae.FlexibleVAE(**{**base, **kwargs})
+
+
+def random_flow(key, d=3, t=2, h=5):
+  """An IAF with random (non-trivial) masked weights, batch shape [2]."""
+  model = flexible_vae.FlexibleVAE(hidden_sizes=(4,), latent_dim=d,
+                                   data_dim=4, posterior_type='iaf',
+                                   flow_steps=t, flow_hidden=h)
+  params = model.init(key)
+  k = jax.random.split(key, 5)
+  params['flow'] = {name: 1.5 * jax.random.normal(kk, a.shape)
+                    for kk, (name, a) in zip(k, params['flow'].items())}
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 2, (2, 4)),
+                  jnp.float32)
+  return model.encoder(params, x)
+
+
+def test_iaf_log_density_is_the_change_of_variables():
+  """In float64: det ∂z/∂z_0 (~1e-5) is a difference of products of
+  entries ~5, and a float32 Jacobian would lose 1% of it."""
+  with jax.enable_x64(True):
+    flow = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64),
+                        random_flow(jax.random.PRNGKey(0)))
+    _check_change_of_variables(flow)
+
+
+def _check_change_of_variables(flow):
+  z0 = flow.base().sample(jax.random.PRNGKey(1), (4,))  # [4, 2, 3].
+  z, _ = flow.forward(z0)
+
+  def one(z0b, b):  # The map z_0 -> z_T of example b, for jacfwd.
+    single = jax.tree.map(lambda a: a[b], flow)
+    return single.forward(z0b)[0]
+
+  for b in range(2):
+    for s in range(4):
+      jac = jax.jacfwd(one)(z0[s, b], b)
+      expected = (sp_stats.norm.logpdf(
+          np.asarray(z0[s, b], np.float64), np.asarray(flow.loc[b]),
+          np.exp(np.asarray(flow.log_scale[b]))).sum() -
+                  np.linalg.slogdet(np.asarray(jac, np.float64))[1])
+      got = flow.event_log_prob(z[s, b][None])  # Any z: by inversion.
+      np.testing.assert_allclose(got[b], expected, rtol=1e-9)
+  # The inverse recovers z_0; the sample's own log-density agrees.
+  np.testing.assert_allclose(flow.inverse(z)[0], z0, rtol=1e-9, atol=1e-9)
+  zs, log_q = flow.sample_and_log_prob(jax.random.PRNGKey(1), (4,))
+  np.testing.assert_allclose(zs, z, rtol=1e-12)
+  np.testing.assert_allclose(log_q, flow.event_log_prob(z), rtol=1e-9)
+
+
+def test_a_wrong_log_determinant_fails_the_change_of_variables(monkeypatch):
+  flow = random_flow(jax.random.PRNGKey(0))
+  z0 = flow.base().sample(jax.random.PRNGKey(1))
+  z = flow.forward(z0)[0]
+  right = flow.event_log_prob(z)
+  monkeypatch.setattr(dists, '_affine_log_det',
+                      lambda g: jnp.sum(jnp.log(jax.nn.sigmoid(g))[..., 1:],
+                                        -1))  # One coordinate dropped.
+  assert np.all(np.abs(flow.event_log_prob(z) - right) > 1e-2)
+
+
+def test_autoregressive_decoder_sums_to_one_and_samples_from_itself():
+  for sizes in ((), (10,), (7, 9)):
+    model = small(decoder_type='autoregressive', ar_hidden_sizes=sizes)
+    params = model.init(jax.random.PRNGKey(2))
+    ar = params['autoregressive']
+    params['autoregressive'] = jax.tree.map(
+        lambda a: a + jax.random.normal(jax.random.PRNGKey(3), a.shape), ar)
+    dec = model.decoder(params, jnp.array([[0.3, -1.0]]))
+    xs = np.array(np.meshgrid(*[[0, 1]] * D_X, indexing='ij')).reshape(
+        D_X, -1).T.astype(np.float32)  # All 2^d images.
+    log_p = dec.event_log_prob(jnp.asarray(xs))  # [256].
+    np.testing.assert_allclose(special.logsumexp(np.asarray(log_p,
+                                                            np.float64)),
+                               0.0, atol=1e-5)
+    # Sequential sampling draws from the same distribution (χ² test).
+    draws = np.asarray(dec.sample(jax.random.PRNGKey(4), (4000,)))[:, 0]
+    codes = draws @ (2 ** np.arange(D_X)[::-1])
+    counts = np.bincount(codes.astype(int), minlength=2**D_X)
+    expected = 4000 * np.exp(np.asarray(log_p, np.float64))
+    big = expected > 5
+    chi2 = np.sum((counts[big] - expected[big])**2 / expected[big])
+    assert sp_stats.chi2.sf(chi2, big.sum() - 1) > 1e-4, sizes
+
+
+def test_mixture_prior_density_is_scipys():
+  model = small(prior_type='mog')
+  params = model.init(jax.random.PRNGKey(5))
+  params['prior']['logits'] = jnp.array([1.0, 0.0, -1.5])
+  z = np.random.default_rng(1).normal(size=(7, 2))
+  np.testing.assert_allclose(
+      model_lib.event_log_prob(model.prior(params), jnp.asarray(z)),
+      mog_log_density(params['prior'], z), rtol=1e-5)
+  draws = np.asarray(model.prior(params).sample(jax.random.PRNGKey(6),
+                                                (20000,)))
+  np.testing.assert_allclose(draws.mean(0), model.prior(params).mean(),
+                             atol=0.05)
+
+
+def mog_log_density(prior, z):
+  """log Σ_k π_k N(z; m_k, diag s_k²) in float64 (scipy)."""
+  log_pi = np.asarray(jax.nn.log_softmax(prior['logits']), np.float64)
+  loc = np.asarray(prior['loc'], np.float64)
+  scale = np.exp(np.asarray(prior['log_scale'], np.float64))
+  comp = sp_stats.norm.logpdf(z[:, None, :], loc, scale).sum(-1)
+  return special.logsumexp(comp + log_pi, -1)
+
+
+def vamp_log_density(model, params, z):
+  """(1/K) Σ_k N(z; μ(u_k), diag σ(u_k)²) in float64 (diagonal encoder)."""
+  u = jax.nn.sigmoid(params['prior']['pseudo_inputs'])
+  loc, log_scale = model.encoder_net.apply(params['encoder'], u)
+  comp = sp_stats.norm.logpdf(z[:, None, :], np.asarray(loc, np.float64),
+                              np.exp(np.asarray(log_scale, np.float64)))
+  return special.logsumexp(comp.sum(-1), -1) - np.log(u.shape[0])
+
+
+def exact_log_px(model, params, x, prior_log_density, half=8.0, n=161):
+  """log ∫ p(x|z) p(z) dz on an n x n grid over [-half, half]², float64."""
+  axis = np.linspace(-half, half, n)
+  z = np.stack(np.meshgrid(axis, axis, indexing='ij'), -1).reshape(-1, 2)
+  dec = model.decoder(params, jnp.asarray(z, jnp.float32)[:, None, :])
+  log_lik = np.asarray(model_lib.event_log_prob(dec, jnp.asarray(x)),
+                       np.float64)  # [G, B].
+  log_prior = prior_log_density(z)
+  return special.logsumexp(log_lik + log_prior[:, None], 0) + 2 * np.log(
+      axis[1] - axis[0])
+
+
+def family_setup(name):
+  """(model, params, prior density) of each family, with non-trivial
+  parameters: a wide base q (so the weights have finite variance), a flow
+  with gates σ(g) ≈ 0.5 (log-determinants of about -2.8 nats)."""
+  kwargs = {'full': dict(posterior_type='full'),
+            'iaf': dict(posterior_type='iaf'),
+            'mog': dict(prior_type='mog'),
+            'vamp': dict(prior_type='vamp'),
+            'autoregressive': dict(decoder_type='autoregressive'),
+            'iaf_vamp_autoregressive': dict(
+                posterior_type='iaf', prior_type='vamp',
+                decoder_type='autoregressive')}[name]
+  model = small(**kwargs)
+  params = model.init(jax.random.PRNGKey(7), np.full(D_X, 0.3))
+  enc = params['encoder']['params']
+  # σ = 2 (5.5 under a flow that shrinks by about 1/4): wider than the
+  # posterior, so the importance weights have a finite variance.
+  enc['log_scale']['bias'] = jnp.full(
+      2, 1.7 if model.posterior_type == 'iaf' else 0.7)
+  if 'flow' in params:
+    params['flow']['b_gate'] = jnp.zeros_like(params['flow']['b_gate'])
+    params['flow']['w_shift'] = 2.0 * params['flow']['w_shift']
+  if model.prior_type == 'mog':
+    params['prior']['logits'] = jnp.array([1.5, 0.0, -1.0])
+    params['prior']['loc'] = jnp.array([[2.0, 0.0], [-1.0, 1.5],
+                                        [0.0, -2.0]])
+  if 'autoregressive' in params:
+    params['autoregressive'] = jax.tree.map(
+        lambda a: a + 0.5 * jax.random.normal(jax.random.PRNGKey(8),
+                                              a.shape),
+        params['autoregressive'])
+  if model.prior_type == 'mog':
+    density = lambda z: mog_log_density(params['prior'], z)
+  elif model.prior_type == 'vamp' and model.posterior_type == 'diagonal':
+    density = lambda z: vamp_log_density(model, params, z)
+  elif model.prior_type == 'standard':
+    density = lambda z: sp_stats.norm.logpdf(z).sum(-1)
+  else:  # The VampPrior of an IAF encoder: the flow's own density.
+    density = lambda z: np.asarray(model_lib.event_log_prob(
+        model.prior(params), jnp.asarray(z, jnp.float32)), np.float64)
+  return model, params, density
+
+
+X = np.random.default_rng(3).integers(0, 2, (3, D_X)).astype(np.float32)
+
+
+def check(model, params, density, key=9, num_samples=20_000):
+  """(z-scores of log p̂ - exact, ELBO - exact in its SEs, the outputs)."""
+  exact = exact_log_px(model, params, X, density)
+  out = importance.importance_sampling(
+      model, params, X, jax.random.PRNGKey(key), num_samples=num_samples,
+      chunk_size=1000)
+  return ((out['log_px'] - exact) / out['log_px_se'],
+          (out['elbo'] - exact) / out['elbo_se'], exact, out)
+
+
+FAMILIES = ('full', 'iaf', 'mog', 'vamp', 'autoregressive',
+            'iaf_vamp_autoregressive')
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_each_family_agrees_with_quadrature(name):
+  jax.clear_caches()
+  model, params, density = family_setup(name)
+  z_is, z_elbo, exact, out = check(model, params, density)
+  assert np.all(np.abs(z_is) < 5), (name, z_is, out['log_px'], exact)
+  assert np.all(out['log_px_se'] < 0.2), out['log_px_se']  # Sharp enough.
+  assert np.all(z_elbo < 3), (name, out['elbo'], exact)  # ELBO below.
+  assert np.all(out['elbo'] < exact), (name, out['elbo'], exact)
+
+
+def test_a_planted_wrong_log_determinant_is_caught(monkeypatch):
+  model, params, density = family_setup('iaf')
+  with monkeypatch.context() as m:
+    m.setattr(dists, '_affine_log_det',
+              lambda g: jnp.sum(jax.nn.log_sigmoid(g)[..., 1:], -1))
+    jax.clear_caches()
+    z_is, _, exact, out = check(model, params, density)
+  jax.clear_caches()
+  # The check (every |z| < 5) fails, by far.
+  assert np.max(np.abs(z_is)) > 10, (z_is, out['log_px'], exact)
+
+
+def test_a_planted_wrong_mixture_weight_is_caught(monkeypatch):
+  model, params, density = family_setup('mog')
+  with monkeypatch.context() as m:  # Weights given to the wrong components.
+    m.setattr(dists, '_mixture_log_weights',
+              lambda logits: jax.nn.log_softmax(logits[..., ::-1], -1))
+    jax.clear_caches()
+    z_is, _, exact, out = check(model, params, density)
+  jax.clear_caches()
+  assert np.max(np.abs(z_is)) > 10, (z_is, out['log_px'], exact)
+
+
+def test_default_model_is_the_mlp_vae_and_bad_combinations_are_refused():
+  config = train_vae.Config()
+  assert not config.families.flexible
+  assert train_vae.make_model(config) == image_vae.burda_vae()
+  default = small()
+  mlp = image_vae.burda_vae(2, (8,), data_dim=D_X)
+  key = jax.random.PRNGKey(0)
+  for a, b in zip(jax.tree.leaves(default.init(key)),
+                  jax.tree.leaves(mlp.init(key))):
+    np.testing.assert_array_equal(a, b)
+  families = flexible_vae.FamilyConfig
+  cases = [(dict(prior='vamp'), 'elbo', 'pathwise', 'closed-form KL'),
+           (dict(prior='mog'), 'elbo', 'pathwise', 'closed-form KL'),
+           (dict(posterior='iaf'), 'elbo', 'pathwise', 'closed-form KL'),
+           (dict(posterior='full'), 'elbo_mc_kl', 'score',
+            'diagonal Gaussian q')]
+  for kwargs, objective, estimator, message in cases:
+    with pytest.raises(ValueError, match=message):
+      flexible_vae.check_training(families(**kwargs), objective, estimator)
+  flexible_vae.check_training(families(posterior='full'), 'elbo', 'pathwise')
+  flexible_vae.check_training(families(posterior='iaf'), 'elbo_mc_kl', 'stl')
+  with pytest.raises(ValueError, match='closed-form KL'):
+    train_vae.Config(families=families(prior='vamp'))
+  model = train_vae.make_model(train_vae.Config(
+      families=families(posterior='iaf', prior='vamp',
+                        decoder='autoregressive'),
+      training=train_vae.train.TrainConfig(objective='iwae')))
+  assert (model.posterior_type, model.prior_type, model.decoder_type) == (
+      'iaf', 'vamp', 'autoregressive')
+  grey = data_lib.Dataset(name='grey', binarization='none',
+                          train=np.full((4, D_X), 0.5, np.float32),
+                          validation=np.zeros((2, D_X), np.float32),
+                          test=np.zeros((2, D_X), np.float32))
+  with pytest.raises(SystemExit, match='binary'):
+    train_vae.check_binary(grey)
