@@ -237,6 +237,33 @@ def test_tiny_run_checks_itself_and_writes_its_files(tmp_path, capsys):
   out = capsys.readouterr().out
   assert f'0 of {len(ESTIMATORS) * 2 * len(SIZES)} rows disagree' in out
   assert 'which part dominates' in out
+  for r in vae_rows:  # The noise scale (b_noise) is that of the parts.
+    assert r['b_noise'] == pytest.approx(r['B'] * r['total'] / r['signal'])
+    assert r['b_noise_se'] > 0 and 'seconds' not in r
+  # Time (machine-dependent) only in efficiency.json, with the device.
+  timed = json.loads((tmp_path / 'efficiency.json').read_text())
+  assert len(timed) == len(vae_rows) + len(ESTIMATORS) * 2 * len(
+      SIZES) and all(
+      r['seconds'] > 0 and r['efficiency'] == pytest.approx(
+          r['total'] * r['seconds']) and r['device'] for r in timed)
+  assert 'gradient noise scale' in out and 'best_per_second' in out
+
+
+def test_dreg_of_the_iwae_bound_is_measured_on_the_vae():
+  # DReG (∇IWAE_K, K = N: no kernel, no closed form) beside pathwise.
+  model = image_vae.make(image_vae.ModelConfig(hidden_sizes=(8,),
+                                               latent_dim=2))
+  images = (jax.random.uniform(jax.random.PRNGKey(0), (16, 784)) < 0.3
+            ).astype(jnp.float32)
+  params = model.init(jax.random.PRNGKey(1), images.mean(0))
+  assert mn.objective_of('dreg') == 'iwae'
+  assert mn.objective_of('pathwise') == 'elbo'
+  rows = mn.measure_vae(model, params, images, jax.random.PRNGKey(2),
+                        ('pathwise', 'dreg'), (2,), (3,), 8, 8)
+  assert {r['estimator'] for r in rows} == {'pathwise', 'dreg'}
+  for r in rows:
+    assert r['within'] > 0 and np.isfinite(r['b_noise'])
+    assert r['seconds'] > 0
 
 
 @pytest.mark.parametrize('settings, message', [

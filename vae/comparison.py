@@ -7,7 +7,8 @@ returns one row per (estimator, parameter leaf):
     mean        m = (1/D) Σ_d ĝ_d                       (per coordinate)
     variance    V = Σ_coords s²,  s² = Σ_d (ĝ_d - m)²/(D - 1)
     snr         ‖m‖ / √V
-    seconds     wall seconds of one estimate (`seconds_per_call`)
+    seconds     wall seconds of one estimate among 256 drawn in one
+                compiled call (`seconds_per_estimates`)
     efficiency  V × seconds: the variance of what one second buys, up to
                 the factor 1/(estimates per second) common to all rows
                 (Glynn & Whitt 1992; Mohamed et al. 2020, §6): lower wins
@@ -15,7 +16,9 @@ returns one row per (estimator, parameter leaf):
 
 Variance does not depend on the machine; seconds, hence efficiency, do.
 `seconds_per_call` times a compiled function after warm-up (median of
-repeats); `ranking` names the best estimator per sample and per second.
+repeats, round the functions in turn), `seconds_per_estimates` vmapped
+batches of estimates; `ranking`
+names the best estimator per sample and per second.
 """
 
 import os
@@ -44,35 +47,61 @@ def device_name() -> str:
   return str(getattr(device, 'device_kind', device.platform))
 
 
-def seconds_per_call(fn: Callable, *args, repeats: int = 5,
-                     min_seconds: float = 0.02) -> float:
-  """Median wall seconds of one call of jit(fn)(*args), compiled, warm.
+def seconds_per_calls(calls: dict[Any, tuple[Callable, tuple]],
+                      repeats: int = 7,
+                      min_seconds: float = 0.05) -> dict[Any, float]:
+  """{name: median wall seconds of one call of jit(fn)(*args)}, compiled.
 
-  The function is compiled ahead of time and called once (warm-up); each of
-  `repeats` timings runs m calls back to back (m doubled until they take
-  ≥ `min_seconds`, so a fast function is not timed below the clock's
-  resolution) and blocks on the result; the median of seconds/m is
-  returned. Dispatch overhead is included: it is paid per estimate.
+  Each function is compiled ahead of time and called once (warm-up); its m
+  calls per timing are doubled until they take ≥ `min_seconds` (so a fast
+  function is not timed below the clock's resolution). The `repeats`
+  timings go round the functions in turn, so that a change of load on a
+  shared machine falls on all of them alike; each timing runs m calls back
+  to back and blocks on the result, and the median of seconds/m is
+  returned. Dispatch overhead is included: it is paid per call.
   """
-  compiled = jax.jit(fn).lower(*args).compile()
-  jax.block_until_ready(compiled(*args))
-  calls = 1
-  while True:
-    start = time.perf_counter()
-    for _ in range(calls):
-      out = compiled(*args)
-    jax.block_until_ready(out)
-    if time.perf_counter() - start >= min_seconds or calls >= 2**16:
-      break
-    calls *= 2
-  times = []
+  compiled, count = {}, {}
+  for name, (fn, args) in calls.items():
+    compiled[name] = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled[name](*args))
+    count[name] = 1
+    while _timed(compiled[name], args, count[name]) < min_seconds and (
+        count[name] < 2**16):
+      count[name] *= 2
+  times: dict[Any, list[float]] = {name: [] for name in calls}
   for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(calls):
-      out = compiled(*args)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - start) / calls)
-  return statistics.median(times)
+    for name, (_, args) in calls.items():
+      times[name].append(_timed(compiled[name], args, count[name]) /
+                         count[name])
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _timed(compiled: Callable, args: tuple, calls: int) -> float:
+  start = time.perf_counter()
+  for _ in range(calls):
+    out = compiled(*args)
+  jax.block_until_ready(out)
+  return time.perf_counter() - start
+
+
+def seconds_per_call(fn: Callable, *args, **timing) -> float:
+  """`seconds_per_calls` of one function."""
+  return seconds_per_calls({0: (fn, args)}, **timing)[0]
+
+
+def seconds_per_estimates(estimates: dict[Any, Callable[..., Any]],
+                          key: PRNGKey, batch: int = 256,
+                          **timing) -> dict[Any, float]:
+  """{name: seconds of one estimate when `batch` are drawn in one call}.
+
+  `seconds_per_calls` of vmap(estimate) on split(key, batch), / batch: for
+  small problems (microseconds per estimate) one call's dispatch would
+  swamp the estimate's own cost; the studies draw estimates vmapped so.
+  """
+  keys = jax.random.split(key, batch)
+  out = seconds_per_calls({n: (jax.vmap(e), (keys,))
+                           for n, e in estimates.items()}, **timing)
+  return {n: t / batch for n, t in out.items()}
 
 
 # Fields that depend on the machine (and vary run to run): experiments print
@@ -182,15 +211,18 @@ def compare(f: Callable[[Array], Array], params: Params,
   options = options or {}
   leaves, _ = jax.tree_util.tree_flatten_with_path(params)
   exact_leaves = None if exact is None else jax.tree.leaves(exact)
-  table, device = Table(), device_name()
+  table, device, ones = Table(), device_name(), {}
   for name in estimators:
     registry.check(name, 'expectation', num_samples)
     estimator = registry.get(name, **options.get(name, {}))
-    one = lambda k, e=estimator: e(f, params, dist_builder, k, num_samples)
+    ones[name] = lambda k, e=estimator: e(f, params, dist_builder, k,
+                                          num_samples)
+  seconds_of = seconds_per_estimates(ones, key)
+  for name, one in ones.items():
     out = jax.jit(lambda k, one=one: moments.moments(
         one, k, num_draws, chunk=moments.default_chunk(num_draws, 1)))(
             jax.random.fold_in(key, registry.name_id(name)))
-    seconds = seconds_per_call(one, key)
+    seconds = seconds_of[name]
     means = jax.tree.leaves(out['mean'])
     variances = jax.tree.leaves(out['variance'])
     for i, (path, _) in enumerate(leaves):

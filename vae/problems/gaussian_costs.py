@@ -340,19 +340,19 @@ def seconds_per_estimate(estimators, grids: dict[str, dict],
                          num_samples) -> dict[tuple[str, str, int], float]:
   """{(cost, estimator, N): seconds of one N-sample estimate of (∂/∂μ,
   ∂/∂σ)} at the first point of each cost's grid (`grid_gradients` on that
-  point alone; `comparison.seconds_per_call`: compiled, warm, median)."""
-  out = {}
+  point alone; `comparison.seconds_per_estimates`: 256 vmapped in one
+  compiled call, warm, median of repeats taken in turn)."""
+  calls = {}
   for name, grid in grids.items():
     point = {k: np.asarray(v[:1]) for k, v in grid.items()}
     point['family'] = np.zeros(1, np.int32)
     for e in estimators:
       for n in num_samples:
         if n >= e.min_samples:
-          out[name, e.name, n] = comparison.seconds_per_call(
-              lambda key, p, e=e, n=n: grid_gradients(
-                  e, (FAMILIES[name],), p, key, n),
-              jax.random.PRNGKey(0), point)
-  return out
+          calls[name, e.name, n] = (
+              lambda key, e=e, n=n, p=point, f=FAMILIES[name]:
+              grid_gradients(e, (f,), p, key, n))
+  return comparison.seconds_per_estimates(calls, jax.random.PRNGKey(0))
 
 
 def grid_points(ks, mus, sigmas) -> dict[str, np.ndarray]:
