@@ -347,10 +347,10 @@ def bernoulli_encoder_records(model: model_lib.Model,
             for n, s in stats.items()}
     bias = vae_gradients.pooled_bias(means, tvar, unbiased, comparable,
                                      num_draws)
-    seconds = {n: comparison.seconds_per_call(
+    seconds = comparison.seconds_per_calls({n: (
         lambda p, xs, k, b0, n=n: encoder_gradient(
             model, p, xs, k, n, num_samples, b0, temperature),
-        params, x, key, baseline) for n in estimators}
+        (params, x, key, baseline)) for n in estimators})
     device = comparison.device_name()
     for n in estimators:
       b, noise = bias[n] or (None, None)

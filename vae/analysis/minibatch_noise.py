@@ -110,15 +110,20 @@ def prefix_gradients(surrogate: Callable[[Params, Array, PRNGKey], Array],
   return out
 
 
-def seconds_per_estimate(surrogate: Callable[[Params, Array, PRNGKey], Array],
-                         params: Params, batch: Array, key: PRNGKey) -> float:
-  """Seconds of one minibatch estimate Ĝ = ∇_θ (1/B) Σ_b S(θ, x_b, k_b) on
-  `batch` [B, ...] (`comparison.seconds_per_call`: compiled, warm, median)."""
-  def estimate(p, x, k):
-    keys = jax.random.split(k, x.shape[0])
-    return jax.grad(lambda q: jnp.mean(jax.vmap(
-        lambda xi, ki: surrogate(q, xi, ki))(x, keys)))(p)
-  return comparison.seconds_per_call(estimate, params, batch, key)
+def seconds_per_estimate(
+    surrogates: dict[str, Callable[[Params, Array, PRNGKey], Array]],
+    params: Params, batch: Array, key: PRNGKey) -> dict[str, float]:
+  """{name: seconds of one minibatch estimate Ĝ = ∇_θ (1/B) Σ_b S(θ, x_b,
+  k_b) on `batch` [B, ...]} (`comparison.seconds_per_calls`: compiled,
+  warm, median of repeats taken round the surrogates in turn)."""
+  def estimator(surrogate):
+    def estimate(p, x, k):
+      keys = jax.random.split(k, x.shape[0])
+      return jax.grad(lambda q: jnp.mean(jax.vmap(
+          lambda xi, ki: surrogate(q, xi, ki))(x, keys)))(p)
+    return estimate
+  return comparison.seconds_per_calls({
+      n: (estimator(s), (params, batch, key)) for n, s in surrogates.items()})
 
 
 def with_seconds(records: list[dict], seconds: dict[str, float],
@@ -323,9 +328,9 @@ def measure_vae(model: model_lib.Model, params: Params, images: Array,
     parts = vae_study(model, ests, n, tuple(sorted(set(batch_sizes))),
                       num_draws)(params, images,
                                  jax.random.fold_in(k_draws, n), c)
-    seconds = {e: seconds_per_estimate(
-        vae_surrogate(model, e, n, c), params, images[:size], k_draws)
-        for e in ests}
+    seconds = seconds_per_estimate(
+        {e: vae_surrogate(model, e, n, c) for e in ests}, params,
+        images[:size], k_draws)
     out += with_seconds(rows(parts, n, num_draws, **labels), seconds, size)
   return out
 
@@ -504,8 +509,9 @@ def check_linear_gaussian(key: PRNGKey, config: CheckConfig,
     parts = linear_gaussian_study(ests, n, sizes, config.check_draws)(
         params, x, jax.random.fold_in(key, n), c)
     batch = x[jnp.arange(sizes[-1]) % x.shape[0]]
-    seconds = {e: seconds_per_estimate(linear_gaussian_surrogate(e, n, c),
-                                       params, batch, key) for e in ests}
+    seconds = seconds_per_estimate(
+        {e: linear_gaussian_surrogate(e, n, c) for e in ests}, params, batch,
+        key)
     out += with_seconds(rows(parts, n, config.check_draws,
                              section='linear_gaussian'), seconds, sizes[-1])
   exact = {e: exact_parts(e, params, x, c, sizes, [

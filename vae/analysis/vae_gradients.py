@@ -514,20 +514,19 @@ def seconds_per_estimate(model: model_lib.Model, checkpoint: Checkpoint,
   """{(objective, estimator, N): seconds of ONE estimate on `batch`}.
 
   The estimate (bound and both groups' gradients, `_flat_grads`) alone, at
-  `checkpoint`: `comparison.seconds_per_call` (compiled, after warm-up,
-  median of repeats). Unlike `time_estimators` (one D-draw call / D), it
+  `checkpoint`: `comparison.seconds_per_calls` (compiled, after warm-up,
+  median of repeats taken round the estimators in turn). Unlike `time_estimators` (one D-draw call / D), it
   pays its dispatch, as a training step does.
   """
-  batch, key, out = jnp.asarray(batch), jax.random.PRNGKey(seed), {}
+  batch, key, calls = jnp.asarray(batch), jax.random.PRNGKey(seed), {}
   for o, ests in estimators_for.items():
     baseline = jnp.float32(checkpoint.baselines.get(o, 0.0))
     for e in ests:
       for n in num_samples:
         if n >= registry.lookup(e).min_samples:
-          out[o, e, n] = comparison.seconds_per_call(
-              _flat_grads(model, o, e, n), checkpoint.params, batch, key,
-              baseline)
-  return out
+          calls[o, e, n] = (_flat_grads(model, o, e, n), (
+              checkpoint.params, batch, key, baseline))
+  return comparison.seconds_per_calls(calls)
 
 
 def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
