@@ -32,6 +32,7 @@ import numpy as np
 
 from experiments import train_vae
 from experiments.common import outputs
+from experiments.common import progress
 from vae import checkpoint
 from vae import config as cfg
 from vae import data as data_lib
@@ -145,7 +146,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   out.log(f'evaluate_vae: {run_dir} step {step} ({trained.data.dataset}, '
           f'{t.objective}/{t.estimator} k={t.num_samples}); output in '
           f'{out.dir}')
-  ev = eval_lib.evaluate(model, params, dataset, config.evaluation, seed,
+  ev = progress.evaluate(model, params, dataset, config.evaluation, seed,
                          t.num_samples, config.split, out.log)
   train_vae.write_evaluation(out, ev)
   out.write_json('timing.json', ev.timing)

@@ -13,7 +13,9 @@ epochs than --epochs, or whose metrics.csv is not one this run wrote, is
 refused (one line, exit 2) before anything is written (`check_resume`). At the
 end: the evaluation of `evaluate_vae` (importance-sampled test NLL with
 --eval_k samples, ELBO, IWAE_k, active units; latents.json, PNGs) in
-results.json; timings in timing.json.
+results.json; timings in timing.json; learning_curve.png (the bounds per
+epoch, from metrics.csv); the settings and final numbers in TensorBoard's
+HPARAMS tab. Epochs and the evaluation show their rate and ETA on stderr.
 
   python launch.py --experiment=train_vae --dataset=binarized_mnist \\
       --tfds_data_dir=/work/shared/data/tensorflow_datasets \\
@@ -28,6 +30,7 @@ import numpy as np
 from experiments.common import metrics
 from experiments.common import outputs
 from experiments.common import pictures
+from experiments.common import progress
 from vae import checkpoint
 from vae import config as cfg
 from vae import data as data_lib
@@ -162,6 +165,11 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
           f' output in {out.dir}')
   steps_per_epoch = len(dataset.train) // t.batch_size
   log: list[metrics.MetricsLog] = []
+  # Epochs with rate and ETA on stderr (bar, or a plain line per interval).
+  done = (checkpoint.latest_step(out.path(CHECKPOINTS)) or 0) // max(
+      steps_per_epoch, 1)
+  bar = progress.Progress(t.epochs, 'training', 'epochs',
+                          initial=min(done, t.epochs))
 
   def on_epoch(row):
     if not log:  # The first epoch of this call: the rows before stay.
@@ -170,6 +178,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                                     config.tensorboard))
     log[0].write(row)
     out.log(metrics.progress_line(row, t.epochs))
+    bar.set(row['epoch'])
 
   model = make_model(config)
   try:
@@ -181,6 +190,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   except train.ResumeError as e:
     raise outputs.RunDirError(f'train_vae: {_as_flags(str(e))}') from None
   finally:
+    bar.close()
     for m in log:
       m.close()
   if result.history:
@@ -190,6 +200,9 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                 epochs_this_run=len(result.history),
                 resumed_from_step=result.resumed_from)
   rows = metrics.read_rows(out.path(metrics.METRICS_CSV), COLUMNS)
+  metrics.learning_curve(out, rows, f'{config.data.dataset}: {t.objective}/'
+                         f'{t.estimator} k={t.num_samples}, latent '
+                         f'{config.model.latent_dim}, seed {seed}')
   tested = [r for r in rows if r['test_bound']]
   summary = {'final_train_bound': float(rows[-1]['train_bound'])
                                   if rows and rows[-1]['train_bound'] else None,
@@ -201,12 +214,16 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
       out.log('train_vae: no pictures: an autoregressive decoder has no '
               'closed-form E[x|z].')
       evaluation = dataclasses.replace(evaluation, pictures=False)
-    ev = eval_lib.evaluate(model, result.state.params, dataset, evaluation,
+    ev = progress.evaluate(model, result.state.params, dataset, evaluation,
                            seed, t.num_samples, log=out.log)
     write_evaluation(out, ev)
     summary.update(ev.summary)
     timing.update(ev.timing)
   records = [record(config, seed, int(result.state.step), summary)]
+  if config.tensorboard:  # Settings and final numbers: the HPARAMS tab.
+    metrics.write_hparams(out.dir, {k: v for k, v in records[0].items()
+                                    if k not in summary},
+                          {k: v for k, v in summary.items() if k in TABLE})
   out.table(records, TABLE)
   out.write_json('timing.json', timing)
   return records

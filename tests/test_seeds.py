@@ -3,9 +3,14 @@
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 
 import launch
 from experiments.common import seeds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_over_seeds_gives_mean_sd_n_of_what_varies():
@@ -24,13 +29,20 @@ def test_over_seeds_gives_mean_sd_n_of_what_varies():
   assert '2 ± 2' in text and '1.5 ± 0.71' in text
 
 
-def test_a_seed_sweep_writes_and_prints_mean_sd_n(tmp_path, capsys):
+def test_a_seed_sweep_writes_and_prints_mean_sd_n(tmp_path):
+  # In a subprocess: submitit's local executor closes the test's stdio.
   out = tmp_path / 'sweep'
-  rc = launch.cli(['launch.py', '--experiment=tests.seeded_experiment',
-                   '--nocompilation_cache', f'--output_dir={out}',
-                   '--parallel=2', '--sweep=scale=1,2', '--sweep=seed=0,1,2'])
-  stdout = capsys.readouterr().out
-  assert rc == 0
+  proc = subprocess.run(
+      [sys.executable, 'launch.py', '--experiment=tests.seeded_experiment',
+       '--nocompilation_cache', f'--output_dir={out}', '--parallel=2',
+       '--sweep=scale=1,2', '--sweep=seed=0,1,2'], cwd=ROOT,
+      capture_output=True, text=True, timeout=300, check=False)
+  stdout = proc.stdout
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  # A line per point with its elapsed time and the ETA of the rest.
+  assert re.search(r'\[1/6\] scale=\S+: ok \(\d\d:\d\d elapsed, ETA '
+                   r'\d\d:\d\d\)', stdout), stdout
+  assert re.search(r'\[6/6\] scale=\S+: ok \(\d\d:\d\d elapsed\)', stdout)
   with open(os.path.join(out, 'sweep_results.json')) as f:
     assert len(json.load(f)) == 12  # The per-point rows, as before.
   with open(os.path.join(out, launch.SEEDS_RESULTS + '.json')) as f:

@@ -414,7 +414,9 @@ class Evaluation(NamedTuple):
 def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
              config: EvalConfig, seed: int = 0, train_k: int | None = None,
              split: str = 'test',
-             log: Callable[[str], None] | None = None) -> Evaluation:
+             log: Callable[[str], None] | None = None,
+             progress: Callable[[int, int], None] | None = None
+             ) -> Evaluation:
   """Test NLL = -(1/N) Σ_n log p̂(x_n) (IS, K = eval_k), bounds, active units.
 
   Args:
@@ -428,6 +430,8 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
     train_k: the training k (its IWAE_k is reported too, see `iwae_ks`).
     split: 'test' or 'validation'.
     log: progress lines.
+    progress: called with (images done, N) after each batch of the
+      importance sampling (`importance.importance_sampling`).
 
   Returns:
     The `Evaluation`.
@@ -444,7 +448,7 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
   per_image = importance.importance_sampling(
       model, params, images, jax.random.fold_in(base, 3), config.eval_k,
       iwae_ks=iwae_ks, batch_size=config.eval_batch_size,
-      chunk_size=config.eval_chunk_size, log=log)
+      chunk_size=config.eval_chunk_size, log=log, progress=progress)
   wall, cpu = time.time() - wall, time.process_time() - cpu
   if log is not None:
     log(f'importance sampling took {wall:.1f} s wall, {cpu:.1f} s CPU')

@@ -196,7 +196,8 @@ def importance_sampling(model: model_lib.Model, params: Params,
                         iwae_ks: Sequence[int] = (), batch_size: int = 100,
                         chunk_size: int = 100, proposal: Any = None,
                         nested: bool = False,
-                        log: Callable[[str], None] | None = None
+                        log: Callable[[str], None] | None = None,
+                        progress: Callable[[int, int], None] | None = None
                         ) -> dict[str, np.ndarray]:
   """`importance_batch` over batches of the rows of x [N, d] (module).
 
@@ -212,7 +213,10 @@ def importance_sampling(model: model_lib.Model, params: Params,
       chunk_size rows per matmul; about 10^4 is fast on CPU).
     proposal: q with batch shape [N, D] (default: the encoder's).
     nested: also 'log_px_by_k' (see `importance_batch`).
-    log: if given, called with a progress line about every tenth of the way.
+    log: if given (and `progress` is not), called with a progress line
+      about every tenth of the way.
+    progress: if given, called after each batch (its results computed) with
+      (data points done, N): e.g. a progress bar's update.
 
   Returns:
     {'log_px', 'log_px_se', 'elbo', 'elbo_se', 'kl', 'iwae_<k>',
@@ -234,7 +238,10 @@ def importance_sampling(model: model_lib.Model, params: Params,
                                  part, num_samples=num_samples,
                                  chunk_size=chunk, iwae_ks=iwae_ks,
                                  nested=nested))
-    if log is not None and (i + 1) % max(1, len(batches) // 10) == 0:
+    if progress is not None:
+      jax.block_until_ready(outs[-1])
+      progress(min((i + 1) * batch_size, n), n)
+    elif log is not None and (i + 1) % max(1, len(batches) // 10) == 0:
       jax.block_until_ready(outs[-1])
       log(f'  importance sampling: {min((i + 1) * batch_size, n)}/{n}')
   return {name: np.concatenate([np.asarray(o[name], np.float64)

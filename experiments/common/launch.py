@@ -22,10 +22,12 @@ or folder name are refused), each point through a submitit executor
 `<output_dir>/<setting=value,...>`, gathering sweep_results.json/.csv and
 sweep.json (a sweep over seed also writes and prints, per setting, mean,
 sd and n over seeds of every numeric result: sweep_results_over_seeds.json
-and .csv, experiments/common/seeds.py); a failed point is reported with its log while the others
-complete (exit code 1); SIGTERM/SIGINT stop a sweep and its points (one
-line, exit code 130). Run folders and their locks:
-experiments/common/outputs.py.
+and .csv, experiments/common/seeds.py); a failed point is reported with
+its log while the others complete (exit code 1); SIGTERM/SIGINT stop a
+sweep and its points (one line, exit code 130). Run folders and their
+locks: experiments/common/outputs.py. Long work shows its progress, rate
+and ETA on stderr (a bar on a terminal, plain lines in a log:
+experiments/common/progress.py).
 Exit code 1 also ends a run whose checked rows hold NaN or infinite values
 (one line naming them; `vae.stats.NONFINITE`) and a --strict run that
 disagrees with exact values.
@@ -45,6 +47,7 @@ from absl import flags
 import experiments
 from experiments.common import flags as config_flags
 from experiments.common import outputs
+from experiments.common import progress
 from experiments.common import runner
 from experiments.common import seeds
 from vae import config as cfg
@@ -246,6 +249,8 @@ def _run_sweep(fv, points, root):
     raise KeyboardInterrupt  # cli(): one line, exit code 130.
 
   handlers = [signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)]
+  # A bar on a terminal; without one, the line per finished point.
+  bar = progress.Progress(len(points), 'sweep', 'points', plain=False)
   try:
     while pending or running:
       while pending and len(running) < limit:
@@ -261,8 +266,14 @@ def _run_sweep(fv, points, root):
         done.append(item)
         failed = item[2].exception() is not None
         status = f'FAILED, log {item[2].paths.stderr}' if failed else 'ok'
-        print(f'[{len(done)}/{len(points)}] {item[0]}: {status}', flush=True)
+        bar.update()
+        eta = bar.eta()
+        left = f', ETA {progress.clock(eta)}' if eta else ''
+        progress.write(
+            f'[{len(done)}/{len(points)}] {item[0]}: {status} '
+            f'({progress.clock(time.time() - bar.start)} elapsed{left})')
   finally:
+    bar.close()
     signal.signal(signal.SIGTERM, handlers[0])
     signal.signal(signal.SIGINT, handlers[1])
   return done

@@ -137,3 +137,47 @@ def summary_line(rows: Sequence[Mapping[str, Any]], compile_s: float) -> str:
   return (f'trained {len(rows)} epochs in {wall:.1f} s wall, {cpu:.1f} s CPU '
           f'(+{compile_s:.1f} s compiling): {examples / max(wall, 1e-9):,.0f}'
           ' ex/s')
+
+
+LEARNING_CURVE = 'learning_curve.png'
+
+
+def learning_curve(run: outputs.Run, rows: Sequence[Mapping[str, Any]],
+                   title: str) -> str | None:
+  """learning_curve.png: the train (and test) bound per epoch of `rows`
+  (metrics.csv's, resumed epochs included); None when there are none."""
+  def series(key):
+    points = [(float(r['epoch']), float(r[key])) for r in rows
+              if r.get(key) not in (None, '')]
+    return [p[0] for p in points], [p[1] for p in points]
+
+  epochs, train_bound = series('train_bound')
+  if not epochs:
+    return None
+  plt = outputs.pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot(epochs, train_bound, label='train bound (mean over the epoch)')
+  test_epochs, test_bound = series('test_bound')
+  if test_epochs:
+    ax.plot(test_epochs, test_bound, 'o-', label='test bound')
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('bound (nats per example)')
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return run.save_figure(fig, LEARNING_CURVE)
+
+
+def write_hparams(directory: str, hparams: Mapping[str, Any],
+                  results: Mapping[str, Any]) -> None:
+  """The run's settings and final numbers in TensorBoard's HPARAMS tab
+  (`<folder>/tensorboard/hparams`); values that are neither numbers, text
+  nor true/false are written as text, missing ones left out."""
+  plain = lambda v: v if isinstance(v, (bool, int, float, str)) else str(v)
+  numbers = {k: float(v) for k, v in results.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)
+             and v == v}
+  with tensorboardX.SummaryWriter(os.path.join(directory,
+                                               TENSORBOARD_DIR)) as writer:
+    writer.add_hparams({k: plain(v) for k, v in hparams.items()
+                        if v is not None}, numbers, name='hparams')

@@ -2,11 +2,11 @@
 
 A run folder holds `run.json` (the marker: this project's name, the kind of
 folder, the experiment and the format version; written first), `config.json`
-(experiment, seed, settings, versions, JAX backend), `results.json` (a list of
-flat records; byte-identical for the same seed: no timestamps), `results.csv`
-(the same records) and the experiment's figures and extra files. Every file
-is written to a temporary name and renamed into place, so a killed run never
-leaves a half-written file.
+(experiment, seed, settings, versions, git commit, JAX backend),
+`results.json` (a list of flat records; byte-identical for the same seed:
+no timestamps), `results.csv` (the same records) and the experiment's
+figures and extra files. Every file is written to a temporary name and
+renamed into place, so a killed run never leaves a half-written file.
 
 A folder is a run folder only when its `run.json` says so (or, for folders
 written before the marker existed, when its `config.json` holds this
@@ -89,7 +89,8 @@ def write_results(directory: str, records: Sequence[Mapping[str, Any]],
 
 def write_config(directory: str, experiment: str, config: Any,
                  seed: int) -> None:
-  """config.json: experiment, seed, settings, command line, versions, JAX."""
+  """config.json: experiment, seed, settings, command line, versions, the
+  git commit of this code (`git_commit`), JAX's backend."""
   versions: dict[str, str | None] = {'python': sys.version.split()[0]}
   for name in _VERSIONED:
     try:
@@ -97,11 +98,31 @@ def write_config(directory: str, experiment: str, config: Any,
     except importlib.metadata.PackageNotFoundError:
       versions[name] = None
   jax = sys.modules.get('jax')
+  commit, dirty = git_commit()
   write_json(os.path.join(directory, CONFIG_JSON), {
       'experiment': experiment, 'seed': seed,
       'settings': cfg.to_dict(config), 'argv': sys.argv,
-      'versions': versions,
+      'versions': versions, 'git_commit': commit, 'git_dirty': dirty,
       'jax_backend': jax.default_backend() if jax else None})
+
+
+def git_commit(directory: str | None = None) -> tuple[str, bool | None]:
+  """(commit, has uncommitted changes) of the checkout holding this code
+  (or `directory`): ('unknown', None) outside a git checkout or without
+  git (an installed package)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  where = directory or os.path.dirname(os.path.abspath(__file__))
+  git = lambda *a: subprocess.run(['git', '-C', where, *a], text=True,
+                                  capture_output=True, timeout=10)
+  try:
+    head = git('rev-parse', 'HEAD')
+    if head.returncode != 0:
+      return 'unknown', None
+    status = git('status', '--porcelain', '--untracked-files=no')
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown', None
+  dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+  return head.stdout.strip(), dirty
 
 
 PROJECT = 'vae'
@@ -606,8 +627,9 @@ class Run:
     return os.path.join(self.dir, name)
 
   def log(self, message: str) -> None:
-    """A progress line on stdout (flushed)."""
-    print(message, flush=True)
+    """A progress line on stdout (flushed; above any progress bar)."""
+    from experiments.common import progress  # (imports tqdm)
+    progress.write(message)
 
   def table(self, records: Sequence[Mapping[str, Any]],
             columns: Sequence[str] | None = None,
