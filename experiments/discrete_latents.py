@@ -149,7 +149,10 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   out.table([r for r in records if r['kind'] == 'final'], (
       'estimator', 'step', *timed, 'train_elbo', 'test_elbo', iwae))
   variance = [r for r in records if r['kind'] == 'variance']
-  out.table(variance)
+  out.table(variance, ('at', 'estimator', 'total_variance', 'seconds',
+                       'efficiency', 'mean_norm_sq', 'bias_sq',
+                       'bias_sq_noise_level', 'mse', 'unbiased_for_elbo',
+                       'variance_per_parameter'))
   out.log(f'seconds: one encoder-gradient estimate alone on '
           f'{comparison.device_name()} (compiled, median of repeats); '
           'efficiency = total_variance × seconds, lower is better. Time '
@@ -157,6 +160,10 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
           'sample (least total_variance) and per second (least efficiency):')
   out.table(comparison.ranking(variance, ('at',),
                                variance='total_variance'))
+  out.log('the same among the estimators unbiased for ∇ELBO (the biased ones '
+          'trade variance for bias_sq):')
+  out.table(comparison.ranking([r for r in variance if r[
+      'unbiased_for_elbo']], ('at',), variance='total_variance'))
   out.write_json('efficiency.json', variance)
   return [{k: v for k, v in r.items() if k not in timed + (
       comparison.TIMING_FIELDS)} for r in records]
