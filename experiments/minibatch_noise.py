@@ -129,6 +129,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   out.log('\n== the best (B, N) at each budget B·N')
   out.table(best)
   plot(rows, checked, out)
+  plot_noise_scale(mn.dominance(rows), out)
   out.write_json('efficiency.json', [r for r in checked + rows
                                      if 'seconds' in r])
   return comparison.without_timing(
@@ -170,3 +171,29 @@ def plot(rows: list[dict], checked: list[dict], out: outputs.Run) -> None:
          title='Linear-Gaussian VAE: both parts vs closed forms')
   ax.legend(fontsize=8)
   out.save_figure(fig, 'check.png')
+
+
+def plot_noise_scale(rows: list[dict], out: outputs.Run) -> None:
+  """B_noise (±2 SE) against the epoch, one line per (estimator: colour,
+  N: marker and dash); one panel per parameter group (`dominance` rows: at
+  the largest B)."""
+  plt = outputs.pyplot()
+  groups = list(dict.fromkeys(r['group'] for r in rows))
+  fig, axes = plt.subplots(1, len(groups), squeeze=False, figsize=(
+      4.5 * len(groups), 3.6), layout='constrained')
+  ests = sorted({r['estimator'] for r in rows})
+  ns = sorted({r['N'] for r in rows})
+  for j, group in enumerate(groups):
+    ax = axes[0, j]
+    for (c, est), (m, n) in itertools.product(enumerate(ests), enumerate(ns)):
+      pts = sorted((r['epoch'], r['b_noise'], r['b_noise_se']) for r in rows
+                   if (r['estimator'], r['N'], r['group']) == (est, n, group))
+      if pts:
+        x, y, se = (np.array(v, float) for v in zip(*pts))
+        ax.errorbar(x, y, 2 * se, fmt='os^dv'[m % 5] + ('-', '--', ':')[
+            m % 3], ms=3, color=f'C{c}', label=f'{est} N={n}')
+    ax.set(yscale='log', xlabel='epoch', ylabel='B_noise',
+           title=f'{group}: (V_data + σ²_N)/‖G‖²')
+  axes[0, 0].legend(fontsize=6)
+  fig.suptitle('Gradient noise scale along training (±2 SE)')
+  out.save_figure(fig, 'noise_scale.png')

@@ -221,7 +221,8 @@ def test_tiny_run_checks_itself_and_writes_its_files(tmp_path, capsys):
   records = runner.run_point('minibatch_noise', config, 0, str(tmp_path),
                              strict=True)
   for name in ('results.json', 'results.csv', 'config.json',
-               'variance_vs_budget.png', 'check.png'):
+               'variance_vs_budget.png', 'check.png', 'noise_scale.png',
+               'efficiency.json'):
     assert (tmp_path / name).exists(), name
   assert json.loads((tmp_path / 'results.json').read_text()) == records
   vae_rows = [r for r in records if r['section'] == 'vae']
