@@ -7,7 +7,8 @@ Two parts (`vae.missing`; docs/missing_data.md).
    draws of each method match p(x_miss|x_obs) = N(μ, Σ) in closed form
    (mean and covariance z-scores): SIR (proposal twice as wide as the
    posterior) and Metropolis-within-Gibbs (proposal 1.5 times as wide) are
-   asymptotically exact; pseudo-Gibbs is exact with the exact posterior as
+   asymptotically exact, and so is MWG with the fixed proposal q(z|x̃)
+   (mwg_masked, scale 3, 200 steps); pseudo-Gibbs is exact with the exact posterior as
    encoder, and with the wide one matches its own stationary law (a
    Lyapunov equation), which is not p(x_miss|x_obs) (its distance from it is
    reported, not checked). SIR's log p̂(x_miss|x_obs) is checked against
@@ -50,7 +51,7 @@ from vae.problems import linear_gaussian as lg
 
 FILLS = ('zero', 'pixel_mean')
 # Proposal widths (multiples of the exact posterior's sd) of the exact checks.
-SIR_SCALE, WIDE_SCALE = 2.0, 1.5
+SIR_SCALE, WIDE_SCALE, MASKED_SCALE = 2.0, 1.5, 3.0
 
 
 @cfg.settings
@@ -159,6 +160,15 @@ def exact_checks(config: Config, key) -> list[dict]:
     rows.append(_moment_row(kind, 'mwg', WIDE_SCALE, 'p(x_miss|x_obs)',
                             np.asarray(mwg['draws'][0])[:, mask], mean, cov,
                             {'acceptance': float(mwg['acceptance'][0])}))
+    # A fixed proposal must cover p(z|x̂) for every x̂: wider, and slower.
+    mwg = missing.metropolis_gibbs(
+        model, lg.vae_params(ortho, MASKED_SCALE), x1, m1,
+        jax.random.fold_in(keys[1], 1), proposal='masked',
+        **{**chains, 'num_steps': 200, 'burn_in': 100})
+    rows.append(_moment_row(kind, 'mwg_masked', MASKED_SCALE,
+                            'p(x_miss|x_obs)',
+                            np.asarray(mwg['draws'][0])[:, mask], mean, cov,
+                            {'acceptance': float(mwg['acceptance'][0])}))
     pg = missing.pseudo_gibbs(model, lg.vae_params(ortho, 1.0), x1, m1,
                               keys[2], **chains)
     rows.append(_moment_row(kind, 'pseudo_gibbs', 1.0, 'p(x_miss|x_obs)',
@@ -225,11 +235,15 @@ def impute_images(name: str, model, params, images: np.ndarray,
             model, params, x, m, mkey, num_samples=config.sir_samples,
             num_draws=3, fill_value=fill_value)
       else:
-        run = (missing.metropolis_gibbs if method == 'mwg' else
-               missing.pseudo_gibbs)
-        res = run(model, params, x, m, mkey, num_chains=config.gibbs_chains,
-                  num_steps=config.gibbs_steps,
-                  burn_in=config.gibbs_burn_in, fill_value=fill_value)
+        chains = dict(num_chains=config.gibbs_chains,
+                      num_steps=config.gibbs_steps,
+                      burn_in=config.gibbs_burn_in, fill_value=fill_value)
+        if method == 'pseudo_gibbs':
+          res = missing.pseudo_gibbs(model, params, x, m, mkey, **chains)
+        else:
+          res = missing.metropolis_gibbs(
+              model, params, x, m, mkey, proposal='masked' if
+              method == 'mwg_masked' else 'completed', **chains)
       res = jax.device_get(res)
       wall = time.time() - start
       cond = np.asarray(res['cond_ll'], np.float64)

@@ -200,6 +200,24 @@ def test_mwg_is_exact_where_pseudo_gibbs_is_not(problem):
   assert np.max(np.abs(cov_z)) > 10, cov_z
 
 
+def test_mwg_with_the_fixed_masked_proposal_is_exact(problem):
+  """MWG proposing from q(z|x̃) at every step (a fixed independence
+  proposal, 3 times as wide as the posterior, since it must cover p(z|x̂)
+  for every completion x̂) also matches p(x_miss|x_obs), after more steps."""
+  ortho, x0, model = problem
+  out = missing.metropolis_gibbs(
+      model, lg.vae_params(ortho, 3.0), jnp.asarray(x0[None]),
+      jnp.asarray(MASK[None]), jax.random.PRNGKey(8), num_chains=N,
+      num_steps=200, burn_in=100, fill_value=ortho.bias, proposal='masked')
+  ok, z = _passes(*lg.gaussian_moment_z(
+      np.asarray(out['draws'][0])[:, MASK], *lg.conditional(ortho, x0, MASK)))
+  assert ok, z
+  assert 0.05 < float(out['acceptance'][0]) < 0.5
+  with pytest.raises(ValueError, match='not completed or masked'):
+    missing.metropolis_gibbs(model, None, None, None, None, num_chains=1,
+                             num_steps=2, burn_in=0, proposal='x')
+
+
 def test_imputation_never_reads_the_missing_values(problem):
   ortho, x0, model = problem
   params = lg.vae_params(ortho, 1.5)
@@ -214,7 +232,11 @@ def test_imputation_never_reads_the_missing_values(problem):
                                              burn_in=1),
               lambda v: missing.metropolis_gibbs(model, params, v, m, key,
                                                  num_chains=3, num_steps=5,
-                                                 burn_in=1)):
+                                                 burn_in=1),
+              lambda v: missing.metropolis_gibbs(model, params, v, m, key,
+                                                 num_chains=3, num_steps=5,
+                                                 burn_in=1,
+                                                 proposal='masked')):
     a, b = run(x), run(other)
     for name in ('draws', 'mean', 'ess'):
       np.testing.assert_array_equal(a[name], b[name])
@@ -258,11 +280,11 @@ def test_the_experiment_runs_strict_with_every_exact_check_passing(tmp_path):
   records = runner.run_point('missing_data', config, 0, str(tmp_path),
                              strict=True)
   checked = [r for r in records if 'disagrees' in r]
-  assert len(checked) == 4 * 5 and not any(r['disagrees'] for r in checked)
+  assert len(checked) == 4 * 6 and not any(r['disagrees'] for r in checked)
   images = [r for r in records if r['section'] == 'images']
-  assert len(images) == 2 * 2 * 3
+  assert len(images) == 2 * 2 * 4
   assert all(0.0 <= r['pixel_accuracy'] <= 1.0 for r in images)
   assert all(0.0 < r['acceptance'] <= 1.0 for r in images
-             if r['method'] == 'mwg')
+             if r['method'] in ('mwg', 'mwg_masked'))
   assert len([f for f in os.listdir(tmp_path)
               if f.startswith('completions_')]) == 4

@@ -32,7 +32,8 @@ Imputation of x_miss ~ p(x_miss|x_obs) = ∫ p(x_miss|z) p(z|x_obs) dz:
             / (p(x̂_{t-1}|z_{t-1}) p(z_{t-1}) q(z̃|x̂_{t-1})),
       then x_miss,t ~ p(x_miss|z_t): a Gibbs sampler of p(z, x_miss|x_obs)
       whose z-step is an independence Metropolis–Hastings step targeting
-      p(z|x̂_{t-1}); asymptotically exact.
+      p(z|x̂_{t-1}); asymptotically exact. With a fixed proposal q(z|x̃)
+      instead of q(z|x̂_{t-1}) ('mwg_masked') it stays exact.
 
 The chains start at x̂_0 = x̃ and run S chains per data point; after
 `burn_in` steps they average E[x|z_t] (the Rao–Blackwellized imputation
@@ -66,7 +67,7 @@ PRNGKey = types.PRNGKey
 # (columns < w/2) of an h x w image, exactly 50% or 80% of the pixels chosen
 # at random per image, or each pixel independently with probability `rate`.
 MASKS = ('top_half', 'left_half', 'random_50', 'random_80', 'mcar')
-METHODS = ('sir', 'pseudo_gibbs', 'mwg')
+METHODS = ('sir', 'pseudo_gibbs', 'mwg', 'mwg_masked')
 
 
 def _image_shape(data_dim: int,
@@ -412,9 +413,10 @@ def _full(dist, shape):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    'model', 'num_chains', 'num_steps', 'burn_in', 'metropolis'))
+    'model', 'num_chains', 'num_steps', 'burn_in', 'metropolis',
+    'fixed_proposal'))
 def _gibbs(model, params, x, missing, key, *, num_chains, num_steps, burn_in,
-           metropolis, fill_value):
+           metropolis, fill_value, fixed_proposal=False):
   b, d = x.shape
   x_tilde = fill(x, missing, fill_value)
   xt = jnp.broadcast_to(x_tilde[:, None], (b, num_chains, d))
@@ -430,7 +432,7 @@ def _gibbs(model, params, x, missing, key, *, num_chains, num_steps, burn_in,
     x_hat, z, dec, log_sum, mean_sum, accepted = carry
     t, k = inputs
     kz, ku, kx = jax.random.split(k, 3)
-    q = model.encoder(params, x_hat)
+    q = model.encoder(params, xt if fixed_proposal else x_hat)
     z_new = q.sample(kz)
     dec_new = model.decoder(params, z_new)
     if metropolis:  # log ρ with the full likelihood of the completion x̂.
@@ -510,17 +512,23 @@ def pseudo_gibbs(model: model_lib.Model, params: Params, x: Array,
 def metropolis_gibbs(model: model_lib.Model, params: Params, x: Array,
                      missing: Array, key: PRNGKey, *, num_chains: int,
                      num_steps: int, burn_in: int,
-                     fill_value: float | Array = 0.0) -> dict[str, Array]:
+                     fill_value: float | Array = 0.0,
+                     proposal: str = 'completed') -> dict[str, Array]:
   """Metropolis-within-Gibbs imputation (Mattei & Frellsen 2018).
 
     z̃ ~ q(z|x̂_{t-1}), z_t = z̃ with probability min(1, ρ) (module), else
     z_{t-1};  x_miss,t ~ p(x_miss|z_t);  x̂_0 = x̃, z_0 ~ q(z|x̃);
 
-  'mean', 'cond_ll' and 'ess' as in `pseudo_gibbs`; 'acceptance' is the
-  fraction of accepted proposals per row, over all steps and chains.
-  Asymptotically exact: (z_t, x_miss,t) → p(z, x_miss|x_obs).
+  with proposal='masked' the proposal is q(z|x̃) at every step (and in ρ):
+  a fixed independence proposal, as valid, and better where the encoder
+  was trained on masked inputs (MIWAE). 'mean', 'cond_ll' and 'ess' as in
+  `pseudo_gibbs`; 'acceptance' is the fraction of accepted proposals per
+  row, over all steps and chains. Asymptotically exact: (z_t, x_miss,t) →
+  p(z, x_miss|x_obs).
   """
   _check_chains(num_chains, num_steps, burn_in)
+  if proposal not in ('completed', 'masked'):
+    raise ValueError(f'proposal: {proposal!r} is not completed or masked.')
   return _gibbs(model, params, x, missing, key, num_chains=num_chains,
                 num_steps=num_steps, burn_in=burn_in, metropolis=True,
-                fill_value=fill_value)
+                fill_value=fill_value, fixed_proposal=proposal == 'masked')
