@@ -35,9 +35,15 @@ def test_small_run_checks_itself_and_writes_its_files(tmp_path, capsys):
   assert 'crossovers of the exact variance curves' in printed
   assert 'compiled 1 program in' in printed
   for name in ('results.json', 'results.csv', 'config.json',
-               'variance_vs_k_N1.png', 'crossovers.json'):
+               'variance_vs_k_N1.png', 'crossovers.json', 'efficiency.json'):
     assert (out / name).exists(), name
+  assert 'best_per_second' in printed and 'seconds per estimate on' in printed
   records = json.loads((out / 'results.json').read_text())
+  assert not any('seconds' in r for r in records)  # A re-run reproduces it.
+  timed = json.loads((out / 'efficiency.json').read_text())
+  assert len(timed) == len(records) and all(
+      r['seconds'] > 0 and r['efficiency'] == pytest.approx(
+          r['variance'] * r['seconds']) for r in timed)
   assert {(r['cost'], r['k']) for r in records} == {
       (c, k) for c in ('square', 'cos') for k in
       ((-1.0, 1.0, 3.0) if c == 'square' else (0.5, 1.0, 2.0))}

@@ -116,14 +116,21 @@ def without_timing(records: Sequence[dict]) -> list[dict]:
           for r in records]
 
 
+# The fields that tell apart the comparisons of one `ranking` row (e.g. the
+# points of a grid of k).
+CELL_FIELDS = ('k', 'mu', 'sigma', 'step', 'epoch', 'num_samples', 'N', 'B')
+
+
 def ranking(records: Sequence[dict], keys: Sequence[str],
-            variance: str = 'variance') -> list[dict]:
+            variance: str = 'variance',
+            cell_fields: Sequence[str] = CELL_FIELDS) -> list[dict]:
   """Per value of `keys`: the best estimator per sample and per second.
 
   Best per sample: the least `variance`; per second: the least efficiency
-  (`variance` × seconds). Where rows of one estimator differ in other
-  fields (e.g. k on a grid), each estimator's count of wins is given,
-  'pathwise 9/13' (wins/cells).
+  (`variance` × seconds). Rows are compared within a cell: the same `keys`
+  and `cell_fields`; where a value of `keys` spans several cells (e.g. the
+  k of a grid), each estimator's count of wins is given, 'pathwise 9/13'
+  (wins/cells). Rows without `variance` or seconds are left out.
 
   Returns:
     [{**keys, 'best_per_sample', 'best_per_second'}].
@@ -133,9 +140,7 @@ def ranking(records: Sequence[dict], keys: Sequence[str],
     if r.get(variance) is None or r.get('seconds') is None:
       continue
     label = tuple(r[k] for k in keys)
-    rest = tuple(sorted((k, str(v)) for k, v in r.items() if k not in (
-        *keys, 'estimator') and k in ('k', 'mu', 'sigma', 'step', 'epoch',
-                                      'num_samples', 'N', 'B')))
+    rest = tuple((k, str(r.get(k))) for k in cell_fields if k not in keys)
     cells.setdefault(label, {}).setdefault(rest, []).append(r)
   out = []
   for label, by_rest in cells.items():
