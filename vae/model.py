@@ -102,16 +102,21 @@ def elementwise_kl(q: Any, prior: Any) -> Array:
 
 
 def log_weights(model: Model, params: Params, x: Array, z: Array, q: Any,
-                beta: float | Array = 1.0) -> tuple[Array, Array]:
+                beta: float | Array = 1.0,
+                log_q: Array | None = None) -> tuple[Array, Array]:
   """(log w, log p(x|z)): log w = log p(x|z) + β (log p(z) - log q(z|x)).
 
   Over the leading axes of z [..., D], against which x [..., d] and q
   broadcast (e.g. z [B, k, D] with x [B, 1, d] and q of batch [B, 1, D]; or
   z [C, B, D] with x [B, d] and q [B, D]); the decoder runs once on all.
+  `log_q`: log q(z|x) where the caller has it (drawn with z), else
+  `event_log_prob(q, z)`.
   """
   log_px = event_log_prob(model.decoder(params, z), x)
   log_pz = event_log_prob(model.prior(params), z)
-  return log_px + beta * (log_pz - event_log_prob(q, z)), log_px
+  if log_q is None:
+    log_q = event_log_prob(q, z)
+  return log_px + beta * (log_pz - log_q), log_px
 
 
 def expand(dist: Any, axis: int) -> Any:
@@ -152,8 +157,9 @@ def pathwise_bounds(model: Model, params: Params, batch: Array,
     elbo_mc_kl:  (1/k) Σ_k log w_bk
     iwae:        log (1/k) Σ_k w_bk
 
-  with log w as in `log_weights`. For a reparameterizable q its gradient
-  in params is the pathwise estimator (the same numbers, up to float
+  with log w as in `log_weights` (log q as z is drawn where q has
+  `sample_and_log_prob`, e.g. a flow: no inversion). For a
+  reparameterizable q its gradient in params is the pathwise estimator (the same numbers, up to float
   rounding, as `batch_surrogate(..., estimator='pathwise')` with this key).
 
   Args:
@@ -171,13 +177,18 @@ def pathwise_bounds(model: Model, params: Params, batch: Array,
     [B] bound estimates.
   """
   q = model.encoder(params, batch)
-  if noise is None:
+  log_q = None
+  if noise is not None:
+    z = q.loc[:, None] + q.scale[:, None] * noise
+  elif hasattr(q, 'sample_and_log_prob'):  # E.g. a flow: log q as it draws.
+    assert key is not None, 'pathwise_bounds needs a key or noise.'
+    z, log_q = jax.vmap(lambda qb, kb: qb.sample_and_log_prob(
+        kb, (num_samples,)))(q, jax.random.split(key, batch.shape[0]))
+  else:
     assert key is not None, 'pathwise_bounds needs a key or noise.'
     z = sample_per_example(q, key, num_samples)
-  else:
-    z = q.loc[:, None] + q.scale[:, None] * noise
   log_w, log_px = log_weights(model, params, batch[:, None], z, expand(q, 1),
-                              beta)  # [B, k] each.
+                              beta, log_q)  # [B, k] each.
   if objective == 'elbo':
     kl = analytic_kl(q, model.prior(params))
     if kl is None:
