@@ -19,6 +19,7 @@ through callbacks (`vae.train.train`'s `on_epoch`, `vae.evaluate.evaluate`'s
 batch, then shown as a bar.
 """
 
+import shutil
 import sys
 import time
 from typing import Any, Callable, TextIO
@@ -80,9 +81,12 @@ class Progress:
     self.start = self.last = time.time()
     self.bar: Any = None
     if _isatty(self.stream):
+      # The size given (a terminal reporting 0 rows would hide the bar).
+      size = shutil.get_terminal_size((100, 24))
       self.bar = tqdm.tqdm(total=total, desc=desc, unit=f' {unit}',
                            initial=initial, file=self.stream,
-                           dynamic_ncols=True, mininterval=0.5)
+                           ncols=size.columns, nrows=max(size.lines, 2),
+                           mininterval=0.5)
     _active.append(self)
 
   def rate(self) -> float | None:
