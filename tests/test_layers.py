@@ -24,7 +24,7 @@ CORE = {'vae', 'vae.types', 'vae.stats', 'vae.distributions', 'vae.kl',
         'vae.objectives', 'vae.model'}
 MACHINERY = {'vae.config', 'vae.data', 'vae.checkpoint', 'vae.optim',
              'vae.train', 'vae.evaluate', 'vae.importance', 'vae.moments',
-             'vae.ais', 'vae.comparison'}
+             'vae.ais', 'vae.comparison', 'vae.missing'}
 
 
 def layer(module: str) -> str:
