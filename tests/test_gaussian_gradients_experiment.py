@@ -7,7 +7,7 @@ import math
 import jax
 import pytest
 
-import launch
+from experiments.common import launch
 from experiments import gaussian_gradients as gg
 from vae.estimators import registry
 

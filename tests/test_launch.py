@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import launch
+from experiments.common import launch
 from experiments.common import outputs
 
 FAKE = '--experiment=tests.fake_experiment'

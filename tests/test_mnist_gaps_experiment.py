@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-import launch
+from experiments.common import launch
 from experiments import evaluate_vae
 from experiments import mnist_gaps
 from experiments import mnist_intractability

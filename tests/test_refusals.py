@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-import launch
+from experiments.common import launch
 from experiments.common import outputs
 from experiments.common import runner
 from vae import config as cfg
