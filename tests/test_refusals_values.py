@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-import launch
+from experiments.common import launch
 from experiments.common import runner
 from vae import config as cfg
 from vae import optim

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-import launch
+from experiments.common import launch
 from experiments.common import seeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

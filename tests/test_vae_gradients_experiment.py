@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import launch
+from experiments.common import launch
 from experiments import vae_gradients
 from experiments.common import runner
 from vae import data
