@@ -1,5 +1,6 @@
 """Tests for experiments/common/outputs.py: what a run folder is, locks."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -132,3 +133,26 @@ def test_six_processes_never_hold_one_lock_at_once(tmp_path):
   assert sum(overlaps for _, overlaps in counts) == 0, counts
   assert sum(held for held, _ in counts) >= 20, counts  # Real contention.
   assert sum(held > 0 for held, _ in counts) >= 2, counts
+
+
+def test_a_setting_added_later_at_its_default_is_not_a_difference(tmp_path):
+  """A run made before a setting existed resumes when the setting is at its
+  default (what that run did); a non-default value is a difference."""
+  from experiments import train_vae  # pylint: disable=g-import-not-at-top
+  from vae import config as cfg  # pylint: disable=g-import-not-at-top
+  from vae import evaluate  # pylint: disable=g-import-not-at-top
+  settings = cfg.to_dict(train_vae.Config())
+  old = {k: v for k, v in settings.items() if not k.startswith(
+      'evaluation.ais.')}
+  assert len(old) < len(settings)
+  run = tmp_path / 'old_run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(
+      {'experiment': 'train_vae', 'seed': 0, 'settings': old,
+       'versions': {}}))
+  outputs.check_dir(str(run), 'train_vae', train_vae.Config(), seed=0)
+  ais = evaluate.EvalConfig(ais=dataclasses.replace(
+      evaluate.EvalConfig().ais, ais_images=5))
+  with pytest.raises(outputs.RunDirError, match='ais_images=None now 5'):
+    outputs.check_dir(str(run), 'train_vae',
+                      train_vae.Config(evaluation=ais), seed=0)

@@ -321,16 +321,41 @@ def check_path(directory: str) -> None:
                         'another --output_dir.') from None
 
 
+_NO_DEFAULT = object()
+
+
+def _default(cls: type, path: str) -> Any:
+  """The value of setting `path` ('a.b.c') in a default `cls()`: the field's
+  default, through the defaults of the nested configs that hold it."""
+  value: Any = None
+  for i, part in enumerate(path.split('.')):
+    if i:
+      value = getattr(value, part, _NO_DEFAULT)
+    else:
+      fields = {f.name: f for f in dataclasses.fields(cls)}
+      if part not in fields:
+        return _NO_DEFAULT
+      value = fields[part].default
+    if value is dataclasses.MISSING or value is _NO_DEFAULT:
+      return _NO_DEFAULT
+  return list(value) if isinstance(value, tuple) else value
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
-                 resumable: Sequence[str]) -> list[str]:
+                 resumable: Sequence[str], cls: type | None = None
+                 ) -> list[str]:
   # Where the data is read from, not what is computed, may change on resume.
   # (Imported here: vae.data imports jax, which launch.py loads late.)
   from vae import data as data_lib  # pylint: disable=g-import-not-at-top
   locations = [f.name for f in dataclasses.fields(data_lib.DataPaths)]
   keys = sorted(set(old) | set(new))
+  # A setting added after the run was made, at its default, is what that
+  # run did (the code then had no other behaviour): not a difference.
+  added = {k for k in keys if k not in old and cls is not None and
+           new.get(k) == _default(cls, k)}
   return [f'{k}={old.get(k)!r} now {new.get(k)!r}' for k in keys
           if k.split('.')[-1] not in (*resumable, *locations)
-          and old.get(k) != new.get(k)]
+          and k not in added and old.get(k) != new.get(k)]
 
 
 def check_dir(directory: str, experiment: str, config: Any,
@@ -382,7 +407,7 @@ def check_dir(directory: str, experiment: str, config: Any,
                       'aside) or another --output_dir.')
   settings = folder.config.get('settings')
   differ = _differences(settings if isinstance(settings, dict) else {},
-                        cfg.to_dict(config), resumable)
+                        cfg.to_dict(config), resumable, type(config))
   if seed is not None and folder.config.get('seed') != seed:
     differ.insert(0, f'seed={folder.config.get("seed")!r} now {seed!r}')
   if differ:
