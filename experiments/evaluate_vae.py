@@ -18,7 +18,7 @@ is_log_px of the same images, ais_minus_is, each with its SE over images
 and its Monte Carlo SE; --ais_temperatures, --ais_chains, ...); with
 --bdmc_images=m, one 'bdmc' row per --bdmc_temperatures: the BDMC bracket
 on m images simulated from the model (`vae.evaluate.bdmc_records`, checked:
-gap ≥ 0).
+gap ≥ 0). The per-image AIS and IS values are in ais_per_image.json.
 
   python launch.py --experiment=evaluate_vae --checkpoint_dir=runs/vae_mnist \\
       --tfds_data_dir=/work/shared/data/tensorflow_datasets
@@ -150,6 +150,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                          t.num_samples, config.split, out.log)
   train_vae.write_evaluation(out, ev)
   out.write_json('timing.json', ev.timing)
+  if ev.ais is not None:
+    out.write_json('ais_per_image.json', ev.ais)
   records = stats.mark_disagreements(
       [train_vae.record(trained, train_seed, step, ev.summary)] +
       ev.brackets)

@@ -2,6 +2,7 @@
 images, 2-D latent): strict runs, their files, and log p(x) against
 quadrature over the latent plane."""
 
+import json
 import os
 
 import numpy as np
@@ -145,6 +146,10 @@ def test_evaluate_vae_reports_ais_beside_is_and_the_bdmc_bracket(
   assert s['is_log_px'] == pytest.approx(-s['test_nll'])  # All 6 images.
   assert abs(s['ais_minus_is']) < 4 * s['ais_minus_is_se'] + 0.05
   _check_bdmc(bdmc)
+  per_image = json.load(open(tmp_path / 'ais_per_image.json'))
+  assert len(per_image['log_px']) == len(per_image['is_log_px']) == IMAGES
+  assert np.mean(per_image['log_px']) == pytest.approx(s['ais_log_px'])
+  assert -np.mean(per_image['is_log_px']) == pytest.approx(s['test_nll'])
 
 
 def test_mnist_gaps_against_ais(trained, tmp_path, capsys):

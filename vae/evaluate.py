@@ -403,12 +403,16 @@ class Evaluation(NamedTuple):
     timing: eval_wall_s and eval_cpu_s of the importance sampling (and
       ais_wall_s, bdmc_wall_s).
     brackets: `bdmc_records` (empty without BDMC).
+    ais: without AIS None; else per image [n] `vae.ais.ais`'s 'log_px',
+      'log_px_se', 'ess', 'acceptance' and the IS 'is_log_px',
+      'is_log_px_se' of the same images.
   """
   summary: dict[str, Any]
   latents: dict[str, Any]
   pictures: dict[str, np.ndarray] | None
   timing: dict[str, float]
   brackets: list[dict] = []
+  ais: dict[str, np.ndarray] | None = None
 
 
 def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
@@ -467,12 +471,18 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
   summary = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
              for k, v in summary.items()}
   timing = {'eval_wall_s': wall, 'eval_cpu_s': cpu}
+  ais = None
   if config.ais.ais_images:
-    extra, _ = ais_summary(model, params, images, per_image['log_px'],
-                           per_image['log_px_se'], config.ais,
-                           jax.random.fold_in(base, 5), log)
+    extra, ais_out = ais_summary(model, params, images, per_image['log_px'],
+                                 per_image['log_px_se'], config.ais,
+                                 jax.random.fold_in(base, 5), log)
     timing['ais_wall_s'] = extra.pop('ais_wall_s')
     summary.update(extra)
+    m = int(extra['ais_images'])
+    ais = {**{k: ais_out[k] for k in ('log_px', 'log_px_se', 'ess',
+                                      'acceptance')},
+           'is_log_px': np.asarray(per_image['log_px'][:m]),
+           'is_log_px_se': np.asarray(per_image['log_px_se'][:m])}
   brackets = []
   if config.ais.bdmc_images:
     brackets = bdmc_records(model, params, config.ais,
@@ -483,4 +493,4 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
     drawn = pictures(model, params, images,
                      np.asarray(dataset.train).mean(0),
                      jax.random.fold_in(base, 4))
-  return Evaluation(summary, latents, drawn, timing, brackets)
+  return Evaluation(summary, latents, drawn, timing, brackets, ais)
