@@ -56,13 +56,15 @@ def chunk_size_for(num_samples: int, chunk_size: int) -> int:
 
 
 def log_weights_blocked(model: model_lib.Model, params: Params, x: Array,
-                        q: Any, z: Array, max_rows: int | None = None
-                        ) -> tuple[Array, Array]:
+                        q: Any, z: Array, max_rows: int | None = None,
+                        log_q: Array | None = None) -> tuple[Array, Array]:
   """`model.log_weights` (β = 1) of z [C, B, D], x [B, d], in blocks.
 
   The C samples are decoded c at a time (`lax.map`; c the largest divisor
   of C with c·B ≤ max_rows, default `CPU_BLOCK_ROWS` on CPU and all C
   elsewhere): the same numbers as one call, in cache-sized matmuls.
+  `log_q` [C, B]: log q(z) where it was drawn with z (a flow's
+  `sample_and_log_prob`), else computed from q.
 
   Returns:
     (log w, log p(x|z)), each [C, B].
@@ -72,10 +74,13 @@ def log_weights_blocked(model: model_lib.Model, params: Params, x: Array,
     max_rows = CPU_BLOCK_ROWS if jax.default_backend() == 'cpu' else num * batch
   c = max([d for d in range(1, num + 1) if num % d == 0 and
            d * batch <= max_rows] or [1])
-  one = lambda zz: model_lib.log_weights(model, params, x, zz, q)
+  one = lambda zl: model_lib.log_weights(model, params, x, zl[0], q,
+                                         log_q=zl[1])
   if c == num:
-    return one(z)
-  lw, log_px = jax.lax.map(one, z.reshape((num // c, c) + z.shape[1:]))
+    return one((z, log_q))
+  blocks = lambda a: None if a is None else a.reshape((num // c, c) +
+                                                      a.shape[1:])
+  lw, log_px = jax.lax.map(one, (blocks(z), blocks(log_q)))
   return lw.reshape(num, batch), log_px.reshape(num, batch)
 
 
@@ -137,11 +142,14 @@ def importance_batch(model: model_lib.Model, params: Params, x: Array,
 
   def body(carry, chunk_key):
     lse, lse2, moments, recon, iwae_moments = carry
-    z = q.sample(chunk_key, (chunk,))  # [C, B, D].
+    if hasattr(q, 'sample_and_log_prob'):  # A flow: log q as it draws.
+      z, log_q = q.sample_and_log_prob(chunk_key, (chunk,))  # [C, B, D].
+    else:
+      z, log_q = q.sample(chunk_key, (chunk,)), None
     # Materialized once: without the barrier XLA fuses the decoder's
     # [C·B, d] log-likelihood into each of the sums below (17% slower).
     lw, log_px_z = jax.lax.optimization_barrier(
-        log_weights_blocked(model, params, x, q, z))
+        log_weights_blocked(model, params, x, q, z, log_q=log_q))
     integrand = log_px_z if kl is not None else lw
     iwae_moments = tuple(
         _merge(*m, jax.nn.logsumexp(lw.reshape(chunk // j, j, batch), 1) -
