@@ -57,6 +57,7 @@ import optax
 from vae import data as data_lib
 from vae import model as model_lib
 from vae import optim
+from vae import train
 from vae import types
 
 Array = types.Array
@@ -239,7 +240,7 @@ def make_miwae_epoch(model: model_lib.Model,
   """A jitted (state, images, masks, epoch) -> (state, mean bound): one pass.
 
   `optim.fit` of `miwae_loss` over the batches of `data.epoch_indices(N,
-  B, seed, epoch)`; step t uses key fold_in(fold_in(PRNGKey(seed), 1), t)
+  B, seed, epoch)`; step t uses the trainer's key `train.step_key(seed, t)`
   and the batch's fixed masks m[indices].
   """
   loss = miwae_loss(model, num_samples, fill_value, dynamic_binarization)
@@ -248,8 +249,7 @@ def make_miwae_epoch(model: model_lib.Model,
   def epoch_fn(state, images, masks, epoch):
     order = data_lib.epoch_indices(images.shape[0], batch_size, seed, epoch)
     t = state.step + jnp.arange(order.shape[0])
-    keys = jax.vmap(lambda s: jax.random.fold_in(
-        jax.random.fold_in(jax.random.PRNGKey(seed), 1), s))(t)
+    keys = jax.vmap(lambda s: train.step_key(seed, s))(t)
 
     def gathered(params, indices, key, baseline):
       return loss(params, (jnp.take(images, indices, 0),
