@@ -323,8 +323,24 @@ class Bernoulli:
     return jax.nn.softplus(self.logits) - self.probs * self.logits
 
 
+class _ClassesLast:
+  """Shape properties of a distribution whose `logits` hold the classes on
+  the last axis (one categorical variable per leading index)."""
+  logits: Array
+
+  @property
+  def num_classes(self) -> int:
+    """Classes on the last axis."""
+    return jnp.shape(self.logits)[-1]
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """One categorical variable (or simplex) per leading index."""
+    return jnp.shape(self.logits)[:-1]
+
+
 @types.pytree_dataclass
-class Categorical:
+class Categorical(_ClassesLast):
   """Categorical(softmax(logits)) over the last axis; samples are indices.
 
   Attributes:
@@ -344,14 +360,6 @@ class Categorical:
   @property
   def probs(self) -> Array:
     return jax.nn.softmax(self.logits, axis=-1)
-
-  @property
-  def num_classes(self) -> int:
-    return jnp.shape(self.logits)[-1]
-
-  @property
-  def shape(self) -> tuple[int, ...]:
-    return jnp.shape(self.logits)[:-1]
 
   def sample(self, key: PRNGKey, sample_shape=()) -> Array:
     """Class indices drawn with the Gumbel-max trick."""
@@ -424,7 +432,7 @@ class RelaxedBernoulli:
 
 
 @types.pytree_dataclass
-class RelaxedCategorical:
+class RelaxedCategorical(_ClassesLast):
   """Concrete / Gumbel-softmax distribution over the simplex (last axis).
 
   y = softmax((logits + g) / τ), g ~ Gumbel(0, 1) i.i.d.; reparameterized.
@@ -439,16 +447,6 @@ class RelaxedCategorical:
   def __post_init__(self):
     _check_finite('RelaxedCategorical.logits', self.logits)
     _check_temperature(self.temperature)
-
-  @property
-  def num_classes(self) -> int:
-    """Classes on the last axis."""
-    return jnp.shape(self.logits)[-1]
-
-  @property
-  def shape(self) -> tuple[int, ...]:
-    """One simplex per categorical variable."""
-    return jnp.shape(self.logits)[:-1]
 
   def sample(self, key: PRNGKey, sample_shape=()) -> Array:
     shape = _shape(sample_shape) + jnp.shape(self.logits)
