@@ -12,7 +12,9 @@ installed (`pip install '.[experiments]'`; the same flags):
 
 An experiment is `experiments/NAME.py` (docs/architecture.md); each setting
 of its `Config` is a flag. A bad experiment, flag, value or run folder is one
-line on stderr, exit code 2, before anything runs or is written. A single
+line on stderr, exit code 2, before anything runs or is written; so is a
+renamed flag (`--slurm_time was renamed --timeout_min`; the launcher's
+`RENAMED` and an experiment's own `RENAMED = {old: new}`). A single
 run runs in this process into `--output_dir` (default: a fresh
 `runs/NAME-<time>`); SIGTERM/SIGINT stop it (training checkpoints; one
 line, exit code 130). A sweep runs the cartesian product of its values
@@ -68,7 +70,8 @@ def _launcher_flags(fv: flags.FlagValues) -> None:
                        'Slurm array parallelism.', lower_bound=1, **d)
   flags.DEFINE_string('slurm_partition', None, 'Slurm partition.', **d)
   flags.DEFINE_integer('slurm_gpus', 0, 'GPUs per point.', lower_bound=0, **d)
-  flags.DEFINE_integer('slurm_time', 60, 'Minutes per point.', 1, **d)
+  flags.DEFINE_integer('timeout_min', 60, 'Minutes a sweep point may run '
+                       'before it is stopped (local and Slurm).', 1, **d)
   flags.DEFINE_integer('slurm_mem_gb', 16, 'GB of memory per point.', 1, **d)
   flags.DEFINE_bool('dry_run', False, 'Print the points; run nothing.', **d)
   flags.DEFINE_bool('overwrite', False, 'Replace a previous run in '
@@ -83,9 +86,50 @@ def _launcher_flags(fv: flags.FlagValues) -> None:
 # A sweep over seeds: per setting, mean, sd and n of each result.
 SEEDS_RESULTS = 'sweep_results_over_seeds'
 
+# The launcher's renamed flags, {old name: new name}; an experiment module
+# declares its own the same way (`RENAMED = {...}`). An old name on the
+# command line is refused, naming the new one (`check_renamed`).
+RENAMED = {'slurm_time': 'timeout_min'}
+
 
 class UsageError(Exception):
   """A bad command line: one line on stderr, exit code 2."""
+
+
+def renamed(module=None) -> dict[str, str]:
+  """{old flag name: new flag name}: the launcher's and `module`'s."""
+  return {**RENAMED, **(getattr(module, 'RENAMED', None) or {})}
+
+
+def check_renamed(argv, module=None) -> None:
+  """Refuses a renamed flag before absl parses it: `--OLD`, `--OLD=V`,
+  `--noOLD` (or with one dash) and `--sweep=OLD=...`, for the launcher's
+  renames and those of `module` (its `RENAMED`).
+
+  Raises:
+    UsageError: one line naming the new flag.
+  """
+  names = renamed(module)
+  fv = flags.FlagValues()
+  _launcher_flags(fv)
+  current = set(fv) | set(
+      config_flags.flag_paths(module.Config) if module else ())
+  for arg in argv[1:]:
+    if arg == '--':
+      break
+    if not arg.startswith('-'):
+      continue
+    name, sep, value = arg.lstrip('-').partition('=')
+    if name == 'sweep' and sep:
+      old = value.partition('=')[0].strip()
+      if old in names:
+        raise UsageError(f'{arg}: --{old} was renamed --{names[old]}; give '
+                         f'--sweep={names[old]}=...')
+    elif name in names:
+      raise UsageError(f'--{name} was renamed --{names[name]}.')
+    elif (name not in current and name.startswith('no') and
+          name[2:] in names):
+      raise UsageError(f'--{name} was renamed --no{names[name[2:]]}.')
 
 
 def _flag_values(module, argv):
@@ -207,12 +251,12 @@ def _executor(fv, folder):
       os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (root, path) if p)
   if fv.launcher == 'local':
     executor = submitit.LocalExecutor(folder=folder)
-    executor.update_parameters(timeout_min=fv.slurm_time)
+    executor.update_parameters(timeout_min=fv.timeout_min)
     return executor
   executor = submitit.AutoExecutor(folder=folder, cluster='slurm')
   executor.update_parameters(
       slurm_partition=fv.slurm_partition, gpus_per_node=fv.slurm_gpus,
-      timeout_min=fv.slurm_time, mem_gb=fv.slurm_mem_gb,
+      timeout_min=fv.timeout_min, mem_gb=fv.slurm_mem_gb,
       slurm_array_parallelism=fv.parallel, name=fv.experiment)
   return executor
 
@@ -331,6 +375,7 @@ def main(argv) -> int:
   except flags.Error as e:
     raise UsageError(str(e).splitlines()[0]) from None
   module = _experiment(pre.experiment)
+  check_renamed(argv, module)  # Before absl reads an old name.
   fv = _flag_values(module, argv)
   _check_launcher(fv)
   config = _config(module, fv)
