@@ -1,7 +1,7 @@
 """Bernoulli-latent VAE: estimators' bounds vs steps and time, variances.
 
 A sigmoid belief net (`vae.models.sigmoid_belief_net`: linear maps, or MLPs
-with `--hidden`) on binary images, trained from one initialization by each
+with `--hidden_sizes`) on binary images, trained from one initialization by each
 discrete-latent estimator: training ELBO, held-out ELBO and IWAE_K vs steps
 and wall/CPU time (wall_time_curves.json/.csv; results.json is
 deterministic); each encoder gradient's variance and bias at the
@@ -13,11 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import vae_gradients
 from experiments.common import outputs
 from vae import comparison
 from vae import config as cfg
 from vae import data as data_lib
 from vae import evaluate
+from vae import moments
 from vae import optim
 from vae import train
 from vae.analysis import discrete_latents
@@ -25,6 +27,12 @@ from vae.models import image_vae
 from vae.models import sigmoid_belief_net as sbn
 
 MAX = 10**5
+
+# Old flag names, refused naming the new one (one name per concept across
+# experiments: the names of train_vae, vae_gradients and the fits).
+RENAMED = {'latents': 'latent_dim', 'hidden': 'hidden_sizes',
+           'train_steps': 'fit_steps', 'batch': 'batch_size',
+           'variance_keys': 'num_draws', 'variance_batch': 'fixed_batch_size'}
 
 
 @cfg.settings
@@ -35,17 +43,17 @@ class Config:
       ('disarm', 'score_moving_average', 'vimco', 'straight_through',
        'gumbel_softmax'), 'Estimators (the first also gives the trained '
       'point of the variance).', choices=discrete_latents.ESTIMATORS)
-  latents: int = cfg.setting(32, 'Bernoulli latents.', min=1, max=10**4)
-  hidden: tuple[int, ...] = cfg.setting(
-      (), 'Hidden sizes of encoder and decoder (empty: linear maps as '
-      'Dong et al. 2020).', min=1, max=10**4, empty=True, repeats=True)
+  latent_dim: int = cfg.like(image_vae.ModelConfig, 'latent_dim',
+                            32)  # Bernoulli latents.
+  hidden_sizes: tuple[int, ...] = cfg.like(
+      image_vae.ModelConfig, 'hidden_sizes', ())  # (): Dong et al. 2020.
   activation: str = cfg.like(image_vae.ModelConfig, 'activation',
                              'leaky_relu')
   negative_slope: float = cfg.setting(
       0.3, 'leaky_relu slope below 0 (0.3: the DisARM code).', min=0.0,
       max=1.0)
-  train_steps: int = cfg.setting(1500, 'Training steps.', min=1, max=10**8)
-  batch: int = cfg.setting(50, 'Examples per step.', min=1, max=MAX)
+  fit_steps: int = cfg.like(optim.FitConfig, 'fit_steps', 1500)  # Training.
+  batch_size: int = cfg.like(train.TrainConfig, 'batch_size', 50, max=MAX)
   optimizer: optim.OptimizerConfig = optim.OptimizerConfig(learning_rate=3e-3)
   evals_per_example: int = cfg.setting(
       2, 'Decoder evaluations per example and step (K samples; DisARM: K/2 '
@@ -62,16 +70,16 @@ class Config:
                          max=MAX)  # K of the held-out IWAE_K bound.
   train_eval_examples: int = cfg.setting(
       500, 'Training images of the training ELBO.', min=1, max=MAX)
-  variance_keys: int = cfg.setting(200, 'Gradient draws for the variance.',
-                                   min=2, max=10**6)
-  variance_batch: int = cfg.setting(32, 'Examples of the fixed batch.', min=1,
-                                    max=MAX)
+  num_draws: int = cfg.like(moments.Draws, 'num_draws', 200,
+                            max=10**6)  # Of the encoder-gradient variance.
+  fixed_batch_size: int = cfg.like(vae_gradients.Config, 'fixed_batch_size',
+                                   32)
 
   def check(self):
-    if self.train_steps % self.eval_every:
-      raise ValueError(f'train_steps={self.train_steps} must be a multiple '
+    if self.fit_steps % self.eval_every:
+      raise ValueError(f'fit_steps={self.fit_steps} must be a multiple '
                        f'of eval_every={self.eval_every}.')
-    for name in ('variance_batch', 'train_eval_examples'):
+    for name in ('fixed_batch_size', 'train_eval_examples'):
       if getattr(self, name) > self.data.train_size:
         raise ValueError(f'{name}={getattr(self, name)} exceeds the '
                          f'{self.data.train_size} training images.')
@@ -117,17 +125,17 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   train_x, test_x = discrete_latents.binary_images(config.data,
                                                    config.test_examples, seed)
   key = jax.random.PRNGKey(seed)
-  model = sbn.SBN(config.latents, train_x.shape[1], config.hidden,
+  model = sbn.SBN(config.latent_dim, train_x.shape[1], config.hidden_sizes,
                   config.activation, config.negative_slope)
   params0 = model.init(jax.random.fold_in(key, 0), jnp.mean(train_x, 0))
-  optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
+  optimizer = optim.make_optimizer(config.optimizer, config.fit_steps)
   names = config.estimators_to_compare
   samples = discrete_latents.samples_per_estimator(
       names, config.evals_per_example, config.vimco_samples)
   records, states = discrete_latents.train_estimators(
       model, train_x, test_x, params0, samples, optimizer, key,
-      num_steps=config.train_steps, eval_every=config.eval_every,
-      batch_size=config.batch, temperature=config.temperature,
+      num_steps=config.fit_steps, eval_every=config.eval_every,
+      batch_size=config.batch_size, temperature=config.temperature,
       ma_decay=config.baseline_decay, eval_samples=config.eval_samples,
       iwae_samples=config.eval_k,
       train_eval_examples=config.train_eval_examples,
@@ -139,8 +147,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
       model, params0, train_x)),
             f'trained with {names[0]}': (first.params, first.baseline)}
   records += discrete_latents.encoder_variance_records(
-      model, points, train_x[:config.variance_batch], samples, config.temperature,
-      jax.random.PRNGKey(seed + 7), config.variance_keys)
+      model, points, train_x[:config.fixed_batch_size], samples,
+      config.temperature, jax.random.PRNGKey(seed + 7), config.num_draws)
   iwae = f'test_iwae{config.eval_k}'
   plot(out, records, iwae)
   timed = ('wall_time_s', 'cpu_time_s')

@@ -1,6 +1,7 @@
 """Variance, SNR and direction of VAE gradient estimators along training.
 
-Trains a small VAE (784-64-8 tanh, `synthetic` images) and at `eval_steps`
+Trains a small VAE (784-64-8 tanh, binarized MNIST; `--dataset=synthetic`
+for the synthetic images, no data needed) and at `eval_steps`
 draws `num_draws` gradient estimates on one fixed minibatch with each
 estimator of each bound and N (`vae.analysis.vae_gradients`, `vae.moments`): total
 variance, SNR and cosine to a reference gradient per parameter group;
@@ -31,7 +32,8 @@ _PASSED_ON = ('batch_size', 'train_objective', 'train_num_samples',
 
 @cfg.settings
 class Config:
-  data: data_lib.DataConfig = data_lib.DataConfig()  # Grey: binarized once.
+  data: data_lib.DataConfig = data_lib.DataConfig(  # Grey: binarized once.
+      dataset='binarized_mnist')
   latent_dim: int = cfg.like(image_vae.ModelConfig, 'latent_dim', 8)
   hidden_sizes: tuple[int, ...] = cfg.like(image_vae.ModelConfig,
                                            'hidden_sizes', (64,))
@@ -77,11 +79,29 @@ class Config:
       raise ValueError(f'batch_size, fixed_batch_size: more than {n} images.')
 
 
+# The y-axis of each statistic, with its units (the bound is a batch mean in
+# nats; parameters have no units, so a gradient coordinate is in nats).
+Y_LABELS = {'total_variance': 'total variance Σ_p Var[ĝ_p] (nats²)',
+            'snr': 'SNR: mean_p |E ĝ_p| / sd ĝ_p (unitless)'}
+
+
+def fixed_text(objective: str, fixed: dict) -> str:
+  """The setting a panel holds fixed, in words: 'K = 20', 'step 300'."""
+  words = []
+  for name, value in fixed.items():
+    if name == 'num_samples':
+      words.append(f'{"K" if objective.startswith("iwae") else "N"} = '
+                   f'{value}')
+    else:
+      words.append(f'{name.replace("_", " ")} {value}')
+  return ', '.join(words)
+
+
 def plot(out, rows, x_key: str, fixed: dict, name: str, title: str):
   """Total variance and SNR (rows: objectives; columns: group x statistic)."""
   plt = outputs.pyplot()
   objs = list(dict.fromkeys(r['objective'] for r in rows))
-  fig, axes = plt.subplots(len(objs), 4, figsize=(15, 3.2 * len(objs)),
+  fig, axes = plt.subplots(len(objs), 4, figsize=(15, 3.4 * len(objs)),
                            squeeze=False)
   for i, obj in enumerate(objs):
     rs = [r for r in rows if r['objective'] == obj and all(
@@ -95,8 +115,13 @@ def plot(out, rows, x_key: str, fixed: dict, name: str, title: str):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', ms=3,
                 color=f'C{k}', label=est)
       ax.set(yscale='log', xscale='linear' if x_key == 'step' else 'log',
-             xlabel='training step' if x_key == 'step' else 'N (K for iwae)')
-      ax.set_title(f'{obj} {group}: {stat} ({fixed})', fontsize=8)
+             xlabel='training step' if x_key == 'step' else (
+                 'K (samples of IWAE_K)' if obj.startswith('iwae') else
+                 'N (samples per estimate)'),
+             ylabel=Y_LABELS[stat])
+      ax.yaxis.label.set_size(8)
+      ax.set_title(f'objective {obj}, {group}, {fixed_text(obj, fixed)}',
+                   fontsize=9)
     axes[i, 0].legend(fontsize=7)
   crn = rows[0]['common_random_numbers']
   fig.suptitle(title + crn * ('\n(common random numbers: estimators whose '
@@ -126,7 +151,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   for x, fixed in (('step', {'num_samples': ns[-1]}),
                    ('num_samples', {'step': steps[-1]})):
     plot(out, records, x, fixed, f'variance_snr_vs_{x}.png',
-         f'Total variance and SNR vs {x}')
+         'Total variance and SNR of the gradient estimates vs ' + (
+             'training step' if x == 'step' else 'samples N (K)'))
   out.table(vg.summary_rows(records))
   out.log(f'ms: seconds per estimate ×10³ on {comparison.device_name()} '
           '(one estimate alone, compiled, median of repeats, at the last '

@@ -2,18 +2,20 @@
 
 import json
 
+from absl import flags
 import pytest
 
+from experiments.common import flags as config_flags
 from experiments.common import launch
 from experiments import discrete_latents
 from experiments.common import runner
 from vae import data
 
 TINY = dict(data=data.DataConfig(num_train=64),
-            test_examples=8, latents=3, vimco_samples=3,
-            train_steps=4,
-            eval_every=2, batch=8, eval_samples=2, eval_k=4,
-            variance_keys=8, variance_batch=4, train_eval_examples=8,
+            test_examples=8, latent_dim=3, vimco_samples=3,
+            fit_steps=4,
+            eval_every=2, batch_size=8, eval_samples=2, eval_k=4,
+            num_draws=8, fixed_batch_size=4, train_eval_examples=8,
             estimators_to_compare=('disarm', 'vimco'))
 
 
@@ -50,19 +52,20 @@ def test_tiny_run_writes_its_files_and_records(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('settings, message', [
-    (dict(latents=-3), 'latents: must be >= 1'),
+    (dict(latent_dim=-3), 'latent_dim: must be >= 1'),
     (dict(temperature=0.0), 'temperature: must be > 0'),
-    (dict(batch=0), 'batch: must be >= 1'),
+    (dict(batch_size=0), 'batch_size: must be >= 1'),
     (dict(estimators_to_compare=('score_rloo',), evals_per_example=1),
      "'score_rloo' needs evals_per_example >= 2"),
     (dict(estimators_to_compare=('disarm',), evals_per_example=1),
      "'disarm' needs evals_per_example >= 2"),
-    (dict(hidden=(0, 10)), 'hidden: must be >= 1, got 0.'),
+    (dict(hidden_sizes=(0, 10)), 'hidden_sizes: must be >= 1, got 0.'),
     (dict(vimco_samples=1), 'vimco_samples: must be >= 2'),
     (dict(activation='leaky'), 'activation: .*not one of'),
     (dict(negative_slope=-0.1), 'negative_slope: must be >= 0'),
     (dict(train_eval_examples=5000), 'train_eval_examples=5000 exceeds'),
-    (dict(train_steps=100, eval_every=30), 'must be a multiple'),
+    (dict(fit_steps=100, eval_every=30), 'must be a multiple'),
+    (dict(fixed_batch_size=5000), 'fixed_batch_size=5000 exceeds'),
     (dict(estimators_to_compare=('pathwise',)), 'not one of'),
 ])
 def test_bad_settings_are_refused(settings, message):
@@ -70,8 +73,8 @@ def test_bad_settings_are_refused(settings, message):
     discrete_latents.Config(**settings)
 
 
-@pytest.mark.parametrize('flag', ['--latents=-3', '--learning_rate=-1',
-                                  '--temperature=0', '--batch=0'])
+@pytest.mark.parametrize('flag', ['--latent_dim=-3', '--learning_rate=-1',
+                                  '--temperature=0', '--batch_size=0'])
 def test_refusal_on_the_command_line_is_one_line(tmp_path, capsys, flag):
   out = tmp_path / 'run'
   rc = launch.cli(['launch.py', '--experiment=discrete_latents', flag,
@@ -79,3 +82,30 @@ def test_refusal_on_the_command_line_is_one_line(tmp_path, capsys, flag):
   err = capsys.readouterr().err
   assert rc == 2 and len(err.strip().splitlines()) == 1, err
   assert flag[2:].split('=')[0] in err and not out.exists()
+
+
+@pytest.mark.parametrize('old, new', sorted(discrete_latents.RENAMED.items()))
+def test_old_flag_names_are_refused_naming_the_new_one(tmp_path, capsys, old,
+                                                      new):
+  """The names of one concept are those of the other experiments."""
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', '--experiment=discrete_latents', f'--{old}=4',
+                   f'--output_dir={out}'])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and len(err.splitlines()) == 1, err
+  assert f'--{old} was renamed --{new}' in err and not out.exists()
+  assert new in config_flags.flag_paths(discrete_latents.Config)
+  assert old not in config_flags.flag_paths(discrete_latents.Config)
+
+
+def test_linear_maps_are_the_default_and_empty_hidden_sizes_parse(tmp_path):
+  """--hidden_sizes= (empty) is the linear SBN of Dong et al. (2020)."""
+  assert discrete_latents.Config().hidden_sizes == ()
+  flag_values = flags.FlagValues()
+  config_flags.define_flags(discrete_latents.Config, flag_values, __name__)
+  flag_values(['prog', '--hidden_sizes=', '--latent_dim=7'])
+  config = config_flags.config_from_flags(discrete_latents.Config, flag_values)
+  assert config.hidden_sizes == () and config.latent_dim == 7
+  flag_values(['prog', '--hidden_sizes=200,200'])
+  assert config_flags.config_from_flags(
+      discrete_latents.Config, flag_values).hidden_sizes == (200, 200)

@@ -9,7 +9,8 @@ from experiments import vae_gradients
 from experiments.common import runner
 from vae import data
 
-TINY = dict(data=data.DataConfig(num_train=64),
+SYNTHETIC = data.DataConfig(dataset='synthetic', num_train=64)
+TINY = dict(data=SYNTHETIC,
             hidden_sizes=(8,), latent_dim=2, batch_size=8,
             fixed_batch_size=4, eval_steps=(2, 0), objectives=('elbo',),
             elbo_estimators=('pathwise', 'score_moving_average'),
@@ -51,7 +52,8 @@ def test_tiny_run_writes_its_files_and_records(tmp_path, capsys):
           sample_counts=(1,)),
      "estimator 'vimco' needs num_samples >= 2"),
     (dict(elbo_estimators=('stl',)), "'stl' does not apply to objective"),
-    (dict(data=data.DataConfig(num_train=10), batch_size=32),
+    (dict(data=data.DataConfig(dataset='synthetic', num_train=10),
+          batch_size=32),
      'more than 10 images'),
     (dict(num_draws=1), 'num_draws: must be >= 2'),
     (dict(hidden_sizes=(0,)), 'hidden_sizes: must be >= 1'),
@@ -64,8 +66,35 @@ def test_bad_settings_are_refused(settings, message):
 def test_refusal_on_the_command_line_is_one_line(tmp_path, capsys):
   out = tmp_path / 'run'
   rc = launch.cli(['launch.py', '--experiment=vae_gradients',
+                   '--dataset=synthetic',
                    '--elbo_estimators=score_rloo', '--sample_counts=1',
                    f'--output_dir={out}'])
   err = capsys.readouterr().err
   assert rc == 2 and len(err.strip().splitlines()) == 1, err
   assert 'needs num_samples >= 2' in err and not out.exists()
+
+
+def test_the_default_is_binarized_mnist_and_missing_data_is_one_line(
+    tmp_path, capsys, monkeypatch):
+  """README lists vae_gradients under binarized MNIST: its default data."""
+  pytest.importorskip('tensorflow_datasets')
+  assert vae_gradients.Config().data.dataset == 'binarized_mnist'
+  for var in (data.ENV_TFDS_DATA_DIR, data.ENV_CACHE_DIR, data.ENV_MANUAL_DIR):
+    monkeypatch.delenv(var, raising=False)
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', '--experiment=vae_gradients',
+                   f'--tfds_data_dir={tmp_path / "empty"}',
+                   f'--output_dir={out}'])
+  err = capsys.readouterr().err.strip()
+  assert rc != 0 and len(err.splitlines()) == 1, err
+  assert 'binarized_mnist not found' in err and 'tfds_data_dir=DIR' in err
+  assert not out.exists() and not (tmp_path / 'empty').exists()
+
+
+@pytest.mark.parametrize('objective, fixed, text', [
+    ('elbo', {'num_samples': 5}, 'N = 5'),
+    ('iwae', {'num_samples': 20}, 'K = 20'),
+    ('elbo', {'step': 300}, 'step 300'),
+])
+def test_panel_titles_name_the_fixed_setting_in_words(objective, fixed, text):
+  assert vae_gradients.fixed_text(objective, fixed) == text

@@ -31,8 +31,9 @@ MAX_WIDTH = 10_000  # Widest layer (and largest latent dimension) accepted.
 class ModelConfig:
   """The MLP VAE's architecture (default: Burda et al.'s 784-200-200-50)."""
   hidden_sizes: tuple[int, ...] = cfg.setting(
-      (200, 200), 'Hidden layer widths of the encoder and of the decoder.',
-      min=1, max=MAX_WIDTH, repeats=True)
+      (200, 200), 'Hidden layer widths of the encoder and of the decoder '
+      '(empty: linear maps).', min=1, max=MAX_WIDTH, repeats=True,
+      empty=True)
   latent_dim: int = cfg.setting(50, 'Dimension of z.', min=1, max=MAX_WIDTH)
   activation: str = cfg.setting('tanh', 'Hidden-layer activation.',
                                 choices=tuple(networks.ACTIVATIONS))
