@@ -8,7 +8,8 @@ installed (`pip install '.[experiments]'`; the same flags):
   python launch.py --experiment=NAME --help         # NAME's settings
   python launch.py --experiment=NAME --SETTING=VALUE ...
   python launch.py --experiment=NAME --sweep=SETTING=V1,V2 [--sweep=...] \\
-      [--parallel=N | --launcher=slurm --slurm_partition=P --slurm_gpus=1]
+      [--parallel=N [--local_gpus=auto|none|0,1,...] |
+       --launcher=slurm --slurm_partition=P --slurm_gpus=1] [--timeout_min=M]
 
 An experiment is `experiments/NAME.py` (docs/architecture.md); each setting
 of its `Config` is a flag. A bad experiment, flag, value or run folder is one
@@ -20,7 +21,10 @@ run runs in this process into `--output_dir` (default: a fresh
 line, exit code 130). A sweep runs the cartesian product of its values
 (split on ',', or on ';' if there is one; two points with the same settings
 or folder name are refused), each point through a submitit executor
-(`local`: this machine, `--parallel` at a time; `slurm`: a cluster) into
+(`local`: this machine, `--parallel` at a time, each point with one GPU of
+`--local_gpus` (default auto: CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`),
+spread over them, or on the CPU with `--local_gpus=none` or no GPU; `slurm`:
+a cluster), each stopped after `--timeout_min` minutes, into
 `<output_dir>/<setting=value,...>`, gathering sweep_results.json/.csv and
 sweep.json (a sweep over seed also writes and prints, per setting, mean,
 sd and n over seeds of every numeric result: sweep_results_over_seeds.json
@@ -38,8 +42,10 @@ disagrees with exact values.
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from typing import Any
@@ -68,6 +74,11 @@ def _launcher_flags(fv: flags.FlagValues) -> None:
                     "sweep's points run (submitit executor).", **d)
   flags.DEFINE_integer('parallel', 1, 'Sweep points run at once (local) or '
                        'Slurm array parallelism.', lower_bound=1, **d)
+  flags.DEFINE_string('local_gpus', 'auto', "GPUs for a local sweep's points, "
+                      'one GPU per point, spread over them (the least busy '
+                      'first): auto (those of CUDA_VISIBLE_DEVICES if set, '
+                      'else of `nvidia-smi -L`, else none), none (CPU only) '
+                      'or a list of GPU indices such as 0,1,3.', **d)
   flags.DEFINE_string('slurm_partition', None, 'Slurm partition.', **d)
   flags.DEFINE_integer('slurm_gpus', 0, 'GPUs per point.', lower_bound=0, **d)
   flags.DEFINE_integer('timeout_min', 60, 'Minutes a sweep point may run '
@@ -233,11 +244,68 @@ def _experiment(name: str):
 
 
 def _check_launcher(fv) -> None:
-  """Refuses --launcher=slurm where this machine has no Slurm (sbatch)."""
+  """Refuses --launcher=slurm where this machine has no Slurm (sbatch), and
+  a --local_gpus that is not auto, none or a list of GPU indices."""
   if fv.launcher == 'slurm' and shutil.which('sbatch') is None:
     raise UsageError('--launcher=slurm: no Slurm here (sbatch is not on '
                      'PATH); run on a Slurm login node or use '
                      '--launcher=local.')
+  if fv.local_gpus != 'auto' or (fv.sweep and fv.launcher == 'local'):
+    local_gpus(fv.local_gpus)  # Refused now, before anything is written.
+
+
+def detect_gpus() -> list[int]:
+  """This machine's GPU indices, without importing JAX: those of
+  CUDA_VISIBLE_DEVICES when it is set ('' or -1: none), else those that
+  `nvidia-smi -L` lists, else none.
+
+  Raises:
+    UsageError: CUDA_VISIBLE_DEVICES names a GPU by UUID (or otherwise not
+      by index): submitit passes a point its GPU by index.
+  """
+  visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+  if visible is not None:
+    ids = [v.strip() for v in visible.split(',') if v.strip()]
+    if not ids or ids[0].startswith('-'):  # CUDA: -1 or '' hides all.
+      return []
+    if not all(v.isdigit() for v in ids):
+      raise UsageError(f'CUDA_VISIBLE_DEVICES={visible}: a local sweep gives '
+                       'each point one GPU by index; give --local_gpus=0,1,'
+                       '... (indices) or --local_gpus=none.')
+    return [int(v) for v in ids]
+  if shutil.which('nvidia-smi') is None:
+    return []
+  try:
+    listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    return []
+  # 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)'; MIG lines are indented.
+  return [int(m) for m in re.findall(r'^GPU (\d+):', listing, re.M)]
+
+
+def local_gpus(value: str) -> list[int]:
+  """The GPUs of --local_gpus (auto: `detect_gpus`; none: []).
+
+  Raises:
+    UsageError: not auto, none or a list of distinct indices.
+  """
+  if value == 'auto':
+    return detect_gpus()
+  if value == 'none':
+    return []
+  ids = [v.strip() for v in value.split(',')]
+  if not all(v.isdigit() for v in ids) or len(set(ids)) < len(ids):
+    raise UsageError(f'--local_gpus={value}: expected auto, none or distinct '
+                     'GPU indices such as 0,1,3.')
+  return [int(v) for v in ids]
+
+
+def pick_gpu(gpus: list[int], busy: list[int]) -> int:
+  """The GPU for the next point: of `gpus`, the one fewest running points
+  use (`busy`: their GPUs), the first such in the list; so points go round
+  the GPUs, and one that has finished frees its GPU first."""
+  return min(gpus, key=lambda g: (busy.count(g), gpus.index(g)))
 
 
 def _executor(fv, folder):
@@ -251,7 +319,7 @@ def _executor(fv, folder):
       os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (root, path) if p)
   if fv.launcher == 'local':
     executor = submitit.LocalExecutor(folder=folder)
-    executor.update_parameters(timeout_min=fv.timeout_min)
+    executor.update_parameters(timeout_min=fv.timeout_min)  # GPUs: _run_sweep.
     return executor
   executor = submitit.AutoExecutor(folder=folder, cluster='slurm')
   executor.update_parameters(
@@ -278,11 +346,30 @@ def _submit(executor, root, *args):
 
 
 def _run_sweep(fv, points, root):
-  """Runs the points through submitit; returns [(label, values, job)]."""
+  """Runs the points through submitit; returns [(label, values, job)].
+
+  Locally, each point sees one GPU of --local_gpus (submitit sets its
+  CUDA_VISIBLE_DEVICES; `pick_gpu`), or none (CPU only) where there are
+  none; where more points than GPUs run at once, they share GPUs and JAX
+  does not preallocate GPU memory (XLA_PYTHON_CLIENT_PREALLOCATE=false
+  unless set).
+  """
   executor = _executor(fv, os.path.join(root, 'submitit'))
   os.makedirs(os.path.join(root, 'submitit'), exist_ok=True)
-  limit = fv.parallel if fv.launcher == 'local' else len(points)
+  local = fv.launcher == 'local'
+  limit = fv.parallel if local else len(points)
+  gpus = local_gpus(fv.local_gpus) if local else []
+  at_once = min(limit, len(points))
+  if local:
+    print(f'sweep: {len(points)} points, {at_once} at a time, ' + (
+        f'one GPU each of {",".join(map(str, gpus))}' if gpus else
+        'on the CPU (--local_gpus=none)' if fv.local_gpus == 'none' else
+        'on the CPU (no GPU found)'))
+  # Points copy this environment when they start (submitit); undone below.
+  preallocate = 'XLA_PYTHON_CLIENT_PREALLOCATE'
+  shared = bool(gpus) and at_once > len(gpus) and preallocate not in os.environ
   pending, running, done = list(points), [], []
+  gpu_of: dict[str, int] = {}  # label: its GPU.
 
   def stop(signum, frame):  # Stop the points too, not just this process.
     del signum, frame
@@ -295,10 +382,16 @@ def _run_sweep(fv, points, root):
   handlers = [signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)]
   # A bar on a terminal; without one, the line per finished point.
   bar = progress.Progress(len(points), 'sweep', 'points', plain=False)
+  if shared:
+    os.environ[preallocate] = 'false'
   try:
     while pending or running:
       while pending and len(running) < limit:
         label, values, config = pending.pop(0)
+        if gpus:
+          gpu_of[label] = pick_gpu(gpus, [gpu_of[r[0]] for r in running])
+          executor.update_parameters(gpus_per_node=1,
+                                     visible_gpus=(gpu_of[label],))
         job = _submit(executor, root, experiments.run_point, fv.experiment,
                       cfg.to_dict(config), values.get('seed', fv.seed),
                       os.path.join(root, label), fv.strict, fv.overwrite,
@@ -310,6 +403,8 @@ def _run_sweep(fv, points, root):
         done.append(item)
         failed = item[2].exception() is not None
         status = f'FAILED, log {item[2].paths.stderr}' if failed else 'ok'
+        if item[0] in gpu_of:
+          status += f' (GPU {gpu_of[item[0]]})'
         bar.update()
         eta = bar.eta()
         left = f', ETA {progress.clock(eta)}' if eta else ''
@@ -318,6 +413,8 @@ def _run_sweep(fv, points, root):
             f'({progress.clock(time.time() - bar.start)} elapsed{left})')
   finally:
     bar.close()
+    if shared:
+      del os.environ[preallocate]
     signal.signal(signal.SIGTERM, handlers[0])
     signal.signal(signal.SIGINT, handlers[1])
   return done
