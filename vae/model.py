@@ -200,6 +200,38 @@ def pathwise_bounds(model: Model, params: Params, batch: Array,
   return jnp.mean(log_w, -1)
 
 
+def free_bits_bound(model: Model, params: Params, batch: Array,
+                    key: PRNGKey | None, free_bits: float | Array,
+                    beta: float | Array = 1.0, num_samples: int = 1,
+                    noise: Array | None = None) -> Array:
+  """The free-bits ELBO of a batch (Kingma et al. 2016), a scalar:
+
+    S̄_λ = (1/B) Σ_b (1/k) Σ_k log p(x_b|z_bk) - β Σ_j max(λ, KL̄_j),
+    KL̄_j = (1/B) Σ_b KL(q(z_j|x_b) ‖ p(z_j))   (`objectives.free_bits_kl`)
+
+  with reparameterized z_bk ~ q(z|x_b) (`sample_per_example`, or z = μ + σ ε
+  from `noise`), so its gradient is the pathwise one. It equals the
+  batch-mean ELBO of `pathwise_bounds` ('elbo') when every KL̄_j ≥ λ.
+  Needs a KL per latent dimension in closed form (a diagonal Gaussian q and
+  a diagonal Gaussian prior): ValueError (one line) otherwise.
+  """
+  q = model.encoder(params, batch)
+  try:
+    kl = kl_lib.kl_divergence(q, model.prior(params))
+  except NotImplementedError:
+    kl = None
+  if kl is None or jnp.ndim(kl) < jnp.ndim(q.mean()):
+    raise ValueError('free bits need KL(q ‖ p) per latent dimension in '
+                     'closed form (a diagonal Gaussian q, N(0, I) prior).')
+  if noise is not None:
+    z = q.loc[:, None] + q.scale[:, None] * noise
+  else:
+    assert key is not None, 'free_bits_bound needs a key or noise.'
+    z = sample_per_example(q, key, num_samples)
+  log_px = event_log_prob(model.decoder(params, z), batch[:, None])
+  return jnp.mean(log_px) - beta * objectives.free_bits_kl(kl, free_bits)
+
+
 def example_surrogate(model: Model, params: Params, x: Array, key: PRNGKey,
                       objective: str, estimator: str, num_samples: int,
                       beta: float | Array = 1.0,

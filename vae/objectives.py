@@ -104,6 +104,27 @@ def _elbo_integrand(log_likelihood, q, prior, beta):
       jnp.sum(prior.log_prob(z)) - jnp.sum(q.log_prob(z))))
 
 
+def free_bits_kl(kl_per_dim: Array, free_bits: float | Array) -> Array:
+  """The free-bits KL of a minibatch (Kingma et al. 2016, eq. 15):
+
+    KL_λ = Σ_j max(λ, (1/B) Σ_b KL_bj)
+
+  with KL_bj = KL(q(z_j|x_b) ‖ p(z_j)) for latent dimension (or group) j.
+  Used in place of the mean KL, (1/B) Σ_b Σ_j KL_bj, of a minibatch's ELBO:
+  a dimension whose batch-mean KL is below λ contributes the constant λ, so
+  its gradient is zero and the rest of the objective is free to use those
+  λ nats; above λ it is the ordinary KL term. λ = 0 gives the ordinary KL.
+
+  Args:
+    kl_per_dim: [B, D] KLs per example and dimension.
+    free_bits: λ ≥ 0, nats per dimension.
+
+  Returns:
+    The scalar KL_λ.
+  """
+  return jnp.sum(jnp.maximum(free_bits, jnp.mean(kl_per_dim, 0)))
+
+
 def surrogate_objective(objective: str, estimator: str, log_likelihood: CostFn,
                         q, prior, key: PRNGKey, num_samples: int,
                         beta: float | Array = 1.0,

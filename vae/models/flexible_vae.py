@@ -7,6 +7,11 @@ One model, three choices, each a head on the MLP VAE's networks:
                iaf       T inverse autoregressive steps (Kingma et al. 2016)
                          on the diagonal Gaussian, conditioned on x through
                          a per-example hidden bias c_t(x)
+               delta     the δ-VAE's diagonal Gaussian (Razavi et al. 2019):
+                         σ_j(x) confined below σ_l, the smaller root of
+                         ½(σ² - 1 - log σ²) = δ, so that with the N(0, I)
+                         prior KL(q_j ‖ p_j) = ½(μ² + σ² - 1 - log σ²) ≥ δ
+                         for every x (`delta_scale_bounds`)
     prior      standard  p(z) = N(0, I)
                mog       p(z) = Σ_k π_k N(z; m_k, diag s_k²), all learned
                vamp      p(z) = (1/K) Σ_k q(z|u_k), u_k = σ(a_k) K learned
@@ -22,12 +27,14 @@ are built here (`made_masks`). With every choice at its default this is
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 
 from vae import config as cfg
 from vae import distributions as dists
@@ -38,10 +45,12 @@ Array = types.Array
 Params = types.Params
 PRNGKey = types.PRNGKey
 
-POSTERIORS = ('diagonal', 'full', 'iaf')
+POSTERIORS = ('diagonal', 'full', 'iaf', 'delta')
 PRIORS = ('standard', 'mog', 'vamp')
 DECODERS = ('factorized', 'autoregressive')
 MAX_WIDTH = 10_000
+# The posteriors that are a diagonal Gaussian (`dists.Normal`).
+GAUSSIAN = ('diagonal', 'delta')
 # The estimators for a q that is not a diagonal Gaussian: those that need
 # only q's reparameterized samples and its log-density at any z.
 FLEXIBLE_ESTIMATORS = ('pathwise', 'stl', 'dreg')
@@ -51,8 +60,10 @@ FLEXIBLE_ESTIMATORS = ('pathwise', 'stl', 'dreg')
 class FamilyConfig:
   """The families of q(z|x), p(z) and p(x|z) (default: the MLP VAE's)."""
   posterior: str = cfg.setting(
-      'diagonal', 'q(z|x): diagonal or full-covariance Gaussian, or an '
-      'inverse autoregressive flow on the diagonal one.', choices=POSTERIORS)
+      'diagonal', 'q(z|x): diagonal or full-covariance Gaussian, an '
+      'inverse autoregressive flow on the diagonal one, or the delta-VAE\'s '
+      'diagonal Gaussian whose KL per dimension is at least committed_rate.',
+      choices=POSTERIORS)
   prior: str = cfg.setting(
       'standard', 'p(z): N(0, I), a learned mixture of Gaussians, or the '
       'VampPrior (the encoder at learned pseudo-inputs).', choices=PRIORS)
@@ -68,6 +79,9 @@ class FamilyConfig:
   flow_hidden: int = cfg.setting(
       100, 'Hidden width of each IAF step (posterior=iaf).', min=1,
       max=MAX_WIDTH)
+  committed_rate: float = cfg.setting(
+      0.1, 'delta of the delta-VAE: the least KL(q_j ‖ p_j) per latent '
+      'dimension, in nats (posterior=delta).', gt=0.0, max=100.0)
   decoder_hidden_sizes: tuple[int, ...] = cfg.setting(
       (200,), 'Hidden widths of the autoregressive decoder\'s MADE (its '
       'capacity; decoder=autoregressive).', min=1, max=MAX_WIDTH,
@@ -99,12 +113,29 @@ def check_training(families: FamilyConfig, objective: str,
         f'objective: elbo needs a closed-form KL(q ‖ p), which '
         f'posterior={families.posterior} with prior={families.prior} does '
         'not have; use elbo_mc_kl or iwae.')
-  if families.posterior != 'diagonal' and estimator not in (
+  if families.posterior not in GAUSSIAN and estimator not in (
       FLEXIBLE_ESTIMATORS):
     raise ValueError(
         f'estimator: {estimator} assumes a diagonal Gaussian q; '
         f'posterior={families.posterior} takes '
         f'{", ".join(FLEXIBLE_ESTIMATORS)}.')
+
+
+def delta_scale_bounds(delta: float) -> tuple[float, float]:
+  """(σ_l, σ_u): the two roots σ_l < 1 < σ_u of ½(σ² - 1 - log σ²) = δ.
+
+  With s = σ², s - log s = c = 1 + 2δ, i.e. -s e^{-s} = -e^{-c}, so
+  s = -W_k(-e^{-c}) with the Lambert W branches k = 0 (s < 1) and k = -1
+  (s > 1). For σ ≤ σ_l (or σ ≥ σ_u) the KL of N(μ, σ²) to N(0, 1),
+  ½(μ² + σ² - 1 - log σ²), is ≥ δ whatever μ (Razavi et al. 2019); the
+  'delta' posterior takes σ ∈ (0, σ_l), a q committed to be narrower than
+  the prior.
+  """
+  if not delta > 0:
+    raise ValueError(f'committed_rate: must be > 0, got {delta}.')
+  arg = -np.exp(-(1.0 + 2.0 * delta))
+  lo, hi = (-scipy.special.lambertw(arg, k).real for k in (0, -1))
+  return float(np.sqrt(lo)), float(np.sqrt(hi))
 
 
 def made_masks(in_dim: int, hidden_sizes: tuple[int, ...], out_dim: int,
@@ -170,6 +201,7 @@ class FlexibleVAE:
     flow_hidden: H, the width of each IAF step's MADE.
     ar_hidden_sizes: the autoregressive decoder's MADE widths (its
       capacity; () is a masked linear layer on x).
+    committed_rate: δ of posterior 'delta'.
   """
   hidden_sizes: tuple[int, ...] = (200, 200)
   latent_dim: int = 50
@@ -182,6 +214,7 @@ class FlexibleVAE:
   flow_steps: int = 2
   flow_hidden: int = 100
   ar_hidden_sizes: tuple[int, ...] = (200,)
+  committed_rate: float = 0.1
 
   def __post_init__(self):
     for name, value, choices in (('posterior', self.posterior_type, POSTERIORS),
@@ -189,10 +222,15 @@ class FlexibleVAE:
                                  ('decoder', self.decoder_type, DECODERS)):
       if value not in choices:
         raise ValueError(f'{name}: {value!r} is not one of {choices}.')
+    if self.posterior_type == 'delta':
+      if self.prior_type != 'standard':
+        raise ValueError('posterior: delta bounds the KL to the N(0, I) '
+                         f'prior; prior={self.prior_type} is not that.')
+      delta_scale_bounds(self.committed_rate)
 
   @property
   def encoder_net(self) -> nn.Module:
-    if self.posterior_type == 'diagonal':
+    if self.posterior_type in GAUSSIAN:
       return networks.MLPEncoder(self.hidden_sizes, self.latent_dim,
                                  self.activation)
     d = self.latent_dim
@@ -272,10 +310,15 @@ class FlexibleVAE:
     return self.prior_dist(params)
 
   def encoder(self, params: Params, x: Array) -> Any:
-    """q(z|x): Normal, MultivariateNormal or InverseAutoregressiveFlow."""
+    """q(z|x): Normal, MultivariateNormal or InverseAutoregressiveFlow;
+    for 'delta' N(μ, σ²) with σ = σ_l sigmoid(r(x)), r the encoder's
+    log-scale head (`delta_scale_bounds`): KL(q_j ‖ N(0, 1)) > δ."""
     out = networks.apply(self.encoder_net, params['encoder'], x)
     if self.posterior_type == 'diagonal':
       return dists.Normal(*out)
+    if self.posterior_type == 'delta':
+      lo, _ = delta_scale_bounds(self.committed_rate)
+      return dists.Normal(out[0], math.log(lo) + jax.nn.log_sigmoid(out[1]))
     loc, log_scale, extra = out
     d = self.latent_dim
     if self.posterior_type == 'full':
@@ -313,7 +356,7 @@ class FlexibleVAE:
 
 def analytic_kl(posterior: str, prior: str) -> bool:
   """True when KL(q ‖ p) has a closed form: a Gaussian q and N(0, I)."""
-  return posterior in ('diagonal', 'full') and prior == 'standard'
+  return posterior in ('diagonal', 'full', 'delta') and prior == 'standard'
 
 
 def make(model: Any, families: FamilyConfig,
@@ -326,4 +369,5 @@ def make(model: Any, families: FamilyConfig,
       posterior_type=families.posterior, prior_type=families.prior,
       decoder_type=families.decoder, num_components=families.num_components,
       flow_steps=families.flow_steps, flow_hidden=families.flow_hidden,
-      ar_hidden_sizes=tuple(families.decoder_hidden_sizes))
+      ar_hidden_sizes=tuple(families.decoder_hidden_sizes),
+      committed_rate=families.committed_rate)

@@ -1,0 +1,129 @@
+"""Posterior collapse: free bits, the δ-constraint, the mutual information
+I_q(x; z) with its ELBO-surgery split, and the experiment end to end.
+
+* Free bits (Kingma et al. 2016): the gradient of Σ_j max(λ, KL̄_j) is zero
+  in a dimension whose batch-mean KL is below λ and the ordinary KL gradient
+  above it; the model's free-bits bound is the ELBO plus the KL of the
+  dimensions below λ, value and gradient.
+* δ-VAE (Razavi et al. 2019): KL(q_j ‖ p_j) ≥ δ for any encoder output,
+  and = δ where μ = 0 and σ sits on a bound.
+* I_q(x; z): 0 when q(z|x) does not depend on x; log N when the N
+  posteriors do not overlap; the closed form of a linear-Gaussian encoder
+  (q(z) Gaussian) within standard errors; the split adds up.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae import distributions as dists
+from vae import kl as kl_lib
+from vae import model as model_lib
+from vae import objectives
+from vae.models import flexible_vae
+
+
+def _kl_rows(theta):
+  q = dists.Normal(theta['loc'], theta['log_scale'])
+  return kl_lib.kl_divergence(q, dists.standard_normal(q.loc.shape[-1:]))
+
+
+def test_free_bits_gradient_is_zero_below_lambda_and_ordinary_above():
+  # Dimension 0: μ ≈ 0.1, σ = 1 (KL ≈ 0.005 < λ); dimension 1: μ ≈ 2 (KL ≈ 2).
+  rng = np.random.default_rng(0)
+  theta = {'loc': jnp.asarray(np.stack([0.1 + 0.01 * rng.normal(size=8),
+                                        2.0 + 0.1 * rng.normal(size=8)], 1),
+                              jnp.float32),
+           'log_scale': jnp.asarray(0.01 * rng.normal(size=(8, 2)),
+                                    jnp.float32)}
+  lam = 0.5
+  kl = _kl_rows(theta)
+  assert float(kl[:, 0].mean()) < lam < float(kl[:, 1].mean())
+  free = jax.grad(lambda t: objectives.free_bits_kl(_kl_rows(t), lam))(theta)
+  ordinary = jax.grad(lambda t: jnp.mean(jnp.sum(_kl_rows(t), -1)))(theta)
+  for name in theta:
+    np.testing.assert_array_equal(free[name][:, 0], 0.0)
+    np.testing.assert_allclose(free[name][:, 1], ordinary[name][:, 1],
+                               rtol=1e-6, atol=1e-8)
+    assert np.all(np.abs(ordinary[name][:, 0]) > 0)  # It would have moved.
+  assert float(objectives.free_bits_kl(kl, lam)) == pytest.approx(
+      lam + float(kl[:, 1].mean()), rel=1e-6)
+  assert float(objectives.free_bits_kl(kl, 0.0)) == pytest.approx(
+      float(jnp.mean(jnp.sum(kl, -1))), rel=1e-6)
+
+
+def test_free_bits_bound_is_the_elbo_plus_the_kl_below_lambda():
+  model = flexible_vae.FlexibleVAE(hidden_sizes=(6,), latent_dim=3,
+                                   data_dim=5)
+  params = model.init(jax.random.PRNGKey(1))
+  x = jnp.asarray(np.random.default_rng(1).integers(0, 2, (7, 5)),
+                  jnp.float32)
+  key = jax.random.PRNGKey(2)
+  kl = np.asarray(model_lib.elementwise_kl(model.encoder(params, x),
+                                           model.prior(params))).mean(0)
+  lam = float(np.sort(kl)[1]) + 1e-4  # Two dimensions below λ, one above.
+  below = jnp.asarray(kl < lam, jnp.float32)
+  assert 0 < int(below.sum()) < 3
+
+  def surrogate(p):
+    return model_lib.free_bits_bound(model, p, x, key, lam, 1.0, 2)
+
+  def elbo_plus(p):
+    kl_p = model_lib.elementwise_kl(model.encoder(p, x), model.prior(p))
+    return (jnp.mean(model_lib.pathwise_bounds(model, p, x, key, 'elbo', 1.0,
+                                               2)) +
+            jnp.sum(below * jnp.mean(kl_p, 0)))
+
+  assert float(surrogate(params)) == pytest.approx(
+      float(elbo_plus(params)) - lam * float(below.sum()), rel=1e-5)
+  g1, g2 = jax.grad(surrogate)(params), jax.grad(elbo_plus)(params)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  zero = model_lib.free_bits_bound(model, params, x, key, 0.0, 1.0, 2)
+  assert float(zero) == pytest.approx(float(jnp.mean(
+      model_lib.pathwise_bounds(model, params, x, key, 'elbo', 1.0, 2))),
+                                      rel=1e-6)
+
+
+def test_free_bits_refuses_a_q_without_a_kl_per_dimension():
+  model = flexible_vae.FlexibleVAE(hidden_sizes=(4,), latent_dim=2,
+                                   data_dim=4, posterior_type='full')
+  params = model.init(jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match='per latent dimension'):
+    model_lib.free_bits_bound(model, params, jnp.zeros((2, 4)),
+                              jax.random.PRNGKey(0), 0.5)
+
+
+@pytest.mark.parametrize('delta', [0.01, 0.1, 1.0, 5.0])
+def test_delta_posterior_kl_per_dimension_is_at_least_delta(delta):
+  lo, hi = flexible_vae.delta_scale_bounds(delta)
+  assert lo < 1 < hi
+  for s in (lo, hi):  # The roots, by their own equation.
+    assert 0.5 * (s * s - 1 - np.log(s * s)) == pytest.approx(delta,
+                                                              rel=1e-9)
+  model = flexible_vae.FlexibleVAE(hidden_sizes=(8,), latent_dim=4,
+                                   data_dim=6, posterior_type='delta',
+                                   committed_rate=delta)
+  params = model.init(jax.random.PRNGKey(0))
+  # Any encoder output: weights blown up so that μ, r span huge ranges.
+  params = jax.tree.map(lambda a: 30.0 * a + 3.0 * jax.random.normal(
+      jax.random.PRNGKey(3), a.shape), params)
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 2, (200, 6)),
+                  jnp.float32)
+  q = model.encoder(params, x)
+  kl = np.asarray(model_lib.elementwise_kl(q, model.prior(params)),
+                  np.float64)
+  assert np.all(kl >= delta * (1 - 1e-4) - 1e-6), kl.min()
+  sigma = np.asarray(q.scale)
+  assert sigma.max() <= lo * (1 + 1e-6)
+  assert sigma.max() > lo * 0.99  # The bound is reached: the KL near δ.
+  # At μ = 0, σ = σ_l the KL is δ itself (the bound is tight).
+  tight = kl_lib.kl_divergence(dists.Normal.from_scale(
+      jnp.zeros(1), jnp.full(1, lo)), dists.standard_normal((1,)))
+  assert float(tight[0]) == pytest.approx(delta, rel=1e-4)
+
+
+def test_delta_posterior_refuses_a_prior_other_than_standard():
+  with pytest.raises(ValueError, match='N\\(0, I\\) prior'):
+    flexible_vae.FlexibleVAE(posterior_type='delta', prior_type='mog')
