@@ -11,7 +11,7 @@ from experiments import discrete_latents
 from experiments.common import runner
 from vae import data
 
-TINY = dict(data=data.DataConfig(num_train=64),
+TINY = dict(data=data.DataConfig(dataset='synthetic', num_train=64),
             test_examples=8, latent_dim=3, vimco_samples=3,
             fit_steps=4,
             eval_every=2, batch_size=8, eval_samples=2, eval_k=4,
@@ -77,8 +77,8 @@ def test_bad_settings_are_refused(settings, message):
                                   '--temperature=0', '--batch_size=0'])
 def test_refusal_on_the_command_line_is_one_line(tmp_path, capsys, flag):
   out = tmp_path / 'run'
-  rc = launch.cli(['launch.py', '--experiment=discrete_latents', flag,
-                   f'--output_dir={out}'])
+  rc = launch.cli(['launch.py', '--experiment=discrete_latents',
+                   '--dataset=synthetic', flag, f'--output_dir={out}'])
   err = capsys.readouterr().err
   assert rc == 2 and len(err.strip().splitlines()) == 1, err
   assert flag[2:].split('=')[0] in err and not out.exists()
@@ -109,3 +109,20 @@ def test_linear_maps_are_the_default_and_empty_hidden_sizes_parse(tmp_path):
   flag_values(['prog', '--hidden_sizes=200,200'])
   assert config_flags.config_from_flags(
       discrete_latents.Config, flag_values).hidden_sizes == (200, 200)
+
+
+def test_the_default_is_binarized_mnist_and_missing_data_is_one_line(
+    tmp_path, capsys, monkeypatch):
+  """README lists discrete_latents under binarized MNIST: its default data."""
+  pytest.importorskip('tensorflow_datasets')
+  assert discrete_latents.Config().data.dataset == 'binarized_mnist'
+  for var in (data.ENV_TFDS_DATA_DIR, data.ENV_CACHE_DIR, data.ENV_MANUAL_DIR):
+    monkeypatch.delenv(var, raising=False)
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', '--experiment=discrete_latents',
+                   f'--tfds_data_dir={tmp_path / "empty"}',
+                   f'--output_dir={out}'])
+  err = capsys.readouterr().err.strip()
+  assert rc != 0 and len(err.splitlines()) == 1, err
+  assert 'binarized_mnist not found' in err and 'tfds_data_dir=DIR' in err
+  assert not out.exists() and not (tmp_path / 'empty').exists()
