@@ -18,15 +18,22 @@ Datasets (`DATASETS`):
 Real datasets are read through tensorflow-datasets, which is imported lazily,
 only when a dataset has to be read from TFDS. Where they come from:
 
+* `download=True` (setting `download`, flag `--download`): where the network
+  allows it, TFDS downloads and prepares the dataset into `data_dir` (default
+  ~/tensorflow_datasets) when it is not there yet; later reads need no
+  network;
 * `data_dir` / env `VAE_TFDS_DATA_DIR`: a TFDS data dir with the dataset
-  already prepared (it is never downloaded unless `download=True`);
+  already prepared (it is never downloaded unless `download=True`), e.g. one
+  that an earlier `download=True` filled, or a copy of another machine's
+  `<data dir>/binarized_mnist` folder;
 * `manual_dir` / env `VAE_MANUAL_DIR`: the raw files (e.g. the `.amat` files),
   prepared by TFDS's own builder into the (writable) `data_dir`;
 * `cache_dir` / env `VAE_DATA_CACHE`: `<cache_dir>/<name>.npz` holds the TFDS
   splits as uint8. It is written after a TFDS load and read, with numpy only,
   when it exists, so machines without TensorFlow can use it.
 
-If none of them has the data, `DataNotFoundError` says which flag to pass;
+If none of them has the data, `DataNotFoundError` says, in one line, how to
+download it and where to put it offline (and which flag to pass);
 a cache or TFDS file that cannot be read raises `DataCorruptError` naming
 the file and the fix (both are `FileNotFoundError`s: one line, no traceback
 at the command line).
@@ -81,7 +88,12 @@ class DataCorruptError(DataNotFoundError):
 
 @cfg.settings
 class DataPaths:
-  """Where the data of a real dataset is (see the module docstring)."""
+  """Where the data of a real dataset is, and whether TFDS may download it
+  (see the module docstring)."""
+  download: bool = cfg.setting(
+      False, 'Let TFDS download and prepare the dataset into tfds_data_dir '
+      '(default ~/tensorflow_datasets) if it is not there (needs the '
+      'network; once there, later runs need none).')
   tfds_data_dir: str | None = cfg.setting(
       None, 'TFDS data dir with the dataset prepared (default: env '
       f'{ENV_TFDS_DATA_DIR}).', text=True)
@@ -172,6 +184,7 @@ def load(config: DataConfig, seed: int = 0) -> Dataset:
   return load_dataset(config.dataset, data_dir=config.paths.tfds_data_dir,
                       manual_dir=config.paths.manual_dir,
                       cache_dir=config.paths.data_cache_dir,
+                      download=config.paths.download,
                       num_train=config.num_train, seed=seed)
 
 
@@ -191,8 +204,9 @@ def load_dataset(name: str, *, data_dir: str | None = None,
       defaults to env `VAE_MANUAL_DIR`.
     cache_dir: directory of the numpy cache `<name>.npz`; defaults to env
       `VAE_DATA_CACHE`; None: no cache.
-    download: let TFDS download the dataset if it is not prepared (needs
-      internet).
+    download: let TFDS download and prepare the dataset into `data_dir` if
+      it is not prepared there (needs the network; a failed download is a
+      `DataNotFoundError`).
     dynamic_binarization: for grey-level datasets, whether they are meant to
       be binarized per batch ('dynamic') or used as they are ('none').
     num_train: keep the first `num_train` training images; None: all (the
@@ -208,7 +222,8 @@ def load_dataset(name: str, *, data_dir: str | None = None,
     The `Dataset`.
 
   Raises:
-    DataNotFoundError: the data is in none of the given places.
+    DataNotFoundError: the data is in none of the given places (and not
+      downloaded): one line naming `download=True` and the offline places.
   """
   sizes = dict(train=num_train, validation=num_validation, test=num_test)
   if name == 'synthetic':
@@ -485,8 +500,11 @@ def _write_cache(path: str, name: str, raw: dict[str, np.ndarray]) -> None:
 def _not_found(name: str, detail: str) -> str:
   files = ('the .amat files' if name == 'binarized_mnist'
            else ', '.join(_TFDS[name].manual_files))
-  return (f'{name} not found ({detail}): set tfds_data_dir=DIR (or '
-          f'{ENV_TFDS_DATA_DIR}) where DIR/{name} is prepared, or '
+  return (f'{name} not found ({detail}): where the network allows it, '
+          'set download=True (flag --download) and TFDS downloads it into '
+          f'tfds_data_dir; offline, set tfds_data_dir=DIR (or '
+          f'{ENV_TFDS_DATA_DIR}) where DIR/{name} is prepared (e.g. copied '
+          'from another TFDS data dir), or '
           f'manual_dir=DIR (or {ENV_MANUAL_DIR}) with {files} and a '
           f'writable tfds_data_dir, or data_cache_dir=DIR (or '
           f'{ENV_CACHE_DIR}) holding {name}.npz')
@@ -554,7 +572,14 @@ def _read_tfds(name: str, splits: tuple[str, ...], *, data_dir: str | None,
       builder.download_and_prepare(download_config=tfds.download.
                                    DownloadConfig(manual_dir=manual_dir))
     elif download:
-      builder.download_and_prepare()
+      try:
+        builder.download_and_prepare()
+      except Exception as e:  # pylint: disable=broad-except
+        # No network: TFDS raises its own errors, with long tracebacks.
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        raise DataNotFoundError(_not_found(
+            name, f'downloading it into {builder.data_dir} failed: '
+            f'{detail[:200]}')) from None
     else:
       raise DataNotFoundError(_not_found(
           name, f'nothing prepared at {builder.data_dir}'))
