@@ -91,34 +91,47 @@ class Config:
 
 
 def plot(out: outputs.Run, records: list[dict], iwae: str) -> None:
-  """Training ELBO and held-out IWAE_K vs steps and wall time; variances."""
+  """Training ELBO and held-out IWAE_K vs steps and wall time; variances.
+
+  A 2 x 3 grid (about 1800 x 1050 pixels): the bounds in the first two
+  columns (rows: training ELBO, held-out IWAE_K; columns: steps, wall time),
+  the encoder-gradient variances in the third. One color per estimator.
+  """
   plt = outputs.pyplot()
   curves = [r for r in records if r['kind'] == 'curve']
   names = list(dict.fromkeys(r['estimator'] for r in curves))
-  fig, axes = plt.subplots(1, 5, figsize=(24, 4), layout='constrained')
-  for j, (y, label) in enumerate((('train_elbo', 'training ELBO'),
-                                  (iwae, f'held-out IWAE_{iwae[9:]}'))):
+  fig, axes = plt.subplot_mosaic([['elbo_step', 'elbo_wall', 'variance'],
+                                  ['iwae_step', 'iwae_wall', 'variance']],
+                                 figsize=(12, 7), layout='constrained')
+  for y, label, row in (('train_elbo', 'training ELBO', 'elbo'),
+                        (iwae, f'held-out IWAE_{iwae[9:]}', 'iwae')):
     last = [r[y] for r in curves if r['step'] > 0]
-    for ax, x in zip(axes[2 * j:], ('step', 'wall_time_s')):
+    for x, col, words in (('step', 'step', 'training step'),
+                          ('wall_time_s', 'wall', 'wall time (s)')):
+      ax = axes[f'{row}_{col}']
       for i, name in enumerate(names):
         rows = [r for r in curves if r['estimator'] == name]
         ax.plot([r[x] for r in rows], [r[y] for r in rows], 'o-', ms=3,
                 color=f'C{i}', label=name)
-      ax.set(xlabel=x.replace('_s', ' (s)').replace('_', ' '),
-             ylabel=f'{label} (nats)', title=f'{label} vs {x[:4]}',
+      ax.set(xlabel=words, ylabel=f'{label} (nats)',
+             title=f'{label} vs {words.split(" (")[0]}',
              ylim=(np.percentile(last, 5) - 10, max(last) + 5))
-      ax.legend(fontsize=8)
+      ax.title.set_size(10)
+  axes['elbo_step'].legend(fontsize=8, title='estimator', title_fontsize=8)
   var = [r for r in records if r['kind'] == 'variance']
   ats = list(dict.fromkeys(r['at'] for r in var))
   width = 0.8 / len(ats)
+  ax = axes['variance']
   for j, at in enumerate(ats):
-    axes[4].bar(np.arange(len(names)) + j * width, [
-        r['total_variance'] for r in var if r['at'] == at], width, label=at)
-  axes[4].set_xticks(np.arange(len(names)) + width * (len(ats) - 1) / 2,
-                     names, rotation=20, fontsize=8)
-  axes[4].set(yscale='log', ylabel='Σ variance of encoder gradient',
-              title='Encoder-gradient variance at fixed parameters')
-  axes[4].legend(fontsize=8)
+    ax.bar(np.arange(len(names)) + j * width, [
+        r['total_variance'] for r in var if r['at'] == at], width, label=at,
+           color=str(0.75 - 0.5 * j / max(len(ats) - 1, 1)))  # Greys.
+  ax.set_xticks(np.arange(len(names)) + width * (len(ats) - 1) / 2, names,
+                rotation=30, ha='right', fontsize=8)
+  ax.set(yscale='log', ylabel='Σ_j Var[ĝ_j] of the encoder gradient (nats²)',
+         title='Encoder-gradient variance at fixed parameters')
+  ax.title.set_size(10)
+  ax.legend(fontsize=8)
   out.save_figure(fig, 'discrete_latents.png')
 
 
