@@ -13,8 +13,10 @@ The draws are taken in chunks of c: each chunk's c draws are vmapped (one
 set of large matmuls), and chunk statistics are merged into running ones
 (Chan et al. 1979 for the mean and M2; Pébay 2008 for M3 and M4), inside a
 `lax.scan`, so memory is O(c · size of one draw) for any D. With a device
-`mesh`, each chunk's draws are split over its devices. Pure and traceable:
-jit it (or call it inside a jitted function).
+`mesh` (`make_mesh`; the `devices` setting of `MeshConfig`), each chunk's
+c draws are split over its devices (c a multiple of their number): the
+same draws, so the same moments up to the order of float reductions. Pure
+and traceable: jit it (or call it inside a jitted function).
 """
 
 from typing import Any, Callable
@@ -44,6 +46,46 @@ class Draws:
   sample_counts: tuple[int, ...] = cfg.setting(
       (1,), 'Samples per estimate N (K for the IWAE bound).', min=1,
       max=10**5)
+
+
+@cfg.settings
+class MeshConfig:
+  """The devices work is split over: a 1-D data-parallel mesh (`make_mesh`).
+
+  Declared once; the trainer (`vae.train.TrainConfig`) and the variance
+  experiments reuse it (`vae.config.like`).
+  """
+  devices: int = cfg.setting(
+      1, 'Devices to split batches/draws over (1-D data-parallel mesh): 1 '
+      'one device (no mesh), 0 all, N the first N.', min=0, max=2**16)
+
+
+def device_count(devices: int) -> int:
+  """N of the `devices` setting: all of `jax.devices()` for 0.
+
+  Raises:
+    ValueError (one line): more devices than there are, or, in a
+      multi-process job (`jax.distributed`), not all of them (each process
+      must hold a part of the mesh).
+  """
+  available = jax.devices()
+  n = devices or len(available)
+  if n > len(available):
+    raise ValueError(f'devices={devices}: only {len(available)} '
+                     f'{available[0].platform} device(s) are available.')
+  if jax.process_count() > 1 and n != len(available):
+    raise ValueError(f'devices={devices}: a job of {jax.process_count()} '
+                     f'processes must use all {len(available)} devices '
+                     '(devices=0).')
+  return n
+
+
+def data_mesh(devices: int) -> jax.sharding.Mesh | None:
+  """The mesh of the `devices` setting: None for 1 (the one-device path),
+  else `make_mesh` over the first `device_count(devices)` devices."""
+  if devices == 1:
+    return None
+  return make_mesh(jax.devices()[:device_count(devices)])
 
 
 @cfg.settings
@@ -115,10 +157,20 @@ def draw_keys(key: PRNGKey, num_draws: int, chunk: int) -> Array:
 
 
 def default_chunk(num_draws: int, draw_size: int,
-                  max_elements: int = 2**23, max_chunk: int = 50) -> int:
-  """The largest divisor of D, ≤ max_chunk, ≤ max_elements per chunk."""
-  chunk = max(1, min(num_draws, max_chunk, max_elements // max(draw_size, 1)))
-  while num_draws % chunk:
+                  max_elements: int = 2**23, max_chunk: int = 50,
+                  multiple_of: int = 1) -> int:
+  """The largest divisor of D, ≤ max_chunk, ≤ max_elements per chunk, and a
+  multiple of `multiple_of` (the devices of a mesh; at least that many).
+
+  Raises:
+    ValueError: `multiple_of` does not divide D.
+  """
+  if num_draws % multiple_of:
+    raise ValueError(f'num_draws={num_draws} is not divisible by the '
+                     f'{multiple_of} devices it is split over.')
+  chunk = max(multiple_of, min(num_draws, max_chunk,
+                               max_elements // max(draw_size, 1)))
+  while num_draws % chunk or chunk % multiple_of:
     chunk -= 1
   return chunk
 
@@ -138,7 +190,8 @@ def moments(estimate: Callable[[PRNGKey], Any], key: PRNGKey, num_draws: int,
     order: 2 (mean, variance) or 4 (also m4, the 4th central moment).
     reference: a pytree like one draw; adds 'cosine', the mean over draws
       of cos(draw, reference) per leaf.
-    mesh: split each chunk's draws over this mesh's 'data' axis.
+    mesh: split each chunk's draws over this mesh's 'data' axis (the
+      chunk must be a multiple of its size).
 
   Returns:
     {'mean': tree, 'variance': tree, ['m4': tree], ['cosine': tree]}.
@@ -148,16 +201,21 @@ def moments(estimate: Callable[[PRNGKey], Any], key: PRNGKey, num_draws: int,
   if order not in (2, 4):
     raise ValueError(f'order must be 2 or 4, got {order}.')
   keys = draw_keys(key, num_draws, chunk or num_draws)
+  if mesh is not None and keys.shape[1] % mesh.size:
+    raise ValueError(f'chunk={keys.shape[1]} draws cannot be split over '
+                     f'{mesh.size} devices; make it a multiple.')
+  split = None if mesh is None else jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
   def chunk_stats(chunk_keys):
     if chunk_keys.shape[0] == 1:
       draws = jax.tree.map(lambda x: x[None], estimate(chunk_keys[0]))
     else:
+      if split is not None:
+        chunk_keys = jax.lax.with_sharding_constraint(chunk_keys, split)
       draws = jax.vmap(estimate)(chunk_keys)
-    if mesh is not None:
-      spec = jax.sharding.PartitionSpec(DATA_AXIS)
-      draws = jax.lax.with_sharding_constraint(
-          draws, jax.sharding.NamedSharding(mesh, spec))
+    if split is not None:
+      draws = jax.lax.with_sharding_constraint(draws, split)
     stats = jax.tree.map(lambda x: _chunk_stats(x, order), draws)
     cos = None
     if reference is not None:
@@ -191,6 +249,6 @@ def moments(estimate: Callable[[PRNGKey], Any], key: PRNGKey, num_draws: int,
 
 
 def make_mesh(devices: Any = None) -> jax.sharding.Mesh:
-  """A 1-D mesh over `devices` (default: all) with axis 'data'."""
+  """A 1-D mesh over `devices` (a list; default: all) with axis 'data'."""
   devices = jax.devices() if devices is None else devices
   return jax.sharding.Mesh(list(devices), (DATA_AXIS,))

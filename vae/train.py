@@ -12,6 +12,14 @@ derived from the seed:
 * the order of epoch e from (seed, e) (`data.epoch_permutation`);
 * the per-epoch test bound from fold_in(PRNGKey(seed), 2).
 
+With `devices` ≠ 1 (`TrainConfig.devices`, declared once in
+`vae.moments.MeshConfig`) the epoch runs data-parallel on a 1-D
+`jax.sharding` mesh (`moments.data_mesh`): each step's batch is split over
+the devices, the parameters, the optimizer's state and the training images
+are replicated, and XLA's SPMD partitioner sums the gradients across
+devices (an all-reduce). The random numbers and the steps are those of one
+device, so the results agree up to the order of float reductions.
+
 A run that is killed and rerun resumes from its newest intact checkpoint
 (`vae.checkpoint`, saved at epoch ends) to exactly the parameters of an
 uninterrupted run. A NaN or a diverged bound (`divergence`) stops training
@@ -38,6 +46,7 @@ from vae import data
 from vae import distributions as dists
 from vae import evaluate
 from vae import model as model_lib
+from vae import moments
 from vae import optim
 from vae import types
 from vae.estimators import registry
@@ -91,15 +100,54 @@ class TrainConfig:
   test_every: int = cfg.setting(
       1, 'Epochs between test-bound evaluations (0: never).', min=0,
       max=100_000)
+  devices: int = cfg.like(moments.MeshConfig, 'devices')
 
   def check(self):
-    """Refuses estimator/objective/sample-count combinations (registry)."""
+    """Refuses estimator/objective/sample-count combinations (registry),
+    and a batch that does not split evenly over `devices`."""
     registry.check(self.estimator, self.objective, self.num_samples,
                    self.beta, 'continuous', 'normal')
+    if self.devices > 1 and self.batch_size % self.devices:
+      raise ValueError(f'batch_size: {self.batch_size} is not divisible by '
+                       f'devices={self.devices}.')
     if self.free_bits and (self.objective, self.estimator) != ('elbo',
                                                                'pathwise'):
       raise ValueError('free_bits: needs objective elbo and estimator '
                        f'pathwise, not {self.objective}/{self.estimator}.')
+
+
+def check_devices(config: TrainConfig) -> int:
+  """The number of devices `config` trains on (`moments.device_count`);
+  refuses (ValueError, one line) more than there are, or a batch size they
+  do not divide (devices=0: all of them)."""
+  if config.devices == 1:
+    return 1
+  n = moments.device_count(config.devices)
+  if config.batch_size % n:
+    raise ValueError(f'batch_size: {config.batch_size} is not divisible by '
+                     f'the {n} devices (devices={config.devices}).')
+  return n
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
+  """`tree`'s arrays as global arrays replicated over `mesh` (each process
+  puts its own copy on its devices: `jax.make_array_from_callback`); as
+  they are for None."""
+  if mesh is None:
+    return tree
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def put(leaf):
+    value = np.asarray(leaf)
+    return jax.make_array_from_callback(value.shape, sharding,
+                                        lambda index: value[index])
+
+  return jax.tree.map(put, tree)
+
+
+def local(tree: Any) -> Any:
+  """A copy of (replicated) arrays on this process's default device."""
+  return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)
 
 
 def memory_estimate(model: Any, config: TrainConfig,
@@ -201,7 +249,8 @@ NOISE_AHEAD_FLOATS = 2**23
 
 def make_epoch(model: model_lib.Model,
                optimizer: optax.GradientTransformation,
-               config: TrainConfig, seed: int, dynamic_binarization: bool):
+               config: TrainConfig, seed: int, dynamic_binarization: bool,
+               mesh: jax.sharding.Mesh | None = None):
   """A jitted (state, images, epoch) -> (state, stats): one pass over the data.
 
   Runs `optim.fit` over the batches of `data.epoch_batches(images, B, seed,
@@ -216,15 +265,31 @@ def make_epoch(model: model_lib.Model,
   the noise ε_t = `model.batch_noise` of step t's samples' key is drawn for
   the whole epoch before the scan (see NOISE_AHEAD_STEPS). The same numbers
   as `model_loss` on `epoch_batches`.
+
+  With a `mesh` (axis `moments.DATA_AXIS`), state and images come in and go
+  out replicated over it (`replicate`), and every step's batch indices,
+  images and noise are split over its devices along the example axis, so
+  each device gathers and computes its B / devices examples and the
+  gradient's mean over the batch is all-reduced.
   """
   loss = model_loss(model, config, dynamic_binarization)
+  split_batch = lambda x: x  # The example axis of step t's arrays.
+  if mesh is not None:
+    split = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(moments.DATA_AXIS))
+    split_batch = lambda x: jax.lax.with_sharding_constraint(x, split)
+    per_step = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, moments.DATA_AXIS))
+    replicated = jax.sharding.NamedSharding(mesh,
+                                            jax.sharding.PartitionSpec())
   batch_size, k = config.batch_size, config.num_samples
   ahead = config.estimator == 'pathwise' and not _uses_baseline(config)
   decay = config.baseline_decay if _uses_baseline(config) else None
 
-  @jax.jit
   def epoch_fn(state: optim.TrainState, images: Array, epoch: Array):
     order = data.epoch_indices(images.shape[0], batch_size, seed, epoch)
+    if mesh is not None:
+      order = jax.lax.with_sharding_constraint(order, per_step)
     num_steps = order.shape[0]
     t = state.step + jnp.arange(num_steps)
     keys = jax.vmap(lambda s: step_key(seed, s))(t)
@@ -234,13 +299,17 @@ def make_epoch(model: model_lib.Model,
                                          images[:1]), dists.Normal)
     if ahead and gaussian and num_steps >= NOISE_AHEAD_STEPS and (
         num_steps * batch_size * k * model.latent_dim <= NOISE_AHEAD_FLOATS):
-      inputs += (jax.vmap(lambda key: model_lib.batch_noise(
-          jax.random.split(key)[1], batch_size, k, model.latent_dim))(keys),)
+      noise = jax.vmap(lambda key: model_lib.batch_noise(
+          jax.random.split(key)[1], batch_size, k, model.latent_dim))(keys)
+      if mesh is not None:
+        noise = jax.lax.with_sharding_constraint(noise, per_step)
+      inputs += (noise,)
 
     def gathered(params, batch, key, baseline):  # Batch t from its indices.
-      indices, *rest = batch
-      return loss(params, (jnp.take(images, indices, axis=0, mode='clip'),
-                           *rest), key, baseline)
+      indices, beta, *noise = batch
+      x = split_batch(jnp.take(images, split_batch(indices), axis=0,
+                               mode='clip'))
+      return loss(params, (x, beta, *map(split_batch, noise)), key, baseline)
 
     state, aux = optim.fit(optim.make_step(gathered, optimizer, decay),
                            state, inputs, keys)
@@ -251,7 +320,10 @@ def make_epoch(model: model_lib.Model,
     return state, {'bound': jnp.mean(bounds), 'min_bound': jnp.min(bounds),
                    'max_bound': jnp.max(bounds), 'finite': finite}
 
-  return epoch_fn
+  if mesh is None:
+    return jax.jit(epoch_fn)
+  return jax.jit(epoch_fn, in_shardings=(replicated, replicated, replicated),
+                 out_shardings=replicated)
 
 
 def divergence(stats: dict[str, Any], previous: float | None, data_dim: int,
@@ -324,17 +396,20 @@ def _compiled(model: model_lib.Model,
               config: TrainConfig, seed: int, total_steps: int,
               steps_per_epoch: int, images_shape: tuple[int, ...],
               dynamic_binarization: bool):
-  """(jitted init_state(params), compiled epoch) for these settings (cached,
-  so that training again in one process, e.g. resuming, does not compile)."""
+  """(jitted init_state(params), compiled epoch, mesh) for these settings
+  (cached, so that training again in one process, e.g. resuming, does not
+  compile); the mesh of `config.devices` (None: one device)."""
   optimizer = optim.make_optimizer(optimizer_config, total_steps,
                                    steps_per_epoch)
   init = jax.jit(lambda params: optim.init_state(params, optimizer))
   state = jax.eval_shape(lambda: optim.init_state(
       model.init(jax.random.PRNGKey(0)), optimizer))
-  epoch = make_epoch(model, optimizer, config, seed, dynamic_binarization)
+  mesh = moments.data_mesh(config.devices)
+  epoch = make_epoch(model, optimizer, config, seed, dynamic_binarization,
+                     mesh)
   return init, epoch.lower(state, jax.ShapeDtypeStruct(images_shape,
                                                        jnp.float32),
-                           jax.ShapeDtypeStruct((), jnp.int32)).compile()
+                           jax.ShapeDtypeStruct((), jnp.int32)).compile(), mesh
 
 
 @dataclasses.dataclass
@@ -397,6 +472,7 @@ def train(model: model_lib.Model, dataset: data.Dataset,
     ResumeError: the newest intact checkpoint holds more than
       `config.epochs` epochs, or does not end an epoch.
   """
+  check_devices(config)
   images = jnp.asarray(dataset.train, jnp.float32)
   steps_per_epoch = images.shape[0] // config.batch_size
   if steps_per_epoch == 0:
@@ -405,7 +481,7 @@ def train(model: model_lib.Model, dataset: data.Dataset,
   total = config.epochs * steps_per_epoch
   schedule = optim.learning_rate_schedule(optimizer_config, total, steps_per_epoch)
   start = time.time()
-  init, epoch_fn = _compiled(  # Keyed on what the step computes.
+  init, epoch_fn, mesh = _compiled(  # Keyed on what the step computes.
       model, optimizer_config, dataclasses.replace(
           config, epochs=1, checkpoint_every=1, test_every=1), seed,
       total if optimizer_config.lr_schedule in ('cosine', 'exponential')
@@ -426,6 +502,9 @@ def train(model: model_lib.Model, dataset: data.Dataset,
                  checkpoint_dir)
     log(f'resuming from {checkpoint_dir} at step {resumed_from} (epoch '
         f'{resumed_from // steps_per_epoch})')
+  # On a mesh: state and images replicated on its devices (checkpoints hold
+  # numpy arrays, so a run resumes on any number of devices).
+  good, images = replicate((good, images), mesh)
   saved = resumed_from
   test_images = evaluate.test_images(dataset)
   test_key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
@@ -456,8 +535,8 @@ def train(model: model_lib.Model, dataset: data.Dataset,
       if config.test_every and ((epoch + 1) % config.test_every == 0 or
                                 epoch + 1 == end):
         test_bound = evaluate.mean_bound(
-            model, state.params, test_images, test_key, config.objective,
-            config.num_samples)
+            model, local(state.params) if mesh else state.params,
+            test_images, test_key, config.objective, config.num_samples)
       row: dict[str, Any] = dict(
           step=step, epoch=epoch + 1, train_bound=previous,
           test_bound=test_bound, beta=float(beta_at(config, step)),
@@ -477,7 +556,9 @@ def train(model: model_lib.Model, dataset: data.Dataset,
     log(f'interrupted: step {int(good.step)} is checkpointed in '
         f'{checkpoint_dir}; rerun into the same folder to resume.')
     raise
-  return TrainResult(state=good, history=history, resumed_from=resumed_from,
+  # The caller gets the state on one device, whatever the mesh.
+  return TrainResult(state=local(good) if mesh else good, history=history,
+                     resumed_from=resumed_from,
                      wall_s=sum(r['epoch_wall_s'] for r in history),
                      cpu_s=sum(r['epoch_cpu_s'] for r in history),
                      compile_s=compile_s)
