@@ -120,6 +120,10 @@ def plot(out, rows, x_key: str, fixed: dict, name: str, title: str):
                  'N (samples per estimate)'),
              ylabel=Y_LABELS[stat])
       ax.yaxis.label.set_size(8)
+      if x_key != 'step':  # N on a log axis: its values as plain ticks.
+        xs = sorted({r[x_key] for r in rs})
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xticks([], minor=True)
       ax.set_title(f'objective {obj}, {group}, {fixed_text(obj, fixed)}',
                    fontsize=9)
     axes[i, 0].legend(fontsize=7)
