@@ -16,11 +16,16 @@ error wherever K ≥ 10ρ (`vae.problems.importance_sampling.summarize`).
 import jax
 import numpy as np
 
+from experiments import mnist_intractability
 from experiments.common import outputs
 from vae import config as cfg
 from vae import stats
 from vae.problems import importance_sampling as isl
 from vae.problems import linear_gaussian as lg
+
+
+# Old flag names, refused naming the new one (mnist_intractability's name).
+RENAMED = {'max_log2_samples': 'max_log2_k'}
 
 
 @cfg.settings
@@ -34,8 +39,8 @@ class Config:
                             max=1000)
   repeats: int = cfg.setting(32, 'Independent estimates per (x, K).', min=2,
                              max=10**4)
-  max_log2_samples: int = cfg.setting(
-      14, 'Largest K is 2^this; K runs over powers of 2.', min=0, max=20)
+  max_log2_k: int = cfg.like(mnist_intractability.Config, 'max_log2_k', 14,
+                             max=20)
   tolerance: float = cfg.setting(
       0.1, 'Target RMSE in nats for "samples needed".', gt=0.0, max=100.0)
   proposals: tuple[str, ...] = cfg.setting(isl.PROPOSALS, 'Proposals q.',
@@ -45,15 +50,15 @@ class Config:
     if max(self.latent_dims) > self.observed_dim:
       raise ValueError(f'latent_dims: {max(self.latent_dims)} exceeds '
                        f'observed_dim {self.observed_dim}.')
-    size = (self.points * self.repeats * 2**self.max_log2_samples *
+    size = (self.points * self.repeats * 2**self.max_log2_k *
             (max(self.latent_dims) + 1))
     if size > 2e8:  # Floats held at once: about 1.6 GB in float64.
-      raise ValueError(f'points x repeats x 2^max_log2_samples x (d + 1) = '
+      raise ValueError(f'points x repeats x 2^max_log2_k x (d + 1) = '
                        f'{size:.2g} exceeds 2e8; lower one of them.')
 
 
 def _records(config: Config, seed: int) -> list[dict]:
-  ks = tuple(2**i for i in range(config.max_log2_samples + 1))
+  ks = tuple(2**i for i in range(config.max_log2_k + 1))
   key = jax.random.PRNGKey(seed)
   records = []
   for d in config.latent_dims:
@@ -92,7 +97,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   with jax.enable_x64(True):  # Scoped: no global config change.
     records = _records(config, seed)
   plot(records, config.tolerance, out)
-  shown = (1, 16, 256, 4096, 2**config.max_log2_samples)
+  shown = (1, 16, 256, 4096, 2**config.max_log2_k)
   out.table([r for r in records if r.get('K') in shown])
   out.table([r for r in records if r['kind'] == 'summary'])
   return records

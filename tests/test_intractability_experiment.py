@@ -16,7 +16,7 @@ def _rows(records, **where):
 def records(tmp_path_factory):
   out = str(tmp_path_factory.mktemp('intractability'))
   config = intractability.Config(latent_dims=(1, 3), observed_dim=8,
-                                 points=2, repeats=16, max_log2_samples=10)
+                                 points=2, repeats=16, max_log2_k=10)
   records = runner.run_point('intractability', config, 0, out, strict=True)
   assert {'error_vs_samples.png', 'samples_needed.png', 'results.json'} <= set(
       os.listdir(out))
@@ -59,7 +59,7 @@ def test_the_delta_method_is_checked_where_k_is_large(records):
 
 @pytest.mark.parametrize('values, message', [
     (dict(latent_dims=(20,), observed_dim=16), 'exceeds observed_dim'),
-    (dict(max_log2_samples=60), 'max_log2_samples: must be <= 20'),
+    (dict(max_log2_k=60), 'max_log2_k: must be <= 20'),
     (dict(proposals=('uniform',)), 'is not one of'),
     (dict(noise=0.0), 'noise: must be > 0'),
 ])
@@ -67,3 +67,15 @@ def test_bad_settings_are_refused_in_one_line(values, message):
   with pytest.raises(ValueError, match=message) as error:
     intractability.Config(**values)
   assert '\n' not in str(error.value)
+
+
+def test_the_old_flag_name_is_refused_naming_the_new_one(tmp_path, capsys):
+  """mnist_intractability's name for the same K grid: --max_log2_k."""
+  from experiments.common import launch  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', '--experiment=intractability',
+                   '--max_log2_samples=4', f'--output_dir={out}'])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and err.endswith(
+      '--max_log2_samples was renamed --max_log2_k.'), err
+  assert len(err.splitlines()) == 1 and not out.exists()

@@ -32,7 +32,7 @@ CASES = [
     ('mixture_of_gaussians', ['--em_components=0'], 'em_components'),
     ('intractability', ['--latent_dims=20', '--observed_dim=16'],
      'latent_dims'),
-    ('intractability', ['--max_log2_samples=60'], 'max_log2_samples'),
+    ('intractability', ['--max_log2_k=60'], 'max_log2_k'),
     ('amortization_gap', ['--encoder_steps=-5'], 'encoder_steps'),
     ('train_vae', ['--batch_size=100000'], 'batch_size'),
     ('train_vae', [f'--eval_k={BIG}'], 'eval_k'),
