@@ -16,12 +16,17 @@ import numpy as np
 
 from experiments.common import outputs
 from vae import config as cfg
+from vae import evaluate
 from vae import importance
 from vae import stats
 from vae.models import gaussian_vae
 from vae.models import networks
 from vae.problems import mixtures
 from vae.problems import vae_density
+
+
+# Old flag names, refused naming the new one (train_vae's name for K).
+RENAMED = {'iwae_samples': 'eval_k'}
 
 
 @cfg.settings
@@ -39,8 +44,8 @@ class Config:
                                min=0, max=10**6)
   vae_hidden: int = cfg.setting(64, 'Hidden units of the VAE MLPs.', min=1,
                                 max=4096)
-  iwae_samples: int = cfg.setting(500, '2-D: VAE IWAE samples (data).',
-                                  min=1, max=10**5)
+  eval_k: int = cfg.like(evaluate.EvalConfig, 'eval_k', 500,
+                         max=10**5)  # 2-D: K of the VAE's log p(x) at data.
   grid_iwae_samples: int = cfg.setting(200, '2-D: VAE IWAE samples (grid).',
                                        min=1, max=10**5)
   z_grid_points: int = cfg.setting(20000, '1-D: VAE latent quadrature '
@@ -56,8 +61,9 @@ class Config:
                        f'in {max(self.dims)}-D; need >= {need}.')
     if 2 in self.dims and self.grid_points > 1000:
       raise ValueError('grid_points: at most 1000 per axis in 2-D.')
-    if max(self.iwae_samples, self.grid_iwae_samples) * self.vae_hidden > 5e5:
-      raise ValueError('iwae_samples x vae_hidden exceeds 5e5 (memory).')
+    if max(self.eval_k, self.grid_iwae_samples) * self.vae_hidden > 5e5:
+      raise ValueError('eval_k (or grid_iwae_samples) x vae_hidden exceeds '
+                       '5e5 (memory).')
 
 
 def _run_dim(config: Config, dim: int, key) -> tuple[list[dict], dict]:
@@ -89,7 +95,7 @@ def _run_dim(config: Config, dim: int, key) -> tuple[list[dict], dict]:
           importance.importance_sampling(
               vae, params, np.asarray(pts), k_eval, k,
               chunk_size=math.gcd(k, 100))['log_px'], jnp.float32)
-          for pts, k in ((x, config.iwae_samples),
+          for pts, k in ((x, config.eval_k),
                          (points, config.grid_iwae_samples))])
   split = lambda lp: (lp[:n], lp[n:n + m], lp[n + m:])
   log_p = split(log_q['true p_data'])[1:]

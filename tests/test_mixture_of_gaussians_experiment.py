@@ -59,3 +59,18 @@ def test_bad_settings_are_refused_in_one_line(values, message):
   with pytest.raises(ValueError, match=message) as error:
     mog.Config(**values)
   assert '\n' not in str(error.value)
+
+
+def test_the_old_flag_name_is_refused_naming_the_new_one(tmp_path, capsys):
+  """train_vae's name for the importance samples of log p(x): --eval_k."""
+  from experiments.common import launch  # pylint: disable=import-outside-toplevel
+  assert mog.Config().eval_k == 500  # The old --iwae_samples default.
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', '--experiment=mixture_of_gaussians',
+                   '--iwae_samples=50', f'--output_dir={out}'])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and err.endswith(
+      '--iwae_samples was renamed --eval_k.'), err
+  assert len(err.splitlines()) == 1 and not out.exists()
+  with pytest.raises(ValueError, match='eval_k .* exceeds 5e5'):
+    mog.Config(eval_k=10**4, vae_hidden=64)
