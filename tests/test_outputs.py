@@ -156,3 +156,24 @@ def test_a_setting_added_later_at_its_default_is_not_a_difference(tmp_path):
   with pytest.raises(outputs.RunDirError, match='ais_images=None now 5'):
     outputs.check_dir(str(run), 'train_vae',
                       train_vae.Config(evaluation=ais), seed=0)
+
+
+def test_a_run_made_before_a_rename_is_the_same_run(tmp_path):
+  """A setting stored under its old name (the experiment's RENAMED) is
+  compared under the new one: equal values resume, others are refused."""
+  from experiments import discrete_latents  # pylint: disable=g-import-not-at-top
+  from vae import config as cfg  # pylint: disable=g-import-not-at-top
+  settings = cfg.to_dict(discrete_latents.Config())
+  new_to_old = {v: k for k, v in discrete_latents.RENAMED.items()}
+  old = {new_to_old.get(k, k): v for k, v in settings.items()}
+  assert 'batch' in old and 'batch_size' not in old
+  run = tmp_path / 'old_run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(
+      {'experiment': 'discrete_latents', 'seed': 0, 'settings': old,
+       'versions': {}}))
+  outputs.check_dir(str(run), 'discrete_latents', discrete_latents.Config(),
+                    seed=0)
+  with pytest.raises(outputs.RunDirError, match='batch_size=50 now 20'):
+    outputs.check_dir(str(run), 'discrete_latents',
+                      discrete_latents.Config(batch_size=20), seed=0)

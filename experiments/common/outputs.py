@@ -341,6 +341,22 @@ def _default(cls: type, path: str) -> Any:
   return list(value) if isinstance(value, tuple) else value
 
 
+def _under_new_names(old: Mapping[str, Any], cls: type) -> dict[str, Any]:
+  """A run's stored settings with renamed ones under their new names.
+
+  The experiment module of `cls` lists its renamed flags as `RENAMED =
+  {old name: new name}`; a run made before a rename stored the old name.
+  """
+  renamed = getattr(sys.modules.get(cls.__module__), 'RENAMED', None) or {}
+  paths = {path.split('.')[-1]: path for path, _, _ in cfg.leaves(cls)}
+  out = dict(old)
+  for key in old:
+    new = paths.get(renamed.get(key.split('.')[-1], ''))
+    if new is not None and new not in old:
+      out[new] = out.pop(key)
+  return out
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
                  resumable: Sequence[str], cls: type | None = None
                  ) -> list[str]:
@@ -406,7 +422,8 @@ def check_dir(directory: str, experiment: str, config: Any,
                       f'{CONFIG_JSON}; use --overwrite (the old run is moved '
                       'aside) or another --output_dir.')
   settings = folder.config.get('settings')
-  differ = _differences(settings if isinstance(settings, dict) else {},
+  differ = _differences(_under_new_names(
+      settings if isinstance(settings, dict) else {}, type(config)),
                         cfg.to_dict(config), resumable, type(config))
   if seed is not None and folder.config.get('seed') != seed:
     differ.insert(0, f'seed={folder.config.get("seed")!r} now {seed!r}')
