@@ -20,13 +20,15 @@ from vae import evaluate
 from vae import importance
 from vae import stats
 from vae.models import gaussian_vae
+from vae.models import image_vae
 from vae.models import networks
 from vae.problems import mixtures
 from vae.problems import vae_density
 
 
-# Old flag names, refused naming the new one (train_vae's name for K).
-RENAMED = {'iwae_samples': 'eval_k'}
+# Old flag names, refused naming the new one (train_vae's names for K and
+# for the widths of the hidden layers).
+RENAMED = {'iwae_samples': 'eval_k', 'vae_hidden': 'hidden_sizes'}
 
 
 @cfg.settings
@@ -42,8 +44,8 @@ class Config:
   em_iters: int = cfg.setting(200, 'EM iterations.', min=0, max=10**5)
   vae_steps: int = cfg.setting(3000, 'Adam steps of the VAE (0: no VAE).',
                                min=0, max=10**6)
-  vae_hidden: int = cfg.setting(64, 'Hidden units of the VAE MLPs.', min=1,
-                                max=4096)
+  hidden_sizes: tuple[int, ...] = cfg.like(
+      image_vae.ModelConfig, 'hidden_sizes', (64,), max=4096)  # The VAE's.
   eval_k: int = cfg.like(evaluate.EvalConfig, 'eval_k', 500,
                          max=10**5)  # 2-D: K of the VAE's log p(x) at data.
   grid_iwae_samples: int = cfg.setting(200, '2-D: VAE IWAE samples (grid).',
@@ -61,9 +63,10 @@ class Config:
                        f'in {max(self.dims)}-D; need >= {need}.')
     if 2 in self.dims and self.grid_points > 1000:
       raise ValueError('grid_points: at most 1000 per axis in 2-D.')
-    if max(self.eval_k, self.grid_iwae_samples) * self.vae_hidden > 5e5:
-      raise ValueError('eval_k (or grid_iwae_samples) x vae_hidden exceeds '
-                       '5e5 (memory).')
+    if max(self.eval_k, self.grid_iwae_samples) * max(
+        self.hidden_sizes, default=1) > 5e5:
+      raise ValueError('eval_k (or grid_iwae_samples) x max(hidden_sizes) '
+                       'exceeds 5e5 (memory).')
 
 
 def _run_dim(config: Config, dim: int, key) -> tuple[list[dict], dict]:
@@ -79,7 +82,7 @@ def _run_dim(config: Config, dim: int, key) -> tuple[list[dict], dict]:
   log_q = {k: mixtures.log_prob(q, everywhere) for k, q in models.items()}
   sizes = {k: mixtures.num_params(q) for k, q in models.items()}
   if config.vae_steps > 0:
-    vae = gaussian_vae.GaussianVAE(dim, dim, (config.vae_hidden,))
+    vae = gaussian_vae.GaussianVAE(dim, dim, config.hidden_sizes)
     params = vae.init(jax.random.fold_in(k_vae, 0))
     params, _ = vae_density.fit(vae, params, x[:n],
                                 jax.random.fold_in(k_vae, 1),

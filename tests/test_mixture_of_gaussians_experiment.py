@@ -61,8 +61,8 @@ def test_bad_settings_are_refused_in_one_line(values, message):
   assert '\n' not in str(error.value)
 
 
-def test_the_old_flag_name_is_refused_naming_the_new_one(tmp_path, capsys):
-  """train_vae's name for the importance samples of log p(x): --eval_k."""
+def test_old_flag_names_are_refused_naming_the_new_ones(tmp_path, capsys):
+  """train_vae's names: --eval_k (K of log p(x)), --hidden_sizes."""
   from experiments.common import launch  # pylint: disable=import-outside-toplevel
   assert mog.Config().eval_k == 500  # The old --iwae_samples default.
   out = tmp_path / 'run'
@@ -72,5 +72,11 @@ def test_the_old_flag_name_is_refused_naming_the_new_one(tmp_path, capsys):
   assert rc == 2 and err.endswith(
       '--iwae_samples was renamed --eval_k.'), err
   assert len(err.splitlines()) == 1 and not out.exists()
-  with pytest.raises(ValueError, match='eval_k .* exceeds 5e5'):
-    mog.Config(eval_k=10**4, vae_hidden=64)
+  with pytest.raises(ValueError, match=r'eval_k .* max\(hidden_sizes\) '
+                     'exceeds 5e5'):
+    mog.Config(eval_k=10**4, hidden_sizes=(64, 8))
+  assert mog.Config().hidden_sizes == (64,)  # The old --vae_hidden=64.
+  rc = launch.cli(['launch.py', '--experiment=mixture_of_gaussians',
+                   '--vae_hidden=32', f'--output_dir={out}'])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and err.endswith('--vae_hidden was renamed --hidden_sizes.')

@@ -177,3 +177,21 @@ def test_a_run_made_before_a_rename_is_the_same_run(tmp_path):
   with pytest.raises(outputs.RunDirError, match='batch_size=50 now 20'):
     outputs.check_dir(str(run), 'discrete_latents',
                       discrete_latents.Config(batch_size=20), seed=0)
+
+
+def test_a_scalar_renamed_into_a_list_setting_is_the_same_run(tmp_path):
+  """mixture_of_gaussians' --vae_hidden=64 became --hidden_sizes=64."""
+  from experiments import mixture_of_gaussians as mog  # pylint: disable=g-import-not-at-top
+  from vae import config as cfg  # pylint: disable=g-import-not-at-top
+  old = cfg.to_dict(mog.Config())
+  old['vae_hidden'] = old.pop('hidden_sizes')[0]
+  old['iwae_samples'] = old.pop('eval_k')
+  run = tmp_path / 'old_run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(
+      {'experiment': 'mixture_of_gaussians', 'seed': 0, 'settings': old,
+       'versions': {}}))
+  outputs.check_dir(str(run), 'mixture_of_gaussians', mog.Config(), seed=0)
+  with pytest.raises(outputs.RunDirError, match=r'hidden_sizes=\[64\] now '):
+    outputs.check_dir(str(run), 'mixture_of_gaussians',
+                      mog.Config(hidden_sizes=(32,)), seed=0)

@@ -348,12 +348,16 @@ def _under_new_names(old: Mapping[str, Any], cls: type) -> dict[str, Any]:
   {old name: new name}`; a run made before a rename stored the old name.
   """
   renamed = getattr(sys.modules.get(cls.__module__), 'RENAMED', None) or {}
-  paths = {path.split('.')[-1]: path for path, _, _ in cfg.leaves(cls)}
+  leaves = {path.split('.')[-1]: (path, owner, field)
+            for path, owner, field in cfg.leaves(cls)}
   out = dict(old)
   for key in old:
-    new = paths.get(renamed.get(key.split('.')[-1], ''))
-    if new is not None and new not in old:
-      out[new] = out.pop(key)
+    leaf = leaves.get(renamed.get(key.split('.')[-1], ''))
+    if leaf is not None and leaf[0] not in old:
+      value = out.pop(key)
+      if cfg.value_type(leaf[1], leaf[2])[1] and not isinstance(value, list):
+        value = [value]  # One width became a list of widths.
+      out[leaf[0]] = value
   return out
 
 
