@@ -21,7 +21,7 @@ on m images simulated from the model (`vae.evaluate.bdmc_records`, checked:
 gap ≥ 0). The per-image AIS and IS values are in ais_per_image.json.
 
   python launch.py --experiment=evaluate_vae --checkpoint_dir=runs/vae_mnist \\
-      --tfds_data_dir=/work/shared/data/tensorflow_datasets
+      --tfds_data_dir=DATA_DIR
 """
 
 import dataclasses

@@ -7,7 +7,7 @@ estimator and parameter group on an image VAE after each --eval_epochs; the
 best (B, N) at each budget B·N; variance_vs_budget.png, check.png.
 
   python launch.py --experiment=minibatch_noise --dataset=binarized_mnist \\
-      --tfds_data_dir=/work/shared/data/tensorflow_datasets --epochs=30 \\
+      --tfds_data_dir=DATA_DIR --epochs=30 \\
       --eval_epochs=0,1,30
 """
 

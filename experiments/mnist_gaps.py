@@ -20,7 +20,7 @@ checked: gap ≥ 0); the gap at T = --ais_temperatures, if run, is carried in
 the 'gap_ais' rows as the uncertainty that remains in the AIS reference.
 
   python launch.py --experiment=mnist_gaps --checkpoint_dir=runs/vae_mnist \\
-      --tfds_data_dir=/work/shared/data/tensorflow_datasets
+      --tfds_data_dir=DATA_DIR
 """
 
 import functools

@@ -17,7 +17,7 @@ delta-method bias. error_vs_samples.png, timing.json.
 
   python launch.py --experiment=mnist_intractability \\
       --checkpoint_dir=runs/vae_mnist \\
-      --tfds_data_dir=/work/shared/data/tensorflow_datasets
+      --tfds_data_dir=DATA_DIR
 """
 
 import functools

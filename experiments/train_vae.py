@@ -17,9 +17,12 @@ results.json; timings in timing.json; learning_curve.png (the bounds per
 epoch, from metrics.csv); the settings and final numbers in TensorBoard's
 HPARAMS tab. Epochs and the evaluation show their rate and ETA on stderr.
 
-  python launch.py --experiment=train_vae --dataset=binarized_mnist \\
-      --tfds_data_dir=/work/shared/data/tensorflow_datasets \\
+  python launch.py --experiment=train_vae --tfds_data_dir=DATA_DIR \\
       --output_dir=runs/vae_mnist --epochs=30
+
+The data is binarized MNIST unless --dataset says otherwise (synthetic: no
+files); DATA_DIR is a TFDS data dir holding it (or VAE_TFDS_DATA_DIR;
+--download lets TFDS fetch it there first; README, "Data").
 """
 
 import dataclasses
@@ -52,7 +55,10 @@ TABLE = ('dataset', 'objective', 'estimator', 'k', 'epochs',
 @cfg.settings
 class Config:
   """Data, model, optimizer (adam ε = 1e-4, as Burda et al.), training."""
-  data: data_lib.DataConfig = data_lib.DataConfig()
+  # Real data by default (README: a binarized MNIST experiment); missing,
+  # it is one line naming --download and --tfds_data_dir. --dataset=synthetic
+  # needs no files.
+  data: data_lib.DataConfig = data_lib.DataConfig(dataset='binarized_mnist')
   model: image_vae.ModelConfig = image_vae.ModelConfig()
   families: flexible_vae.FamilyConfig = flexible_vae.FamilyConfig()
   optimizer: optim.OptimizerConfig = optim.OptimizerConfig(adam_eps=1e-4)

@@ -94,7 +94,7 @@ def test_a_failed_download_is_one_line(tmp_path, no_env, monkeypatch,
   assert '\n' not in message
   assert f'downloading it into {tmp_path / "binarized_mnist"}' in message
   assert 'failed: [Errno -3] Temporary failure' in message
-  assert 'tfds_data_dir=DIR' in message
+  assert 'tfds_data_dir=DIR' in message and '--download' not in message
 
 
 def test_download_may_change_when_a_run_resumes():

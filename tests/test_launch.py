@@ -115,12 +115,17 @@ def test_a_data_location_may_change_on_resume_and_other_data_may_not(
   from vae import data  # pylint: disable=import-outside-toplevel
   out = str(tmp_path)
   outputs.write_config(out, 'train_vae', train_vae.Config(), 0)
-  moved = train_vae.Config(data=data.DataConfig(paths=data.DataPaths(
-      tfds_data_dir='/elsewhere', data_cache_dir='/cache')))
+  moved = train_vae.Config(data=data.DataConfig(
+      dataset='binarized_mnist', paths=data.DataPaths(
+          tfds_data_dir='/elsewhere', data_cache_dir='/cache',
+          download=True)))
   outputs.check_dir(out, 'train_vae', moved)  # Accepted: the run resumes.
   with pytest.raises(outputs.RunDirError, match='num_train'):
     outputs.check_dir(out, 'train_vae', train_vae.Config(
-        data=data.DataConfig(num_train=100)))
+        data=data.DataConfig(dataset='binarized_mnist', num_train=100)))
+  with pytest.raises(outputs.RunDirError, match='dataset'):
+    outputs.check_dir(out, 'train_vae', train_vae.Config(
+        data=data.DataConfig(dataset='synthetic')))
 
 
 def test_a_held_lock_is_refused_and_says_how_to_clear_it(tmp_path, capsys):

@@ -29,7 +29,7 @@ IMAGES = 6
 def trained(tmp_path_factory):
   out = str(tmp_path_factory.mktemp('train'))
   runner.run_point('train_vae', train_vae.Config(
-      data=data.DataConfig(num_train=200),
+      data=data.DataConfig(dataset='synthetic', num_train=200),
       model=image_vae.ModelConfig(hidden_sizes=(8,), latent_dim=2),
       training=train.TrainConfig(batch_size=20, epochs=5, test_every=0),
       evaluate=False, tensorboard=False), 0, out)

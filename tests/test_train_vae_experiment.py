@@ -30,10 +30,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL = evaluate.EvalConfig(eval_k=100, eval_chunk_size=50, num_eval=20,
                            eval_iwae_ks=(1, 5))
 TINY = train_vae.Config(
-    data=data.DataConfig(num_train=200),
+    data=data.DataConfig(dataset='synthetic', num_train=200),
     model=image_vae.ModelConfig(hidden_sizes=(8,), latent_dim=2),
     training=train.TrainConfig(batch_size=20, epochs=10), evaluation=EVAL)
-FLAGS = ['--num_train=200', '--hidden_sizes=8', '--latent_dim=2',
+FLAGS = ['--dataset=synthetic', '--num_train=200', '--hidden_sizes=8', '--latent_dim=2',
          '--batch_size=20', '--epochs=10', '--eval_k=100',
          '--eval_chunk_size=50', '--num_eval=20', '--eval_iwae_ks=1,5']
 
@@ -91,7 +91,8 @@ def test_evaluate_vae_reproduces_the_final_evaluation(tiny_run, tmp_path):
     (dict(training=train.TrainConfig(batch_size=300)),
      'batch_size: 300 > the 200 training images of synthetic.'),
     (dict(training=train.TrainConfig(num_samples=10_000, batch_size=10**5),
-          data=data.DataConfig(num_train=10**5)), 'a training step needs'),
+          data=data.DataConfig(dataset='synthetic', num_train=10**5)),
+     'a training step needs'),
 ])
 def test_refused_before_any_work(changes, message):
   with pytest.raises(ValueError) as info:

@@ -15,7 +15,7 @@ from vae import train
 from vae.models import image_vae
 
 TINY = train_vae.Config(
-    data=data.DataConfig(num_train=200),
+    data=data.DataConfig(dataset='synthetic', num_train=200),
     model=image_vae.ModelConfig(hidden_sizes=(8,), latent_dim=2),
     training=train.TrainConfig(batch_size=20, epochs=3),
     evaluation=evaluate.EvalConfig(eval_k=100, eval_chunk_size=50,

@@ -497,12 +497,16 @@ def _write_cache(path: str, name: str, raw: dict[str, np.ndarray]) -> None:
   os.replace(tmp, path)  # Atomic: readers never see a partial file.
 
 
-def _not_found(name: str, detail: str) -> str:
+def _not_found(name: str, detail: str, downloaded: bool = False) -> str:
+  """The one line of a missing dataset: how to download it (unless that
+  was just tried) and where to put it offline."""
   files = ('the .amat files' if name == 'binarized_mnist'
            else ', '.join(_TFDS[name].manual_files))
-  return (f'{name} not found ({detail}): where the network allows it, '
-          'set download=True (flag --download) and TFDS downloads it into '
-          f'tfds_data_dir; offline, set tfds_data_dir=DIR (or '
+  download = '' if downloaded else (
+      'where the network allows it, set download=True (flag --download) and '
+      'TFDS downloads it into tfds_data_dir; ')
+  return (f'{name} not found ({detail}): {download}offline, set '
+          f'tfds_data_dir=DIR (or '
           f'{ENV_TFDS_DATA_DIR}) where DIR/{name} is prepared (e.g. copied '
           'from another TFDS data dir), or '
           f'manual_dir=DIR (or {ENV_MANUAL_DIR}) with {files} and a '
@@ -577,9 +581,10 @@ def _read_tfds(name: str, splits: tuple[str, ...], *, data_dir: str | None,
       except Exception as e:  # pylint: disable=broad-except
         # No network: TFDS raises its own errors, with long tracebacks.
         detail = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        detail = detail if len(detail) <= 200 else detail[:197] + '...'
         raise DataNotFoundError(_not_found(
-            name, f'downloading it into {builder.data_dir} failed: '
-            f'{detail[:200]}')) from None
+            name, f'downloading it into {builder.data_dir} failed: {detail}',
+            downloaded=True)) from None
     else:
       raise DataNotFoundError(_not_found(
           name, f'nothing prepared at {builder.data_dir}'))

@@ -369,7 +369,7 @@ def _run_sweep(fv, points, root):
   preallocate = 'XLA_PYTHON_CLIENT_PREALLOCATE'
   shared = bool(gpus) and at_once > len(gpus) and preallocate not in os.environ
   pending, running, done = list(points), [], []
-  gpu_of: dict[str, int] = {}  # label: its GPU.
+  gpu_of = {}  # label: its GPU.
 
   def stop(signum, frame):  # Stop the points too, not just this process.
     del signum, frame
