@@ -131,7 +131,8 @@ def plot(out: outputs.Run, records: list[dict], iwae: str) -> None:
   ax.set(yscale='log', ylabel='Σ_j Var[ĝ_j] of the encoder gradient (nats²)',
          title='Encoder-gradient variance at fixed parameters')
   ax.title.set_size(10)
-  ax.legend(fontsize=8)
+  ax.set_ylim(top=ax.get_ylim()[1] * 30)  # Room for the legend.
+  ax.legend(fontsize=8, loc='upper right')
   out.save_figure(fig, 'discrete_latents.png')
 
 
