@@ -30,8 +30,12 @@ over whole passes of len(images) // B minibatches after a warm-up pass:
   and input gradient, none for the data) in the same `lax.scan`: the time
   a step cannot go below at these shapes, whatever the peak of a 2048²
   matmul (`fused_vs_matmuls` = its epoch time / fused's).
-* `fit_sharded` (extra): `fit` data-parallel over all devices
-  (`sharded_fit_fn`: jit with in/out shardings, each batch split).
+* `fused_devices_N` (extra; N = 1, 2, 4, 8): `fused` data-parallel on a
+  mesh of the first N devices, the trainer's own path (`vae.train.
+  make_epoch(..., mesh)`, `train --devices=N`): state and images
+  replicated, each step's batch split over the devices; `time_vs_one_device`
+  = its epoch time / `fused`'s. On CPU, simulate devices with
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 (set before Python).
 
 Each line reports examples/s, GFLOP/s of the matmuls (forward + backward:
 `common.train_flops_per_example()` = 2.228 MFLOP per example)
@@ -41,6 +45,9 @@ interleaved rounds. Issue 11's targets: `fused` ≥ 1.2× `numpyro_scan` and
 
   python -m benchmarks.train_throughput             # 10,000 images
   python -m benchmarks.train_throughput --full      # 1 epoch of 50,000
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m \
+    benchmarks.train_throughput --cases=fused,fused_devices_1,\
+fused_devices_2,fused_devices_4 --peak_n=0     # the mesh's overhead
 """
 
 import sys
@@ -61,7 +68,8 @@ from vae.models import image_vae
 
 CASES = ('fused', 'fit', 'per_example', 'plain', 'plain_scan', 'numpyro',
          'numpyro_scan', 'matmuls')
-EXTRA_CASES = ('fit_sharded',)
+MESH_SIZES = (1, 2, 4, 8)
+EXTRA_CASES = tuple(f'fused_devices_{n}' for n in MESH_SIZES)
 PEERS = ('plain', 'plain_scan', 'numpyro', 'numpyro_scan')
 TARGET_VS_NUMPYRO_SCAN, TARGET_PEAK_FRACTION = 1.2, 0.65
 TARGET_VS_PLAIN_SCAN = 1.0
@@ -104,29 +112,6 @@ def fit_fn(model, optimizer, batch_size: int, seed: int,
     return optim.fit(step, state, batches, keys)
 
   return jax.jit(epoch_fn, donate_argnums=0)
-
-
-def sharded_fit_fn(model, optimizer, batch_size: int, seed: int, mesh):
-  """`fit_fn` data-parallel over `mesh`: state replicated, batches split.
-
-  jax.jit with in_shardings (state, images replicated) and out_shardings
-  (replicated); each step's batch is constrained to PartitionSpec(None,
-  'data') (the example axis over the devices), so XLA's SPMD partitioner
-  splits the per-example work and all-reduces the gradients. The program
-  equals the one-device one up to the order of float reductions.
-  """
-  step = optim.make_step(surrogate_loss(model), optimizer)
-  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  split = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(None, moments.DATA_AXIS))
-
-  def epoch_fn(state, images, epoch, key):
-    batches, keys = _epoch_inputs(images, batch_size, seed, epoch, key)
-    batches = jax.lax.with_sharding_constraint(batches, split)
-    return optim.fit(step, state, batches, keys)
-
-  return jax.jit(epoch_fn, in_shardings=(rep, rep, None, None),
-                 out_shardings=rep)
 
 
 def _runner(epoch_fn, state, images, key=None) -> Callable[[], Any]:
@@ -249,19 +234,19 @@ def runner(case: str, model, images: np.ndarray, batch_size: int,
   state = optim.init_state(model.init(jax.random.PRNGKey(seed)), optimizer)
   dev = jnp.asarray(images)
   key = jax.random.PRNGKey(seed + 1)
-  if case == 'fused':
+  if case == 'fused' or case.startswith('fused_devices_'):
+    mesh = None
+    if case != 'fused':  # The trainer's data-parallel path.
+      count = moments.device_count(int(case.rsplit('_', 1)[1]))
+      mesh = moments.make_mesh(jax.devices()[:count])
+      state, dev = train.replicate((state, dev), mesh)
     epoch_fn = train.make_epoch(model, optimizer, train.TrainConfig(
-        batch_size=batch_size), seed, dynamic_binarization=False)
+        batch_size=batch_size), seed, dynamic_binarization=False, mesh=mesh)
     return _runner(epoch_fn, state, dev)
   if case in ('fit', 'per_example'):
     return _runner(fit_fn(model, optimizer, batch_size, seed,
                           'surrogate' if case == 'fit' else case),
                    state, dev, key)
-  if case == 'fit_sharded':
-    mesh = moments.make_mesh()
-    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return _runner(sharded_fit_fn(model, optimizer, batch_size, seed, mesh),
-                   jax.device_put(state, rep), jax.device_put(dev, rep), key)
   if case == 'plain':
     return plain_runner(model, optimizer, images, batch_size, seed)
   if case == 'plain_scan':
@@ -382,7 +367,11 @@ def benchmark(images: np.ndarray, *, batch_size: int = 100,
       rec['peak_fraction_best'] = rec['gflops_best'] / peak['gflops_best']
       rec['peak_fraction_cpu'] = (rec['gflops_per_cpu_s'] /
                                   peak['gflops_per_cpu_s'])
+    if case.startswith('fused_devices_'):
+      rec['devices'] = int(case.rsplit('_', 1)[1])
     if case != 'fused' and 'fused' in timings:
+      if case.startswith('fused_devices_'):
+        rec['time_vs_one_device'] = t.median / timings['fused'].median
       rec['fused_speedup'] = t.median / timings['fused'].median
       rec['fused_speedup_best'] = t.min / timings['fused'].min
       rec['fused_speedup_cpu'] = t.cpu_median / max(

@@ -55,6 +55,7 @@ class Config:
   sample_counts: tuple[int, ...] = cfg.like(moments.Draws, 'sample_counts',
                                             max=1000)
   num_draws: int = cfg.like(moments.Draws, 'num_draws', 100000)
+  devices: int = cfg.like(moments.MeshConfig, 'devices')
 
   def ks(self, cost: str) -> tuple[float, ...]:
     return getattr(self, f'{cost}_ks')
@@ -120,11 +121,13 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
       config.ks(c), config.mus, config.sigmas))) for c, f in fams.items()}
   points = gc.concatenate(grids)
   size = len(points['k']) * sum(config.sample_counts) * len(config.estimators)
-  chunk = moments.default_chunk(config.num_draws, size, 2**24, 10**7)
+  mesh = moments.data_mesh(config.devices)  # None: one device.
+  chunk = moments.default_chunk(config.num_draws, size, 2**24, 10**7,
+                                multiple_of=mesh.size if mesh else 1)
   start = time.time()
   program = jax.jit(gc.moment_program(
       [registry.lookup(e) for e in config.estimators], tuple(fams.values()),
-      config.sample_counts, config.num_draws, chunk)).lower(seed,
+      config.sample_counts, config.num_draws, chunk, mesh)).lower(seed,
                                                           points).compile()
   compiled = time.time()
   measured = jax.tree.map(np.asarray, program(seed, points))

@@ -70,6 +70,9 @@ class Config:
     if max(self.batch_sizes) * max(self.sample_counts) > MAX_PASSES:
       raise ValueError(f'batch_sizes x sample_counts: at most {MAX_PASSES} '
                        'decoder passes per minibatch estimate.')
+    if self.training.devices > 1 and self.num_draws % self.training.devices:
+      raise ValueError(f'num_draws: {self.num_draws} is not divisible by '
+                       f'devices={self.training.devices}.')
 
 
 def trained(config: Config, dataset, model, seed: int, out: outputs.Run):
@@ -90,6 +93,8 @@ def trained(config: Config, dataset, model, seed: int, out: outputs.Run):
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Checks on the linear-Gaussian VAE, trains, measures, tabulates, plots."""
   key, c = jax.random.PRNGKey(seed), config
+  # --devices: training and the draws split over one mesh (None: 1 device).
+  mesh = moments.data_mesh(c.training.devices)
   with jax.enable_x64(True):  # Scoped: no global config change.
     checked = stats.mark_disagreements(  # The run's only checks.
         mn.check_linear_gaussian(jax.random.fold_in(key, 1),
@@ -106,8 +111,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
     rows += mn.measure_vae(
         model, params, jax.numpy.asarray(dataset.train), jax.random.fold_in(
             jax.random.fold_in(key, 2), epoch), c.estimators, c.batch_sizes,
-        c.sample_counts, c.num_draws, c.baseline_examples, section='vae',
-        epoch=epoch, step=epoch * steps_per_epoch)
+        c.sample_counts, c.num_draws, c.baseline_examples, mesh,
+        section='vae', epoch=epoch, step=epoch * steps_per_epoch)
   out.log(f'\n== {dataset.name}: which part dominates (minibatch_share = '
           'Var_I[E_z Ĝ]/Var Ĝ at the largest B)')
   out.table(mn.dominance(rows), ['epoch', 'estimator', 'group', 'N', 'B',

@@ -20,6 +20,7 @@ from vae import evaluate
 from vae import importance
 from vae import moments
 from vae import optim
+from vae import train
 from vae.models import image_vae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,25 +93,32 @@ def test_per_example_loss_equals_the_library_loss(tiny):
                                                        atol=1e-5), ours, lib)
 
 
-def test_fit_sharded_fit_and_plain_loops_train_the_same(tiny):
-  """One epoch: `optim.fit`, its data-parallel form, per-batch steps.
+def test_fit_mesh_epoch_and_plain_loops_train_the_same(tiny):
+  """One epoch: `optim.fit`, per-batch steps; the trainer's epoch with and
+  without a (one-device) mesh.
 
-  The mesh has one device here, so this checks the sharded program's
-  arithmetic, not a split across devices (vae.moments' 4-device test does
-  that for the draws).
+  The mesh has one device here, so this checks the mesh program's
+  arithmetic, not a split across devices (tests/test_devices.py does that
+  on 4 simulated devices).
   """
   model, x = tiny
   opt = optax.adam(1e-2)
   state = lambda: optim.init_state(model.init(jax.random.PRNGKey(0)), opt)
   key = jax.random.PRNGKey(1)
   fused, _ = train_throughput.fit_fn(model, opt, 8, 0)(state(), x, 0, key)
-  mesh = moments.make_mesh(jax.devices()[:1])
-  sharded, _ = train_throughput.sharded_fit_fn(model, opt, 8, 0, mesh)(
-      state(), x, 0, key)
   plain = train_throughput.plain_runner(model, opt, x, 8)()
-  for params in (sharded.params, plain):
-    jax.tree.map(lambda u, v: np.testing.assert_allclose(
-        u, v, rtol=1e-4, atol=1e-5), fused.params, params)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(
+      u, v, rtol=1e-4, atol=1e-5), fused.params, plain)
+  config = train.TrainConfig(batch_size=8)
+  one, _ = train.make_epoch(model, opt, config, 0, False)(state(), x, 0)
+  mesh = moments.make_mesh(jax.devices()[:1])
+  meshed, _ = train.make_epoch(model, opt, config, 0, False, mesh)(
+      *train.replicate((state(), x), mesh), 0)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(
+      u, v, rtol=1e-5, atol=1e-6), one.params, meshed.params)
+  moved = jax.tree.map(lambda u, v: float(np.max(np.abs(u - v))),
+                       one.params, state().params)
+  assert max(jax.tree.leaves(moved)) > 1e-3
 
 
 def test_train_throughput_benchmark(tiny):

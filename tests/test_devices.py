@@ -181,3 +181,44 @@ def test_one_device_has_no_mesh():
     moments.default_chunk(10, 1, multiple_of=4)
   assert moments.default_chunk(16, 1, max_chunk=50, multiple_of=4) == 16
   assert moments.default_chunk(48, 10**6, 2**20, multiple_of=4) == 4  # >= 4.
+
+
+_GAUSSIAN_GRADIENTS_SCRIPT = '''
+    import dataclasses, json, tempfile
+    import jax
+    from experiments import gaussian_gradients as gg
+    from experiments.common import runner
+    assert jax.device_count() == 4
+    base = gg.Config(costs=('square',), square_ks=(0.0, 2.0),
+                     sample_counts=(1, 4), estimators=('score', 'pathwise'),
+                     num_draws=NUM_DRAWS)
+    out = {}
+    for n in (1, 4):
+      with tempfile.TemporaryDirectory() as folder:
+        out[n] = runner.run_point('gaussian_gradients', dataclasses.replace(
+            base, devices=n), 0, folder)
+    keys = ('cost', 'k', 'estimator', 'param', 'num_samples')
+    diff = {'mean': 0.0, 'variance': 0.0, 'same_rows': True}
+    for a, b in zip(out[1], out[4]):
+      diff['same_rows'] &= [a[k] for k in keys] == [b[k] for k in keys]
+      sd = a['variance']**0.5
+      diff['mean'] = max(diff['mean'], abs(a['mean'] - b['mean']) / sd)
+      diff['variance'] = max(diff['variance'], abs(
+          a['variance'] - b['variance']) / a['variance'])
+    diff['rows'] = [len(out[1]), len(out[4])]
+    print('RESULT ' + json.dumps(diff))
+'''
+
+
+def test_gaussian_gradients_on_four_devices_equal_one():
+  """The variance experiment with --devices=4 (the draws split over a mesh)
+  gives the moments of --devices=1: the same D draws, summed in another
+  order, so each moment differs by at most D·u relative (float32 sums of
+  D terms; the mean relative to the draws' sd)."""
+  num_draws = 400
+  out = run_script(_GAUSSIAN_GRADIENTS_SCRIPT.replace('NUM_DRAWS',
+                                                      str(num_draws)))
+  assert out['same_rows'] and out['rows'] == [16, 16]
+  tolerance = num_draws * 2.0**-24
+  assert out['mean'] < tolerance, out
+  assert out['variance'] < tolerance, out

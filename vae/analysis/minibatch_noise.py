@@ -140,7 +140,8 @@ def with_seconds(records: list[dict], seconds: dict[str, float],
 
 def decompose(estimate: Callable[[Array, PRNGKey], Any], key: PRNGKey,
               num_examples: int, max_batch: int, num_draws: int,
-              chunk: int = 1) -> dict[str, Any]:
+              chunk: int = 1,
+              mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Both parts of Var Ĝ for every leaf of `estimate`, with standard errors.
 
   A draw takes two minibatches I, J (i.i.d. indices) and two z-draws for
@@ -162,6 +163,9 @@ def decompose(estimate: Callable[[Array, PRNGKey], Any], key: PRNGKey,
     max_batch: indices per minibatch.
     num_draws: draws (each four minibatch estimates).
     chunk: draws per vmapped chunk (1: a scan over draws).
+    mesh: split each chunk's draws over its devices (`vae.moments`; the
+      chunk a multiple of its size): the same draws, so the same parts up
+      to float rounding.
 
   Also the signal ‖G‖², G = E Ĝ (the full-data gradient), without bias
   from the two independent minibatches: since Ĝ_j, Ĝ_k are independent for
@@ -191,7 +195,7 @@ def decompose(estimate: Callable[[Array, PRNGKey], Any], key: PRNGKey,
                                jax.random.split(k_z, 4))
     return jax.tree.map(parts, grads)
 
-  out = moments.moments(draw, key, num_draws, chunk=chunk)
+  out = moments.moments(draw, key, num_draws, chunk=chunk, mesh=mesh)
   is_parts = lambda x: isinstance(x, dict) and 'within' in x
   pick = lambda tree, part: jax.tree.map(lambda p: p[part], tree,
                                          is_leaf=is_parts)
@@ -291,18 +295,19 @@ def vae_surrogate(model: model_lib.Model, estimator: str, num_samples: int,
 @functools.lru_cache(maxsize=None)
 def vae_study(model: model_lib.Model, estimators: tuple[str, ...],
               num_samples: int, batch_sizes: tuple[int, ...],
-              num_draws: int):
+              num_draws: int, mesh: jax.sharding.Mesh | None = None):
   """Jitted (params, images, key, baseline) -> `decompose` of the VAE's ELBO
   gradient (IWAE_N for DReG), {estimator: {B: {group}}} from
   `model.example_surrogate`, every estimator on the same z (common random
-  numbers)."""
+  numbers). With a `mesh`, chunks of its size of draws are split over its
+  devices (else a scan over draws)."""
   def fn(params, images, key, baseline):
     def estimate(index, k):
       return {e: prefix_gradients(
           vae_surrogate(model, e, num_samples, baseline),
           params, images[index], k, batch_sizes) for e in estimators}
     return decompose(estimate, key, images.shape[0], max(batch_sizes),
-                     num_draws)
+                     num_draws, 1 if mesh is None else mesh.size, mesh)
   return jax.jit(fn)
 
 
@@ -318,15 +323,17 @@ def measure_vae(model: model_lib.Model, params: Params, images: Array,
                 key: PRNGKey, estimators: Sequence[str],
                 batch_sizes: Sequence[int], sample_counts: Sequence[int],
                 num_draws: int, baseline_examples: int,
+                mesh: jax.sharding.Mesh | None = None,
                 **labels) -> list[dict]:
   """`rows` of `vae_study` at every N (score_moving_average's baseline
-  from `vae_baseline` with its own key)."""
+  from `vae_baseline` with its own key); the draws split over `mesh`'s
+  devices if given (num_draws a multiple of their number)."""
   k_baseline, k_draws = jax.random.split(key)
   c = vae_baseline(model, params, images, k_baseline, baseline_examples)
   out, size = [], max(batch_sizes)
   for n, ests in grid(estimators, sample_counts):
     parts = vae_study(model, ests, n, tuple(sorted(set(batch_sizes))),
-                      num_draws)(params, images,
+                      num_draws, mesh)(params, images,
                                  jax.random.fold_in(k_draws, n), c)
     seconds = seconds_per_estimate(
         {e: vae_surrogate(model, e, n, c) for e in ests}, params,

@@ -387,7 +387,8 @@ def with_exact_gradients(family: CostFamily, points) -> dict[str, np.ndarray]:
 
 
 def moment_program(estimators, families, num_samples, num_draws: int,
-                   chunk: int | None = None) -> Callable:
+                   chunk: int | None = None,
+                   mesh: jax.sharding.Mesh | None = None) -> Callable:
   """(seed, points) -> moments of `num_draws` estimates on the whole grid.
 
   Draw d of estimator e is {'N': grid_gradients(e, families, points, key,
@@ -396,7 +397,8 @@ def moment_program(estimators, families, num_samples, num_draws: int,
   key_d split from PRNGKey(seed): `vae.moments.moments` (order 4) of draws
   centred on g = points['g_mu'], ['g_sigma'] (the exact gradients), so that
   float32 sums over many draws lose nothing to a large mean; g is added
-  back. Pure: jit it (one program for every estimator).
+  back. Pure: jit it (one program for every estimator). With a `mesh`, each
+  chunk's draws are split over its devices (`vae.moments.moments`).
 
   Returns:
     {'mean'|'variance'|'m4': {estimator: {'N': {'mu'|'sigma': [P]}}}}.
@@ -413,7 +415,7 @@ def moment_program(estimators, families, num_samples, num_draws: int,
                        for n in num_samples if n >= e.min_samples}
               for e in estimators}
     out = moments.moments(estimate, jax.random.PRNGKey(seed), num_draws,
-                          chunk, order=4)
+                          chunk, order=4, mesh=mesh)
     out['mean'] = {e: {n: jax.tree.map(jnp.add, m, offset)
                        for n, m in by_n.items()}
                    for e, by_n in out['mean'].items()}
