@@ -60,6 +60,9 @@ def test_every_renamed_flag_of_every_experiment():
   fv = launch.flags.FlagValues()
   launch._launcher_flags(fv)
   launcher = set(fv)
+  declared = [n for n in runner.names()
+              if getattr(runner.load(n), 'RENAMED', None)]
+  assert declared  # E.g. discrete_latents, intractability.
   for old, new in launch.RENAMED.items():
     assert old not in launcher and new in launcher, (old, new)
   for name in runner.names():
@@ -71,3 +74,19 @@ def test_every_renamed_flag_of_every_experiment():
       with pytest.raises(launch.UsageError,
                          match=f'^--{old} was renamed --{new}.$'):
         launch.check_renamed(['launch.py', f'--{old}=1'], module)
+
+
+@pytest.mark.parametrize('experiment, args, message', [
+    ('intractability', ['--max_log2_samples=4'],
+     '--max_log2_samples was renamed --max_log2_k.'),
+    ('intractability', ['--sweep=max_log2_samples=3,4'],
+     '--sweep=max_log2_samples=3,4: --max_log2_samples was renamed '
+     '--max_log2_k; give --sweep=max_log2_k=...'),
+])
+def test_a_real_experiments_old_name(tmp_path, capsys, experiment, args,
+                                     message):
+  out = tmp_path / 'run'
+  rc, _, err = _cli(capsys, f'--experiment={experiment}',
+                    f'--output_dir={out}', *args)
+  assert (rc, err) == (2, f'launch.py: {message}\n')
+  assert not out.exists()
