@@ -226,7 +226,8 @@ def plot(c: Config, runs, finals, crit, noise, out: outputs.Run) -> None:
   """Bound vs examples and vs wall time per B; E(B) per target with its
   line, B_crit and B_noise; the final bound against B."""
   plt = outputs.pyplot()
-  fig, axes = plt.subplots(1, 4, figsize=(18, 4), layout='constrained')
+  fig, grid = plt.subplots(2, 2, figsize=(11, 8), layout='constrained')
+  axes = grid.ravel()
   for k, b in enumerate(c.batch_sizes):
     for r in range(c.replicates):
       pts = runs[b, r][1:]
@@ -266,6 +267,8 @@ def plot(c: Config, runs, finals, crit, noise, out: outputs.Run) -> None:
               ylabel=f'held-out {c.objective} after {c.passes} passes (nats)',
               title='equal compute: final bound (± sd over replicates)')
   axes[3].title.set_fontsize(8)
+  for ax in axes:  # Log axes: label the decades only (no crowded minors).
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
   fig.suptitle(f'{c.objective}/{c.estimator}, N = {c.num_samples}: '
                f'training at equal compute ({c.passes} decoder passes per '
                'example)')
