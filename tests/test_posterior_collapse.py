@@ -270,3 +270,11 @@ def test_experiment_refuses_a_remedy_without_its_setting():
     _tiny_config(free_bits=0.0)
   with pytest.raises(ValueError, match='eval_k'):
     _tiny_config(eval_k=100)
+
+
+def test_train_vae_refuses_the_delta_posterior_with_another_prior():
+  with pytest.raises(ValueError, match='N\\(0, I\\) prior'):
+    flexible_vae.check_training(flexible_vae.FamilyConfig(
+        posterior='delta', prior='vamp'), 'elbo_mc_kl', 'pathwise')
+  flexible_vae.check_training(flexible_vae.FamilyConfig(posterior='delta'),
+                              'elbo', 'score_rloo')  # A Normal q: any.

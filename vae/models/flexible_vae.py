@@ -104,10 +104,13 @@ def check_training(families: FamilyConfig, objective: str,
   """Refuses (ValueError, one line) what the model cannot train with.
 
   objective 'elbo' (E_q[log p(x|z)] - KL(q ‖ p), the KL in closed form)
-  needs a Gaussian q and the N(0, I) prior; a q other than the diagonal
-  Gaussian takes only FLEXIBLE_ESTIMATORS (the others assume a Normal q's
-  parameters).
+  needs a Gaussian q and the N(0, I) prior, and so does posterior 'delta';
+  a q other than a diagonal Gaussian (GAUSSIAN) takes only
+  FLEXIBLE_ESTIMATORS (the others assume a Normal q's parameters).
   """
+  if families.posterior == 'delta' and families.prior != 'standard':
+    raise ValueError('posterior: delta bounds the KL to the N(0, I) prior; '
+                     f'prior={families.prior} is not that.')
   if objective == 'elbo' and not families.analytic_kl:
     raise ValueError(
         f'objective: elbo needs a closed-form KL(q ‖ p), which '
