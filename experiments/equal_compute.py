@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import minibatch_noise
 from experiments.common import outputs
 from experiments.common import progress
 from vae import comparison
@@ -53,9 +54,8 @@ class Config:
   objective: str = cfg.like(T, 'objective')
   estimator: str = cfg.like(T, 'estimator')
   num_samples: int = cfg.like(T, 'num_samples')
-  batch_sizes: tuple[int, ...] = S(
-      (16, 64, 256, 1024), 'B: examples per step, one training run each.',
-      min=1, max=10**5)
+  batch_sizes: tuple[int, ...] = cfg.like(  # One training run each.
+      minibatch_noise.Config, 'batch_sizes', (16, 64, 256, 1024))
   passes: int = S(8, 'Decoder passes per training example, epochs × N '
                   '(the same compute for every B); a multiple of N.', min=1,
                   max=10**5)
