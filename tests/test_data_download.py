@@ -107,3 +107,23 @@ def test_download_may_change_when_a_run_resumes():
                      ()) == []
   assert differences({'data.dataset': 'a'}, {'data.dataset': 'b'}, ()) == [
       "data.dataset='a' now 'b'"]
+
+
+def test_every_loader_passes_download_through(monkeypatch):
+  """The experiments' loaders (data.load and discrete_latents' own) hand
+  the download setting to load_dataset."""
+  from vae.analysis import discrete_latents  # pylint: disable=import-outside-toplevel
+  seen = []
+
+  def fake_load(name, **kwargs):
+    seen.append(kwargs['download'])
+    raise data.DataNotFoundError('stop here')
+
+  monkeypatch.setattr(data, 'load_dataset', fake_load)
+  config = data.DataConfig(dataset='binarized_mnist',
+                           paths=data.DataPaths(download=True))
+  for load in (lambda: data.load(config),
+               lambda: discrete_latents.binary_images(config, 10)):
+    with pytest.raises(data.DataNotFoundError):
+      load()
+  assert seen == [True, True]

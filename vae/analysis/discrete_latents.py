@@ -66,7 +66,8 @@ def binary_images(config: data_lib.DataConfig, num_test: int,
   ds = data_lib.load_dataset(
       config.dataset, data_dir=paths.tfds_data_dir, seed=seed,
       manual_dir=paths.manual_dir, cache_dir=paths.data_cache_dir,
-      num_train=config.num_train, num_validation=1, num_test=num_test)
+      download=paths.download, num_train=config.num_train, num_validation=1,
+      num_test=num_test)
   binary = lambda x: jnp.asarray(x if ds.binarization == 'fixed' else
                                  data_lib.binarize(0, x))
   return binary(ds.train), binary(ds.test)
