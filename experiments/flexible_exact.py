@@ -1,7 +1,7 @@
 """Exact check of every flexible family: 2-D latents, log p(x) by quadrature.
 
-For each family of `vae.models.flexible_vae` (--families: the diagonal,
-full-covariance and IAF posteriors, the MoG and Vamp priors, the
+For each family of `vae.models.flexible_vae` (--checked_families: the
+diagonal, full-covariance and IAF posteriors, the MoG and Vamp priors, the
 autoregressive decoder, and IAF + VampPrior) a small model with a 2-D
 latent space is trained (`vae.train`, --objective with --estimator) on
 --dataset (synthetic binary images by default; binarized_mnist where its
@@ -50,7 +50,7 @@ COLUMNS = ('family', 'log_px_exact', 'log_px_is', 'log_px_is_se', 'is_z',
 class Config:
   """The families, their small models and training; the check's sizes."""
   data: data_lib.DataConfig = data_lib.DataConfig(num_train=1000)
-  families: tuple[str, ...] = cfg.setting(
+  checked_families: tuple[str, ...] = cfg.setting(
       fe.NAMES, 'Families checked (posterior/prior/decoder; iaf_vamp: IAF q '
       'with the VampPrior).', choices=fe.NAMES)
   hidden_sizes: tuple[int, ...] = cfg.like(image_vae.ModelConfig,
@@ -100,7 +100,7 @@ class Config:
                        'dynamically; use synthetic or binarized_mnist.')
     train.TrainConfig(objective=self.objective, estimator=self.estimator,
                       num_samples=self.num_samples)
-    for name in self.families:
+    for name in self.checked_families:
       posterior, prior, decoder = fe.FAMILIES[name]
       flexible_vae.check_training(flexible_vae.FamilyConfig(
           posterior=posterior, prior=prior, decoder=decoder),
@@ -154,7 +154,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   dataset = data_lib.load(config.data, seed)
   images = eval_lib.test_images(dataset)[:config.num_eval]
   rows = []
-  for name in config.families:
+  for name in config.checked_families:
     out.log(f'flexible_exact: {name}: training {config.epochs} epochs, then '
             f'quadrature on {config.quadrature_points}² points and IS with '
             f'K = {config.eval_k} on {len(images)} test images')
