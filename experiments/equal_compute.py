@@ -135,7 +135,9 @@ def _noise_scale(config: Config, model, params, images, key,
 
 def critical(runs: dict[tuple[int, int], list[dict]], batch_sizes) -> list[dict]:
   """B_crit for each target: the final mean bound of each B but the
-  smallest, fitted over the B that reach it (at least 3)."""
+  smallest, fitted over the B whose every replicate reaches it after its
+  first epoch (a crossing between initialization and the first evaluation
+  is not resolved: `critical_batch.crossing`), at least 3 B."""
   finals = {b: np.mean([runs[b, r][-1]['test_bound'] for (bb, r) in runs
                         if bb == b]) for b in batch_sizes}
   out = []
@@ -143,7 +145,8 @@ def critical(runs: dict[tuple[int, int], list[dict]], batch_sizes) -> list[dict]
     target = float(finals[b_target])
     crossings = {b: [cb.crossing([p['examples'] for p in runs[b, r]],
                                  [p['test_bound'] for p in runs[b, r]],
-                                 target) for (bb, r) in sorted(runs)
+                                 target, resolved_from=1)
+                     for (bb, r) in sorted(runs)
                      if bb == b] for b in batch_sizes}
     crossings = {b: e for b, e in crossings.items()
                  if all(v is not None for v in e)}
@@ -260,7 +263,8 @@ def plot(c: Config, runs, finals, crit, noise, out: outputs.Run) -> None:
               title='E = E_min + S_min·B (lines); B_noise: dotted init, '
               'dashed trained', )
   axes[2].title.set_fontsize(8)
-  axes[2].legend(fontsize=6)
+  if axes[2].get_legend_handles_labels()[0]:
+    axes[2].legend(fontsize=6)
   axes[3].errorbar([f['B'] for f in finals], [f['test_bound'] for f in finals],
                    [f['test_bound_sd'] for f in finals], fmt='o-')
   axes[3].set(xscale='log', xlabel='batch size B',

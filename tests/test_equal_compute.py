@@ -18,6 +18,11 @@ def test_crossing_interpolates_between_evaluations():
   assert cb.crossing(examples, bounds, -11.0) == 0.0  # Reached at the start.
   assert cb.crossing(examples, bounds, 2.0) is None  # Never reached.
   assert cb.crossing(examples, [-10.0, np.nan, 0.0, 1.0], -2.5) is None
+  # Within the first interval after initialization: not resolved.
+  assert cb.crossing(examples, bounds, -7.5) == pytest.approx(5.0)
+  assert cb.crossing(examples, bounds, -7.5, resolved_from=1) is None
+  assert cb.crossing(examples, bounds, -2.5, resolved_from=1) == (
+      pytest.approx(15.0))
 
 
 def test_fit_recovers_a_planted_critical_batch():

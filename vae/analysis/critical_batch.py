@@ -31,7 +31,7 @@ import numpy as np
 
 
 def crossing(examples: Sequence[float], bounds: Sequence[float],
-             target: float) -> float | None:
+             target: float, resolved_from: int = 0) -> float | None:
   """The examples processed when a (maximized) bound first reaches `target`.
 
   With evaluations (e_i, L_i), e ascending, and the first i with L_i ≥
@@ -40,9 +40,14 @@ def crossing(examples: Sequence[float], bounds: Sequence[float],
 
       E = e_{i-1} + (target - L_{i-1}) (e_i - e_{i-1}) / (L_i - L_{i-1}).
 
+  A learning curve is concave, so the chord crosses later than the curve:
+  the interpolation overestimates E, most in the first interval after
+  initialization, where the bound rises by hundreds of nats. A crossing
+  with i - 1 < `resolved_from` is reported as not resolved (None).
+
   Returns:
     E, or None when the curve never reaches the target (or a bound is not
-    finite before it does).
+    finite before it does, or the crossing is not resolved).
   """
   e = np.asarray(examples, float)
   b = np.asarray(bounds, float)
@@ -50,6 +55,8 @@ def crossing(examples: Sequence[float], bounds: Sequence[float],
     if not np.isfinite(b[i]):
       return None
     if b[i] >= target:
+      if resolved_from and i - 1 < resolved_from:
+        return None
       if i == 0:
         return float(e[0])
       frac = (target - b[i - 1]) / (b[i] - b[i - 1])
