@@ -146,3 +146,19 @@ def test_settings_are_refused_in_one_line():
     fx.Config(eval_k=150)
   with pytest.raises(ValueError, match='family'):
     fe.family_model('planar', 784, (4,), 2, 1, 2, (2,))
+
+
+def test_a_strict_run_with_a_wrong_log_determinant_fails(tmp_path,
+                                                         monkeypatch):
+  """The whole run, --strict, with the IAF's log-determinant planted wrong:
+  `runner.Disagreement` (launch.py's exit 1), and the end line says so."""
+  config = dataclasses.replace(TINY, checked_families=('iaf',))
+  with monkeypatch.context() as m:
+    m.setattr(dists, '_affine_log_det',
+              lambda gate: jnp.sum(jax.nn.log_sigmoid(gate), -1) + 0.5)
+    jax.clear_caches()
+    with pytest.raises(runner.Disagreement,
+                       match='^1 of 1 rows disagree with exact values$'):
+      runner.run_point('flexible_exact', config, 0, str(tmp_path / 'run'),
+                       strict=True)
+  jax.clear_caches()

@@ -7,10 +7,11 @@ With a 2-D latent space the marginal likelihood of any trained model of
 
 is a sum over a uniform grid z_g of spacing h on the box [-a, a]² (the
 trapezoid rule: for a smooth integrand that vanishes at the box's edge its
-error falls faster than any power of h). The error is stated and checked
-(`quadrature`): the same sum on every other grid point (spacing 2h) differs
-from it by more than the finer sum's own error, and the integrand's mass on
-the box's outer band bounds what the box leaves out.
+error falls faster than any power of h), restricted to the rectangle where
+the integrand matters. The error is stated and checked (`quadrature`): the
+same sum on every other grid point (spacing 2h) differs from it by more
+than the finer sum's own error, and the integrand's mass on the
+rectangle's outer band bounds what it leaves out.
 
 The prior's density p(z_g) is computed here in float64 numpy from the
 model's parameters (`prior_log_density`), not by the `vae.distributions`
@@ -22,8 +23,8 @@ log p(x|z) is the model's own (Bernoulli: x·l - softplus(l) summed here).
 So a wrong log-determinant of the IAF posterior (or prior), a wrong
 full-covariance log-density, or wrong mixture weights move the
 importance-sampling estimate and the ELBO but not the quadrature value
-(`check_row`): log p̂ must agree with it within its standard errors
-(two-sided), and the ELBO must lie below it (one-sided). A wrongly
+(`check_row`): the mean log p̂ over images must agree with it within its
+standard error (two-sided), and each ELBO must lie below it (one-sided). A wrongly
 normalized decoder moves both alike and is not seen here (its
 normalization is tested over all binary images in tests/test_flexible_vae.py).
 """
