@@ -10,6 +10,7 @@ import pkgutil
 import time
 
 import experiments
+from experiments.common import distributed
 from experiments.common import outputs
 from vae import stats
 
@@ -116,6 +117,10 @@ def run_point(name: str, config, seed: int, directory: str,
     NonFinite: some checked row holds a NaN or infinite number.
     Disagreement: `strict` and some row disagrees with its exact value.
   """
+  # A Slurm step of several tasks is one jax.distributed job; process i > 0
+  # writes its own copy of the run into <directory>.process<i>.
+  if distributed.initialize():
+    directory = distributed.process_folder(directory)
   module = load(name)
   if compilation_cache:
     cache_compilations()

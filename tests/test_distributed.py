@@ -1,0 +1,138 @@
+"""jax.distributed: when it is initialized (faked Slurm environments), and a
+real 2-process run on CPU (2 simulated devices each, Gloo collectives)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments.common import distributed
+from tests import test_devices
+from vae import optim
+from vae import train
+from vae.models import image_vae
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLURM = {'SLURM_JOB_ID': '7', 'SLURM_PROCID': '0'}
+
+
+@pytest.mark.parametrize('env,expected', [
+    ({}, False),                                           # Not Slurm.
+    ({**SLURM, 'SLURM_NTASKS': '1'}, False),               # One task.
+    ({**SLURM, 'SLURM_NTASKS': '8'}, True),                # srun -n 8.
+    ({**SLURM, 'SLURM_NTASKS': '8', 'SLURM_STEP_NUM_TASKS': '1'}, False),
+    ({**SLURM, 'SLURM_STEP_NUM_TASKS': '2'}, True),        # submitit, 2 tasks.
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '8'}, False),   # The batch script.
+    ({**SLURM, 'SLURM_NTASKS': '8', 'VAE_DISTRIBUTED': '0'}, False),
+    ({'VAE_DISTRIBUTED': '1'}, True),                      # E.g. Open MPI.
+])
+def test_initialize_only_for_several_tasks(env, expected):
+  assert distributed.wanted(env) is expected
+  calls = []
+  distributed._done = False  # pylint: disable=protected-access
+  try:
+    assert distributed.initialize(env, lambda: calls.append(1)) is expected
+    assert distributed.initialize(env, lambda: calls.append(1)) is expected
+  finally:
+    distributed._done = False  # pylint: disable=protected-access
+  assert calls == [1] * expected  # Once at most.
+
+
+def test_a_bad_switch_is_one_line():
+  with pytest.raises(ValueError, match=r"VAE_DISTRIBUTED='yes': use 1"):
+    distributed.wanted({'VAE_DISTRIBUTED': 'yes'})
+
+
+def test_process_folders():
+  assert distributed.process_folder('runs/a', 0) == 'runs/a'
+  assert distributed.process_folder('runs/a/', 3) == 'runs/a.process3'
+
+
+_PROCESS_SCRIPT = '''
+    import json
+    import jax
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(f'localhost:{PORT}', num_processes=2,
+                               process_id=PID)
+    import jax.numpy as jnp
+    import numpy as np
+    from tests import test_distributed as t
+    from vae import moments, train
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    mesh = moments.data_mesh(0)  # All 4 devices of both processes.
+    state, images = train.replicate(t.initial_state(), mesh), None
+    images = train.replicate(jnp.asarray(t.IMAGES), mesh)
+    epoch = train.make_epoch(t.MODEL, t.OPTIMIZER, t.CONFIG, 0, False, mesh)
+    bounds = []
+    for e in range(2):
+      state, stats = epoch(state, images, jnp.int32(e))
+      bounds.append(float(stats['bound']))
+    np.savez(OUT, *[np.asarray(p) for p in jax.tree.leaves(state.params)])
+    print('RESULT ' + json.dumps({'mesh': dict(mesh.shape),
+                                  'bounds': bounds}))
+'''
+MODEL = image_vae.make(image_vae.ModelConfig(hidden_sizes=(16,),
+                                             latent_dim=3))
+IMAGES = (np.random.default_rng(0).uniform(0, 1, (200, 784)) > 0.7).astype(
+    np.float32)
+OPTIMIZER = optax.adam(1e-3)
+CONFIG = train.TrainConfig(batch_size=20)
+
+
+def initial_state():
+  return optim.init_state(MODEL.init(jax.random.PRNGKey(0)), OPTIMIZER)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_as_one_device(tmp_path):
+  """2 processes x 2 devices (one jax.distributed job; the mesh of
+  devices=0 spans all 4): 2 data-parallel epochs of the trainer equal one
+  device in this process (tolerances of tests/test_devices.py)."""
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                      ' --xla_force_host_platform_device_count=2').strip()
+  procs = [subprocess.Popen(
+      [sys.executable, '-c', textwrap.dedent(_PROCESS_SCRIPT).replace(
+          'PORT', str(port)).replace('PID', str(i)).replace(
+              'OUT', repr(str(tmp_path / f'params{i}.npz')))],
+      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=600)
+      assert p.returncode == 0, stderr[-3000:]
+      line = [ln for ln in stdout.splitlines() if ln.startswith('RESULT ')]
+      outs.append(json.loads(line[-1][len('RESULT '):]))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  epoch = train.make_epoch(MODEL, OPTIMIZER, CONFIG, 0, False)
+  state, images, bounds = initial_state(), jnp.asarray(IMAGES), []
+  for e in range(2):
+    state, stats = epoch(state, images, jnp.int32(e))
+    bounds.append(float(stats['bound']))
+  params = [np.asarray(p) for p in jax.tree.leaves(state.params)]
+  for i, out in enumerate(outs):
+    assert out['mesh'] == {'data': 4}
+    np.testing.assert_allclose(out['bounds'], bounds,
+                               rtol=test_devices.BOUND_RTOL)
+    with np.load(tmp_path / f'params{i}.npz') as saved:
+      theirs = [saved[f'arr_{j}'] for j in range(len(params))]
+    assert max(float(np.max(np.abs(u - v)))
+               for u, v in zip(theirs, params)) < test_devices.PARAM_ATOL
