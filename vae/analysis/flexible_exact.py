@@ -315,7 +315,9 @@ def check_row(quad: dict[str, Any], estimates: dict[str, np.ndarray]
   spread_se = float(np.std(diff, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
   check_se = max(is_se, spread_se)
   t = float(diff.mean() / check_se)
-  is_z = float(special.ndtri(sp_stats.t.cdf(t, n - 1))) if n > 1 else t
+  # The normal z of t's tail, from its log (finite however large t is).
+  is_z = (float(np.sign(t) * -special.ndtri_exp(sp_stats.t.logsf(
+      abs(t), n - 1))) if n > 1 else t)
   sharp = bool(np.all(quad['quadrature_error'] <= QUADRATURE_SHARPNESS *
                       est['log_px_se']) and quad['inversion_error'] < 1e-3)
   return {
