@@ -74,10 +74,14 @@ class Config:
       500, 'Training images of the training ELBO.', min=1, max=MAX)
   num_draws: int = cfg.like(moments.Draws, 'num_draws', 200,
                             max=10**6)  # Of the encoder-gradient variance.
+  devices: int = cfg.like(moments.MeshConfig, 'devices')  # For the draws.
   fixed_batch_size: int = cfg.like(vae_gradients.Config, 'fixed_batch_size',
                                    32)
 
   def check(self):
+    if self.devices > 1 and self.num_draws % self.devices:
+      raise ValueError(f'num_draws: {self.num_draws} is not divisible by '
+                       f'devices={self.devices}.')
     if self.fit_steps % self.eval_every:
       raise ValueError(f'fit_steps={self.fit_steps} must be a multiple '
                        f'of eval_every={self.eval_every}.')
@@ -138,6 +142,7 @@ def plot(out: outputs.Run, records: list[dict], iwae: str) -> None:
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Curves and final bounds per estimator, then the gradient statistics."""
+  mesh = moments.data_mesh(config.devices)  # The draws' devices (None: 1).
   train_x, test_x = discrete_latents.binary_images(config.data,
                                                    config.test_examples, seed)
   key = jax.random.PRNGKey(seed)
@@ -164,7 +169,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
             f'trained with {names[0]}': (first.params, first.baseline)}
   records += discrete_latents.encoder_variance_records(
       model, points, train_x[:config.fixed_batch_size], samples,
-      config.temperature, jax.random.PRNGKey(seed + 7), config.num_draws)
+      config.temperature, jax.random.PRNGKey(seed + 7), config.num_draws,
+      mesh)
   iwae = f'test_iwae{config.eval_k}'
   plot(out, records, iwae)
   timed = ('wall_time_s', 'cpu_time_s')

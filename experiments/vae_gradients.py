@@ -58,6 +58,7 @@ class Config:
   sample_counts: tuple[int, ...] = cfg.like(moments.Draws, 'sample_counts',
                                             (1, 5, 20), max=10**4)
   num_draws: int = cfg.like(moments.Draws, 'num_draws', 200, max=10**6)
+  devices: int = cfg.like(moments.MeshConfig, 'devices')  # For the draws.
   reference_draws: int = S(200, 'Draws of g_ref (a multiple of num_draws).',
                            min=1, max=10**7)
   common_random_numbers: bool = S(True, 'Estimators of a draw share samples.')
@@ -77,6 +78,9 @@ class Config:
     n = self.data.train_size
     if max(self.batch_size, self.fixed_batch_size) > n:
       raise ValueError(f'batch_size, fixed_batch_size: more than {n} images.')
+    if self.devices > 1 and self.num_draws % self.devices:
+      raise ValueError(f'num_draws: {self.num_draws} is not divisible by '
+                       f'devices={self.devices}.')
 
 
 # The y-axis of each statistic, with its units (the bound is a batch mean in
@@ -136,6 +140,7 @@ def plot(out, rows, x_key: str, fixed: dict, name: str, title: str):
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Trains, measures every (objective, estimator, N, step), plots."""
+  mesh = moments.data_mesh(config.devices)  # The draws' devices (None: 1).
   ds = data_lib.load(config.data, seed=0)
   images = ds.train if ds.binarization == 'fixed' else np.asarray(
       data_lib.binarize(0, ds.train))
@@ -149,7 +154,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
           config.optimizer, steps[-1]), config.estimators_for(), ns,
       config.num_draws, config.reference_draws, config.time_estimators,
       workers=config.compile_threads or None,
-      eval_batch_size=config.fixed_batch_size,
+      eval_batch_size=config.fixed_batch_size, mesh=mesh,
       **{k: getattr(config, k) for k in _PASSED_ON})
   out.write_json('timings.json', timings)
   for x, fixed in (('step', {'num_samples': ns[-1]}),

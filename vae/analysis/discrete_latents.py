@@ -137,27 +137,32 @@ def encoder_gradient(model: model_lib.Model, params: Params, x: Array,
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'estimator',
-                                             'num_samples', 'num_draws'))
+                                             'num_samples', 'num_draws',
+                                             'mesh'))
 def encoder_gradient_moments(model: model_lib.Model, params: Params,
                              x: Array, key: PRNGKey, baseline: Array,
                              temperature: Array, *, estimator: str,
-                             num_samples: int,
-                             num_draws: int) -> dict[str, Array]:
+                             num_samples: int, num_draws: int,
+                             mesh: jax.sharding.Mesh | None = None
+                             ) -> dict[str, Array]:
   """Mean and variance of D draws of `encoder_gradient` (`vae.moments`).
 
       mean = (1/D) Σ_d ĝ_d,   variance = Σ_d (ĝ_d - mean)² / (D - 1),
 
   the d-th draw with the d-th key of split(key, D) and num_samples decoder
   evaluations per example, all D vmapped at once when D·P ≤ MOMENT_FLOATS
-  (P: encoder parameters), else in chunks (`moments.default_chunk`).
+  (P: encoder parameters), else in chunks (`moments.default_chunk`); with
+  a `mesh`, each chunk's draws split over its devices (D, and chunks, a
+  multiple of its size).
   """
   size = networks.num_params(params['encoder'])
   chunk = None if num_draws * size <= MOMENT_FLOATS else (
-      moments.default_chunk(num_draws, size))
+      moments.default_chunk(num_draws, size,
+                            multiple_of=mesh.size if mesh else 1))
   return moments.moments(
       lambda k: encoder_gradient(model, params, x, k, estimator, num_samples,
                                  baseline, temperature), key, num_draws,
-      chunk)
+      chunk, mesh=mesh)
 
 
 def initial_baseline(model: model_lib.Model, params: Params,
@@ -320,7 +325,9 @@ def bernoulli_encoder_records(model: model_lib.Model,
                               points: dict[str, tuple[Params, Array]],
                               x: Array, estimators: Sequence[str],
                               num_samples: int, temperature: float,
-                              key: PRNGKey, num_draws: int) -> list[Record]:
+                              key: PRNGKey, num_draws: int,
+                              mesh: jax.sharding.Mesh | None = None
+                              ) -> list[Record]:
   """Encoder-gradient variance and bias of discrete-latent estimators.
 
   At each point (params, moving-average baseline), D draws of each
@@ -342,7 +349,8 @@ def bernoulli_encoder_records(model: model_lib.Model,
   for label, (params, baseline) in points.items():
     stats = {n: encoder_gradient_moments(
         model, params, x, key, baseline, temperature, estimator=n,
-        num_samples=num_samples, num_draws=num_draws) for n in estimators}
+        num_samples=num_samples, num_draws=num_draws, mesh=mesh)
+             for n in estimators}
     means = {n: np.asarray(s['mean'], np.float64) for n, s in stats.items()}
     tvar = {n: float(np.sum(np.asarray(s['variance'], np.float64)))
             for n, s in stats.items()}
@@ -371,8 +379,11 @@ def encoder_variance_records(model: model_lib.Model,
                              points: dict[str, tuple[Params, Array]],
                              x: Array, samples: dict[str, int],
                              temperature: float, key: PRNGKey,
-                             num_draws: int) -> list[Record]:
-  """Encoder-gradient statistics of each estimator at each point.
+                             num_draws: int,
+                             mesh: jax.sharding.Mesh | None = None
+                             ) -> list[Record]:
+  """Encoder-gradient statistics of each estimator at each point (the draws
+  split over `mesh`'s devices if given).
 
   `bernoulli_encoder_records` once per distinct K (the bias reference
   pools the unbiased estimators with the same K), the rows ordered by
@@ -385,7 +396,7 @@ def encoder_variance_records(model: model_lib.Model,
   for k in dict.fromkeys(samples.values()):
     records += bernoulli_encoder_records(
         model, points, x, [n for n in names if samples[n] == k], k,
-        temperature, key, num_draws)
+        temperature, key, num_draws, mesh)
   params = next(iter(points.values()))[0]
   size = networks.num_params(params['encoder'])
   return sorted(({**r, 'variance_per_parameter': r['total_variance'] / size}

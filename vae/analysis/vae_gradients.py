@@ -231,7 +231,8 @@ def _flat_grads(model, objective, estimator, num_samples):
 @functools.lru_cache(maxsize=None)
 def draw_fn(model: model_lib.Model, objective: str, estimators: tuple[str, ...],
             num_samples: int, num_draws: int, batch_size: int,
-            common_random_numbers: bool = True):
+            common_random_numbers: bool = True,
+            mesh: jax.sharding.Mesh | None = None):
   """The jitted study of (objective, N): D draws of every estimator at once.
 
   fn(params, batch, key, baseline, reference) returns `vae.moments.moments`
@@ -242,12 +243,14 @@ def draw_fn(model: model_lib.Model, objective: str, estimators: tuple[str, ...],
   With common random numbers every estimator of a draw uses the same key,
   hence the same z samples (paired comparisons; XLA shares the sampling
   and forward passes); otherwise estimator e uses fold_in(key_d,
-  registry.name_id(e)).
+  registry.name_id(e)). With a `mesh`, each chunk's draws are split over
+  its devices (chunks a multiple of its size).
   """
   grads = {e: _flat_grads(model, objective, e, num_samples)
            for e in estimators}
   chunk = moments.default_chunk(num_draws,
-                                batch_size * num_samples * model.data_dim)
+                                batch_size * num_samples * model.data_dim,
+                                multiple_of=mesh.size if mesh else 1)
 
   def fn(params, batch, key, baseline, reference):
     def estimate(k):
@@ -256,7 +259,7 @@ def draw_fn(model: model_lib.Model, objective: str, estimators: tuple[str, ...],
               for e in estimators}
     ref = {e: {'bound': jnp.zeros(()), **reference} for e in estimators}
     return moments.moments(estimate, key, num_draws, chunk=chunk,
-                           reference=ref)
+                           reference=ref, mesh=mesh)
 
   return jax.jit(fn)
 
@@ -313,7 +316,8 @@ def compile_draw_fns(model: model_lib.Model,
                      specs: Sequence[tuple[str, tuple[str, ...], int]],
                      example_args: tuple, num_draws: int, batch_size: int,
                      common_random_numbers: bool = True,
-                     workers: int | None = None):
+                     workers: int | None = None,
+                     mesh: jax.sharding.Mesh | None = None):
   """AOT-compiles `draw_fn` for each (objective, estimators, N), in threads.
 
   Lowers the programs here; XLA compiles them in `workers` threads (default:
@@ -327,13 +331,14 @@ def compile_draw_fns(model: model_lib.Model,
     batch_size: B.
     common_random_numbers: see `draw_fn`.
     workers: compile threads.
+    mesh: see `draw_fn`.
 
   Returns:
     ({spec: compiled function}, [compile-time records]).
   """
   specs = list(dict.fromkeys(specs))
   lowered = [draw_fn(model, o, tuple(e), n, num_draws, batch_size,
-                     common_random_numbers).lower(*example_args)
+                     common_random_numbers, mesh).lower(*example_args)
              for o, e, n in specs]
 
   def compile_one(low):
@@ -387,7 +392,7 @@ def study(model: model_lib.Model, checkpoints: Sequence[Checkpoint],
           estimators_for: Mapping[str, Sequence[str]],
           num_samples: Sequence[int], num_draws: int, reference_draws: int,
           seed: int, common_random_numbers: bool = True,
-          workers: int | None = None
+          workers: int | None = None, mesh: jax.sharding.Mesh | None = None
           ) -> tuple[list[Record], dict[str, list[Record]]]:
   """Statistics of every (objective, estimator, N) at every checkpoint.
 
@@ -408,6 +413,7 @@ def study(model: model_lib.Model, checkpoints: Sequence[Checkpoint],
     seed: PRNG seed.
     common_random_numbers: share each draw's samples among the estimators.
     workers: compile threads (see `compile_draw_fns`).
+    mesh: split the draws over its devices (`draw_fn`).
 
   Returns:
     (records, timings). Records: objective, estimator, group, step,
@@ -428,7 +434,7 @@ def study(model: model_lib.Model, checkpoints: Sequence[Checkpoint],
   fns, compile_records = compile_draw_fns(
       model, [(o, e, n) for (o, n), e in calls_of.items()],
       (checkpoints[0].params, batch, base, jnp.float32(0.0), zeros),
-      num_draws, batch.shape[0], common_random_numbers, workers)
+      num_draws, batch.shape[0], common_random_numbers, workers, mesh)
   records, draw_times = [], []
   for ck in checkpoints:
     for obj, requested in estimators_for.items():
@@ -536,9 +542,11 @@ def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
             time_each: bool = False, *, batch_size: int = 32,
             train_objective: str = 'elbo', train_num_samples: int = 1,
             baseline_decay: float = 0.9, eval_batch_size: int = 16,
-            common_random_numbers: bool = True, workers: int | None = None
+            common_random_numbers: bool = True, workers: int | None = None,
+            mesh: jax.sharding.Mesh | None = None
             ) -> tuple[list[Record], dict[str, Any]]:
-  """Trains, then measures: the whole study of one run.
+  """Trains, then measures: the whole study of one run (the draws of
+  `study` split over `mesh`'s devices if given).
 
   `train_checkpoints` (key PRNGKey(seed); moving-average baselines for the
   objectives that measure score_moving_average), then `study` on the first
@@ -562,7 +570,7 @@ def measure(model: model_lib.Model, images: np.ndarray, steps: Sequence[int],
   batch = images[:eval_batch_size]
   records, draws = study(model, checkpoints, batch, estimators_for,
                          num_samples, num_draws, reference_draws, seed,
-                         common_random_numbers, workers)
+                         common_random_numbers, workers, mesh)
   timings.update(draws, study_seconds=time.perf_counter() - t0)
   seconds = seconds_per_estimate(model, checkpoints[-1], batch,
                                  estimators_for, num_samples, seed)
