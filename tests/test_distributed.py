@@ -1,5 +1,6 @@
 """jax.distributed: when it is initialized (faked Slurm environments), and a
-real 2-process run on CPU (2 simulated devices each, Gloo collectives)."""
+real 2-process training run with a checkpoint and a resume on CPU (2
+simulated devices each, Gloo collectives)."""
 
 import json
 import os
@@ -9,13 +10,12 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from experiments.common import distributed
 from tests import test_devices
+from vae import data
 from vae import optim
 from vae import train
 from vae.models import image_vae
@@ -57,40 +57,36 @@ def test_process_folders():
 
 
 _PROCESS_SCRIPT = '''
-    import json
+    import json, os
     import jax
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(f'localhost:{PORT}', num_processes=2,
                                process_id=PID)
-    import jax.numpy as jnp
     import numpy as np
     from tests import test_distributed as t
-    from vae import moments, train
+    from vae import data, optim, train
     assert jax.device_count() == 4 and jax.local_device_count() == 2
-    mesh = moments.data_mesh(0)  # All 4 devices of both processes.
-    state, images = train.replicate(t.initial_state(), mesh), None
-    images = train.replicate(jnp.asarray(t.IMAGES), mesh)
-    epoch = train.make_epoch(t.MODEL, t.OPTIMIZER, t.CONFIG, 0, False, mesh)
-    bounds = []
-    for e in range(2):
-      state, stats = epoch(state, images, jnp.int32(e))
-      bounds.append(float(stats['bound']))
-    np.savez(OUT, *[np.asarray(p) for p in jax.tree.leaves(state.params)])
-    print('RESULT ' + json.dumps({'mesh': dict(mesh.shape),
-                                  'bounds': bounds}))
+    dataset = data.Dataset('mnist', t.IMAGES, t.IMAGES[:20], t.IMAGES[:20],
+                           'fixed')
+    config = train.TrainConfig(batch_size=20, epochs=2, devices=0)
+    folder = os.path.join(FOLDER, f'process{PID}')
+    quiet = lambda _: None
+    first = train.train(t.MODEL, dataset, optim.OptimizerConfig(), config,
+                        0, folder, log=quiet, stop_after_epochs=1)
+    result = train.train(t.MODEL, dataset, optim.OptimizerConfig(), config,
+                         0, folder, log=quiet)  # Resumes at epoch 1.
+    np.savez(OUT, *[np.asarray(p) for p in jax.tree.leaves(
+        result.state.params)])
+    print('RESULT ' + json.dumps({
+        'resumed_from': result.resumed_from,
+        'bounds': [r['train_bound'] for r in first.history + result.history],
+        'checkpoints': sorted(os.listdir(folder)) if os.path.isdir(folder)
+                       else []}))
 '''
 MODEL = image_vae.make(image_vae.ModelConfig(hidden_sizes=(16,),
                                              latent_dim=3))
 IMAGES = (np.random.default_rng(0).uniform(0, 1, (200, 784)) > 0.7).astype(
     np.float32)
-OPTIMIZER = optax.adam(1e-3)
-CONFIG = train.TrainConfig(batch_size=20)
-
-
-def initial_state():
-  return optim.init_state(MODEL.init(jax.random.PRNGKey(0)), OPTIMIZER)
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -98,9 +94,11 @@ def _free_port() -> int:
 
 
 def test_two_processes_train_as_one_device(tmp_path):
-  """2 processes x 2 devices (one jax.distributed job; the mesh of
-  devices=0 spans all 4): 2 data-parallel epochs of the trainer equal one
-  device in this process (tolerances of tests/test_devices.py)."""
+  """2 processes x 2 devices (one jax.distributed job; devices=0: a mesh of
+  all 4): `vae.train.train` for 1 epoch, a checkpoint (process 0 writes it),
+  a second call that resumes (process 0 reads it and broadcasts it), epoch
+  2: the bounds and parameters of one device in this process (tolerances
+  of tests/test_devices.py)."""
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
@@ -108,7 +106,8 @@ def test_two_processes_train_as_one_device(tmp_path):
   procs = [subprocess.Popen(
       [sys.executable, '-c', textwrap.dedent(_PROCESS_SCRIPT).replace(
           'PORT', str(port)).replace('PID', str(i)).replace(
-              'OUT', repr(str(tmp_path / f'params{i}.npz')))],
+              'OUT', repr(str(tmp_path / f'params{i}.npz'))).replace(
+                  'FOLDER', repr(str(tmp_path)))],
       env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
   outs = []
@@ -122,17 +121,19 @@ def test_two_processes_train_as_one_device(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  epoch = train.make_epoch(MODEL, OPTIMIZER, CONFIG, 0, False)
-  state, images, bounds = initial_state(), jnp.asarray(IMAGES), []
-  for e in range(2):
-    state, stats = epoch(state, images, jnp.int32(e))
-    bounds.append(float(stats['bound']))
-  params = [np.asarray(p) for p in jax.tree.leaves(state.params)]
+  dataset = data.Dataset('mnist', IMAGES, IMAGES[:20], IMAGES[:20], 'fixed')
+  one = train.train(MODEL, dataset, optim.OptimizerConfig(),
+                    train.TrainConfig(batch_size=20, epochs=2), 0,
+                    str(tmp_path / 'one'), log=lambda _: None)
+  bounds = [r['train_bound'] for r in one.history]
+  params = [np.asarray(p) for p in jax.tree.leaves(one.state.params)]
   for i, out in enumerate(outs):
-    assert out['mesh'] == {'data': 4}
+    assert out['resumed_from'] == 10
     np.testing.assert_allclose(out['bounds'], bounds,
                                rtol=test_devices.BOUND_RTOL)
     with np.load(tmp_path / f'params{i}.npz') as saved:
       theirs = [saved[f'arr_{j}'] for j in range(len(params))]
     assert max(float(np.max(np.abs(u - v)))
                for u, v in zip(theirs, params)) < test_devices.PARAM_ATOL
+  assert outs[0]['checkpoints'] == ['step_10', 'step_20']
+  assert outs[1]['checkpoints'] == []  # Process 1 writes none.

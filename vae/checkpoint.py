@@ -132,9 +132,17 @@ def _checkpointer() -> ocp.Checkpointer:
   starts, so a folder that cannot be written fails at once, with no
   background thread left waiting for it (the asynchronous
   StandardCheckpointer's writers then wait out orbax's barrier timeout
-  and keep the interpreter from exiting).
+  and keep the interpreter from exiting). In a multi-process job
+  (`jax.distributed`) only process 0 reads and writes checkpoints (the
+  state is replicated; `vae.train` broadcasts what it restored), so
+  orbax's barriers involve process 0 alone.
   """
-  return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  if jax.process_count() == 1:
+    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  alone = ocp.options.MultiprocessingOptions(primary_host=0,
+                                             active_processes={0})
+  return ocp.Checkpointer(ocp.StandardCheckpointHandler(
+      multiprocessing_options=alone), multiprocessing_options=alone)
 
 
 def save(directory: str, step: int, tree: Any, keep: int | None = 3) -> str:

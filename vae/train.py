@@ -412,6 +412,19 @@ def _compiled(model: model_lib.Model,
                            jax.ShapeDtypeStruct((), jnp.int32)).compile(), mesh
 
 
+def _from_process_0(template: Any, restored: Any, step: int | None
+                    ) -> tuple[Any, int | None]:
+  """(tree, step) of process 0 in every process of a multi-process job
+  (`multihost_utils.broadcast_one_to_all`); `template` gives the others
+  the structure."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  tree = template if restored is None else restored
+  tree, got = multihost_utils.broadcast_one_to_all(
+      (jax.tree.map(np.asarray, tree), np.int64(-1 if step is None else step)))
+  got = int(got)
+  return (None, None) if got < 0 else (tree, got)
+
+
 @dataclasses.dataclass
 class TrainResult:
   """What `train` returns.
@@ -494,8 +507,14 @@ def train(model: model_lib.Model, dataset: data.Dataset,
       model.decoder, params, jnp.zeros((1, model.latent_dim))),
                       dists.Bernoulli)
   good = init(params)
+  # In a multi-process job (jax.distributed) process 0 alone reads and
+  # writes checkpoints and sends what it restored to the others.
+  writer = jax.process_index() == 0
   restored, resumed_from = checkpoint.restore_latest(
-      checkpoint_dir, good._asdict(), log)
+      checkpoint_dir, good._asdict(), log) if writer else (None, None)
+  if jax.process_count() > 1:
+    restored, resumed_from = _from_process_0(good._asdict(), restored,
+                                             resumed_from)
   if resumed_from is not None:  # Then restored is its tree.
     good = optim.TrainState(**jax.tree.map(jnp.asarray, restored))
     check_resume(resumed_from, steps_per_epoch, config.epochs,
@@ -514,7 +533,8 @@ def train(model: model_lib.Model, dataset: data.Dataset,
   def save_good():
     nonlocal saved
     if saved != int(good.step):
-      checkpoint.save(checkpoint_dir, int(good.step), good._asdict())
+      if writer:
+        checkpoint.save(checkpoint_dir, int(good.step), good._asdict())
       saved = int(good.step)
 
   try:
