@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import vae_gradients
+from experiments.common import distributed
 from experiments.common import outputs
 from vae import comparison
 from vae import config as cfg
@@ -142,7 +143,8 @@ def plot(out: outputs.Run, records: list[dict], iwae: str) -> None:
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Curves and final bounds per estimator, then the gradient statistics."""
-  mesh = moments.data_mesh(config.devices)  # The draws' devices (None: 1).
+  # --devices: the draws' devices (None: one device).
+  mesh = distributed.data_mesh('discrete_latents', config.devices)
   train_x, test_x = discrete_latents.binary_images(config.data,
                                                    config.test_examples, seed)
   key = jax.random.PRNGKey(seed)

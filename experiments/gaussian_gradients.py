@@ -16,6 +16,7 @@ import time
 import jax
 import numpy as np
 
+from experiments.common import distributed
 from experiments.common import outputs
 from vae import comparison
 from vae import config as cfg
@@ -121,7 +122,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
       config.ks(c), config.mus, config.sigmas))) for c, f in fams.items()}
   points = gc.concatenate(grids)
   size = len(points['k']) * sum(config.sample_counts) * len(config.estimators)
-  mesh = moments.data_mesh(config.devices)  # None: one device.
+  # --devices: the draws' devices (None: one device).
+  mesh = distributed.data_mesh('gaussian_gradients', config.devices)
   chunk = moments.default_chunk(config.num_draws, size, 2**24, 10**7,
                                 multiple_of=mesh.size if mesh else 1)
   start = time.time()

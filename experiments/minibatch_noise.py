@@ -17,6 +17,7 @@ import tempfile
 import jax
 import numpy as np
 
+from experiments.common import distributed
 from experiments.common import metrics
 from experiments.common import outputs
 from vae import comparison
@@ -94,7 +95,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Checks on the linear-Gaussian VAE, trains, measures, tabulates, plots."""
   key, c = jax.random.PRNGKey(seed), config
   # --devices: training and the draws split over one mesh (None: 1 device).
-  mesh = moments.data_mesh(c.training.devices)
+  distributed.check_training('minibatch_noise', c.training)
+  mesh = distributed.data_mesh('minibatch_noise', c.training.devices)
   with jax.enable_x64(True):  # Scoped: no global config change.
     checked = stats.mark_disagreements(  # The run's only checks.
         mn.check_linear_gaussian(jax.random.fold_in(key, 1),

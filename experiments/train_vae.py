@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 
+from experiments.common import distributed
 from experiments.common import metrics
 from experiments.common import outputs
 from experiments.common import pictures
@@ -158,6 +159,7 @@ def _as_flags(message: str) -> str:
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Loads the data, trains (or resumes), evaluates; one record."""
   t = config.training
+  distributed.check_training('train_vae', t)  # --devices: one line.
   check_resume(config, out.dir)
   dataset = data_lib.load(config.data, seed)
   if config.families.decoder == 'autoregressive':

@@ -13,6 +13,7 @@ timings.json; variance/SNR plots vs step and vs N.
 
 import numpy as np
 
+from experiments.common import distributed
 from experiments.common import outputs
 from vae import comparison
 from vae import config as cfg
@@ -140,7 +141,8 @@ def plot(out, rows, x_key: str, fixed: dict, name: str, title: str):
 
 def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   """Trains, measures every (objective, estimator, N, step), plots."""
-  mesh = moments.data_mesh(config.devices)  # The draws' devices (None: 1).
+  # --devices: the draws' devices (None: one device).
+  mesh = distributed.data_mesh('vae_gradients', config.devices)
   ds = data_lib.load(config.data, seed=0)
   images = ds.train if ds.binarization == 'fixed' else np.asarray(
       data_lib.binarize(0, ds.train))

@@ -137,3 +137,17 @@ def test_two_processes_train_as_one_device(tmp_path):
                for u, v in zip(theirs, params)) < test_devices.PARAM_ATOL
   assert outs[0]['checkpoints'] == ['step_10', 'step_20']
   assert outs[1]['checkpoints'] == []  # Process 1 writes none.
+
+
+def test_experiments_refuse_devices_in_one_line():
+  """More devices than there are: SystemExit with one line, naming the
+  experiment (train_vae through `check_training`, the variance experiments
+  through `data_mesh`)."""
+  n = jax.device_count()
+  line = f'devices={n + 1}: only {n} {jax.devices()[0].platform} device(s)'
+  with pytest.raises(SystemExit, match=f'^vae_gradients: {line}'):
+    distributed.data_mesh('vae_gradients', n + 1)
+  with pytest.raises(SystemExit, match=f'^train_vae: {line}'):
+    distributed.check_training('train_vae', train.TrainConfig(
+        batch_size=(n + 1) * 4, devices=n + 1))
+  assert distributed.data_mesh('x', 1) is None

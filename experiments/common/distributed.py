@@ -17,6 +17,9 @@ run, or VAE_DISTRIBUTED=0 never initializes; VAE_DISTRIBUTED=1 forces it
 import os
 from typing import Callable, Mapping
 
+from vae import moments
+from vae import train
+
 ENV_SWITCH = 'VAE_DISTRIBUTED'
 
 
@@ -62,6 +65,24 @@ def initialize(env: Mapping[str, str] | None = None,
   init()
   _done = True
   return True
+
+
+def data_mesh(experiment: str, devices: int):
+  """`vae.moments.data_mesh(devices)`; its refusal (more devices than there
+  are) as one line: SystemExit('<experiment>: ...')."""
+  try:
+    return moments.data_mesh(devices)
+  except ValueError as e:
+    raise SystemExit(f'{experiment}: {e}') from None
+
+
+def check_training(experiment: str, config: train.TrainConfig) -> None:
+  """`vae.train.check_devices(config)` before any work, its refusal as one
+  line (SystemExit)."""
+  try:
+    train.check_devices(config)
+  except ValueError as e:
+    raise SystemExit(f'{experiment}: {e}') from None
 
 
 def process_folder(directory: str, index: int | None = None) -> str:
