@@ -4,6 +4,7 @@ simulated devices each, Gloo collectives)."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -144,7 +145,8 @@ def test_experiments_refuse_devices_in_one_line():
   experiment (train_vae through `check_training`, the variance experiments
   through `data_mesh`)."""
   n = jax.device_count()
-  line = f'devices={n + 1}: only {n} {jax.devices()[0].platform} device(s)'
+  line = re.escape(f'devices={n + 1}: only {n} {jax.devices()[0].platform} '
+                   'device(s) are available.')
   with pytest.raises(SystemExit, match=f'^vae_gradients: {line}'):
     distributed.data_mesh('vae_gradients', n + 1)
   with pytest.raises(SystemExit, match=f'^train_vae: {line}'):
