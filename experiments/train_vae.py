@@ -44,7 +44,7 @@ from vae import train
 from vae.models import flexible_vae
 from vae.models import image_vae
 
-RESUMABLE = ('epochs',)
+RESUMABLE = ('epochs', 'devices')  # A run resumes on any number of devices.
 CHECKPOINTS = 'checkpoints'
 COLUMNS = ('step', 'epoch', 'train_bound', 'test_bound', 'beta',
            'learning_rate', 'examples_per_s', 'epoch_wall_s', 'epoch_cpu_s')
