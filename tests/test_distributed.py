@@ -153,3 +153,16 @@ def test_experiments_refuse_devices_in_one_line():
     distributed.check_training('train_vae', train.TrainConfig(
         batch_size=(n + 1) * 4, devices=n + 1))
   assert distributed.data_mesh('x', 1) is None
+
+
+def test_the_runner_imports_without_starting_jax():
+  """run_point calls jax.distributed.initialize() first, which must come
+  before JAX's backend starts: importing the runner must not start it."""
+  proc = subprocess.run([sys.executable, '-c', textwrap.dedent('''
+      from experiments.common import runner
+      from jax._src import xla_bridge
+      print('STARTED', bool(xla_bridge._backends))
+  ''')], env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'STARTED False' in proc.stdout

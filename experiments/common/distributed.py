@@ -15,10 +15,9 @@ run, or VAE_DISTRIBUTED=0 never initializes; VAE_DISTRIBUTED=1 forces it
 """
 
 import os
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from vae import moments
-from vae import train
 
 ENV_SWITCH = 'VAE_DISTRIBUTED'
 
@@ -76,9 +75,11 @@ def data_mesh(experiment: str, devices: int):
     raise SystemExit(f'{experiment}: {e}') from None
 
 
-def check_training(experiment: str, config: train.TrainConfig) -> None:
-  """`vae.train.check_devices(config)` before any work, its refusal as one
-  line (SystemExit)."""
+def check_training(experiment: str, config: Any) -> None:
+  """`vae.train.check_devices(config)` (a `TrainConfig`) before any work,
+  its refusal as one line (SystemExit). (vae.train is imported here: at
+  import it starts JAX's backend, which must wait for `initialize`.)"""
+  from vae import train  # pylint: disable=g-import-not-at-top
   try:
     train.check_devices(config)
   except ValueError as e:
