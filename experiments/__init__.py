@@ -28,7 +28,9 @@ def run_point(name: str, settings: dict, *args, **kwargs) -> list[dict]:
   """`runner.run_point` of a sweep point whose config is given as its
   settings dict (what submitit pickles: plain values and a function of this
   module, importable as `vae_experiments` where the wheel is installed)."""
+  from experiments.common import distributed  # pylint: disable=g-import-not-at-top
   from experiments.common import runner  # pylint: disable=g-import-not-at-top
   from vae import config as cfg  # pylint: disable=g-import-not-at-top
+  distributed.initialize()  # Before loading the experiment starts JAX.
   config = cfg.from_dict(runner.load(name).Config, settings)
   return runner.run_point(name, config, *args, **kwargs)

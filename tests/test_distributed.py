@@ -166,3 +166,24 @@ def test_the_runner_imports_without_starting_jax():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'STARTED False' in proc.stdout
+
+
+def test_the_launcher_initializes_first(monkeypatch, capsys):
+  """launch.py (a task of `srun python launch.py ...`) calls
+  jax.distributed.initialize() when wanted, before loading an experiment
+  (a sweep point's `experiments.run_point` does the same)."""
+  from experiments.common import launch  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize',
+                      lambda: calls.append('init'))
+  monkeypatch.setattr(distributed, '_done', False)
+  monkeypatch.setenv('VAE_DISTRIBUTED', '1')
+  assert launch.cli(['launch.py', '--experiment=gaussian_gradients',
+                     '--dry_run']) == 0
+  assert calls == ['init']
+  monkeypatch.setenv('VAE_DISTRIBUTED', '0')
+  monkeypatch.setattr(distributed, '_done', False)
+  assert launch.cli(['launch.py', '--experiment=gaussian_gradients',
+                     '--dry_run']) == 0
+  assert calls == ['init']  # Not wanted: not called.
+  capsys.readouterr()

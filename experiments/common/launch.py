@@ -53,6 +53,7 @@ from typing import Any
 from absl import flags
 
 import experiments
+from experiments.common import distributed
 from experiments.common import flags as config_flags
 from experiments.common import outputs
 from experiments.common import progress
@@ -465,6 +466,9 @@ def main(argv) -> int:
   if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
     print(_help(argv))
     return 0
+  # A task of a multi-task Slurm step: jax.distributed before anything
+  # (loading an experiment) starts JAX's backend.
+  distributed.initialize()
   pre = flags.FlagValues()
   _launcher_flags(pre)
   try:
