@@ -18,12 +18,15 @@ Each model is then evaluated on the first --num_eval test images: test NLL
 by importance sampling (K = --eval_k ≥ 1000; SE over images), the ELBO,
 KL(q ‖ p), active units (Cov_x E_q[z_u|x] > 0.01) and I_q(x; z) with the
 ELBO-surgery split KL̄ = I_q + KL(q(z) ‖ p(z)) (`vae.analysis.
-posterior_collapse`, Monte Carlo SEs). One row per model in results.json/
-.csv; posterior_collapse.png: KL, I_q, active units and test NLL against
+posterior_collapse`, Monte Carlo SEs), and the paired differences of test NLL
+to the same decoder without remedy and to the factorized decoder with the
+same remedy (SE of the per-image differences). One row per model in
+results.json/.csv; posterior_collapse.png: KL, I_q, active units and test NLL against
 decoder capacity, one line per remedy and decoder type. Resumable: each
 model trains into models/<name>/checkpoints (resumed from there) and its row
-is kept in models/<name>/row.json (a model with a row is not redone); rerun
-the same command into the same --output_dir. docs/posterior_collapse.md.
+is kept in models/<name>/row.json with its per-image values in
+per_image.json (a model with both is not redone); rerun the same command
+into the same --output_dir. docs/posterior_collapse.md.
 
   python launch.py --experiment=posterior_collapse \\
       --tfds_data_dir=/work/shared/data/tensorflow_datasets \\
@@ -36,12 +39,14 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from experiments.common import outputs
 from experiments.common import progress
 from vae import config as cfg
 from vae import data as data_lib
 from vae import evaluate as eval_lib
+from vae import importance
 from vae import optim
 from vae import stats
 from vae import train
@@ -52,11 +57,14 @@ from vae.models import image_vae
 REMEDIES = ('none', 'warmup', 'free_bits', 'delta')
 MAX_WIDTH = flexible_vae.MAX_WIDTH
 TABLE = ('decoder', 'capacity', 'remedy', 'test_nll', 'test_nll_se',
+         'nll_vs_none', 'nll_vs_none_se', 'nll_vs_factorized',
+         'nll_vs_factorized_se',
          'test_elbo', 'kl', 'mutual_information', 'mutual_information_se',
          'marginal_kl', 'marginal_kl_se', 'active_units')
 TIMING = ('train_wall_s', 'train_cpu_s', 'compile_s', 'eval_wall_s',
           'mi_wall_s')
 ROW = 'row.json'
+PER_IMAGE = 'per_image.json'
 
 
 @cfg.settings
@@ -157,10 +165,14 @@ def run_one(config: Config, dataset: data_lib.Dataset, seed: int,
   name = name_of(*point)
   folder = out.path(os.path.join('models', name))
   saved = os.path.join(folder, ROW)
-  if os.path.exists(saved):
+  if all(os.path.exists(os.path.join(folder, f)) for f in (ROW, PER_IMAGE)):
     with open(saved) as f:
       out.log(f'{name}: done before ({saved})')
       return json.load(f)
+  before: dict[str, Any] = {}
+  if os.path.exists(saved):  # Written before per_image.json: re-evaluated.
+    with open(saved) as f:
+      before = json.load(f)
   os.makedirs(folder, exist_ok=True)
   model = make_model(config, decoder, capacity, remedy,
                      dataset.train.shape[1])
@@ -178,31 +190,43 @@ def run_one(config: Config, dataset: data_lib.Dataset, seed: int,
   except train.Diverged as e:
     raise SystemExit(f'posterior_collapse: {name}: {e}') from None
   params = result.state.params
-  evaluation = eval_lib.EvalConfig(
-      eval_k=config.eval_k, num_eval=config.num_eval, pictures=False,
-      eval_iwae_ks=(1,))
-  ev = progress.evaluate(model, params, dataset, evaluation, seed,
-                         log=out.log)
   images = eval_lib.test_images(dataset)[:config.num_eval]
+  n = len(images)
+  out.log(f'{name}: importance sampling, {n} test images x K='
+          f'{config.eval_k}')
+  wall = time.time()
+  with progress.Progress(n, 'importance sampling', 'images') as bar:
+    per_image = importance.importance_sampling(  # evaluate()'s key.
+        model, params, images,
+        jax.random.fold_in(jax.random.PRNGKey(seed), 3), config.eval_k,
+        progress=bar.set)
+  eval_wall = time.time() - wall
+  latents = eval_lib.latent_statistics(model, params, images)
+  outputs.write_json(os.path.join(folder, PER_IMAGE), {
+      k: per_image[k] for k in ('log_px', 'log_px_se', 'elbo', 'kl')})
   wall = time.time()
   mi = posterior_collapse.mutual_information(
       model, params, images, jax.random.fold_in(jax.random.PRNGKey(seed), 7),
       config.mi_samples)
   mi_wall = time.time() - wall
-  s = ev.summary
+  log_px, elbo, kl = (per_image[k] for k in ('log_px', 'elbo', 'kl'))
   row: dict[str, Any] = dict(
       name=name, decoder=decoder,
       capacity='-' if capacity is None else capacity, remedy=remedy,
       epochs=config.epochs, steps=int(result.state.step),
-      test_nll=s['test_nll'], test_nll_se=s['test_nll_stderr'],
-      test_elbo=s['test_elbo'], kl=s['test_kl'],
-      reconstruction=s['test_elbo'] + s['test_kl'],
-      active_units=int(s['active_units']), **mi,
-      eval_k=config.eval_k, num_eval=s['num_eval'],
-      kl_per_dim=[float(v) for v in ev.latents['kl_per_dim']],
+      test_nll=float(-log_px.mean()),
+      test_nll_se=float(log_px.std() / np.sqrt(n)),
+      test_elbo=float(elbo.mean()), kl=float(kl.mean()),
+      reconstruction=float((elbo + kl).mean()),
+      active_units=int(latents['active_units']), **mi,
+      eval_k=config.eval_k, num_eval=n,
+      kl_per_dim=[float(v) for v in np.asarray(latents['kl_per_dim'])],
       train_wall_s=result.wall_s, train_cpu_s=result.cpu_s,
-      compile_s=result.compile_s, eval_wall_s=ev.timing['eval_wall_s'],
+      compile_s=result.compile_s, eval_wall_s=eval_wall,
       mi_wall_s=mi_wall)
+  if not result.history and before:  # Trained before: its training times.
+    row.update({k: before[k] for k in ('train_wall_s', 'train_cpu_s',
+                                       'compile_s') if k in before})
   outputs.write_json(saved, row)
   out.log(f'{name}: test NLL {row["test_nll"]:.2f} ± {row["test_nll_se"]:.2f}'
           f', ELBO {row["test_elbo"]:.2f}, KL {row["kl"]:.2f}, I_q '
@@ -210,6 +234,28 @@ def run_one(config: Config, dataset: data_lib.Dataset, seed: int,
           f'{row["mutual_information_se"]:.2f}, active units '
           f'{row["active_units"]}')
   return row
+
+
+def paired(out: outputs.Run, rows: list[dict]) -> None:
+  """Adds to each row its test NLL minus that of the same decoder with no
+  remedy ('nll_vs_none') and of the factorized decoder with the same
+  remedy ('nll_vs_factorized'), each the mean over the same images of the
+  per-image differences, with SE = sd of the differences / √N (paired:
+  the spread over images that both rows share cancels). None where the
+  other row is not in the run."""
+  nll = {}
+  for r in rows:
+    with open(out.path(os.path.join('models', r['name'], PER_IMAGE))) as f:
+      nll[r['name']] = -np.asarray(json.load(f)['log_px'], np.float64)
+  for r in rows:
+    cap = None if r['decoder'] == 'factorized' else int(r['capacity'])
+    for field, other in (
+        ('nll_vs_none', name_of(r['decoder'], cap, 'none')),
+        ('nll_vs_factorized', name_of('factorized', None, r['remedy']))):
+      d = nll[r['name']] - nll[other] if other in nll else None
+      r[field] = None if d is None else float(d.mean())
+      r[f'{field}_se'] = None if d is None else float(
+          d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def plot(out: outputs.Run, rows: list[dict], capacities: tuple[int, ...]
@@ -266,6 +312,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
     for point in points:
       rows.append(run_one(config, dataset, seed, out, point))
       bar.update()
+  paired(out, rows)
   plot(out, rows, tuple(config.capacities))
   out.write_json('timing.json', {r['name']: {k: r[k] for k in TIMING}
                                  for r in rows})

@@ -253,6 +253,13 @@ def test_experiment_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert r['mutual_information'] <= r['log_n'] + 1e-6
     assert 0 <= r['active_units'] <= 3
     assert not r['disagrees']
+  by = {(r['decoder'], r['remedy']): r for r in records}
+  for r in records:  # Paired differences: the same images, the same means.
+    assert r['nll_vs_none'] is None  # No 'none' remedy in this run.
+    f = by[('factorized', r['remedy'])]
+    assert r['nll_vs_factorized'] == pytest.approx(
+        r['test_nll'] - f['test_nll'], abs=1e-6)
+    assert (r['nll_vs_factorized_se'] == 0) == (r['decoder'] == 'factorized')
   for r in records:  # The δ-VAE commits at least δ per dimension.
     if r['remedy'] == 'delta':
       assert r['kl'] >= 3 * 0.2 * (1 - 1e-4)
