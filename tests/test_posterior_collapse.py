@@ -285,3 +285,19 @@ def test_train_vae_refuses_the_delta_posterior_with_another_prior():
         posterior='delta', prior='vamp'), 'elbo_mc_kl', 'pathwise')
   flexible_vae.check_training(flexible_vae.FamilyConfig(posterior='delta'),
                               'elbo', 'score_rloo')  # A Normal q: any.
+
+
+def test_delta_posterior_agrees_with_quadrature_on_a_2d_latent():
+  """The δ-VAE q on the 2-D-latent model of tests/test_flexible_vae: the IS
+  estimate matches log p(x) by quadrature within 5 SEs, the ELBO below it."""
+  from scipy import stats as sp_stats  # pylint: disable=g-import-not-at-top
+  from tests import test_flexible_vae as flex  # pylint: disable=g-import-not-at-top
+  model = flex.small(posterior_type='delta', committed_rate=0.001)
+  params = model.init(jax.random.PRNGKey(7), np.full(flex.D_X, 0.3))
+  # σ = σ_l sigmoid(5) ≈ 0.95: as wide as δ allows (finite-variance weights).
+  params['encoder']['params']['log_scale']['bias'] = jnp.full(2, 5.0)
+  z_is, z_elbo, exact, out = flex.check(
+      model, params, lambda z: sp_stats.norm.logpdf(z).sum(-1))
+  assert np.all(np.abs(z_is) < 5), (z_is, out['log_px'], exact)
+  assert np.all(out['log_px_se'] < 0.2), out['log_px_se']
+  assert np.all(out['elbo'] < exact), (out['elbo'], exact)
