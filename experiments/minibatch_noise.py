@@ -38,7 +38,7 @@ MAX_PASSES = 2**14  # Decoder passes of one minibatch estimate, B·N.
 @cfg.settings
 class Config:
   """Data, model, optimizer and training as train_vae; the (B, N) grid."""
-  data: data_lib.DataConfig = data_lib.DataConfig()
+  data: data_lib.DataConfig = data_lib.DataConfig(dataset='binarized_mnist')
   model: image_vae.ModelConfig = image_vae.ModelConfig()
   optimizer: optim.OptimizerConfig = optim.OptimizerConfig(adam_eps=1e-4)
   training: train.TrainConfig = train.TrainConfig(epochs=1, test_every=0)

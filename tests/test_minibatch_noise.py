@@ -207,7 +207,7 @@ def test_best_per_budget_and_dominance():
   assert dom[4]['minibatch_share'] == pytest.approx(10 / 11.25)
 
 
-TINY = dict(data=data.DataConfig(num_train=64),
+TINY = dict(data=data.DataConfig(dataset='synthetic', num_train=64),
             model=image_vae.ModelConfig(hidden_sizes=(8,), latent_dim=2),
             training=experiment.train.TrainConfig(batch_size=16, epochs=1,
                                                   test_every=0),
