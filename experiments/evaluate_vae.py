@@ -38,7 +38,6 @@ from vae import config as cfg
 from vae import data as data_lib
 from vae import evaluate as eval_lib
 from vae import stats
-from vae.models import image_vae
 
 
 @cfg.settings
@@ -103,7 +102,7 @@ def load_run(run_dir: str, step: int | None, log=print):
     trained = cfg.from_dict(train_vae.Config, saved['settings'])
   except (ValueError, TypeError, KeyError) as e:
     raise SystemExit(f'evaluate_vae: {str(e).splitlines()[0]}') from None
-  model = image_vae.make(trained.model)
+  model = train_vae.make_model(trained)  # Its families too.
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   target = {'params': jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                                    shapes)}

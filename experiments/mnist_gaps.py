@@ -71,9 +71,13 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   fit = functools.partial(ii.fit, model, params, num_steps=config.fit_steps,
                           num_samples=config.fit_samples,
                           optimizer=config.optimizer)
-  q, per_q, fitted, curves = ii.encoder_q(model, params, images), {}, {}, {}
+  # The amortized row evaluates q_φ itself (q=None: any family); the first
+  # fit starts from its diagonal Gaussian (moment-matched if q_φ is not one).
+  start = ii.encoder_q(model, params, images, jax.random.fold_in(key, 1000))
+  q, per_q, fitted, curves = None, {}, {}, {}
   for i, name in enumerate(('amortized',) + config.families):
     if i:
+      q = start if q is None else q
       out.log(f'fitting {name} q: {config.fit_steps} steps x '
               f'{config.fit_samples} samples per image')
       q, elbo = mi.timed(timing, f'fit_{name}', ii.batched, fit,
@@ -86,7 +90,10 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                            out.log)
     out.log(f'{name}: ELBO {per_q[name]["elbo"].mean():.3f}, log p̂ (K='
             f'{ev.eval_k}) {per_q[name]["log_px"].mean():.3f}')
-  records = ii.gap_records(per_q, config.families) + _brackets(
+  family = ii.encoder_family(model, params, images)
+  encoder_in = tuple(f for f in config.families if family is not None and
+                     ii.FAMILIES.index(f) >= ii.FAMILIES.index(family))
+  records = ii.gap_records(per_q, config.families, encoder_in) + _brackets(
       model, params, images, per_q, config, key, timing, out)
   records = stats.mark_disagreements(records)
   steps = sorted({int(s) for s in np.geomspace(1, config.fit_steps, 20)})
@@ -164,7 +171,8 @@ def _largest_gaps(model, params, images, per_q, fitted, out, n=8) -> None:
   """The n images of largest amortization gap; σ(D(m)) of each q's mean."""
   first = next(iter(fitted))
   worst = np.argsort(per_q['amortized']['elbo'] - per_q[first]['elbo'])[:n]
-  means = [ii.encoder_q(model, params, images[worst])['loc']] + [
+  means = [ii.encoder_q(model, params, images[worst], jax.random.PRNGKey(
+      0))['loc']] + [
       q['loc'][worst] for q in fitted.values()]
   decoded = [model.decoder(params, m).mean() for m in means]
   grid = pictures.image_grid(np.stack([images[worst]] + decoded, 1).reshape(

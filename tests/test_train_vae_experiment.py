@@ -21,9 +21,11 @@ from experiments.common import outputs
 from experiments.common import runner
 from vae import checkpoint
 from vae import data
+from vae import distributions as dists
 from vae import evaluate
 from vae import optim
 from vae import train
+from vae.models import flexible_vae
 from vae.models import image_vae
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,6 +87,34 @@ def test_evaluate_vae_reproduces_the_final_evaluation(tiny_run, tmp_path):
     assert again[key] == record[key], key
   with pytest.raises(ValueError, match='not a train_vae run folder'):
     dataclasses.replace(config, checkpoint_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize('families, objective, encoder', [
+    (flexible_vae.FamilyConfig(posterior='full'), 'elbo',
+     dists.MultivariateNormal),
+    (flexible_vae.FamilyConfig(posterior='iaf', prior='vamp',
+                               num_components=3), 'elbo_mc_kl',
+     dists.InverseAutoregressiveFlow)])
+def test_evaluate_vae_restores_the_trained_families(families, objective,
+                                                    encoder, tmp_path):
+  # A run of a flexible model is restored as that model (its flow, prior
+  # and covariance heads), not as the MLP VAE with part of its parameters:
+  # evaluate_vae then reproduces the final evaluation exactly.
+  config = dataclasses.replace(
+      TINY, families=families, tensorboard=False, training=dataclasses.replace(
+          TINY.training, epochs=2, objective=objective),
+      evaluation=dataclasses.replace(EVAL, pictures=False))
+  (record,) = _run('train_vae', config, tmp_path / 'train')
+  trained, _, model, params, _ = evaluate_vae.load_run(
+      str(tmp_path / 'train'), None)
+  assert trained.families == families
+  assert isinstance(model.encoder(params, np.zeros((1, 784), np.float32)),
+                    encoder)
+  (again,) = _run('evaluate_vae', evaluate_vae.Config(
+      checkpoint_dir=str(tmp_path / 'train'), evaluation=config.evaluation),
+                  tmp_path / 'eval')
+  for key in ('test_nll', 'test_elbo', 'test_iwae_5'):
+    assert again[key] == record[key], key
 
 
 @pytest.mark.parametrize('changes, message', [

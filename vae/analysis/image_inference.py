@@ -40,20 +40,49 @@ Local = dict[str, Array]
 FAMILIES = ('diagonal', 'full_covariance')
 
 
-def distribution(q: Local) -> Any:
+def distribution(q: Local | None) -> Any:
   """The Gaussian of local parameters: Normal(m, s) for a diagonal q, else
-  `MultivariateNormal.from_unconstrained(m, s, A)`."""
+  `MultivariateNormal.from_unconstrained(m, s, A)`; None (the model's own
+  encoder, for `importance.importance_batch`) for None."""
+  if q is None:
+    return None
   if 'lower' in q:
     return dists.MultivariateNormal.from_unconstrained(
         q['loc'], q['log_diag'], q['lower'])
   return dists.Normal(q['loc'], q['log_diag'])
 
 
-def encoder_q(model: model_lib.Model, params: Params, x: Array) -> Local:
-  """The amortized q_φ(z|x_b) as a local q: m = μ_φ(x_b), s = log σ_φ(x_b)."""
+def encoder_q(model: model_lib.Model, params: Params, x: Array,
+              key: PRNGKey | None = None, num_samples: int = 256) -> Local:
+  """The amortized q_φ(z|x_b) as a diagonal local q (a fit's start).
+
+  A diagonal Gaussian encoder gives its own m = μ_φ(x_b), s = log σ_φ(x_b).
+  Any other q (full covariance, a flow) gives the moment-matched diagonal
+  Gaussian of `num_samples` draws z_s ~ q_φ(z|x_b) (`key` required):
+  m = mean_s z_s, s = log sd_s z_s. The amortized q itself is evaluated
+  with `bounds(q=None)`, not through this.
+  """
   q = model.encoder(params, x)
-  return {'loc': q.loc, 'log_diag': jnp.broadcast_to(q.log_scale,
-                                                      q.loc.shape)}
+  if isinstance(q, dists.Normal):
+    return {'loc': q.loc, 'log_diag': jnp.broadcast_to(q.log_scale,
+                                                        q.loc.shape)}
+  if key is None:
+    raise ValueError(f'encoder_q: a {type(q).__name__} encoder is moment-'
+                     'matched from samples; pass a key.')
+  z = q.sample(key, (num_samples,))  # [S, B, D].
+  return {'loc': z.mean(0), 'log_diag': jnp.log(z.std(0, ddof=1))}
+
+
+def encoder_family(model: model_lib.Model, params: Params,
+                   x: Array) -> str | None:
+  """The smallest of `FAMILIES` that holds the encoder's q (None: none
+  does, e.g. a flow)."""
+  q = jax.eval_shape(model.encoder, params, x[:1])
+  if isinstance(q, dists.Normal):
+    return 'diagonal'
+  if isinstance(q, dists.MultivariateNormal):
+    return 'full_covariance'
+  return None
 
 
 def prior_q(batch_size: int, latent_dim: int) -> Local:
@@ -88,7 +117,8 @@ def fit(model: model_lib.Model, params: Params, x: Array, q: Local,
   Each step t (key split(key, num_steps)[t]) estimates, for every image,
 
     ELBO_b ≈ (1/S) Σ_s log p(x_b | z_bs) - KL(q_b ‖ p(z)),  z_bs ~ q_b
-    (reparameterized: z = m_b + L_b ε),
+    (reparameterized: z = m_b + L_b ε; where p(z) has no closed-form KL,
+    (1/S) Σ_s log p(x_b, z_bs)/q_b(z_bs)),
 
   and takes one `optim.make_step` step on -Σ_b ELBO_b (pathwise gradient;
   the images' q's do not interact).
@@ -102,9 +132,10 @@ def fit(model: model_lib.Model, params: Params, x: Array, q: Local,
     del batch, baseline
     dist = distribution(qp)
     z = dist.sample(k, (num_samples,))  # [S, B, D].
-    _, log_px = model_lib.log_weights(model, params, x, z, dist)
-    elbo = jnp.mean(log_px, 0) - model_lib.analytic_kl(
-        dist, model.prior(params))
+    log_w, log_px = model_lib.log_weights(model, params, x, z, dist)
+    kl = model_lib.analytic_kl(dist, model.prior(params))
+    # A prior without a closed-form KL (mog, vamp): the Monte Carlo ELBO.
+    elbo = jnp.mean(log_w, 0) if kl is None else jnp.mean(log_px, 0) - kl
     return -jnp.sum(elbo), {'elbo': elbo}
 
   state, aux = optim.fit(optim.make_step(loss, opt), optim.init_state(q, opt),
@@ -112,10 +143,11 @@ def fit(model: model_lib.Model, params: Params, x: Array, q: Local,
   return state.params, aux['elbo'].T
 
 
-def bounds(model: model_lib.Model, params: Params, x: Array, q: Local,
+def bounds(model: model_lib.Model, params: Params, x: Array, q: Local | None,
            key: PRNGKey, num_samples: int, chunk_size: int = 100,
            iwae_ks: tuple[int, ...] = ()) -> dict[str, Array]:
-  """Per image, from K samples of its q (`importance.importance_batch`):
+  """Per image, from K samples of its q (`importance.importance_batch`; q
+  None: the model's own encoder q_φ(z|x), whatever its family):
 
     log_px    = log (1/K) Σ_k w_k                 (IS estimate = IWAE_K)
     log_px_se = √(Σ_k w_k² / (Σ_k w_k)² - 1/K)     (delta method, √(ρ̂/K))
@@ -134,7 +166,8 @@ def bounds(model: model_lib.Model, params: Params, x: Array, q: Local,
 
 
 def log_likelihood_by_k(model: model_lib.Model, params: Params, x: Array,
-                        q: Local, key: PRNGKey, max_log2_samples: int,
+                        q: Local | None, key: PRNGKey,
+                        max_log2_samples: int,
                         chunk_size: int = 1024) -> tuple[Array, Array]:
   """log p̂_K(x_b) = log (1/K) Σ_{k≤K} w_k for K = 2^0 ... 2^max, one stream.
 
@@ -155,7 +188,8 @@ def log_likelihood_by_k(model: model_lib.Model, params: Params, x: Array,
   return out['log_px_by_k'], jnp.log1p(k_max * out['log_px_se']**2)
 
 
-def batched(fn, batch_size: int, key: PRNGKey, x: np.ndarray, q: Local,
+def batched(fn, batch_size: int, key: PRNGKey, x: np.ndarray,
+            q: Local | None,
             log: Callable[[str], None] | None = None, **kwargs):
   """fn(x_i, q_i, fold_in(key, i), **kwargs) over batches i of the images.
 
@@ -203,7 +237,8 @@ def _checks(rows: list[dict]) -> list[dict]:
 
 
 def gap_records(per_q: dict[str, dict[str, np.ndarray]],
-                families: tuple[str, ...]) -> list[dict]:
+                families: tuple[str, ...],
+                encoder_in: tuple[str, ...] | None = None) -> list[dict]:
   """Means over images of each q's `bounds`, and the gaps of each family.
 
   per_q['amortized'] holds the encoder's q, per_q[f] the fitted q*_f
@@ -219,7 +254,12 @@ def gap_records(per_q: dict[str, dict[str, np.ndarray]],
   the Monte Carlo error √(Σ_b se_b²)/B of the per-image estimates): each q's
   E[IWAE_K] ≥ its ELBO (Burda et al. 2015), and the approximation gap, the
   amortization gap and the gain are ≥ 0 (each fit starts from the last q).
+  The amortization gap is checked only for the families in `encoder_in`
+  (default: all), those that hold the encoder's own q: a q_φ outside a
+  family (a flow; a full covariance against the diagonal family) may beat
+  that family's best member, and its gap is then negative by rights.
   """
+  encoder_in = families if encoder_in is None else encoder_in
   best = max(per_q, key=lambda n: float(np.mean(per_q[n]['log_px'])))
   px, enc = per_q[best], per_q['amortized']
   rows = [{'kind': 'q', 'q': name, **{k: float(np.mean(a)) for k, a in
@@ -245,7 +285,8 @@ def gap_records(per_q: dict[str, dict[str, np.ndarray]],
         'inference_gap': float(np.mean(px['log_px'] - enc['elbo'])),
         'z': [_z(px['log_px'] - v['elbo'], _se(px['log_px_se'],
                                                 v['elbo_se'])),
-              amortization[1]] + ([gain[1]] if previous else [])})
+             ] + ([amortization[1]] if f in encoder_in else []) +
+             ([gain[1]] if previous else [])})
     previous = v
   return _checks(rows)
 
