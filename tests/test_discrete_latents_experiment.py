@@ -111,18 +111,3 @@ def test_linear_maps_are_the_default_and_empty_hidden_sizes_parse(tmp_path):
       discrete_latents.Config, flag_values).hidden_sizes == (200, 200)
 
 
-def test_the_default_is_binarized_mnist_and_missing_data_is_one_line(
-    tmp_path, capsys, monkeypatch):
-  """README lists discrete_latents under binarized MNIST: its default data."""
-  pytest.importorskip('tensorflow_datasets')
-  assert discrete_latents.Config().data.dataset == 'binarized_mnist'
-  for var in (data.ENV_TFDS_DATA_DIR, data.ENV_CACHE_DIR, data.ENV_MANUAL_DIR):
-    monkeypatch.delenv(var, raising=False)
-  out = tmp_path / 'run'
-  rc = launch.cli(['launch.py', '--experiment=discrete_latents',
-                   f'--tfds_data_dir={tmp_path / "empty"}',
-                   f'--output_dir={out}'])
-  err = capsys.readouterr().err.strip()
-  assert rc != 0 and len(err.splitlines()) == 1, err
-  assert 'binarized_mnist not found' in err and 'tfds_data_dir=DIR' in err
-  assert not out.exists() and not (tmp_path / 'empty').exists()

@@ -11,6 +11,8 @@ import pytest
 
 from experiments.common import launch
 from experiments.common import outputs
+from experiments.common import runner
+from vae import data
 
 FAKE = '--experiment=tests.fake_experiment'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -379,6 +381,26 @@ def test_a_run_that_finds_no_input_leaves_no_folder(tmp_path, capsys):
   assert rc != 0 and 'binarized_mnist not found' in err
   assert err.count('\n') == 1
   assert not out.exists() and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('name', [
+    'train_vae', 'vae_gradients', 'minibatch_noise', 'equal_compute',
+    'discrete_latents', 'posterior_collapse'])
+def test_the_default_is_binarized_mnist_and_missing_data_is_one_line(
+    tmp_path, capsys, monkeypatch, name):
+  """The README lists these under binarized MNIST: their default data."""
+  pytest.importorskip('tensorflow_datasets')
+  assert runner.load(name).Config().data.dataset == 'binarized_mnist'
+  for var in (data.ENV_TFDS_DATA_DIR, data.ENV_CACHE_DIR, data.ENV_MANUAL_DIR):
+    monkeypatch.delenv(var, raising=False)
+  out = tmp_path / 'run'
+  rc = launch.cli(['launch.py', f'--experiment={name}',
+                   f'--tfds_data_dir={tmp_path / "empty"}',
+                   f'--output_dir={out}'])
+  err = capsys.readouterr().err.strip()
+  assert rc != 0 and len(err.splitlines()) == 1, err
+  assert 'binarized_mnist not found' in err and 'tfds_data_dir=DIR' in err
+  assert not out.exists() and not (tmp_path / 'empty').exists()
 
 
 @pytest.mark.parametrize('sweeps, message', [

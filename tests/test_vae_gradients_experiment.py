@@ -75,23 +75,6 @@ def test_refusal_on_the_command_line_is_one_line(tmp_path, capsys):
   assert 'needs num_samples >= 2' in err and not out.exists()
 
 
-def test_the_default_is_binarized_mnist_and_missing_data_is_one_line(
-    tmp_path, capsys, monkeypatch):
-  """README lists vae_gradients under binarized MNIST: its default data."""
-  pytest.importorskip('tensorflow_datasets')
-  assert vae_gradients.Config().data.dataset == 'binarized_mnist'
-  for var in (data.ENV_TFDS_DATA_DIR, data.ENV_CACHE_DIR, data.ENV_MANUAL_DIR):
-    monkeypatch.delenv(var, raising=False)
-  out = tmp_path / 'run'
-  rc = launch.cli(['launch.py', '--experiment=vae_gradients',
-                   f'--tfds_data_dir={tmp_path / "empty"}',
-                   f'--output_dir={out}'])
-  err = capsys.readouterr().err.strip()
-  assert rc != 0 and len(err.splitlines()) == 1, err
-  assert 'binarized_mnist not found' in err and 'tfds_data_dir=DIR' in err
-  assert not out.exists() and not (tmp_path / 'empty').exists()
-
-
 @pytest.mark.parametrize('objective, fixed, text', [
     ('elbo', {'num_samples': 5}, 'N = 5'),
     ('iwae', {'num_samples': 20}, 'K = 20'),
