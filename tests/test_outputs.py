@@ -135,6 +135,17 @@ def test_six_processes_never_hold_one_lock_at_once(tmp_path):
   assert sum(held > 0 for held, _ in counts) >= 2, counts
 
 
+def _old_run(tmp_path, experiment: str, settings: dict):
+  """A run folder whose config.json holds `settings` as an older version
+  of the code wrote them (seed 0)."""
+  run = tmp_path / 'old_run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(
+      {'experiment': experiment, 'seed': 0, 'settings': settings,
+       'versions': {}}))
+  return run
+
+
 def test_a_setting_added_later_at_its_default_is_not_a_difference(tmp_path):
   """A run made before a setting existed resumes when the setting is at its
   default (what that run did); a non-default value is a difference."""
@@ -145,11 +156,7 @@ def test_a_setting_added_later_at_its_default_is_not_a_difference(tmp_path):
   old = {k: v for k, v in settings.items() if not k.startswith(
       'evaluation.ais.')}
   assert len(old) < len(settings)
-  run = tmp_path / 'old_run'
-  run.mkdir()
-  (run / 'config.json').write_text(json.dumps(
-      {'experiment': 'train_vae', 'seed': 0, 'settings': old,
-       'versions': {}}))
+  run = _old_run(tmp_path, 'train_vae', old)
   outputs.check_dir(str(run), 'train_vae', train_vae.Config(), seed=0)
   ais = evaluate.EvalConfig(ais=dataclasses.replace(
       evaluate.EvalConfig().ais, ais_images=5))
@@ -167,11 +174,7 @@ def test_a_run_made_before_a_rename_is_the_same_run(tmp_path):
   new_to_old = {v: k for k, v in discrete_latents.RENAMED.items()}
   old = {new_to_old.get(k, k): v for k, v in settings.items()}
   assert 'batch' in old and 'batch_size' not in old
-  run = tmp_path / 'old_run'
-  run.mkdir()
-  (run / 'config.json').write_text(json.dumps(
-      {'experiment': 'discrete_latents', 'seed': 0, 'settings': old,
-       'versions': {}}))
+  run = _old_run(tmp_path, 'discrete_latents', old)
   outputs.check_dir(str(run), 'discrete_latents', discrete_latents.Config(),
                     seed=0)
   with pytest.raises(outputs.RunDirError, match='batch_size=50 now 20'):
@@ -186,11 +189,7 @@ def test_a_scalar_renamed_into_a_list_setting_is_the_same_run(tmp_path):
   old = cfg.to_dict(mog.Config())
   old['vae_hidden'] = old.pop('hidden_sizes')[0]
   old['iwae_samples'] = old.pop('eval_k')
-  run = tmp_path / 'old_run'
-  run.mkdir()
-  (run / 'config.json').write_text(json.dumps(
-      {'experiment': 'mixture_of_gaussians', 'seed': 0, 'settings': old,
-       'versions': {}}))
+  run = _old_run(tmp_path, 'mixture_of_gaussians', old)
   outputs.check_dir(str(run), 'mixture_of_gaussians', mog.Config(), seed=0)
   with pytest.raises(outputs.RunDirError, match=r'hidden_sizes=\[64\] now '):
     outputs.check_dir(str(run), 'mixture_of_gaussians',
