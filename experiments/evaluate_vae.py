@@ -10,7 +10,8 @@ with K = --eval_k samples z_k ~ q(z|x_n) (chunked, jitted logsumexp), the
 ELBO and IWAE_k from the same samples, the number of active units
 (Cov_x(E_q[z_u|x]) > 1e-2), the KL per latent dimension (latents.json),
 and PNGs of prior samples, reconstructions and inpainting. Writes
-results.json/.csv, config.json and timing.json.
+results.json/.csv, config.json, timing.json and per_image.json (log p̂(x_n),
+its SE, ELBO and KL of every image: what `compare_runs` pairs).
 
 With --ais_images=n (default 0: off) the record also holds AIS beside IS on
 the first n of those images (`vae.evaluate.ais_summary`: ais_log_px,

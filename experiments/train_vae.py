@@ -13,9 +13,10 @@ epochs than --epochs, or whose metrics.csv is not one this run wrote, is
 refused (one line, exit 2) before anything is written (`check_resume`). At the
 end: the evaluation of `evaluate_vae` (importance-sampled test NLL with
 --eval_k samples, ELBO, IWAE_k, active units; latents.json, PNGs) in
-results.json; timings in timing.json; learning_curve.png (the bounds per
-epoch, from metrics.csv); the settings and final numbers in TensorBoard's
-HPARAMS tab. Epochs and the evaluation show their rate and ETA on stderr.
+results.json, the per-image values in per_image.json; timings in
+timing.json; learning_curve.png (the bounds per epoch, from metrics.csv);
+the settings and final numbers in TensorBoard's HPARAMS tab. Epochs and
+the evaluation show their rate and ETA on stderr.
 
   python launch.py --experiment=train_vae --tfds_data_dir=DATA_DIR \\
       --output_dir=runs/vae_mnist --epochs=30
@@ -46,6 +47,7 @@ from vae.models import image_vae
 
 RESUMABLE = ('epochs', 'devices')  # A run resumes on any number of devices.
 CHECKPOINTS = 'checkpoints'
+PER_IMAGE = 'per_image.json'  # log p̂(x_n), its SE, ELBO and KL per image.
 COLUMNS = ('step', 'epoch', 'train_bound', 'test_bound', 'beta',
            'learning_rate', 'examples_per_s', 'epoch_wall_s', 'epoch_cpu_s')
 TABLE = ('dataset', 'objective', 'estimator', 'k', 'epochs',
@@ -95,7 +97,11 @@ def record(config: Config, seed: int, steps: int, summary: dict) -> dict:
 
 
 def write_evaluation(out: outputs.Run, ev: eval_lib.Evaluation) -> None:
-  """latents.json and the PNGs; refuses a NaN test NLL (exit 1)."""
+  """latents.json, per_image.json (log p̂, its SE, ELBO and KL of every
+  evaluation image, for paired comparisons: `compare_runs`) and the PNGs;
+  refuses a NaN test NLL (exit 1)."""
+  if ev.per_image is not None:
+    out.write_json(PER_IMAGE, ev.per_image)
   out.write_json('latents.json', {
       'activity': ev.latents['activity'],
       'kl_per_dim': ev.latents['kl_per_dim'],

@@ -75,6 +75,13 @@ def test_outputs(tiny_run):
   assert os.listdir(out / 'tensorboard')
   latents = json.loads((out / 'latents.json').read_text())
   assert len(latents['activity']) == 2
+  # One value per evaluation image, the summary's mean over them.
+  per_image = json.loads((out / 'per_image.json').read_text())
+  assert {len(v) for v in per_image.values()} == {record['num_eval']}
+  np.testing.assert_allclose(-np.mean(per_image['log_px']),
+                             record['test_nll'], rtol=1e-6)
+  assert np.all(np.asarray(per_image['elbo']) <=
+                np.asarray(per_image['log_px']) + 1e-3)
 
 
 def test_evaluate_vae_reproduces_the_final_evaluation(tiny_run, tmp_path):
@@ -85,6 +92,8 @@ def test_evaluate_vae_reproduces_the_final_evaluation(tiny_run, tmp_path):
   for key in ('test_nll', 'test_elbo', 'test_iwae_5', 'active_units',
               'steps', 'dataset', 'hidden_sizes'):
     assert again[key] == record[key], key
+  assert (json.loads((tmp_path / 'per_image.json').read_text()) ==
+          json.loads((out / 'per_image.json').read_text()))
   with pytest.raises(ValueError, match='not a train_vae run folder'):
     dataclasses.replace(config, checkpoint_dir=str(tmp_path))
 
@@ -115,6 +124,8 @@ def test_evaluate_vae_restores_the_trained_families(families, objective,
                   tmp_path / 'eval')
   for key in ('test_nll', 'test_elbo', 'test_iwae_5'):
     assert again[key] == record[key], key
+  assert (json.loads((tmp_path / 'eval' / 'per_image.json').read_text()) ==
+          json.loads((tmp_path / 'train' / 'per_image.json').read_text()))
 
 
 @pytest.mark.parametrize('changes, message', [

@@ -42,6 +42,8 @@ PRNGKey = types.PRNGKey
 
 # Active units (Burda et al., 2015): Cov_x(E_q[z_u | x]) > 1e-2.
 ACTIVE_UNIT_THRESHOLD = 1e-2
+# The per-image values `evaluate` returns in `Evaluation.per_image`.
+PER_IMAGE_KEYS = ('log_px', 'log_px_se', 'elbo', 'kl')
 # Test images of dynamically binarized datasets are binarized once, with
 # this seed, so that every model sees the same test set.
 TEST_BINARIZATION_SEED = 1234
@@ -406,6 +408,10 @@ class Evaluation(NamedTuple):
     ais: without AIS None; else per image [n] `vae.ais.ais`'s 'log_px',
       'log_px_se', 'ess', 'acceptance' and the IS 'is_log_px',
       'is_log_px_se' of the same images.
+    per_image: per evaluation image [n], in the order of `test_images`:
+      'log_px' (log p̂(x_n), IS with K = eval_k), its 'log_px_se', 'elbo'
+      and 'kl'; what paired comparisons of two models on the same images
+      need (`vae.stats.paired_difference`).
   """
   summary: dict[str, Any]
   latents: dict[str, Any]
@@ -413,6 +419,7 @@ class Evaluation(NamedTuple):
   timing: dict[str, float]
   brackets: list[dict] = []
   ais: dict[str, np.ndarray] | None = None
+  per_image: dict[str, np.ndarray] | None = None
 
 
 def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
@@ -493,4 +500,6 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
     drawn = pictures(model, params, images,
                      np.asarray(dataset.train).mean(0),
                      jax.random.fold_in(base, 4))
-  return Evaluation(summary, latents, drawn, timing, brackets, ais)
+  return Evaluation(summary, latents, drawn, timing, brackets, ais,
+                    {k: np.asarray(per_image[k], np.float64)
+                     for k in PER_IMAGE_KEYS})
