@@ -137,3 +137,34 @@ def test_rows_without_checks_and_tolerance_verdicts_are_kept():
   assert stats.CHECKS in rows[2]  # Inputs unchanged.
   with pytest.raises(ValueError):
     stats.mark_disagreements([_checked((0.0, 'left'))])
+
+
+def test_paired_difference_has_the_se_of_the_difference_alone():
+  # a_n = c_n + e_n, b_n = c_n + δ + e'_n with c shared (sd 10) and e, e'
+  # independent (sd 1): Δ̄ estimates -δ with SE √2/√N, not 10√2/√N.
+  rng = np.random.default_rng(2)
+  n, reps, delta = 400, 500, 0.3
+  exact_se = math.sqrt(2 / n)
+  means, ses = [], []
+  for _ in range(reps):
+    c = 10 * rng.standard_normal(n)
+    m, se = stats.paired_difference(c + rng.standard_normal(n),
+                                    c + delta + rng.standard_normal(n))
+    means.append(m)
+    ses.append(se)
+  means = np.asarray(means)
+  assert abs(means.mean() + delta) < 4 * exact_se / math.sqrt(reps)
+  # The sd of Δ̄ over replications and the mean reported SE are both the
+  # exact SE (the sd's relative SE is 1/√(2·reps) = 3%).
+  assert abs(means.std(ddof=1) / exact_se - 1) < 4 / math.sqrt(2 * reps)
+  assert abs(np.mean(ses) / exact_se - 1) < 0.01
+  with pytest.raises(ValueError, match='two equal 1-D arrays'):
+    stats.paired_difference([1.0], [2.0])
+
+
+def test_seed_spread():
+  assert stats.seed_spread([1.0, 2.0, 6.0]) == (3.0, math.sqrt(7.0))
+  mean, sd = stats.seed_spread([4.0])
+  assert mean == 4.0 and math.isnan(sd)
+  with pytest.raises(ValueError):
+    stats.seed_spread([])

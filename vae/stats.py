@@ -194,3 +194,30 @@ def mark_disagreements(records, alpha: float = 0.01) -> list[dict]:
       r['disagrees'], r[NONFINITE] = True, ', '.join(bad)
     out.append(r)
   return out
+
+
+def paired_difference(a, b) -> tuple[float, float]:
+  """Mean and SE of a − b over the same N items (e.g. two models' log p̂ on
+  the same test images):
+
+    d̄ = (1/N) Σ_n (a_n − b_n),   SE(d̄) = sd(a − b) / √N   (sd with ddof 1).
+
+  Paired: what both share per item (how hard image n is) cancels, so the SE
+  is that of the difference, not √(SE(ā)² + SE(b̄)²).
+  """
+  d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  if d.ndim != 1 or len(d) < 2:
+    raise ValueError(f'paired_difference needs two equal 1-D arrays of at '
+                     f'least 2 items; got shapes {np.shape(a)}, '
+                     f'{np.shape(b)}.')
+  return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
+def seed_spread(values) -> tuple[float, float]:
+  """Mean and sd (ddof 1) of one number over S seeds: x̄ = (1/S) Σ_s x_s,
+  sd = √(Σ_s (x_s − x̄)² / (S − 1)); sd is NaN for one seed."""
+  x = np.asarray(values, np.float64)
+  if x.ndim != 1 or not len(x):
+    raise ValueError(f'seed_spread needs a 1-D array of at least one value; '
+                     f'got shape {x.shape}.')
+  return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else math.nan
