@@ -2,9 +2,10 @@
 
 Reads each run folder of --runs (comma-separated; shell-style patterns such
 as runs/flex/*_s1 are expanded): its results.json (the final evaluation),
-timing.json and, where present, per_image.json (written by train_vae and
-evaluate_vae since per-image values were kept; an evaluate_vae output
-folder counts as its checkpoint's run). Runs whose settings differ only in
+metrics.csv (the training time: the epochs' sums, over resumes) and, where
+present, per_image.json (written by train_vae and evaluate_vae since
+per-image values were kept; an evaluate_vae output folder counts as its
+checkpoint's run). Runs whose settings differ only in
 the seed are one group. Per group: the mean and sd over seeds of test NLL,
 ELBO, IWAE_5/50, KL, active units, the last epoch's train bound and the
 training time, and the mean SE over images. Against --baseline (a group's
@@ -24,6 +25,7 @@ another evaluation.
       --runs='runs/flex/standard_s*,runs/flex/full_s*' --baseline='posterior=diagonal'
 """
 
+import csv
 import glob
 import json
 import os
@@ -92,12 +94,7 @@ def read_run(folder: str) -> run_comparison.Run:
   settings.update({k: v for k, v in row.items() if k not in NOT_SETTINGS and
                    not k.startswith(NOT_SETTINGS_PREFIXES)})
   summary = dict(row)
-  trained = _trained_folder(folder)
-  timing_file = os.path.join(trained, 'timing.json')
-  if os.path.exists(timing_file):
-    timing = outputs.read_json(timing_file)
-    summary.update({k: timing[k] for k in ('train_wall_s', 'train_cpu_s')
-                    if k in timing})
+  summary.update(training_time(_trained_folder(folder)))
   per_image = None
   if os.path.exists(os.path.join(folder, PER_IMAGE)):
     with open(os.path.join(folder, PER_IMAGE)) as f:
@@ -110,6 +107,20 @@ def read_run(folder: str) -> run_comparison.Run:
                        'different evaluations: evaluate the run again.')
   return run_comparison.Run(folder, settings, int(row['seed']), summary,
                             per_image)
+
+
+def training_time(folder: str) -> dict[str, float]:
+  """train_wall_s and train_cpu_s: the sums of epoch_wall_s and
+  epoch_cpu_s over the epochs of the run's metrics.csv (the whole run, over
+  resumes; the held-out evaluations every --test_every epochs excluded);
+  empty without metrics.csv."""
+  path = os.path.join(folder, 'metrics.csv')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    epochs = {row['epoch']: row for row in csv.DictReader(f)}
+  return {f'train_{k}_s': sum(float(r[f'epoch_{k}_s']) for r in
+                              epochs.values()) for k in ('wall', 'cpu')}
 
 
 def _trained_folder(folder: str) -> str:

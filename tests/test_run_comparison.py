@@ -79,7 +79,8 @@ def _folder(root, name, run, per_image=True):
   folder.mkdir()
   row = {**run.settings, 'seed': run.seed, 'steps': 100, **run.summary}
   (folder / 'results.json').write_text(json.dumps([row]))
-  (folder / 'timing.json').write_text(json.dumps({'train_wall_s': 10.0}))
+  (folder / 'metrics.csv').write_text(  # Two epochs of 4 and 6 s.
+      'step,epoch,epoch_wall_s,epoch_cpu_s\n5,1,4.0,3.0\n10,2,6.0,5.0\n')
   if per_image:
     (folder / compare_runs.PER_IMAGE).write_text(json.dumps(
         {k: v.tolist() for k, v in run.per_image.items()}))
@@ -99,7 +100,7 @@ def test_compare_runs_experiment(tmp_path):
   assert [g['label'] for g in groups] == ['posterior=diagonal',
                                           'posterior=iaf']
   assert groups[1]['seeds'] == '0, 1, 2'
-  assert groups[1]['train_wall_s'] == 10.0
+  assert (groups[1]['train_wall_s'], groups[1]['train_cpu_s']) == (10.0, 8.0)
   assert abs(groups[1]['nll_minus_baseline'] + GAP) < 4 * groups[1][
       'nll_minus_baseline_se_images']
   pairs = json.loads((tmp_path / 'out' / 'pairs.json').read_text())
