@@ -95,12 +95,11 @@ def _curve(config: Config, dataset, model, batch_size: int, seed: int,
   rows = outputs.read_json(path) if os.path.exists(path) else []
   t = config.training(batch_size)
   if not rows:
-    params = model.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0),
+    params = model.init(train.init_key(seed),
                         np.asarray(dataset.train).mean(0))
     rows = [dict(epoch=0, step=0, examples=0, test_bound=eval_lib.mean_bound(
-        model, params, eval_lib.test_images(dataset), jax.random.fold_in(
-            jax.random.PRNGKey(seed), 2), t.objective, t.num_samples),
-                 wall_s=0.0)]
+        model, params, eval_lib.test_images(dataset), train.test_key(seed),
+        t.objective, t.num_samples), wall_s=0.0)]
   if rows[-1]['epoch'] < t.epochs:
     def on_epoch(row):
       rows[:] = [r for r in rows if r['epoch'] < row['epoch']]
@@ -208,8 +207,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   ref = min(c.batch_sizes, key=lambda b: abs(np.log(b / 100)))
   images = jnp.asarray(dataset.train)
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
-  init = model.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0),
-                    np.asarray(dataset.train).mean(0))
+  init = model.init(train.init_key(seed), np.asarray(dataset.train).mean(0))
   t = c.training(ref)
   params = train.train(  # Resumes the finished run: its final state.
       model, dataset, c.optimizer, t, seed,

@@ -179,6 +179,16 @@ def check_memory(model: Any, config: TrainConfig,
                      'hidden_sizes, latent_dim, batch_size or num_samples.')
 
 
+def init_key(seed: int) -> Array:
+  """The PRNG key of the initial parameters: fold_in(PRNGKey(seed), 0)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+
+
+def test_key(seed: int) -> Array:
+  """The PRNG key of the per-epoch test bound: fold_in(PRNGKey(seed), 2)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+
+
 def step_key(seed: int, step: Array) -> Array:
   """The PRNG key of step t: fold_in(fold_in(PRNGKey(seed), 1), t)."""
   return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1),
@@ -501,8 +511,7 @@ def train(model: model_lib.Model, dataset: data.Dataset,
       else 0, steps_per_epoch, tuple(images.shape),
       dataset.binarization == 'dynamic')
   compile_s = time.time() - start
-  params = model.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0),
-                      np.asarray(dataset.train).mean(0))
+  params = model.init(init_key(seed), np.asarray(dataset.train).mean(0))
   binary = isinstance(jax.eval_shape(
       model.decoder, params, jnp.zeros((1, model.latent_dim))),
                       dists.Bernoulli)
@@ -526,7 +535,7 @@ def train(model: model_lib.Model, dataset: data.Dataset,
   good, images = replicate((good, images), mesh)
   saved = resumed_from
   test_images = evaluate.test_images(dataset)
-  test_key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+  test_bound_key = test_key(seed)
   end = min(config.epochs, stop_after_epochs or config.epochs)
   history, previous = [], None
 
@@ -556,7 +565,7 @@ def train(model: model_lib.Model, dataset: data.Dataset,
                                 epoch + 1 == end):
         test_bound = evaluate.mean_bound(
             model, local(state.params) if mesh else state.params,
-            test_images, test_key, config.objective, config.num_samples)
+            test_images, test_bound_key, config.objective, config.num_samples)
       row: dict[str, Any] = dict(
           step=step, epoch=epoch + 1, train_bound=previous,
           test_bound=test_bound, beta=float(beta_at(config, step)),
