@@ -30,6 +30,7 @@ import numpy as np
 from experiments import minibatch_noise
 from experiments.common import outputs
 from experiments.common import progress
+from vae import checkpoint
 from vae import comparison
 from vae import config as cfg
 from vae import data as data_lib
@@ -208,11 +209,11 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   images = jnp.asarray(dataset.train)
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
   init = model.init(train.init_key(seed), np.asarray(dataset.train).mean(0))
-  t = c.training(ref)
-  params = train.train(  # Resumes the finished run: its final state.
-      model, dataset, c.optimizer, t, seed,
+  tree, _ = checkpoint.restore_latest(  # The finished run's final state.
       out.path(os.path.join('points', f'B{ref}_r0', 'checkpoints')),
-      log=lambda _: None).state.params
+      {'params': jax.tree.map(np.zeros_like, init)}, out.log,
+      move_aside=False)
+  params = tree['params']
   noise = (_noise_scale(c, model, init, images, key, epoch=0) +
            _noise_scale(c, model, params, images, key, epoch=epochs))
   out.log(f'\n== predicted: B_noise = tr Σ/‖G‖² at B = {c.noise_batch}, '

@@ -73,8 +73,12 @@ def test_tiny_run_trains_fits_and_resumes(tmp_path, capsys):
     assert np.isfinite(r['test_bound'])
   curves = json.loads((tmp_path / 'curves.json').read_text())
   assert len(curves) == 4 * 2 * 3  # Epochs 0, 1, 2 of every run.
-  groups = {r['group'] for r in records if r['section'] == 'b_noise'}
-  assert groups == {'encoder', 'decoder', 'all'}
+  noise = [r for r in records if r['section'] == 'b_noise']
+  assert {r['group'] for r in noise} == {'encoder', 'decoder', 'all'}
+  # At initialization and at the restored end of the reference run.
+  assert {r['epoch'] for r in noise} == {0, 2}
+  signal = {(r['epoch'], r['group']): r['signal'] for r in noise}
+  assert signal[2, 'all'] != signal[0, 'all']
   out = capsys.readouterr().out
   assert 'B_crit' in out
   # A rerun into the folder trains nothing and gives the same numbers.
