@@ -77,8 +77,8 @@ def test_tiny_run_trains_fits_and_resumes(tmp_path, capsys):
   assert {r['group'] for r in noise} == {'encoder', 'decoder', 'all'}
   # At initialization and at the restored end of the reference run.
   assert {r['epoch'] for r in noise} == {0, 2}
-  signal = {(r['epoch'], r['group']): r['signal'] for r in noise}
-  assert signal[2, 'all'] != signal[0, 'all']
+  b_noise = {(r['epoch'], r['group']): r['b_noise'] for r in noise}
+  assert b_noise[2, 'all'] != b_noise[0, 'all']
   out = capsys.readouterr().out
   assert 'B_crit' in out
   # A rerun into the folder trains nothing and gives the same numbers.
