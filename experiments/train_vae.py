@@ -214,8 +214,11 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
                 epochs_this_run=len(result.history),
                 resumed_from_step=result.resumed_from)
   rows = metrics.read_rows(out.path(metrics.METRICS_CSV), COLUMNS)
+  f = config.families
+  families = (f'q {f.posterior}, p(z) {f.prior}, p(x|z) {f.decoder}, '
+              if f.flexible else '')
   metrics.learning_curve(out, rows, f'{config.data.dataset}: {t.objective}/'
-                         f'{t.estimator} k={t.num_samples}, latent '
+                         f'{t.estimator} k={t.num_samples}, {families}latent '
                          f'{config.model.latent_dim}, seed {seed}')
   tested = [r for r in rows if r['test_bound']]
   summary = {'final_train_bound': float(rows[-1]['train_bound'])

@@ -156,7 +156,8 @@ def learning_curve(run: outputs.Run, rows: Sequence[Mapping[str, Any]],
     return None
   plt = outputs.pyplot()
   fig, ax = plt.subplots(figsize=(6, 4))
-  ax.plot(epochs, train_bound, label='train bound (mean over the epoch)')
+  ax.plot(epochs, train_bound, marker='.' if len(epochs) == 1 else None,
+          label='train bound (mean over the epoch)')  # One epoch: a dot.
   test_epochs, test_bound = series('test_bound')
   if test_epochs:
     ax.plot(test_epochs, test_bound, 'o-', label='test bound')
