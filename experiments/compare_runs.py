@@ -25,19 +25,20 @@ another evaluation.
       --runs='runs/flex/standard_s*,runs/flex/full_s*' --baseline='posterior=diagonal'
 """
 
-import csv
 import glob
 import json
 import os
 
 import numpy as np
 
+from experiments import train_vae
+from experiments.common import metrics
 from experiments.common import outputs
 from vae import config as cfg
 from vae.analysis import run_comparison
 from vae.models import flexible_vae
 
-PER_IMAGE = 'per_image.json'  # What train_vae and evaluate_vae write.
+PER_IMAGE = train_vae.PER_IMAGE  # What train_vae and evaluate_vae write.
 # What results.json rows hold beside the settings: not settings.
 NOT_SETTINGS = ('seed', 'steps', 'split', 'eval_k', 'num_eval', 'k_eval',
                 'active_units', 'disagrees')
@@ -114,11 +115,10 @@ def training_time(folder: str) -> dict[str, float]:
   epoch_cpu_s over the epochs of the run's metrics.csv (the whole run, over
   resumes; the held-out evaluations every --test_every epochs excluded);
   empty without metrics.csv."""
-  path = os.path.join(folder, 'metrics.csv')
-  if not os.path.exists(path):
+  rows = metrics.read_rows(os.path.join(folder, metrics.METRICS_CSV))
+  if not rows:
     return {}
-  with open(path) as f:
-    epochs = {row['epoch']: row for row in csv.DictReader(f)}
+  epochs = {row['epoch']: row for row in rows}
   return {f'train_{k}_s': sum(float(r[f'epoch_{k}_s']) for r in
                               epochs.values()) for k in ('wall', 'cpu')}
 

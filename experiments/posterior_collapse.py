@@ -203,7 +203,7 @@ def run_one(config: Config, dataset: data_lib.Dataset, seed: int,
   eval_wall = time.time() - wall
   latents = eval_lib.latent_statistics(model, params, images)
   outputs.write_json(os.path.join(folder, PER_IMAGE), {
-      k: per_image[k] for k in ('log_px', 'log_px_se', 'elbo', 'kl')})
+      k: per_image[k] for k in eval_lib.PER_IMAGE_KEYS})
   wall = time.time()
   mi = posterior_collapse.mutual_information(
       model, params, images, jax.random.fold_in(jax.random.PRNGKey(seed), 7),

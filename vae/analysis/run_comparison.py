@@ -119,23 +119,23 @@ def compare(runs: Sequence[Run], baseline: str | None = None
     if 'test_nll_stderr' in row:
       row['test_nll_se_images'] = row.pop('test_nll_stderr')
       row.pop('test_nll_stderr_sd_seeds')
-    matched = []
+    rows: list[dict[str, Any]] = []
     for r in rs:
-      if g != base and r.per_image is not None and r.seed in by_seed:
-        base_name, theirs = by_seed[r.seed]
-        matched.append((r.per_image, theirs, r.name, base_name, r.seed))
-    row['paired_seeds'] = len(matched)
-    rows: list[dict[str, Any]] = [
-        {'label': names[g], 'seed': seed, 'run': name,
-         'baseline_run': base_name} for _, _, name, base_name, seed in matched]
-    for v, key, sign in PAIRED:
-      deltas, ses = [], []
-      for pair, (mine, theirs, *_) in zip(rows, matched):
-        delta, se = stats.paired_difference(
-            sign * np.asarray(mine[key]), sign * np.asarray(theirs[key]))
-        pair[f'{v}_minus_baseline'], pair[f'{v}_minus_baseline_se'] = delta, se
-        deltas.append(delta)
-        ses.append(se)
+      mine = r.per_image
+      if g == base or mine is None or r.seed not in by_seed:
+        continue
+      base_name, theirs = by_seed[r.seed]
+      pair: dict[str, Any] = {'label': names[g], 'seed': r.seed,
+                              'run': r.name, 'baseline_run': base_name}
+      for v, key, sign in PAIRED:
+        pair[f'{v}_minus_baseline'], pair[f'{v}_minus_baseline_se'] = (
+            stats.paired_difference(sign * np.asarray(mine[key]),
+                                    sign * np.asarray(theirs[key])))
+      rows.append(pair)
+    row['paired_seeds'] = len(rows)
+    for v, _, _ in PAIRED:
+      deltas = [p[f'{v}_minus_baseline'] for p in rows]
+      ses = [p[f'{v}_minus_baseline_se'] for p in rows]
       row[f'{v}_minus_baseline'] = row[f'{v}_minus_baseline_se_images'] = (
           row[f'{v}_minus_baseline_sd_seeds']) = None
       if deltas:
