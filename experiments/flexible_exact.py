@@ -54,7 +54,8 @@ class Config:
   data: data_lib.DataConfig = data_lib.DataConfig(num_train=1000)
   checked_families: tuple[str, ...] = cfg.setting(
       fe.NAMES, 'Families checked (posterior/prior/decoder; iaf_vamp: IAF q '
-      'with the VampPrior).', choices=fe.NAMES)
+      'with the VampPrior; iaf_vamp_base: with the VampPrior over the IAF\'s '
+      'base Gaussian).', choices=fe.NAMES)
   hidden_sizes: tuple[int, ...] = cfg.like(image_vae.ModelConfig,
                                            'hidden_sizes', (64,))
   num_components: int = cfg.like(flexible_vae.FamilyConfig,

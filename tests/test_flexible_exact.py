@@ -86,7 +86,8 @@ def test_a_wrong_mixture_weight_disagrees(run, monkeypatch, weights):
   plant = {'unnormalized': lambda logits: logits,
            'shifted': lambda logits: jax.nn.log_softmax(
                logits.at[..., 0].add(1.0), -1)}[weights]
-  wrong = ['mog', 'vamp'] if weights == 'unnormalized' else ['mog']
+  wrong = (['mog', 'vamp', 'iaf_vamp_base'] if weights == 'unnormalized' else
+           ['mog'])
   rows = _planted(run, wrong + ['diagonal'], monkeypatch,
                   '_mixture_log_weights', plant)
   assert not rows['diagonal']['disagrees']

@@ -11,6 +11,8 @@
   the same check fail.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,15 +180,16 @@ def mog_log_density(prior, z):
 
 
 def vamp_log_density(model, params, z):
-  """(1/K) Σ_k N(z; μ(u_k), diag σ(u_k)²) in float64 (diagonal encoder)."""
+  """(1/K) Σ_k N(z; μ(u_k), diag σ(u_k)²) in float64 from the encoder
+  network's first two heads (a diagonal encoder's q, or an IAF's base)."""
   u = jax.nn.sigmoid(params['prior']['pseudo_inputs'])
-  loc, log_scale = model.encoder_net.apply(params['encoder'], u)
+  loc, log_scale = model.encoder_net.apply(params['encoder'], u)[:2]
   comp = sp_stats.norm.logpdf(z[:, None, :], np.asarray(loc, np.float64),
                               np.exp(np.asarray(log_scale, np.float64)))
   return special.logsumexp(comp.sum(-1), -1) - np.log(u.shape[0])
 
 
-def exact_log_px(model, params, x, prior_log_density, half=8.0, n=161):
+def exact_log_px(model, params, x, prior_log_density, half=12.0, n=241):
   """log ∫ p(x|z) p(z) dz on an n x n grid over [-half, half]², float64."""
   axis = np.linspace(-half, half, n)
   z = np.stack(np.meshgrid(axis, axis, indexing='ij'), -1).reshape(-1, 2)
@@ -206,6 +209,7 @@ def family_setup(name):
             'iaf': dict(posterior_type='iaf'),
             'mog': dict(prior_type='mog'),
             'vamp': dict(prior_type='vamp'),
+            'iaf_vamp_base': dict(posterior_type='iaf', prior_type='vamp_base'),
             'autoregressive': dict(decoder_type='autoregressive'),
             'iaf_vamp_autoregressive': dict(
                 posterior_type='iaf', prior_type='vamp',
@@ -214,11 +218,16 @@ def family_setup(name):
   params = model.init(jax.random.PRNGKey(7), np.full(D_X, 0.3))
   enc = params['encoder']['params']
   # σ = 2 (5.5 under a flow that shrinks by about 1/4): wider than the
-  # posterior, so the importance weights have a finite variance.
+  # posterior, so the importance weights have a finite variance. The
+  # VampPrior over the flow's base has the base Gaussians as components:
+  # σ = 2.5 there (the grid's ±12 holds them), and gates σ(3) = 0.95, so that
+  # q (about 0.9 as wide) is not much narrower than the prior.
+  base_first = model.prior_type == 'vamp_base'
   enc['log_scale']['bias'] = jnp.full(
-      2, 1.7 if model.posterior_type == 'iaf' else 0.7)
+      2, 1.7 if model.posterior_type == 'iaf' and not base_first else 0.7 + 0.2 * base_first)
   if 'flow' in params:
-    params['flow']['b_gate'] = jnp.zeros_like(params['flow']['b_gate'])
+    params['flow']['b_gate'] = jnp.full_like(params['flow']['b_gate'],
+                                             3.0 if base_first else 0.0)
     params['flow']['w_shift'] = 2.0 * params['flow']['w_shift']
   if model.prior_type == 'mog':
     params['prior']['logits'] = jnp.array([1.5, 0.0, -1.0])
@@ -231,7 +240,8 @@ def family_setup(name):
         params['autoregressive'])
   if model.prior_type == 'mog':
     density = lambda z: mog_log_density(params['prior'], z)
-  elif model.prior_type == 'vamp' and model.posterior_type == 'diagonal':
+  elif model.prior_type == 'vamp_base' or (
+      model.prior_type == 'vamp' and model.posterior_type == 'diagonal'):
     density = lambda z: vamp_log_density(model, params, z)
   elif model.prior_type == 'standard':
     density = lambda z: sp_stats.norm.logpdf(z).sum(-1)
@@ -254,7 +264,7 @@ def check(model, params, density, key=9, num_samples=20_000):
           (out['elbo'] - exact) / out['elbo_se'], exact, out)
 
 
-FAMILIES = ('full', 'iaf', 'mog', 'vamp', 'autoregressive',
+FAMILIES = ('full', 'iaf', 'mog', 'vamp', 'iaf_vamp_base', 'autoregressive',
             'iaf_vamp_autoregressive')
 
 
@@ -262,11 +272,31 @@ FAMILIES = ('full', 'iaf', 'mog', 'vamp', 'autoregressive',
 def test_each_family_agrees_with_quadrature(name):
   jax.clear_caches()
   model, params, density = family_setup(name)
-  z_is, z_elbo, exact, out = check(model, params, density)
+  # The base-VampPrior's q is narrower than its prior: twice the samples
+  # for the same SE.
+  z_is, z_elbo, exact, out = check(
+      model, params, density,
+      num_samples=40_000 if name == 'iaf_vamp_base' else 20_000)
   assert np.all(np.abs(z_is) < 5), (name, z_is, out['log_px'], exact)
   assert np.all(out['log_px_se'] < 0.2), out['log_px_se']  # Sharp enough.
   assert np.all(z_elbo < 3), (name, out['elbo'], exact)  # ELBO below.
   assert np.all(out['elbo'] < exact), (name, out['elbo'], exact)
+
+
+def test_the_base_vamp_prior_is_the_mixture_of_the_flow_base_gaussians():
+  """prior=vamp_base: log p(z) = log (1/K) Σ_k N(z; μ(u_k), σ(u_k)²) from
+  the encoder network's heads (scipy, float64), not the flow's density at
+  the pseudo-inputs (which differs by the flow's log-determinant and
+  shift)."""
+  model, params, density = family_setup('iaf_vamp_base')
+  z = np.random.default_rng(0).normal(0.0, 2.0, (50, 2))
+  own = np.asarray(model_lib.event_log_prob(
+      model.prior(params), jnp.asarray(z, jnp.float32)), np.float64)
+  np.testing.assert_allclose(own, density(z), atol=1e-5)
+  flow_vamp = dataclasses.replace(model, prior_type='vamp')
+  other = np.asarray(model_lib.event_log_prob(
+      flow_vamp.prior(params), jnp.asarray(z, jnp.float32)), np.float64)
+  assert np.mean(np.abs(other - own)) > 0.05
 
 
 def test_a_planted_wrong_log_determinant_is_caught(monkeypatch):
@@ -308,9 +338,17 @@ def test_default_model_is_the_mlp_vae_and_bad_combinations_are_refused():
            (dict(posterior='iaf'), 'elbo', 'pathwise', 'closed-form KL'),
            (dict(posterior='full'), 'elbo_mc_kl', 'score',
             'diagonal Gaussian q')]
+  cases += [(dict(prior='vamp_base'), 'elbo_mc_kl', 'pathwise',
+             'base Gaussian; posterior=diagonal has none'),
+            (dict(posterior='full', prior='vamp_base'), 'iwae', 'dreg',
+             'posterior=full has none')]
   for kwargs, objective, estimator, message in cases:
     with pytest.raises(ValueError, match=message):
       flexible_vae.check_training(families(**kwargs), objective, estimator)
+  with pytest.raises(ValueError, match='has none'):
+    flexible_vae.FlexibleVAE(prior_type='vamp_base')
+  flexible_vae.check_training(families(posterior='iaf', prior='vamp_base'),
+                              'elbo_mc_kl', 'pathwise')
   flexible_vae.check_training(families(posterior='full'), 'elbo', 'pathwise')
   flexible_vae.check_training(families(posterior='iaf'), 'elbo_mc_kl', 'stl')
   with pytest.raises(ValueError, match='closed-form KL'):

@@ -56,6 +56,7 @@ FAMILIES = {
     'vamp': ('diagonal', 'vamp', 'factorized'),
     'autoregressive': ('diagonal', 'standard', 'autoregressive'),
     'iaf_vamp': ('iaf', 'vamp', 'factorized'),
+    'iaf_vamp_base': ('iaf', 'vamp_base', 'factorized'),
 }
 NAMES = tuple(FAMILIES)
 LATENT_DIM = 2
@@ -156,6 +157,7 @@ def prior_log_density(model: flexible_vae.FlexibleVAE, params: Params,
     standard  -|z|²/2 - log 2π
     mog       logsumexp_k (logits_k - logsumexp(logits) + log N(z; m_k, s_k²))
     vamp      logsumexp_k (log q(z|u_k)) - log K,  u_k = σ(a_k)
+    vamp_base logsumexp_k (log N(z; μ(u_k), σ(u_k)²)) - log K (the IAF's base)
   """
   z = np.asarray(z, np.float64)
   if model.prior_type == 'standard':
@@ -168,7 +170,10 @@ def prior_log_density(model: flexible_vae.FlexibleVAE, params: Params,
                                np.asarray(p['log_scale'], np.float64))
     return special.logsumexp(comp + log_pi, -1), 0.0
   u = jax.nn.sigmoid(jnp.asarray(p['pseudo_inputs']))
-  comp, error = _component_log_densities(model.encoder(params, u), z)
+  q = model.encoder(params, u)
+  if model.prior_type == 'vamp_base':
+    q = dists.Normal(q.loc, q.log_scale)
+  comp, error = _component_log_densities(q, z)
   return special.logsumexp(comp, -1) - np.log(comp.shape[-1]), error
 
 

@@ -16,6 +16,11 @@ One model, three choices, each a head on the MLP VAE's networks:
                mog       p(z) = Σ_k π_k N(z; m_k, diag s_k²), all learned
                vamp      p(z) = (1/K) Σ_k q(z|u_k), u_k = σ(a_k) K learned
                          pseudo-inputs (the VampPrior, Tomczak & Welling 2018)
+               vamp_base p(z) = (1/K) Σ_k N(z; μ(u_k), diag σ(u_k)²), the
+                         VampPrior over the IAF's base Gaussian (posterior
+                         iaf only): q(z|u_k) of an IAF needs the flow
+                         inverted at every z (D sequential passes per step
+                         and component); its base Gaussian is one pass
     decoder    factorized     p(x|z) = Π_j Bern(x_j; σ(D(z)_j))
                autoregressive p(x|z) = Π_j Bern(x_j; σ(D(z)_j + M(x_{<j}, z)_j)),
                               M a MADE (Germain et al. 2015) of set width
@@ -46,7 +51,9 @@ Params = types.Params
 PRNGKey = types.PRNGKey
 
 POSTERIORS = ('diagonal', 'full', 'iaf', 'delta')
-PRIORS = ('standard', 'mog', 'vamp')
+PRIORS = ('standard', 'mog', 'vamp', 'vamp_base')
+# The priors made of the encoder at learned pseudo-inputs.
+VAMP = ('vamp', 'vamp_base')
 DECODERS = ('factorized', 'autoregressive')
 MAX_WIDTH = 10_000
 # The posteriors that are a diagonal Gaussian (`dists.Normal`).
@@ -66,7 +73,9 @@ class FamilyConfig:
       choices=POSTERIORS)
   prior: str = cfg.setting(
       'standard', 'p(z): N(0, I), a learned mixture of Gaussians, or the '
-      'VampPrior (the encoder at learned pseudo-inputs).', choices=PRIORS)
+      'VampPrior (the encoder at learned pseudo-inputs), or for '
+      'posterior=iaf the VampPrior over the flow\'s base Gaussian '
+      '(vamp_base: no flow inversion).', choices=PRIORS)
   decoder: str = cfg.setting(
       'factorized', 'p(x|z): independent pixels, or autoregressive over '
       'pixels (a MADE conditioned on z; binary data only).',
@@ -108,9 +117,7 @@ def check_training(families: FamilyConfig, objective: str,
   a q other than a diagonal Gaussian (GAUSSIAN) takes only
   FLEXIBLE_ESTIMATORS (the others assume a Normal q's parameters).
   """
-  if families.posterior == 'delta' and families.prior != 'standard':
-    raise ValueError('posterior: delta bounds the KL to the N(0, I) prior; '
-                     f'prior={families.prior} is not that.')
+  check_families(families.posterior, families.prior)
   if objective == 'elbo' and not families.analytic_kl:
     raise ValueError(
         f'objective: elbo needs a closed-form KL(q ‖ p), which '
@@ -122,6 +129,18 @@ def check_training(families: FamilyConfig, objective: str,
         f'estimator: {estimator} assumes a diagonal Gaussian q; '
         f'posterior={families.posterior} takes '
         f'{", ".join(FLEXIBLE_ESTIMATORS)}.')
+
+
+def check_families(posterior: str, prior: str) -> None:
+  """Refuses (ValueError, one line) a prior the posterior cannot take:
+  'delta' bounds the KL to N(0, I) only; 'vamp_base' is the VampPrior over
+  an IAF's base Gaussian (for a Gaussian q it would be 'vamp')."""
+  if posterior == 'delta' and prior != 'standard':
+    raise ValueError('posterior: delta bounds the KL to the N(0, I) prior; '
+                     f'prior={prior} is not that.')
+  if prior == 'vamp_base' and posterior != 'iaf':
+    raise ValueError('prior: vamp_base is the VampPrior over an IAF\'s base '
+                     f'Gaussian; posterior={posterior} has none (use vamp).')
 
 
 def delta_scale_bounds(delta: float) -> tuple[float, float]:
@@ -199,7 +218,7 @@ class FlexibleVAE:
     posterior_type: one of POSTERIORS.
     prior_type: one of PRIORS.
     decoder_type: one of DECODERS.
-    num_components: K of the mog and vamp priors.
+    num_components: K of the mog and vamp(_base) priors.
     flow_steps: T, IAF steps.
     flow_hidden: H, the width of each IAF step's MADE.
     ar_hidden_sizes: the autoregressive decoder's MADE widths (its
@@ -225,10 +244,8 @@ class FlexibleVAE:
                                  ('decoder', self.decoder_type, DECODERS)):
       if value not in choices:
         raise ValueError(f'{name}: {value!r} is not one of {choices}.')
+    check_families(self.posterior_type, self.prior_type)
     if self.posterior_type == 'delta':
-      if self.prior_type != 'standard':
-        raise ValueError('posterior: delta bounds the KL to the N(0, I) '
-                         f'prior; prior={self.prior_type} is not that.')
       delta_scale_bounds(self.committed_rate)
 
   @property
@@ -279,7 +296,7 @@ class FlexibleVAE:
       params['prior'] = {'logits': jnp.zeros(kk),
                          'loc': jax.random.normal(keys[1], (kk, d)),
                          'log_scale': jnp.zeros((kk, d))}
-    elif self.prior_type == 'vamp':
+    elif self.prior_type in VAMP:
       mean = (jnp.zeros(big_d) if data_mean is None else
               jnp.asarray(networks.mean_logit(data_mean), jnp.float32))
       params['prior'] = {'pseudo_inputs': mean + 0.1 * jax.random.normal(
@@ -298,7 +315,8 @@ class FlexibleVAE:
     return params
 
   def prior_dist(self, params: Params) -> Any:
-    """p(z): N(0, I), the learned MoG, or the VampPrior."""
+    """p(z): N(0, I), the learned MoG, or the VampPrior (over the IAF's
+    base Gaussian for 'vamp_base')."""
     if self.prior_type == 'standard':
       return dists.standard_normal((self.latent_dim,))
     p = params['prior']
@@ -306,7 +324,9 @@ class FlexibleVAE:
       return dists.Mixture(p['logits'], dists.Normal(p['loc'],
                                                      p['log_scale']))
     u = jax.nn.sigmoid(p['pseudo_inputs'])  # Pseudo-images in (0, 1).
-    return dists.Mixture(jnp.zeros(u.shape[0]), self.encoder(params, u))
+    q = self.encoder(params, u)
+    return dists.Mixture(jnp.zeros(u.shape[0]),
+                         q.base() if self.prior_type == 'vamp_base' else q)
 
   def prior(self, params: Params = None) -> Any:
     """p(z) (see `prior_dist`), batch shape [D]."""
