@@ -19,8 +19,9 @@ One model, three choices, each a head on the MLP VAE's networks:
                vamp_base p(z) = (1/K) Σ_k N(z; μ(u_k), diag σ(u_k)²), the
                          VampPrior over the IAF's base Gaussian (posterior
                          iaf only): q(z|u_k) of an IAF needs the flow
-                         inverted at every z (D sequential passes per step
-                         and component); its base Gaussian is one pass
+                         inverted at every z (sequential passes, up to D
+                         per step and component); its base Gaussian is one
+                         pass
     decoder    factorized     p(x|z) = Π_j Bern(x_j; σ(D(z)_j))
                autoregressive p(x|z) = Π_j Bern(x_j; σ(D(z)_j + M(x_{<j}, z)_j)),
                               M a MADE (Germain et al. 2015) of set width
