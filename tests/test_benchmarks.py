@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from benchmarks import common
+from benchmarks import iaf_inversion
 from benchmarks import importance_sampling
 from benchmarks import moments as moments_benchmark
 from benchmarks import train_throughput
@@ -212,6 +213,17 @@ def test_importance_sampling_benchmark(tiny):
   verdict = importance_sampling.targets(out)
   assert verdict['vs_best_peer_plain'] > 0
   assert isinstance(verdict['met_within_1.5x_bound_evaluate'], bool)
+
+
+def test_iaf_inversion_benchmark_cases_give_the_same_gradients(tiny):
+  """Early-stopped inversion with implicit gradients and the 50-pass loop
+  differentiated through: one training step's gradients agree."""
+  _, x = tiny
+  out = iaf_inversion.benchmark(x[:8], batch=4, components=3, rounds=1,
+                                peak_n=64, reporter=quiet())
+  assert out['fixed']['ratio_to_bound'] > 0
+  assert out['targets']['met_gradients_agree'], out['targets']
+  assert out['targets']['speedup_vs_fixed'] > 0
 
 
 def test_main_prints_the_targets(tmp_path, capsys):
