@@ -165,8 +165,11 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   del seed  # Nothing is drawn.
   if config.runs is None:  # Required: the launcher refuses None.
     raise ValueError('runs: a value is required.')
-  runs = [read_run(f) for f in folders(config.runs)]
-  groups, pairs = run_comparison.compare(runs, config.baseline)
+  try:  # A stale per_image.json, or a baseline no group has: one line.
+    runs = [read_run(f) for f in folders(config.runs)]
+    groups, pairs = run_comparison.compare(runs, config.baseline)
+  except ValueError as e:
+    raise SystemExit(f'compare_runs: {e}') from None
   missing = [r.name for r in runs if r.per_image is None]
   if missing:
     out.log(f'no {PER_IMAGE} (no paired differences) in: '

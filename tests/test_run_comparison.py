@@ -116,3 +116,10 @@ def test_compare_runs_experiment(tmp_path):
   _folder(tmp_path, 'stale', stale)
   with pytest.raises(ValueError, match='from different evaluations'):
     compare_runs.read_run(str(tmp_path / 'stale'))
+  # A baseline that no group has: the run stops with one line naming the
+  # groups, not a traceback.
+  wrong = compare_runs.Config(runs=f'{tmp_path}/iaf_s*',
+                              baseline='posterior=diagonal')
+  with pytest.raises(SystemExit, match='^compare_runs: baseline: no group '
+                     'is labelled "posterior=diagonal"; the groups are: '):
+    runner.run_point('compare_runs', wrong, 0, str(tmp_path / 'out2'))
