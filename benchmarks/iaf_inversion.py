@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from vae import checkpoint
+from experiments import evaluate_vae
 from vae import distributions as dists
 from vae.models import flexible_vae
 
@@ -60,8 +60,8 @@ def fixed_inverse(flow: dists.InverseAutoregressiveFlow, z: Any):
       return (y - (1.0 - s) * shift) / s
 
     z = jax.lax.fori_loop(0, dim, body, y)
-    log_det = log_det + jnp.sum(
-        jax.nn.log_sigmoid(flow._shift_gate(t, z)[1]), -1)  # pylint: disable=protected-access
+    log_det = log_det + dists._affine_log_det(  # pylint: disable=protected-access
+        flow._shift_gate(t, z)[1])  # pylint: disable=protected-access
   return z, log_det
 
 
@@ -85,19 +85,16 @@ def make_step(model: flexible_vae.FlexibleVAE, x: np.ndarray, inverse):
 
 def load_trained(model: flexible_vae.FlexibleVAE, params: Any,
                  directory: str) -> Any:
-  """`params` with encoder, flow and decoder from a trained IAF run."""
-  plain = flexible_vae.FlexibleVAE(
-      hidden_sizes=model.hidden_sizes, latent_dim=model.latent_dim,
-      posterior_type='iaf', flow_steps=model.flow_steps,
-      flow_hidden=model.flow_hidden)
-  shapes = jax.eval_shape(plain.init, jax.random.PRNGKey(0))
-  target = {'params': jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                   shapes)}
-  tree, _ = checkpoint.restore_latest(f'{directory}/checkpoints', target,
-                                      print, move_aside=False)
-  if tree is None:
-    raise SystemExit(f'iaf_inversion: no checkpoint in {directory}.')
-  return {**params, **tree['params']}
+  """`params` with encoder, flow and decoder from a trained IAF run (its
+  newest checkpoint, read by `evaluate_vae.load_run`)."""
+  _, _, trained, trained_params, _ = evaluate_vae.load_run(directory, None)
+  same = ('hidden_sizes', 'latent_dim', 'flow_steps', 'flow_hidden')
+  if not (isinstance(trained, flexible_vae.FlexibleVAE) and
+          trained.posterior_type == 'iaf' and
+          all(getattr(trained, a) == getattr(model, a) for a in same)):
+    raise SystemExit(f'iaf_inversion: {directory} is not a run of the '
+                     'Burda-size IAF (2 steps of width 100).')
+  return {**params, **trained_params}
 
 
 def benchmark(images: np.ndarray, batch: int, components: int, rounds: int,

@@ -613,11 +613,13 @@ def _iaf_shift_gate(activation: str, step: tuple[Array, ...],
   return _dense(h, w_shift, b_shift), _dense(h, w_gate, b_gate)
 
 
-def _iaf_step(activation: str, step: tuple[Array, ...], x: Array) -> Array:
-  """F(x) = s ⊙ x + (1 - s) ⊙ m, s = σ(g): one IAF step (unreversed)."""
+def _iaf_step(activation: str, step: tuple[Array, ...],
+              x: Array) -> tuple[Array, Array]:
+  """(F(x), g): F(x) = s ⊙ x + (1 - s) ⊙ m, s = σ(g), one IAF step
+  (unreversed), and its gate g (log det ∂F/∂x = Σ_i log σ(g_i))."""
   shift, gate = _iaf_shift_gate(activation, step, x)
   s = jax.nn.sigmoid(gate)
-  return s * x + (1.0 - s) * shift
+  return s * x + (1.0 - s) * shift, gate
 
 
 def _fixed_point(update: Callable[[Array], Array], start: Array,
@@ -669,10 +671,10 @@ def _invert_step_bwd(activation, residuals, v):
   in w: exact after D passes, stopped as in the forward solve)."""
   step, x = residuals
   s = jax.nn.sigmoid(_iaf_shift_gate(activation, step, x)[1])
-  _, vjp_x = jax.vjp(lambda a: _iaf_step(activation, step, a), x)
+  _, vjp_x = jax.vjp(lambda a: _iaf_step(activation, step, a)[0], x)
   update = lambda w: (v - (vjp_x(w)[0] - s * w)) / s
   w = _fixed_point(update, v / s, x.shape[-1])
-  _, vjp_step = jax.vjp(lambda p: _iaf_step(activation, p, x), step)
+  _, vjp_step = jax.vjp(lambda p: _iaf_step(activation, p, x)[0], step)
   step_bar = jax.tree.map(jnp.negative, vjp_step(w)[0])
   return step_bar, w
 
@@ -741,9 +743,8 @@ class InverseAutoregressiveFlow:
     """(z_T, Σ_t log det ∂z_t/∂z_{t-1}) from z_0 [..., D]: one pass per step."""
     z, log_det = z0, jnp.zeros(())
     for t in range(self.num_steps):
-      shift, gate = self._shift_gate(t, z)
-      s = jax.nn.sigmoid(gate)
-      z = (s * z + (1.0 - s) * shift)[..., ::-1]
+      z, gate = _iaf_step(self.activation, self._step(t), z)
+      z = z[..., ::-1]
       log_det = log_det + _affine_log_det(gate)
     return z, log_det
 

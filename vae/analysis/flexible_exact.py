@@ -172,7 +172,7 @@ def prior_log_density(model: flexible_vae.FlexibleVAE, params: Params,
   u = jax.nn.sigmoid(jnp.asarray(p['pseudo_inputs']))
   q = model.encoder(params, u)
   if model.prior_type == 'vamp_base':
-    q = dists.Normal(q.loc, q.log_scale)
+    q = q.base()
   comp, error = _component_log_densities(q, z)
   return special.logsumexp(comp, -1) - np.log(comp.shape[-1]), error
 
