@@ -139,6 +139,67 @@ def test_iaf_inversion_and_its_gradients_match_a_sequential_solve():
     assert np.abs(np.asarray(got[1])).max() > 1e-2
 
 
+def _two_pixel_flows(gate_bias_2):
+  """One-step IAFs, D = 2, H = 1, batch [len(gate_bias_2)]: m_1 = -300,
+  s_1 = σ(0); h = elu(-x_1); m_2 = 0, s_2 = σ(-h + b_k)."""
+  k = len(gate_bias_2)
+  tile = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32),
+                                    (k,) + np.shape(a))
+  return dists.InverseAutoregressiveFlow(
+      loc=tile([-90.0, 1.0]), log_scale=tile([np.log(20.0), 0.0]),
+      context=tile([[0.0]]), w_in=tile([[[-1.0], [0.0]]]),
+      w_shift=tile([[[0.0, 0.0]]]), b_shift=tile([[-300.0, 0.0]]),
+      w_gate=tile([[[0.0, -1.0]]]),
+      b_gate=jnp.asarray([[[0.0, b]] for b in gate_bias_2], jnp.float32))
+
+
+def _two_pixel_log_density(b_shift_1, b_gate_2, y):
+  """log q(z) of `_two_pixel_flows` written out (y = z reversed):
+  x_1 = m_1 + (y_1 - m_1)/σ(0), g_2 = -elu(-x_1) + b, x_2 = y_2/σ(g_2)."""
+  x1 = b_shift_1 + (y[0] - b_shift_1) * 2.0
+  g2 = -jax.nn.elu(-x1) + b_gate_2
+  x2 = y[1] / jax.nn.sigmoid(g2)
+  log_n = (jax.scipy.stats.norm.logpdf(x1, -90.0, 20.0) +
+           jax.scipy.stats.norm.logpdf(x2, 1.0, 1.0))
+  return log_n - jax.nn.log_sigmoid(0.0) - jax.nn.log_sigmoid(g2)
+
+
+def test_iaf_inversion_survives_iterates_that_overflow():
+  """float32, z = (1, -200): the exact inverse is x = (-100, 2) (g_2 = 0),
+  but the first pass evaluates s_2 at x_1 = y_1 = -200, σ(-100) ≈ 4e-44,
+  so x_2 overflows, and unclipped, 0 · inf in the masked matmul makes the
+  next pass NaN. With b = 80 instead of 100 the exact x_2 = 1 + e^20 ≈
+  4.9e8 is outside IAF_RANGE: log q = -inf, and a mixture with it keeps
+  the other component's density and finite gradients."""
+  z = jnp.asarray([1.0, -200.0], jnp.float32)
+  flows = _two_pixel_flows([100.0, 80.0])
+  z0, _, inside = flows.inverse_inside(z)
+  np.testing.assert_allclose(z0[0], [-100.0, 2.0], rtol=1e-6)
+  np.testing.assert_array_equal(inside, [True, False])
+  y = z[::-1]
+  want = _two_pixel_log_density(-300.0, 100.0, y)
+  got = flows.event_log_prob(z)
+  np.testing.assert_allclose(got[0], want, rtol=1e-6)
+  assert got[1] == -np.inf
+
+  def ours(b_shift_1, b_gate, z):
+    flow = dataclasses.replace(
+        flows, b_shift=flows.b_shift.at[:, 0, 0].set(b_shift_1),
+        b_gate=b_gate)
+    return dists.Mixture(jnp.zeros(2), flow).log_prob(z)
+
+  value, grads = jax.value_and_grad(ours, argnums=(0, 1, 2))(
+      jnp.float32(-300.0), flows.b_gate, z)
+  np.testing.assert_allclose(value, want - np.log(2.0), rtol=1e-6)
+  expected = jax.grad(_two_pixel_log_density, argnums=(0, 1, 2))(
+      jnp.float32(-300.0), jnp.float32(100.0), y)
+  np.testing.assert_allclose(grads[0], expected[0], rtol=1e-4)
+  np.testing.assert_allclose(grads[1][0, 0, 1], expected[1], rtol=1e-4)
+  np.testing.assert_array_equal(grads[1][1], 0.0)  # The -inf component.
+  np.testing.assert_allclose(grads[2], expected[2][::-1], rtol=1e-4)
+  assert np.all(np.abs(np.asarray(expected[2])) > 1e-3)  # Not vacuous.
+
+
 def test_training_bounds_use_the_flows_own_log_density():
   """pathwise_bounds takes log q as the flow draws z: the same bounds and
   gradients as log q by inversion at the same z."""

@@ -640,21 +640,42 @@ def _fixed_point(update: Callable[[Array], Array], start: Array,
   return jax.lax.while_loop(cond, body, (0, start, jnp.array(True)))[1]
 
 
+# The inversion's iterates stay in [-IAF_RANGE, IAF_RANGE]: before an
+# iterate is exact (pass n fixes x_1..x_n only) its coordinates can be far
+# off, drive a gate to σ(g) = 0 in float32, and an inf there becomes NaN in
+# the masked matmul (0 · inf), also when the exact inverse is moderate. A
+# clipped iterate is finite, so the passes stay exact (`_invert_step`).
+IAF_RANGE = 1e6
+# 1/σ(g) = 1 + e^{-g} with e^{-g} capped at e^80 (finite in float32): this
+# changes x_i = m_i + (y_i - m_i)/s_i only where σ(g_i) < σ(-80) ≈ 2e-35,
+# i.e. where |x_i| ≥ IAF_RANGE unless |y_i - m_i| < 2e-29.
+_GATE_FLOOR = -80.0
+
+
+def _reciprocal_gate(gate: Array) -> Array:
+  """1/σ(g) = 1 + e^{-g}, with g floored at _GATE_FLOOR (finite)."""
+  return 1.0 + jnp.exp(-jnp.maximum(gate, _GATE_FLOOR))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _invert_step(activation: str, step: tuple[Array, ...], y: Array) -> Array:
   """x = F⁻¹(y) of one IAF step (`_iaf_step`), by the passes
 
-    x ← (y - (1 - s(x)) ⊙ m(x)) / s(x),  from x = y.
+    x ← clip(m(x) + (y - m(x)) / s(x), ±IAF_RANGE),  from x = y
 
-  m_i, s_i depend on x_{<i} only, so pass n makes x_1..x_n exact: D passes
-  solve it exactly, and the loop stops earlier once a pass changes nothing
-  beyond rounding (`_fixed_point`). Gradients (`_invert_step_bwd`) by the
-  implicit function theorem at F(x) = y, not through the passes.
+  (F(x) = y ⇔ x = (y - (1 - s) ⊙ m) / s = m + (y - m) / s). m_i, s_i depend
+  on x_{<i} only, so pass n makes x_1..x_n exact: D passes solve it exactly,
+  and the loop stops earlier once a pass changes nothing beyond rounding
+  (`_fixed_point`). The clip keeps the iterates finite, so this holds while
+  the exact x is inside the range; where it is not, the first coordinate
+  outside ends at ±IAF_RANGE exactly (`InverseAutoregressiveFlow.inverse`
+  reports it). Gradients (`_invert_step_bwd`) by the implicit function
+  theorem at F(x) = y, not through the passes.
   """
   def update(x):
     shift, gate = _iaf_shift_gate(activation, step, x)
-    s = jax.nn.sigmoid(gate)
-    return (y - (1.0 - s) * shift) / s
+    return jnp.clip(shift + (y - shift) * _reciprocal_gate(gate),
+                    -IAF_RANGE, IAF_RANGE)
 
   return _fixed_point(update, y, y.shape[-1])
 
@@ -668,12 +689,14 @@ def _invert_step_bwd(activation, residuals, v):
   """With J = ∂F/∂x at x = F⁻¹(y) (lower triangular, diagonal s):
   ȳ = J⁻ᵀ v and step̄ = -(∂F/∂step)ᵀ J⁻ᵀ v. w = J⁻ᵀ v by the passes
   w ← (v - (Jᵀw - s ⊙ w)) / s (Jᵀ w - s ⊙ w is strictly upper triangular
-  in w: exact after D passes, stopped as in the forward solve)."""
+  in w: exact after D passes, stopped as in the forward solve; 1/s as in
+  the forward solve, so v = 0 gives w = 0 at any x)."""
   step, x = residuals
-  s = jax.nn.sigmoid(_iaf_shift_gate(activation, step, x)[1])
+  gate = _iaf_shift_gate(activation, step, x)[1]
+  s, inv_s = jax.nn.sigmoid(gate), _reciprocal_gate(gate)
   _, vjp_x = jax.vjp(lambda a: _iaf_step(activation, step, a)[0], x)
-  update = lambda w: (v - (vjp_x(w)[0] - s * w)) / s
-  w = _fixed_point(update, v / s, x.shape[-1])
+  update = lambda w: (v - (vjp_x(w)[0] - s * w)) * inv_s
+  w = _fixed_point(update, v * inv_s, x.shape[-1])
   _, vjp_step = jax.vjp(lambda p: _iaf_step(activation, p, x)[0], step)
   step_bar = jax.tree.map(jnp.negative, vjp_step(w)[0])
   return step_bar, w
@@ -694,12 +717,14 @@ class InverseAutoregressiveFlow:
   with W_t, A_t, G_t masked (MADE) so that m_i, s_i depend on z_{t-1,<i}
   only: the Jacobian of each step is triangular with diagonal s_t. Sampling
   is one pass per step (reparameterized). `event_log_prob` takes any z:
-  each step is inverted by fixed-point passes x ← (y - (1 - s(x)) ⊙ m(x)) /
-  s(x), which fix one more coordinate per pass (exact after D) and stop
-  early once a pass changes nothing beyond rounding (`_invert_step`; about
-  10 passes on a trained IAF), with gradients by the implicit function
-  theorem; so log q is also available at stopped parameters (STL). Every array has the batch axes in
-  front (shared weights are broadcast), so the pytree vmaps and expands.
+  each step is inverted by fixed-point passes x ← m(x) + (y - m(x)) / s(x),
+  which fix one more coordinate per pass (exact after D) and stop early
+  once a pass changes nothing beyond rounding (`_invert_step`; about 10
+  passes on a trained IAF), with gradients by the implicit function
+  theorem; so log q is also available at stopped parameters (STL). Where an
+  inverse leaves ±IAF_RANGE, log q is -inf (`event_log_prob`). Every array
+  has the batch axes in front (shared weights are broadcast), so the pytree
+  vmaps and expands.
 
   Attributes:
     loc: μ, [..., D].
@@ -750,13 +775,22 @@ class InverseAutoregressiveFlow:
 
   def inverse(self, z: Array) -> tuple[Array, Array]:
     """(z_0, Σ_t log det ∂z_t/∂z_{t-1}) from z_T: each step inverted by
-    fixed-point passes (`_invert_step`: at most D, exact)."""
+    fixed-point passes (`_invert_step`: at most D, exact where the inverse
+    of every step stays inside ±IAF_RANGE; see `inverse_inside`)."""
+    return self.inverse_inside(z)[:2]
+
+  def inverse_inside(self, z: Array) -> tuple[Array, Array, Array]:
+    """(z_0, Σ_t log det, inside): `inverse` and, per D-vector, whether
+    every step's inverse has all |x_i| < IAF_RANGE (else z_0 is clipped
+    there and is not f⁻¹(z))."""
     log_det = jnp.zeros(())
     z = jnp.broadcast_to(z, jnp.broadcast_shapes(z.shape, self.shape))
+    inside = jnp.ones(z.shape[:-1], bool)
     for t in reversed(range(self.num_steps)):
       z = _invert_step(self.activation, self._step(t), z[..., ::-1])
+      inside &= jnp.all(jnp.abs(z) < IAF_RANGE, -1)
       log_det = log_det + _affine_log_det(self._shift_gate(t, z)[1])
-    return z, log_det
+    return z, log_det, inside
 
   def base(self) -> Normal:
     """The Gaussian N(μ, σ²) under the flow."""
@@ -779,9 +813,13 @@ class InverseAutoregressiveFlow:
     return z, self.base().event_log_prob(z0) - log_det
 
   def event_log_prob(self, z: Array) -> Array:
-    """log q(z) = log N(f⁻¹(z); μ, σ²) - Σ_t log det, one per D-vector."""
-    z0, log_det = self.inverse(z)
-    return self.base().event_log_prob(z0) - log_det
+    """log q(z) = log N(f⁻¹(z); μ, σ²) - Σ_t log det, one per D-vector;
+    -inf where an inverse leaves ±IAF_RANGE (`inverse_inside`), a density
+    treated as 0 (for a mixture component: log p(z) and the bounds that use
+    it can only be lower), with gradient 0 there."""
+    z0, log_det, inside = self.inverse_inside(z)
+    return jnp.where(inside, self.base().event_log_prob(z0) - log_det,
+                     -jnp.inf)
 
   def log_prob(self, z: Array) -> Array:
     """= `event_log_prob` (the event is the last axis)."""
