@@ -243,9 +243,11 @@ def quadrature(model: flexible_vae.FlexibleVAE, params: Params,
   The grid has spacing h = 2a/(points - 1) over [-a, a]² (`grid`; points
   odd); the sums run over the rectangle of it where the integrand matters
   (`_box`: found on every fourth point; the rest of the box holds less
-  than e^-RELEVANT of any image's largest term per point). A flow whose
-  inversion fails (overflows) at a point of the rectangle makes
-  'inversion_error' infinite (`check_row` then refuses to judge). With l_g =
+  than e^-RELEVANT of any image's largest term per point). A flow
+  component whose inverse leaves ±IAF_RANGE at a point counts as density 0
+  there (as in its own log_prob); a nonfinite residual |f(f⁻¹(z)) - z|
+  elsewhere makes 'inversion_error' infinite (`check_row` then refuses to
+  judge). With l_g =
   log p(x|z_g) + log p(z_g) there:
 
     log_px          = logsumexp_g l_g + 2 log h
