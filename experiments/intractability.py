@@ -16,15 +16,16 @@ error wherever K ≥ 10ρ (`vae.problems.importance_sampling.summarize`).
 import jax
 import numpy as np
 
-from experiments import mnist_intractability
 from experiments.common import outputs
 from vae import config as cfg
+from vae import importance
 from vae import stats
 from vae.problems import importance_sampling as isl
 from vae.problems import linear_gaussian as lg
 
 
-# Old flag names, refused naming the new one (mnist_intractability's name).
+# Old flag names, refused naming the new one (mnist_intractability's name,
+# `importance.KGrid`).
 RENAMED = {'max_log2_samples': 'max_log2_k'}
 
 
@@ -39,7 +40,7 @@ class Config:
                             max=1000)
   repeats: int = cfg.setting(32, 'Independent estimates per (x, K).', min=2,
                              max=10**4)
-  max_log2_k: int = cfg.like(mnist_intractability.Config, 'max_log2_k', 14,
+  max_log2_k: int = cfg.like(importance.KGrid, 'max_log2_k', 14,
                              max=20)
   tolerance: float = cfg.setting(
       0.1, 'Target RMSE in nats for "samples needed".', gt=0.0, max=100.0)

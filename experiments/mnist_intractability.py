@@ -30,6 +30,7 @@ from experiments import evaluate_vae
 from experiments.common import outputs
 from vae import config as cfg
 from vae import evaluate as eval_lib
+from vae import importance
 from vae import stats
 from vae.analysis import image_inference as ii
 
@@ -42,8 +43,7 @@ class Config:
   trained: evaluate_vae.Config = evaluate_vae.Config(
       evaluation=eval_lib.EvalConfig(num_eval=100, eval_iwae_ks=(1,),
                                      pictures=False))
-  max_log2_k: int = cfg.setting(16, 'Largest K is 2^this; K runs over powers '
-                                'of 2.', min=0, max=24)
+  max_log2_k: int = cfg.like(importance.KGrid, 'max_log2_k')
   streams: int = cfg.setting(2, 'Independent streams of samples per image '
                              'and proposal.', min=2, max=1000)
 

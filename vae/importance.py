@@ -33,8 +33,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae import config as cfg
 from vae import model as model_lib
 from vae import types
+
+
+@cfg.settings
+class KGrid:
+  """The sample counts of a study of log p̂_K against K (declared once for
+  the experiments that sweep it): K = 1, 2, 4, ..., 2^max_log2_k."""
+  max_log2_k: int = cfg.setting(16, 'Largest K is 2^this; K runs over powers '
+                                'of 2.', min=0, max=24)
 
 Array = types.Array
 Params = types.Params
