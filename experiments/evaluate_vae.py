@@ -146,6 +146,10 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
   out.log(f'evaluate_vae: {run_dir} step {step} ({trained.data.dataset}, '
           f'{t.objective}/{t.estimator} k={t.num_samples}); output in '
           f'{out.dir}')
+  if seed != train_seed:  # The IS key is this run's --seed (the launcher's).
+    out.log(f'evaluate_vae: --seed={seed}, the run was trained with seed '
+            f'{train_seed}: other samples than train_vae\'s final evaluation '
+            f'(--seed={train_seed} repeats it exactly).')
   ev = progress.evaluate(model, params, dataset, config.evaluation, seed,
                          t.num_samples, config.split, out.log)
   train_vae.write_evaluation(out, ev)

@@ -98,6 +98,17 @@ def test_evaluate_vae_reproduces_the_final_evaluation(tiny_run, tmp_path):
     dataclasses.replace(config, checkpoint_dir=str(tmp_path))
 
 
+def test_evaluate_vae_with_another_seed_says_so(tiny_run, tmp_path, capsys):
+  out, (record,) = tiny_run
+  config = evaluate_vae.Config(checkpoint_dir=str(out), evaluation=dataclasses
+                               .replace(EVAL, pictures=False))
+  (again,) = runner.run_point('evaluate_vae', config, 1, str(tmp_path))
+  assert ('--seed=1, the run was trained with seed 0: other samples than '
+          "train_vae's final evaluation (--seed=0 repeats it exactly)."
+          in capsys.readouterr().out)
+  assert again['test_nll'] != record['test_nll']  # Other samples indeed.
+
+
 @pytest.mark.parametrize('families, objective, encoder', [
     (flexible_vae.FamilyConfig(posterior='full'), 'elbo',
      dists.MultivariateNormal),
