@@ -420,28 +420,14 @@ def ais(model: model_lib.Model, params: Params, x: np.ndarray | Array,
   Returns:
     The batch functions' arrays, float64, [N] (or [N, ...]).
   """
-  batch_size = min(batch_size, len(x))
-  batches, n = importance.pad(np.asarray(x), batch_size)
-  padded = len(batches) * batch_size
-
-  def cut(tree, i):
-    if tree is None:
-      return None
-    tree = jax.tree.map(lambda a: jnp.concatenate(
-        [a, jnp.repeat(a[:1], padded - n, 0)]), tree)
-    return jax.tree.map(lambda a: a[i * batch_size:(i + 1) * batch_size],
-                        tree)
-
-  outs = []
-  for i, b in enumerate(batches):
-    k = jax.random.fold_in(key, i)
+  def batch(b, k, parts):
+    q, z = parts
     if z_exact is None:
-      outs.append(ais_batch(model, params, b, k, cut(proposal, i), **options))
-    else:
-      outs.append(bdmc_batch(model, params, b, cut(jnp.asarray(z_exact), i),
-                             k, cut(proposal, i), **options))
-    if log is not None and (i + 1) % max(1, len(batches) // 10) == 0:
-      jax.block_until_ready(outs[-1])
-      log(f'  AIS: {min((i + 1) * batch_size, n)}/{n} images')
-  return {name: np.concatenate([np.asarray(o[name], np.float64)
-                                for o in outs])[:n] for name in outs[0]}
+      return ais_batch(model, params, b, k, q, **options)
+    return bdmc_batch(model, params, b, z, k, q, **options)
+
+  out = importance.over_batches(
+      batch, x, key, batch_size,
+      (proposal, None if z_exact is None else jnp.asarray(z_exact)), log=log,
+      label='AIS')
+  return {name: np.asarray(v, np.float64) for name, v in out.items()}

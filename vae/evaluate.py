@@ -132,11 +132,10 @@ def mean_bound(model: model_lib.Model, params: Params,
   Returns:
     The mean bound in nats.
   """
-  batches, n = importance.pad(images, min(batch_size, len(images)))
-  values = [_batch_bounds(model, params, b, jax.random.fold_in(key, i),
-                          objective, num_samples)
-            for i, b in enumerate(batches)]
-  return float(np.concatenate([np.asarray(v) for v in values])[:n].mean())
+  values = importance.over_batches(
+      lambda b, k, _: _batch_bounds(model, params, b, k, objective,
+                                    num_samples), images, key, batch_size)
+  return float(values.mean())
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -242,27 +242,50 @@ def importance_sampling(model: model_lib.Model, params: Params,
   """
   chunk = chunk_size_for(num_samples, chunk_size)
   iwae_ks = tuple(int(k) for k in iwae_ks)
+  out = over_batches(
+      lambda b, k, part: importance_batch(
+          model, params, b, k, part, num_samples=num_samples,
+          chunk_size=chunk, iwae_ks=iwae_ks, nested=nested),
+      x, key, batch_size, proposal, log=log, label='importance sampling',
+      progress=progress)
+  return {name: np.asarray(v, np.float64) for name, v in out.items()}
+
+
+def over_batches(fn: Callable[[Array, PRNGKey, Any], Any],
+                 x: np.ndarray | Array, key: PRNGKey, batch_size: int,
+                 per_point: Any = None, *,
+                 log: Callable[[str], None] | None = None,
+                 label: str = 'batches',
+                 progress: Callable[[int, int], None] | None = None) -> Any:
+  """fn(x_i, fold_in(key, i), per_point_i) over the batches i of the rows
+  of x [N, ...]; each output leaf's first N rows, concatenated (numpy).
+
+  x is padded with zeros to whole batches of min(batch_size, N) rows (one
+  compiled shape), `per_point` (a pytree of [N, ...] arrays, e.g. a
+  proposal per data point; or None) with repeats of its row 0; the
+  padding's outputs are dropped. After each batch, `progress(done, N)` if
+  given; else `log` gets '  <label>: done/N' about every tenth of the
+  batches.
+  """
   batch_size = min(batch_size, len(x))
   batches, n = pad(x, batch_size)
-  if proposal is not None:  # Padded like x (rows past n are repeats of 0).
-    proposal = jax.tree.map(lambda a: jnp.concatenate(
-        [a, jnp.repeat(a[:1], len(batches) * batch_size - n, 0)]), proposal)
+  extra = len(batches) * batch_size - n
+  per_point = jax.tree.map(lambda a: jnp.concatenate(
+      [jnp.asarray(a), jnp.repeat(jnp.asarray(a)[:1], extra, 0)]), per_point)
   outs = []
   for i, b in enumerate(batches):
-    part = None if proposal is None else jax.tree.map(
-        lambda a: a[i * batch_size:(i + 1) * batch_size], proposal)
-    outs.append(importance_batch(model, params, b, jax.random.fold_in(key, i),
-                                 part, num_samples=num_samples,
-                                 chunk_size=chunk, iwae_ks=iwae_ks,
-                                 nested=nested))
+    part = jax.tree.map(lambda a: a[i * batch_size:(i + 1) * batch_size],
+                        per_point)
+    outs.append(fn(jnp.asarray(b), jax.random.fold_in(key, i), part))
+    done = min((i + 1) * batch_size, n)
     if progress is not None:
       jax.block_until_ready(outs[-1])
-      progress(min((i + 1) * batch_size, n), n)
+      progress(done, n)
     elif log is not None and (i + 1) % max(1, len(batches) // 10) == 0:
       jax.block_until_ready(outs[-1])
-      log(f'  importance sampling: {min((i + 1) * batch_size, n)}/{n}')
-  return {name: np.concatenate([np.asarray(o[name], np.float64)
-                                for o in outs])[:n] for name in outs[0]}
+      log(f'  {label}: {done}/{n}')
+  return jax.tree.map(
+      lambda *a: np.concatenate([np.asarray(v) for v in a])[:n], *outs)
 
 
 def prior_proposal(model: model_lib.Model, params: Params,

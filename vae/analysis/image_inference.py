@@ -191,30 +191,24 @@ def log_likelihood_by_k(model: model_lib.Model, params: Params, x: Array,
 def batched(fn, batch_size: int, key: PRNGKey, x: np.ndarray,
             q: Local | None,
             log: Callable[[str], None] | None = None, **kwargs):
-  """fn(x_i, q_i, fold_in(key, i), **kwargs) over batches i of the images.
+  """fn(x_i, q_i, fold_in(key, i), **kwargs) over batches i of the images
+  (`vae.importance.over_batches`: the last batch padded to full size).
 
   Args:
     fn: a function of x, q and key (keywords) and `kwargs`.
     batch_size: images per call.
     key: PRNG key.
     x: images [N, d].
-    q: their local q's (leading axis N).
+    q: their local q's (leading axis N), or None.
     log: if given, called with a progress line about every tenth of the way.
     **kwargs: passed to fn.
 
   Returns:
-    The batches' outputs (numpy pytrees) concatenated along their first
-    axis, the images'.
+    The batches' outputs (numpy pytrees), the images' rows concatenated.
   """
-  outs, starts = [], range(0, len(x), batch_size)
-  for i, start in enumerate(starts):
-    part = slice(start, start + batch_size)
-    outs.append(jax.device_get(fn(
-        x=jnp.asarray(x[part]), q=jax.tree.map(lambda a: a[part], q),
-        key=jax.random.fold_in(key, i), **kwargs)))
-    if log is not None and (i + 1) % max(1, len(starts) // 10) == 0:
-      log(f'  {min(start + batch_size, len(x))}/{len(x)} images')
-  return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+  return importance.over_batches(
+      lambda b, k, q_i: fn(x=b, q=q_i, key=k, **kwargs), x, key, batch_size,
+      q, log=log, label='images')
 
 
 def _z(diff, se: float) -> float:
