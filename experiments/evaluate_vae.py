@@ -11,7 +11,10 @@ ELBO and IWAE_k from the same samples, the number of active units
 (Cov_x(E_q[z_u|x]) > 1e-2), the KL per latent dimension (latents.json),
 and PNGs of prior samples, reconstructions and inpainting. Writes
 results.json/.csv, config.json, timing.json and per_image.json (log p̂(x_n),
-its SE, ELBO and KL of every image: what `compare_runs` pairs).
+its SE, ELBO and KL of every image: what `compare_runs` pairs). An
+interrupted importance sampling keeps its finished batches in
+importance_partial.npz; a rerun into the same folder resumes them, with the
+same numbers as an uninterrupted run (`progress.Partial`).
 
 With --ais_images=n (default 0: off) the record also holds AIS beside IS on
 the first n of those images (`vae.evaluate.ais_summary`: ais_log_px,
@@ -151,7 +154,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
             f'{train_seed}: other samples than train_vae\'s final evaluation '
             f'(--seed={train_seed} repeats it exactly).')
   ev = progress.evaluate(model, params, dataset, config.evaluation, seed,
-                         t.num_samples, config.split, out.log)
+                         t.num_samples, config.split, out.log,
+                         partial=out.path(train_vae.PARTIAL))
   train_vae.write_evaluation(out, ev)
   out.write_json('timing.json', ev.timing)
   if ev.ais is not None:

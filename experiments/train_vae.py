@@ -16,7 +16,9 @@ end: the evaluation of `evaluate_vae` (importance-sampled test NLL with
 results.json, the per-image values in per_image.json; timings in
 timing.json; learning_curve.png (the bounds per epoch, from metrics.csv);
 the settings and final numbers in TensorBoard's HPARAMS tab. Epochs and
-the evaluation show their rate and ETA on stderr.
+the evaluation show their rate and ETA on stderr. An interrupted evaluation
+resumes too: its importance sampling keeps its finished batches in
+importance_partial.npz until it ends.
 
   python launch.py --experiment=train_vae --tfds_data_dir=DATA_DIR \\
       --output_dir=runs/vae_mnist --epochs=30
@@ -47,6 +49,9 @@ from vae.models import image_vae
 
 RESUMABLE = ('epochs', 'devices')  # A run resumes on any number of devices.
 CHECKPOINTS = 'checkpoints'
+# The importance sampling's finished batches while it runs (resumable;
+# `progress.Partial`), removed when it ends.
+PARTIAL = 'importance_partial.npz'
 PER_IMAGE = 'per_image.json'  # log p̂(x_n), its SE, ELBO and KL per image.
 COLUMNS = ('step', 'epoch', 'train_bound', 'test_bound', 'beta',
            'learning_rate', 'examples_per_s', 'epoch_wall_s', 'epoch_cpu_s')
@@ -232,7 +237,8 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
               'closed-form E[x|z].')
       evaluation = dataclasses.replace(evaluation, pictures=False)
     ev = progress.evaluate(model, result.state.params, dataset, evaluation,
-                           seed, t.num_samples, log=out.log)
+                           seed, t.num_samples, log=out.log,
+                           partial=out.path(PARTIAL))
     write_evaluation(out, ev)
     summary.update(ev.summary)
     timing.update(ev.timing)

@@ -1,10 +1,12 @@
 """Progress with rate and ETA (experiments/common/progress.py)."""
 
 import io
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments.common import progress
 from vae import data as data_lib
@@ -105,3 +107,53 @@ def test_importance_sampling_reports_each_batch():
                                  chunk_size=10,
                                  progress=lambda d, n: calls.append((d, n)))
   assert calls == [(10, 25), (20, 25), (25, 25)]
+
+
+def test_evaluate_resumes_its_importance_sampling(tmp_path, monkeypatch):
+  """Interrupted after 2 of 4 batches, a rerun computes batches 2 and 3 only
+  and gives the uninterrupted numbers exactly; the file is removed at the
+  end, and one from other parameters is not used."""
+  x = np.random.RandomState(0).randn(40, 1).astype(np.float32)
+  dataset = data_lib.Dataset('toy', x, x[:10], x, 'none')
+  config = eval_lib.EvalConfig(eval_k=200, eval_batch_size=10,
+                               eval_chunk_size=100, eval_iwae_ks=(1,),
+                               pictures=False)
+  model, params = Line(), Line().init(None)
+  full = progress.evaluate(model, params, dataset, config, log=print)
+  path = str(tmp_path / 'partial.npz')
+  monkeypatch.setattr(progress, 'SAVE_EVERY_S', 1e9)  # Saved on interrupt.
+  original = progress.Partial.__call__
+  computed = []
+
+  def interrupted(self, i, out):
+    computed.append(i)
+    original(self, i, out)
+    if i == 1:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(progress.Partial, '__call__', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    progress.evaluate(model, params, dataset, config, log=print,
+                      partial=path)
+  assert computed == [0, 1] and os.path.exists(path)
+  monkeypatch.setattr(progress.Partial, '__call__',
+                      lambda self, i, out: (computed.append(i),
+                                            original(self, i, out)))
+  lines = []
+  again = progress.evaluate(model, params, dataset, config,
+                            log=lines.append, partial=path)
+  assert computed == [0, 1, 2, 3]
+  assert 'resuming the importance sampling: 2 batches done' in lines[0]
+  assert again.summary == full.summary
+  assert not os.path.exists(path)
+  # A kept file from other parameters is not resumed.
+  with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(progress.Partial, '__call__', interrupted)
+    progress.evaluate(model, params, dataset, config, log=print,
+                      partial=path)
+  monkeypatch.setattr(progress.Partial, '__call__', original)
+  lines = []
+  other = progress.evaluate(model, {**params, 'w': params['w'] + 1.0},
+                            dataset, config, log=lines.append, partial=path)
+  assert 'from other settings, parameters or images' in lines[0]
+  assert other.summary['test_nll'] != full.summary['test_nll']

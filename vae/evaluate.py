@@ -22,7 +22,7 @@ at that T.
 
 import functools
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -425,7 +425,9 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
              config: EvalConfig, seed: int = 0, train_k: int | None = None,
              split: str = 'test',
              log: Callable[[str], None] | None = None,
-             progress: Callable[[int, int], None] | None = None
+             progress: Callable[[int, int], None] | None = None,
+             done: Sequence[Any] = (),
+             on_batch: Callable[[int, Any], None] | None = None
              ) -> Evaluation:
   """Test NLL = -(1/N) Σ_n log p̂(x_n) (IS, K = eval_k), bounds, active units.
 
@@ -442,6 +444,9 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
     log: progress lines.
     progress: called with (images done, N) after each batch of the
       importance sampling (`importance.importance_sampling`).
+    done, on_batch: resume the importance sampling from the batches done
+      by an interrupted call with the same arguments; each batch's outputs
+      (`importance.importance_sampling`).
 
   Returns:
     The `Evaluation`.
@@ -458,7 +463,8 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
   per_image = importance.importance_sampling(
       model, params, images, jax.random.fold_in(base, 3), config.eval_k,
       iwae_ks=iwae_ks, batch_size=config.eval_batch_size,
-      chunk_size=config.eval_chunk_size, log=log, progress=progress)
+      chunk_size=config.eval_chunk_size, log=log, progress=progress,
+      done=done, on_batch=on_batch)
   wall, cpu = time.time() - wall, time.process_time() - cpu
   if log is not None:
     log(f'importance sampling took {wall:.1f} s wall, {cpu:.1f} s CPU')

@@ -214,7 +214,9 @@ def importance_sampling(model: model_lib.Model, params: Params,
                         chunk_size: int = 100, proposal: Any = None,
                         nested: bool = False,
                         log: Callable[[str], None] | None = None,
-                        progress: Callable[[int, int], None] | None = None
+                        progress: Callable[[int, int], None] | None = None,
+                        done: Sequence[Any] = (),
+                        on_batch: Callable[[int, Any], None] | None = None
                         ) -> dict[str, np.ndarray]:
   """`importance_batch` over batches of the rows of x [N, d] (module).
 
@@ -234,6 +236,12 @@ def importance_sampling(model: model_lib.Model, params: Params,
       about every tenth of the way.
     progress: if given, called after each batch (its results computed) with
       (data points done, N): e.g. a progress bar's update.
+    done: to resume, the outputs of the first batches of an interrupted call
+      with the same arguments, as `on_batch` got them: not recomputed (batch
+      i's key does not depend on the others, so the result is that of an
+      uninterrupted call).
+    on_batch: called with (i, batch i's outputs, numpy) after each batch
+      computed here (`over_batches`).
 
   Returns:
     {'log_px', 'log_px_se', 'elbo', 'elbo_se', 'kl', 'iwae_<k>',
@@ -247,7 +255,7 @@ def importance_sampling(model: model_lib.Model, params: Params,
           model, params, b, k, part, num_samples=num_samples,
           chunk_size=chunk, iwae_ks=iwae_ks, nested=nested),
       x, key, batch_size, proposal, log=log, label='importance sampling',
-      progress=progress)
+      progress=progress, done=done, on_batch=on_batch)
   return {name: np.asarray(v, np.float64) for name, v in out.items()}
 
 
@@ -256,16 +264,20 @@ def over_batches(fn: Callable[[Array, PRNGKey, Any], Any],
                  per_point: Any = None, *,
                  log: Callable[[str], None] | None = None,
                  label: str = 'batches',
-                 progress: Callable[[int, int], None] | None = None) -> Any:
+                 progress: Callable[[int, int], None] | None = None,
+                 done: Sequence[Any] = (),
+                 on_batch: Callable[[int, Any], None] | None = None) -> Any:
   """fn(x_i, fold_in(key, i), per_point_i) over the batches i of the rows
   of x [N, ...]; each output leaf's first N rows, concatenated (numpy).
 
   x is padded with zeros to whole batches of min(batch_size, N) rows (one
   compiled shape), `per_point` (a pytree of [N, ...] arrays, e.g. a
   proposal per data point; or None) with repeats of its row 0; the
-  padding's outputs are dropped. After each batch, `progress(done, N)` if
-  given; else `log` gets '  <label>: done/N' about every tenth of the
-  batches.
+  padding's outputs are dropped. The first len(done) batches are taken
+  from `done` (their outputs from an interrupted call), not computed;
+  `on_batch(i, output as numpy)` follows each batch computed. After each
+  batch, `progress(done, N)` if given; else `log` gets '  <label>: done/N'
+  about every tenth of the batches.
   """
   batch_size = min(batch_size, len(x))
   batches, n = pad(x, batch_size)
@@ -273,17 +285,26 @@ def over_batches(fn: Callable[[Array, PRNGKey, Any], Any],
   per_point = jax.tree.map(lambda a: jnp.concatenate(
       [jnp.asarray(a), jnp.repeat(jnp.asarray(a)[:1], extra, 0)]), per_point)
   outs = []
+  if len(done) > len(batches):
+    raise ValueError(f'done: {len(done)} batches, more than the '
+                     f'{len(batches)} of these data.')
   for i, b in enumerate(batches):
-    part = jax.tree.map(lambda a: a[i * batch_size:(i + 1) * batch_size],
-                        per_point)
-    outs.append(fn(jnp.asarray(b), jax.random.fold_in(key, i), part))
-    done = min((i + 1) * batch_size, n)
+    if i < len(done):
+      outs.append(done[i])
+    else:
+      part = jax.tree.map(lambda a: a[i * batch_size:(i + 1) * batch_size],
+                          per_point)
+      outs.append(fn(jnp.asarray(b), jax.random.fold_in(key, i), part))
+      if on_batch is not None:
+        outs[-1] = jax.device_get(outs[-1])
+        on_batch(i, outs[-1])
+    rows = min((i + 1) * batch_size, n)
     if progress is not None:
       jax.block_until_ready(outs[-1])
-      progress(done, n)
+      progress(rows, n)
     elif log is not None and (i + 1) % max(1, len(batches) // 10) == 0:
       jax.block_until_ready(outs[-1])
-      log(f'  {label}: {done}/{n}')
+      log(f'  {label}: {rows}/{n}')
   return jax.tree.map(
       lambda *a: np.concatenate([np.asarray(v) for v in a])[:n], *outs)
 

@@ -16,14 +16,20 @@ through callbacks (`vae.train.train`'s `on_epoch`, `vae.evaluate.evaluate`'s
 
 `evaluate` is `vae.evaluate.evaluate` preceded by one line with the work
 (images x samples) and a rough time, measured on one chunk of the first
-batch, then shown as a bar.
+batch, then shown as a bar; given a file path it keeps the finished batches
+of the importance sampling there, and a rerun resumes them (`Partial`).
 """
 
+import hashlib
+import json
+import os
 import shutil
 import sys
 import time
+import zipfile
 from typing import Any, Callable, TextIO
 
+import numpy as np
 import tqdm
 
 # Plain lines (no terminal): at most one per this many seconds.
@@ -170,21 +176,120 @@ def pilot_seconds(model: Any, params: Any, images: Any, config: Any,
 
 def evaluate(model: Any, params: Any, dataset: Any, config: Any,
              seed: int = 0, train_k: int | None = None, split: str = 'test',
-             log: Callable[[str], None] = write) -> Any:
+             log: Callable[[str], None] = write,
+             partial: str | None = None) -> Any:
   """`vae.evaluate.evaluate`, announced and shown: first one line with its
   work (images x K samples) and, from PILOT_FROM samples on, a rough time
-  (`pilot_seconds`); then a bar (or plain lines) over the images."""
+  (`pilot_seconds`); then a bar (or plain lines) over the images. With a
+  `partial` file path the importance sampling is resumable (`Partial`)."""
   import jax  # pylint: disable=g-import-not-at-top
   from vae import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   images = eval_lib.test_images(dataset, split)[:config.num_eval]
   n, k = len(images), config.eval_k
+  kept = None
+  if partial is not None:
+    kept = Partial(partial, fingerprint(params, images, config, seed,
+                                        train_k, split), log)
   rough = ''
-  if n * k >= PILOT_FROM:
+  if n * k >= PILOT_FROM and not (kept and kept.done):
     seconds = pilot_seconds(model, params, images, config,
                             jax.random.PRNGKey(seed))
     rough = f'; roughly {clock(seconds)} (timed on one chunk)'
   log(f'evaluation: {n:,} {split} images x K={k:,} samples = {n * k:,.0f} '
       f'decoded samples{rough}')
   with Progress(n, 'importance sampling', 'images') as bar:
-    return eval_lib.evaluate(model, params, dataset, config, seed, train_k,
-                             split, log, progress=bar.set)
+    if kept is None:
+      return eval_lib.evaluate(model, params, dataset, config, seed, train_k,
+                               split, log, progress=bar.set)
+    try:
+      ev = eval_lib.evaluate(model, params, dataset, config, seed, train_k,
+                             split, log, progress=bar.set, done=kept.done,
+                             on_batch=kept)
+    except KeyboardInterrupt:
+      kept.save()
+      log(f'interrupted: {len(kept.done)} batches of the importance sampling '
+          f'are kept in {partial}; rerun to resume.')
+      raise
+  kept.finish()
+  return ev
+
+
+# A resumable importance sampling writes its finished batches at most this
+# often (and when interrupted).
+SAVE_EVERY_S = 60.0
+
+
+def fingerprint(params: Any, images: Any, config: Any, seed: int,
+                train_k: int | None, split: str) -> str:
+  """What fixes the importance sampling's batches: the evaluation settings,
+  seed, training k, split, and SHA-256 digests of the parameters and the
+  images (JSON)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vae import config as cfg  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return json.dumps({
+      'evaluation': cfg.to_dict(config), 'seed': seed, 'train_k': train_k,
+      'split': split, 'params_sha256': digest.hexdigest(),
+      'images_sha256': hashlib.sha256(np.ascontiguousarray(
+          images).tobytes()).hexdigest()}, sort_keys=True, default=str)
+
+
+class Partial:
+  """The finished batches of an importance sampling, kept in a file while
+  it runs (`on_batch` of `vae.evaluate.evaluate`; written whole at most
+  every SAVE_EVERY_S seconds, to a temporary file then renamed), read back
+  by a rerun (`done`) and removed at the end (`finish`). A file from other
+  settings, parameters or images (another `fingerprint`), or unreadable, is
+  ignored and replaced, with one line to `log`."""
+
+  def __init__(self, path: str, fingerprint_json: str,
+               log: Callable[[str], None]):
+    self.path, self.fingerprint = path, fingerprint_json
+    self.done: list[dict[str, np.ndarray]] = []
+    self.saved_at = time.time()
+    if not os.path.exists(path):
+      return
+    try:
+      with np.load(path) as f:
+        if str(f['fingerprint']) != fingerprint_json:
+          log(f'{path}: from other settings, parameters or images; the '
+              'importance sampling starts over.')
+          return
+        names = json.loads(str(f['names']))
+        self.done = [{name: f[f'{i}/{name}'] for name in names}
+                     for i in range(int(f['batches']))]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      log(f'{path}: unreadable ({e}); the importance sampling starts over.')
+      return
+    log(f'resuming the importance sampling: {len(self.done)} batches done '
+        f'({path}).')
+
+  def __call__(self, i: int, out: dict[str, np.ndarray]) -> None:
+    if i != len(self.done):
+      raise ValueError(f'batch {i} after {len(self.done)} batches.')
+    self.done.append(out)
+    if time.time() - self.saved_at >= SAVE_EVERY_S:
+      self.save()
+
+  def save(self) -> None:
+    """Writes the batches done (atomically: a temporary file, renamed)."""
+    if not self.done:
+      return
+    arrays: dict[str, Any] = {
+        f'{i}/{name}': np.asarray(v) for i, out in enumerate(self.done)
+        for name, v in out.items()}
+    arrays.update(fingerprint=np.asarray(self.fingerprint),
+                  batches=np.asarray(len(self.done)),
+                  names=np.asarray(json.dumps(sorted(self.done[0]))))
+    tmp = self.path + '.tmp'
+    with open(tmp, 'wb') as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, self.path)
+    self.saved_at = time.time()
+
+  def finish(self) -> None:
+    """The sampling is complete: the file is removed."""
+    if os.path.exists(self.path):
+      os.remove(self.path)
