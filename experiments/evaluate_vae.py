@@ -155,7 +155,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
             f'(--seed={train_seed} repeats it exactly).')
   ev = progress.evaluate(model, params, dataset, config.evaluation, seed,
                          t.num_samples, config.split, out.log,
-                         partial=out.path(train_vae.PARTIAL))
+                         partial=out.path(progress.PARTIAL))
   train_vae.write_evaluation(out, ev)
   out.write_json('timing.json', ev.timing)
   if ev.ais is not None:

@@ -46,7 +46,6 @@ from experiments.common import progress
 from vae import config as cfg
 from vae import data as data_lib
 from vae import evaluate as eval_lib
-from vae import importance
 from vae import optim
 from vae import stats
 from vae import train
@@ -190,20 +189,15 @@ def run_one(config: Config, dataset: data_lib.Dataset, seed: int,
   except train.Diverged as e:
     raise SystemExit(f'posterior_collapse: {name}: {e}') from None
   params = result.state.params
+  out.log(f'{name}: evaluation')
+  ev = progress.evaluate(  # Resumable, as train_vae's.
+      model, params, dataset, eval_lib.EvalConfig(
+          eval_k=config.eval_k, num_eval=config.num_eval, pictures=False),
+      seed, log=out.log, partial=os.path.join(folder, progress.PARTIAL))
+  per_image, latents = ev.per_image, ev.latents
   images = eval_lib.test_images(dataset)[:config.num_eval]
   n = len(images)
-  out.log(f'{name}: importance sampling, {n} test images x K='
-          f'{config.eval_k}')
-  wall = time.time()
-  with progress.Progress(n, 'importance sampling', 'images') as bar:
-    per_image = importance.importance_sampling(  # evaluate()'s key.
-        model, params, images,
-        jax.random.fold_in(jax.random.PRNGKey(seed), 3), config.eval_k,
-        progress=bar.set)
-  eval_wall = time.time() - wall
-  latents = eval_lib.latent_statistics(model, params, images)
-  outputs.write_json(os.path.join(folder, PER_IMAGE), {
-      k: per_image[k] for k in eval_lib.PER_IMAGE_KEYS})
+  outputs.write_json(os.path.join(folder, PER_IMAGE), per_image)
   wall = time.time()
   mi = posterior_collapse.mutual_information(
       model, params, images, jax.random.fold_in(jax.random.PRNGKey(seed), 7),
@@ -222,7 +216,7 @@ def run_one(config: Config, dataset: data_lib.Dataset, seed: int,
       eval_k=config.eval_k, num_eval=n,
       kl_per_dim=[float(v) for v in np.asarray(latents['kl_per_dim'])],
       train_wall_s=result.wall_s, train_cpu_s=result.cpu_s,
-      compile_s=result.compile_s, eval_wall_s=eval_wall,
+      compile_s=result.compile_s, eval_wall_s=ev.timing['eval_wall_s'],
       mi_wall_s=mi_wall)
   if not result.history and before:  # Trained before: its training times.
     row.update({k: before[k] for k in ('train_wall_s', 'train_cpu_s',

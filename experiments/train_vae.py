@@ -49,9 +49,6 @@ from vae.models import image_vae
 
 RESUMABLE = ('epochs', 'devices')  # A run resumes on any number of devices.
 CHECKPOINTS = 'checkpoints'
-# The importance sampling's finished batches while it runs (resumable;
-# `progress.Partial`), removed when it ends.
-PARTIAL = 'importance_partial.npz'
 PER_IMAGE = 'per_image.json'  # log p̂(x_n), its SE, ELBO and KL per image.
 COLUMNS = ('step', 'epoch', 'train_bound', 'test_bound', 'beta',
            'learning_rate', 'examples_per_s', 'epoch_wall_s', 'epoch_cpu_s')
@@ -238,7 +235,7 @@ def run(config: Config, seed: int, out: outputs.Run) -> list[dict]:
       evaluation = dataclasses.replace(evaluation, pictures=False)
     ev = progress.evaluate(model, result.state.params, dataset, evaluation,
                            seed, t.num_samples, log=out.log,
-                           partial=out.path(PARTIAL))
+                           partial=out.path(progress.PARTIAL))
     write_evaluation(out, ev)
     summary.update(ev.summary)
     timing.update(ev.timing)

@@ -215,8 +215,9 @@ def evaluate(model: Any, params: Any, dataset: Any, config: Any,
 
 
 # A resumable importance sampling writes its finished batches at most this
-# often (and when interrupted).
+# often (and when interrupted), into this file of its run folder.
 SAVE_EVERY_S = 60.0
+PARTIAL = 'importance_partial.npz'
 
 
 def fingerprint(params: Any, images: Any, config: Any, seed: int,
