@@ -424,8 +424,9 @@ def load_images(args: argparse.Namespace, split: str,
                                cache_dir=args.data_cache_dir)
     return ds.split(split)[:num], args.dataset
   except data_lib.DataNotFoundError as e:
-    if not args.allow_synthetic:
-      raise
+    if not args.allow_synthetic:  # One line, no traceback.
+      raise SystemExit(f'{e} (or --dataset=synthetic, --allow_synthetic)') \
+          from None
     print(f'# {e}\n# falling back to synthetic images', file=sys.stderr)
     return synthetic(), 'synthetic'
 

@@ -267,3 +267,15 @@ def test_the_gpu_path_reads_the_cache_without_tensorflow(tmp_path):
   out = subprocess.run([sys.executable, '-c', code], capture_output=True,
                        text=True, check=True, cwd=ROOT).stdout
   assert out.strip().splitlines()[-1] == '[]'
+
+
+def test_missing_data_stops_in_one_line(tmp_path, monkeypatch):
+  monkeypatch.delenv('VAE_DATA_CACHE', raising=False)
+  monkeypatch.delenv('VAE_MANUAL_DIR', raising=False)
+  args = common.make_parser('doc', ('a',)).parse_args(
+      ['--tfds_data_dir', str(tmp_path)])
+  with pytest.raises(SystemExit) as e:
+    common.load_images(args, 'train', 5)
+  message = str(e.value)
+  assert message.startswith('binarized_mnist not found') and '\n' not in message
+  assert message.endswith('(or --dataset=synthetic, --allow_synthetic)')
