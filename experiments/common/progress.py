@@ -198,19 +198,18 @@ def evaluate(model: Any, params: Any, dataset: Any, config: Any,
   log(f'evaluation: {n:,} {split} images x K={k:,} samples = {n * k:,.0f} '
       f'decoded samples{rough}')
   with Progress(n, 'importance sampling', 'images') as bar:
-    if kept is None:
-      return eval_lib.evaluate(model, params, dataset, config, seed, train_k,
-                               split, log, progress=bar.set)
     try:
       ev = eval_lib.evaluate(model, params, dataset, config, seed, train_k,
-                             split, log, progress=bar.set, done=kept.done,
-                             on_batch=kept)
+                             split, log, progress=bar.set,
+                             done=kept.done if kept else (), on_batch=kept)
     except KeyboardInterrupt:
-      kept.save()
-      log(f'interrupted: {len(kept.done)} batches of the importance sampling '
-          f'are kept in {partial}; rerun to resume.')
+      if kept:
+        kept.save()
+        log(f'interrupted: {len(kept.done)} batches of the importance '
+            f'sampling are kept in {partial}; rerun to resume.')
       raise
-  kept.finish()
+  if kept:
+    kept.finish()
   return ev
 
 
