@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from vae import ais
 from vae import data
@@ -211,3 +212,77 @@ def test_ais_on_more_images_than_evaluated_is_refused():
     evaluate.EvalConfig(num_eval=10, ais=ais.AISConfig(ais_images=20))
   assert '\n' not in str(info.value)
   assert evaluate.EvalConfig().ais.ais_images == 0  # Off by default.
+
+
+class _HalfNormal:
+  """p(z) = 2 N(z; 0, 1) on z > 0 (log p(z) = -inf below 0)."""
+
+  def event_log_prob(self, z):
+    log_p = jnp.log(2.0) + jax.scipy.stats.norm.logpdf(z[..., 0])
+    return jnp.where(z[..., 0] > 0, log_p, -jnp.inf)
+
+  def sample(self, key, shape):
+    return jnp.abs(jax.random.normal(key, tuple(shape) + (1,)))
+
+
+class _HalfLine:
+  """p(z) half-normal, p(x|z) = N(x; z, 1), q(z|x) = N(x/2, 1):
+  p(x) = 2 N(x; 0, 2) Φ(x/√2) (the posterior is N(x/2, 1/2) cut at 0).
+  At x ≤ 2 thousands of draws of q fall below 0; at x = 10, none."""
+  latent_dim = 1
+
+  def prior(self, params):
+    return _HalfNormal()
+
+  def decoder(self, params, z):
+    return dists.Normal(z, jnp.zeros_like(z))
+
+  def encoder(self, params, x):
+    return dists.Normal(x / 2, jnp.zeros_like(x))
+
+
+_HALF_LINE_X = np.array([[-1.0], [0.5], [2.0], [10.0]], np.float32)
+
+
+def _half_line_log_px(x):
+  x = np.asarray(x, np.float64)[:, 0]
+  return (np.log(2.0) + stats.norm.logpdf(x, scale=np.sqrt(2.0))
+          + stats.norm.logcdf(x / np.sqrt(2.0)))
+
+
+def test_samples_outside_the_prior_give_elbo_minus_inf_not_nan():
+  out = importance.importance_batch(
+      _HalfLine(), {}, jnp.asarray(_HALF_LINE_X), jax.random.PRNGKey(0),
+      num_samples=4000, chunk_size=200, iwae_ks=(1, 50))
+  exact = _half_line_log_px(_HALF_LINE_X)
+  # Where a log w is -inf, so are the ELBO and IWAE_1, and KL = +inf (the
+  # Chan update gave (-inf) - (-inf) = NaN); log p̂ stays finite.
+  for name in ('elbo', 'iwae_1'):
+    np.testing.assert_array_equal(out[name][:3], -np.inf)
+  np.testing.assert_array_equal(out['kl'][:3], np.inf)
+  np.testing.assert_array_equal(out['elbo_se'][:3], np.inf)
+  # x = 10: q(z < 0) = 3e-7; ELBO finite, below log p.
+  assert np.isfinite(out['elbo'][3]) and out['elbo'][3] < exact[3]
+  z = (np.asarray(out['log_px']) - exact) / np.asarray(out['log_px_se'])
+  assert np.all(np.abs(z) < 4), z
+  # IWAE_50 is finite unless all 50 draws of a group fall below 0.
+  finite = np.isfinite(out['iwae_50'])
+  assert finite[1:].all()
+  assert np.all(out['iwae_50'][finite] <= exact[finite]
+                + 4 * out['iwae_50_se'][finite])
+
+
+def test_evaluate_counts_the_images_whose_elbo_is_minus_inf():
+  x = _HALF_LINE_X
+  dataset = data.Dataset('synthetic', x, x, x, binarization='fixed')
+  config = evaluate.EvalConfig(eval_k=1000, eval_chunk_size=100,
+                               eval_iwae_ks=(1,))
+  lines = []
+  ev = evaluate.evaluate(_HalfLine(), {}, dataset, config, log=lines.append)
+  assert ev.summary['test_elbo_infinite_images'] == 3
+  assert ev.summary['test_elbo'] == -np.inf
+  assert ev.summary['test_kl'] == np.inf
+  assert np.isfinite(ev.summary['test_nll'])
+  assert ('3 of 4 images have ELBO = -inf' in lines[-1] and
+          f'the other 1 images: ELBO {ev.per_image["elbo"][3]:.4f}.'
+          in lines[-1])

@@ -397,8 +397,9 @@ class Evaluation(NamedTuple):
 
   Attributes:
     summary: test_nll, test_nll_stderr, test_elbo, test_iwae_<k>, test_kl,
-      active_units, eval_k, num_eval, split (nats; means over images); with
-      AIS, `ais_summary`'s keys.
+      test_elbo_infinite_images (images whose ELBO is -inf), active_units,
+      eval_k, num_eval, split (nats; means over images); with AIS,
+      `ais_summary`'s keys.
     latents: `latent_statistics` (activity, active_units, kl_per_dim).
     pictures: `pictures(...)` arrays, or None.
     timing: eval_wall_s and eval_cpu_s of the importance sampling (and
@@ -477,9 +478,17 @@ def evaluate(model: model_lib.Model, params: Params, dataset: data.Dataset,
   }
   for k in iwae_ks:
     summary[f'test_iwae_{k}'] = per_image[f'iwae_{k}'].mean()
+  infinite = int(np.sum(np.isneginf(per_image['elbo'])))
   summary.update(test_kl=per_image['kl'].mean(),
+                 test_elbo_infinite_images=infinite,
                  active_units=latents['active_units'], eval_k=config.eval_k,
                  num_eval=n, split=split)
+  if infinite and log is not None:
+    finite = per_image['elbo'][np.isfinite(per_image['elbo'])]
+    log(f'{infinite} of {n} images have ELBO = -inf (a draw of q where log '
+        'p(z) or log p(x|z) is below the float range), so test_elbo is -inf '
+        'and test_kl inf' + (f'; the other {finite.size} images: ELBO '
+                             f'{finite.mean():.4f}.' if finite.size else '.'))
   summary = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
              for k, v in summary.items()}
   timing = {'eval_wall_s': wall, 'eval_cpu_s': cpu}

@@ -94,14 +94,23 @@ def log_weights_blocked(model: model_lib.Model, params: Params, x: Array,
 
 
 def _merge(count, mean, m2, values):
-  """Chan et al.'s update of (n, mean, M2) with the rows of values [C, B]."""
+  """Chan et al.'s update of (n, mean, M2) with the rows of values [C, B].
+
+  A value of -inf (a sample where log p(z) or log p(x|z) underflows) makes
+  its column's mean -inf and M2 inf from then on, as the sample mean is;
+  without the guard the update gives (-inf) - (-inf) = NaN.
+  """
   n_b = values.shape[0]
+  dead = jnp.isneginf(mean) | jnp.any(jnp.isneginf(values), 0)
+  values = jnp.where(dead, 0.0, values)
+  mean, m2 = jnp.where(dead, 0.0, mean), jnp.where(dead, 0.0, m2)
   mean_b = jnp.mean(values, 0)
   m2_b = jnp.sum((values - mean_b)**2, 0)
   total = count + n_b
   delta = mean_b - mean
-  return (total, mean + delta * n_b / total,
-          m2 + m2_b + delta**2 * count * n_b / total)
+  return (total, jnp.where(dead, -jnp.inf, mean + delta * n_b / total),
+          jnp.where(dead, jnp.inf,
+                    m2 + m2_b + delta**2 * count * n_b / total))
 
 
 def _nested_small(lw: Array, chunk: int) -> Array:
