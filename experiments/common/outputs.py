@@ -49,13 +49,18 @@ def to_jsonable(value: Any) -> Any:
   return str(value)
 
 
-def write_text(path: str, text: str) -> str:
-  """Writes `text` to `path` through a temporary file and an atomic rename."""
+def write_text(path: str, text: str | bytes) -> str:
+  """Writes `text` (or bytes) to `path` through a temporary file and an
+  atomic rename."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}'
   try:
-    with open(tmp, 'w', encoding='utf-8', newline='') as f:
-      f.write(text)
+    if isinstance(text, bytes):
+      with open(tmp, 'wb') as f:
+        f.write(text)
+    else:
+      with open(tmp, 'w', encoding='utf-8', newline='') as f:
+        f.write(text)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

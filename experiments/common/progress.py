@@ -21,6 +21,7 @@ of the importance sampling there, and a rerun resumes them (`Partial`).
 """
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -31,6 +32,8 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 import tqdm
+
+from experiments.common import outputs
 
 # Plain lines (no terminal): at most one per this many seconds.
 INTERVAL_S = 30.0
@@ -239,7 +242,7 @@ def fingerprint(params: Any, images: Any, config: Any, seed: int,
 class Partial:
   """The finished batches of an importance sampling, kept in a file while
   it runs (`on_batch` of `vae.evaluate.evaluate`; written whole at most
-  every SAVE_EVERY_S seconds, to a temporary file then renamed), read back
+  every SAVE_EVERY_S seconds, atomically: `outputs.write_text`), read back
   by a rerun (`done`) and removed at the end (`finish`). A file from other
   settings, parameters or images (another `fingerprint`), or unreadable, is
   ignored and replaced, with one line to `log`."""
@@ -283,10 +286,9 @@ class Partial:
     arrays.update(fingerprint=np.asarray(self.fingerprint),
                   batches=np.asarray(len(self.done)),
                   names=np.asarray(json.dumps(sorted(self.done[0]))))
-    tmp = self.path + '.tmp'
-    with open(tmp, 'wb') as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, self.path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    outputs.write_text(self.path, buffer.getvalue())
     self.saved_at = time.time()
 
   def finish(self) -> None:
