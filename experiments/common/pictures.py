@@ -1,6 +1,6 @@
 """Image grids and PNGs of a VAE's pictures (`vae.evaluate.pictures`).
 
-Writes prior_samples.png (10 x 10 samples σ(D(z)), z ~ N(0, I)),
+Writes prior_samples.png (10 x 10 samples E[x|z], z ~ p(z), the model's prior),
 reconstructions.png (test images above their reconstructions) and
 inpainting.png (one row per image: original, observed top half, the
 importance-weighted mean of the bottom half, single completions).
@@ -45,12 +45,12 @@ def save_pictures(run: outputs.Run, drawn: dict[str, np.ndarray]
   """Writes the three PNGs of `drawn` (`vae.evaluate.pictures`) into `run`."""
   x, n = drawn['images'], len(drawn['images'])
   paths = [_save(run, image_grid(drawn['prior_samples'], 10, 10),
-                 'samples from the prior: σ(D(z)), z ~ N(0, I)',
+                 "samples from the prior: E[x|z], z ~ p(z) (the model's prior)",
                  'prior_samples.png')]
   pairs = np.concatenate([x, drawn['reconstructions']])
   paths.append(_save(
       run, image_grid(pairs, 2, n),
-      'top: test images; bottom: reconstructions σ(D(z)), z ~ q(z|x)',
+      'top: test images; bottom: reconstructions E[x|z], z ~ q(z|x)',
       'reconstructions.png'))
   draws = drawn['draws']
   table = np.stack([x, drawn['masked'], drawn['mean']] +
