@@ -695,11 +695,11 @@ class Run:
     """Saves a matplotlib figure as PNG (Agg, no display) and closes it."""
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
     path = self.path(name if name.endswith('.png') else name + '.png')
-    tmp = f'{path}.tmp{os.getpid()}.png'
-    fig.savefig(tmp, dpi=dpi, bbox_inches='tight', metadata={'Software': None})
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    fig.savefig(png, format='png', dpi=dpi, bbox_inches='tight',
+                metadata={'Software': None})
     plt.close(fig)
-    return path
+    return write_text(path, png.getvalue())
 
 
 def pyplot():
